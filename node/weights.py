@@ -1,0 +1,126 @@
+"""Weights on the wire and on disk: safetensors state dicts with the model spec in metadata.
+
+Nothing here unpickles: safetensors holds raw little-endian tensors and a JSON header, and
+every decoded file is checked against the model its spec describes before anyone uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from node.errors import SpecError, WeightsError
+from node.model import ModelSpec, build_model
+
+FORMAT = "fedavg.weights/1"
+MAX_HEADER_BYTES = 1 << 20
+ALLOWED_DTYPES = {torch.float32, torch.float16, torch.bfloat16}
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsMeta:
+    """What a weights file says about itself (safetensors metadata is str -> str)."""
+
+    spec: ModelSpec
+    round: int = 0
+    job_id: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, str]:
+        return {
+            **self.extra,
+            "format": FORMAT,
+            "model_spec": self.spec.to_json(),
+            "round": str(self.round),
+            "job_id": self.job_id,
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> WeightsMeta:
+        if metadata.get("format") != FORMAT:
+            raise WeightsError(f"not a fedavg weights file (format {metadata.get('format')!r})")
+        try:
+            spec = ModelSpec.from_json(metadata.get("model_spec", ""))
+            round_ = int(metadata.get("round", "0"))
+        except (SpecError, ValueError) as exc:
+            raise WeightsError(f"bad weights metadata: {exc}") from exc
+        own = {"format", "model_spec", "round", "job_id"}
+        extra = {k: v for k, v in metadata.items() if k not in own}
+        return cls(spec=spec, round=round_, job_id=metadata.get("job_id", ""), extra=extra)
+
+
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode_weights(state: Mapping[str, torch.Tensor], meta: WeightsMeta) -> bytes:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return st_save(tensors, metadata=meta.to_metadata())
+
+
+def read_metadata(data: bytes | bytearray | memoryview) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors buffer, with the header's size checked first."""
+    if len(data) < 8:
+        raise WeightsError("truncated safetensors: no header length")
+    (header_len,) = struct.unpack("<Q", bytes(data[:8]))
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+        raise WeightsError("safetensors header length is out of bounds")
+    try:
+        header = json.loads(bytes(data[8 : 8 + header_len]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"safetensors header is not JSON: {exc}") from exc
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise WeightsError("safetensors metadata must map strings to strings")
+    return metadata
+
+
+def decode_tensors(data: bytes | bytearray) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(bytes(data))
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"not a valid safetensors file: {exc}") from exc
+
+
+def decode_weights(data: bytes | bytearray) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
+    """Parse and fully validate a weights file against the spec it carries."""
+    meta = WeightsMeta.from_metadata(read_metadata(data))
+    tensors = decode_tensors(data)
+    check_state(tensors, expected_layout(meta.spec))
+    return tensors, meta
+
+
+Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+def expected_layout(spec: ModelSpec) -> Layout:
+    """Names, shapes and dtypes of a spec's state dict (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = build_model(spec)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def check_state(tensors: Mapping[str, torch.Tensor], layout: Layout) -> None:
+    """Refuse wrong keys, shapes, dtypes and non-finite values, naming the first problem."""
+    missing = sorted(set(layout) - set(tensors))
+    unexpected = sorted(set(tensors) - set(layout))
+    if missing or unexpected:
+        raise WeightsError(f"keys do not match the model: missing {missing}, unexpected {unexpected}")
+    for name, (shape, _) in layout.items():
+        tensor = tensors[name]
+        if tuple(tensor.shape) != shape:
+            raise WeightsError(f"{name}: shape {tuple(tensor.shape)} != expected {shape}")
+        if tensor.dtype not in ALLOWED_DTYPES:
+            raise WeightsError(f"{name}: dtype {tensor.dtype} is not a float type we accept")
+        if not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{name}: contains NaN or Inf")
