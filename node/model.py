@@ -6,6 +6,7 @@ weights file, so no environment variable on two machines ever has to agree.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -42,12 +43,16 @@ class ModelSpec:
         if math.prod(self.input_shape) > MAX_INPUT_ELEMENTS:
             raise SpecError("input_shape too large")
         if len(self.hidden) > MAX_LAYERS or any(not 1 <= h <= MAX_LAYER_WIDTH for h in self.hidden):
-            raise SpecError(f"hidden layers must be 1..{MAX_LAYER_WIDTH} wide, at most {MAX_LAYERS}")
+            raise SpecError(
+                f"hidden layers must be 1..{MAX_LAYER_WIDTH} wide, at most {MAX_LAYERS}"
+            )
         if len(self.dropout) > len(self.hidden) or any(not 0 <= p < 1 for p in self.dropout):
             raise SpecError("dropout: one probability in [0, 1) per hidden layer at most")
         if not 2 <= self.num_classes <= MAX_LAYER_WIDTH:
             raise SpecError("num_classes must be at least 2")
-        if not (math.isfinite(self.norm_mean) and math.isfinite(self.norm_std) and self.norm_std > 0):
+        if not (
+            math.isfinite(self.norm_mean) and math.isfinite(self.norm_std) and self.norm_std > 0
+        ):
             raise SpecError("norm_std must be positive and both norms finite")
 
     @property
@@ -132,4 +137,4 @@ def init_state(spec: ModelSpec, seed: int) -> dict[str, torch.Tensor]:
 
 def parameter_count(spec: ModelSpec) -> int:
     widths = [spec.input_size, *spec.hidden, spec.num_classes]
-    return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+    return sum(a * b + b for a, b in itertools.pairwise(widths))

@@ -205,7 +205,11 @@ def _check(hint: Any, value: Any, where: str) -> Any:
             raise ProtocolError(f"{where}: expected an integer")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise ProtocolError(f"{where}: expected a finite number")
         return float(value)
     if origin is dict:
@@ -213,5 +217,3 @@ def _check(hint: Any, value: Any, where: str) -> Any:
             raise ProtocolError(f"{where}: expected an object")
         return value
     raise ProtocolError(f"{where}: unsupported field type {hint!r}")  # pragma: no cover
-
-

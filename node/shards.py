@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from node.errors import WeightsError
-from node.weights import decode_tensors
+from node.weights import canonical, decode_tensors
 
 
 class ShardError(WeightsError):
@@ -19,11 +19,14 @@ class ShardError(WeightsError):
 def encode_xy(x: torch.Tensor, y: torch.Tensor, metadata: dict[str, str] | None = None) -> bytes:
     if x.dtype != torch.uint8 or y.dtype != torch.int64 or x.shape[0] != y.shape[0]:
         raise ShardError("x must be uint8 [N, ...] and y int64 [N]")
-    return st_save({"x": x.contiguous(), "y": y.contiguous()}, metadata=metadata)
+    return canonical(st_save({"x": x.contiguous(), "y": y.contiguous()}, metadata=metadata))
 
 
 def decode_xy(
-    data: bytes | bytearray, *, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None
+    data: bytes | bytearray,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Parse and check a labelled set; ``input_shape``/``num_classes`` tighten the check."""
     try:

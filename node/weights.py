@@ -63,7 +63,21 @@ def sha256_hex(data: bytes | bytearray | memoryview) -> str:
 
 def encode_weights(state: Mapping[str, torch.Tensor], meta: WeightsMeta) -> bytes:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return st_save(tensors, metadata=meta.to_metadata())
+    return canonical(st_save(tensors, metadata=meta.to_metadata()))
+
+
+def canonical(data: bytes) -> bytes:
+    """The same file with its header's keys sorted: equal content, equal bytes, equal sha256.
+
+    safetensors writes ``__metadata__`` in hash-map order, which changes from call to call;
+    ETags and caches keyed by sha256 need one spelling. Data offsets are relative to the end
+    of the header, so only the header is rewritten (padded to 8 bytes, as the format wants).
+    """
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + header_len :]
 
 
 def read_metadata(data: bytes | bytearray | memoryview) -> dict[str, str]:
@@ -115,7 +129,9 @@ def check_state(tensors: Mapping[str, torch.Tensor], layout: Layout) -> None:
     missing = sorted(set(layout) - set(tensors))
     unexpected = sorted(set(tensors) - set(layout))
     if missing or unexpected:
-        raise WeightsError(f"keys do not match the model: missing {missing}, unexpected {unexpected}")
+        raise WeightsError(
+            f"keys do not match the model: missing {missing}, unexpected {unexpected}"
+        )
     for name, (shape, _) in layout.items():
         tensor = tensors[name]
         if tuple(tensor.shape) != shape:

@@ -1,0 +1,99 @@
+"""``fedavg-node``: a worker that trains what the orchestrator pushes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+import torch
+
+from node.agent import Agent, JoinRefused
+from node.logs import configure_logging
+from node.model import ModelSpec
+from node.settings import NodeSettings, NodeSettingsError
+from node.trainer import measure_capacity, resolve_device
+
+log = structlog.get_logger(__name__)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fedavg-node",
+        description="A fedavg worker: connects to the orchestrator, trains its shard, uploads weights.",
+        epilog="Environment: ORCHESTRATOR_URL, NODE_NAME, NODE_ID, FEDAVG_DEVICE, FEDAVG_TORCH_THREADS, "
+        "VALIDATION_SPLIT, FEDAVG_NODE_TOKEN, FEDAVG_CA_CERT, FEDAVG_CACHE_DIR. Flags win.",
+    )
+    parser.add_argument("--orchestrator", help="URL, or several comma-separated for failover")
+    parser.add_argument("--name", help="display name (NODE_NAME, default: host name)")
+    parser.add_argument("--node-id", help="stable identity across restarts (NODE_ID)")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="FEDAVG_DEVICE (default auto)"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (FEDAVG_TORCH_THREADS)")
+    parser.add_argument("--cache-dir", help="where shards are cached (FEDAVG_CACHE_DIR)")
+    parser.add_argument(
+        "--exit-after-job",
+        action="store_true",
+        default=None,
+        help="exit once a job is done instead of waiting for the next",
+    )
+    parser.add_argument("--log-format", choices=("auto", "json", "console"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        settings = NodeSettings.from_env(
+            os.environ,
+            orchestrator=args.orchestrator,
+            name=args.name,
+            node_id=args.node_id,
+            device=args.device,
+            threads=args.threads,
+            exit_after_job=args.exit_after_job,
+            log_format=args.log_format,
+            cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
+        )
+        device = resolve_device(settings.device)
+    except (NodeSettingsError, RuntimeError) as exc:
+        print(f"fedavg-node: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure_logging(settings.log_format)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    torch.set_num_interop_threads(1)
+    capacity = measure_capacity(ModelSpec(), device)
+    log.info(
+        "node_starting",
+        node_id=settings.node_id,
+        name=settings.name,
+        device=str(device),
+        capacity=round(capacity, 1),
+        threads=torch.get_num_threads(),
+        orchestrators=list(settings.orchestrators),
+    )
+    agent = Agent(settings, capacity, device)
+    try:
+        asyncio.run(_run(agent))
+    except JoinRefused as exc:
+        log.error("join_refused", error=str(exc))
+        raise SystemExit(3) from exc
+    except KeyboardInterrupt:
+        pass
+
+
+async def _run(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop)
+    await agent.run()
+
+
+if __name__ == "__main__":
+    main()

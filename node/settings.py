@@ -1,0 +1,101 @@
+"""A node's configuration: built once from the environment and flags, then passed around."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.errors import FedavgError
+from node.logs import LogFormat
+
+
+class NodeSettingsError(FedavgError):
+    """A node setting that makes no sense; raised at start-up."""
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/share")
+    return Path(base) / "fedavg"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    orchestrators: tuple[str, ...]
+    node_id: str
+    name: str
+    device: str = "auto"
+    threads: int | None = None
+    validation_split: float = 0.1
+    cache_dir: Path = Path("fedavg-cache")
+    node_token: str | None = None
+    ca_cert: Path | None = None
+    log_format: LogFormat = "auto"
+    idle_timeout_s: float = 60.0
+    max_backoff_s: float = 30.0
+    progress_interval_s: float = 0.25
+    exit_after_job: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> NodeSettings:
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        urls = flags.pop("orchestrator", None) or env.get(
+            "ORCHESTRATOR_URL", "http://127.0.0.1:11999"
+        )
+        orchestrators = tuple(u.strip().rstrip("/") for u in urls.split(",") if u.strip())
+        name = flags.pop("name", None) or env.get("NODE_NAME") or socket.gethostname()
+        node_id = (
+            flags.pop("node_id", None) or env.get("NODE_ID") or f"{name}-{secrets.token_hex(3)}"
+        )
+        home = Path(env["FEDAVG_HOME"]) if env.get("FEDAVG_HOME") else default_home(env)
+        try:
+            values: dict[str, Any] = {
+                "orchestrators": orchestrators,
+                "node_id": node_id,
+                "name": name,
+                "device": env.get("FEDAVG_DEVICE", "auto"),
+                "threads": int(env["FEDAVG_TORCH_THREADS"])
+                if env.get("FEDAVG_TORCH_THREADS")
+                else None,
+                "validation_split": float(env.get("VALIDATION_SPLIT", "0.1")),
+                "cache_dir": Path(env["FEDAVG_CACHE_DIR"])
+                if env.get("FEDAVG_CACHE_DIR")
+                else home / "node-cache",
+                "node_token": env.get("FEDAVG_NODE_TOKEN") or None,
+                "ca_cert": Path(env["FEDAVG_CA_CERT"]) if env.get("FEDAVG_CA_CERT") else None,
+                "log_format": env.get("FEDAVG_LOG_FORMAT", "auto"),
+            }
+        except ValueError as exc:
+            raise NodeSettingsError(f"bad setting: {exc}") from exc
+        values.update(flags)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        problems = []
+        if not self.orchestrators:
+            problems.append("no orchestrator URL (ORCHESTRATOR_URL or --orchestrator)")
+        for url in self.orchestrators:
+            if not url.startswith(("http://", "https://")):
+                problems.append(f"orchestrator URL {url!r} must start with http:// or https://")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            problems.append(f"device {self.device!r} must be auto, cpu or cuda")
+        if self.threads is not None and self.threads < 1:
+            problems.append("threads must be >= 1")
+        if not 0 <= self.validation_split < 1:
+            problems.append("VALIDATION_SPLIT must be within [0, 1)")
+        if not self.node_id or len(self.node_id) > 128 or not self.name or len(self.name) > 128:
+            problems.append("node id and name must be 1..128 characters")
+        if self.log_format not in ("auto", "json", "console"):
+            problems.append("FEDAVG_LOG_FORMAT must be auto, json or console")
+        if problems:
+            raise NodeSettingsError("; ".join(problems))
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

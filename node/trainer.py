@@ -1,0 +1,146 @@
+"""Local training on a node: one epoch over its shard, validation, and a capacity benchmark.
+
+Plain synchronous torch; the agent runs it in a worker thread so the socket's heartbeat and
+the control frames keep flowing while a long epoch runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from node.model import ModelSpec, build_model, normalize
+from node.protocol import TrainConfig
+
+ProgressFn = Callable[[int, int, float], None]  # batch, batches, running loss
+
+
+class Aborted(Exception):
+    """Newer global weights arrived: this local epoch is worth nothing any more."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalResult:
+    state: dict[str, torch.Tensor]
+    samples: int
+    metrics: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def split_validation(
+    x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hold out ``fraction`` of the shard for validation, leaving at least one training sample."""
+    n = len(y)
+    n_val = min(int(n * fraction), max(0, n - 1))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+def train_epoch(
+    spec: ModelSpec,
+    global_state: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    seed: int,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_progress: ProgressFn | None = None,
+    should_abort: Callable[[], bool] = lambda: False,
+) -> LocalResult:
+    """Train one local epoch from ``global_state``; raises Aborted when ``should_abort`` says so."""
+    started = time.perf_counter()
+    model = build_model(spec).to(device)
+    model.load_state_dict(dict(global_state))
+    model.train()
+    params = model.parameters()
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.Adam(params, lr=config.lr)
+        if config.optimizer == "adam"
+        else torch.optim.SGD(params, lr=config.lr)
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    x_dev, y_dev = x.to(device), y.to(device)
+    total_loss, correct, seen = 0.0, 0, 0
+    for _ in range(config.local_epochs):
+        order = torch.randperm(len(y), generator=generator).to(device)
+        batches = max(1, -(-len(y) // config.batch_size))
+        for i in range(batches):
+            if should_abort():
+                raise Aborted
+            idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+            xb, yb = normalize(x_dev[idx], spec), y_dev[idx]
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss) * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            if on_progress is not None:
+                on_progress(i + 1, batches, total_loss / seen)
+    metrics = {
+        "train_loss": total_loss / max(1, seen),
+        "train_accuracy": correct / max(1, seen),
+    }
+    if val is not None and len(val[1]) > 0:
+        metrics["val_loss"], metrics["val_accuracy"] = _evaluate(model, spec, *val, device=device)
+    metrics["seconds"] = time.perf_counter() - started
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return LocalResult(state=state, samples=len(y), metrics=metrics)
+
+
+def _evaluate(
+    model: nn.Module, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, *, device: torch.device
+) -> tuple[float, float]:
+    model.eval()
+    with torch.inference_mode():
+        logits = model(normalize(x.to(device), spec))
+        loss = float(nn.functional.cross_entropy(logits, y.to(device)))
+        accuracy = float((logits.argmax(1) == y.to(device)).float().mean())
+    return loss, accuracy
+
+
+def measure_capacity(spec: ModelSpec, device: torch.device, seconds: float = 0.5) -> float:
+    """Training samples per second on the real model: forward, backward and an Adam step."""
+    model = build_model(spec).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = 64
+    xb = torch.randn(batch, *spec.input_shape, device=device)
+    yb = torch.randint(0, spec.num_classes, (batch,), device=device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(xb), yb).backward()
+        optimizer.step()
+
+    step()  # warm-up: allocations, kernels
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    steps, started = 0, time.perf_counter()
+    while True:
+        step()
+        steps += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and steps >= 3:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+    return steps * batch / elapsed

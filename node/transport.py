@@ -1,0 +1,108 @@
+"""The node's only door to the network: one aiohttp ClientSession per orchestrator connection.
+
+Training code sees the small ``Transport`` protocol. Transfers use idle timeouts (no bytes
+for ``idle_timeout_s``), never wall-clock ones, so a big model on a slow link is not cut off
+while it is still moving.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Protocol
+from urllib.parse import urljoin
+
+import aiohttp
+
+from node.errors import FedavgError
+from node.protocol import MAX_FRAME_BYTES
+from node.weights import sha256_hex
+
+MAX_DOWNLOAD_BYTES = 4 << 30
+
+
+class TransferError(FedavgError):
+    """A download or upload that failed; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Transport(Protocol):
+    async def download(self, path: str, sha256: str) -> bytes: ...
+    async def upload_weights(self, path: str, body: bytes) -> dict[str, Any]: ...
+
+
+class HttpTransport:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        join_token: str | None,
+        ca_cert: str | None,
+        idle_timeout_s: float,
+        heartbeat_s: float = 10.0,
+    ) -> None:
+        self.base_url = base_url
+        self.session_token: str | None = None
+        self._join_token = join_token
+        self._heartbeat_s = heartbeat_s
+        self._ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_cert) if ca_cert else True
+        )
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=idle_timeout_s)
+        )
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def connect(self) -> aiohttp.ClientWebSocketResponse:
+        headers = {"Authorization": f"Bearer {self._join_token}"} if self._join_token else {}
+        ws_url = urljoin(self.base_url + "/", "ws/node")
+        return await self._http.ws_connect(
+            ws_url,
+            headers=headers,
+            heartbeat=self._heartbeat_s,
+            max_msg_size=MAX_FRAME_BYTES,
+            ssl=self._ssl,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+        )
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.session_token}"} if self.session_token else {}
+
+    async def download(self, path: str, sha256: str) -> bytes:
+        """GET ``path`` and check the body against ``sha256`` before anyone uses it."""
+        url = urljoin(self.base_url + "/", path.lstrip("/"))
+        try:
+            async with self._http.get(url, headers=self._auth(), ssl=self._ssl) as resp:
+                if resp.status != 200:
+                    raise TransferError(
+                        f"GET {path}: {resp.status} {await resp.text()}", resp.status
+                    )
+                if (resp.content_length or 0) > MAX_DOWNLOAD_BYTES:
+                    raise TransferError(f"GET {path}: {resp.content_length} bytes is too large")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    body += chunk
+                    if len(body) > MAX_DOWNLOAD_BYTES:
+                        raise TransferError(f"GET {path}: body too large")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransferError(f"GET {path}: {exc!r}") from exc
+        if sha256_hex(body) != sha256:
+            raise TransferError(f"GET {path}: sha256 mismatch (corrupt or changed on the server)")
+        return bytes(body)
+
+    async def upload_weights(self, path: str, body: bytes) -> dict[str, Any]:
+        url = urljoin(self.base_url + "/", path.lstrip("/"))
+        headers = {**self._auth(), "Content-Type": "application/octet-stream"}
+        try:
+            async with self._http.post(url, data=body, headers=headers, ssl=self._ssl) as resp:
+                answer: dict[str, Any] = await resp.json(content_type=None)
+                if resp.status != 200:
+                    message = answer.get("error", {}).get("message", str(answer))
+                    raise TransferError(f"upload refused: {resp.status} {message}", resp.status)
+                return answer
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise TransferError(f"POST {path}: {exc!r}") from exc

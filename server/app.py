@@ -1,0 +1,280 @@
+"""The aiohttp application: routes, error answers, and the lifecycle of shared services.
+
+Handlers are thin: decode the request, call one ``Federation`` method, encode the answer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import WSCloseCode, web
+
+from node import __version__
+from server.auth import node_session, require_admin
+from server.errors import BadRequest, NotFound, TooLarge, http_status
+from server.federation import Federation
+from server.settings import Settings
+from server.sockets import FEDERATION, OPEN_SOCKETS, dashboard_socket, node_socket
+from server.store import Store
+
+log = structlog.get_logger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+READ_CHUNK = 1 << 20
+METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+    app[SETTINGS] = settings
+    app[OPEN_SOCKETS] = weakref.WeakSet()
+
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        for folder in (
+            settings.home,
+            settings.datasets_path,
+            settings.models_path,
+            settings.runs_path,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.db_path)
+        app[FEDERATION] = Federation(settings, store, clock)
+        yield
+        await app[FEDERATION].close()
+        store.close()
+
+    async def close_sockets(app: web.Application) -> None:
+        for ws in list(app[OPEN_SOCKETS]):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+    app.cleanup_ctx.append(services)
+    app.on_shutdown.append(close_sockets)
+    app.add_routes(
+        [
+            web.get("/health", health),
+            web.get("/nodes", nodes),
+            web.get("/datasets", datasets),
+            web.post("/datasets/prepare-mnist", prepare_mnist),
+            web.post("/train/{dataset_id}/prepare", prepare_shards),
+            web.post("/train/{dataset_id}", start_training),
+            web.post("/jobs/stop", stop_training),
+            web.get("/sync/status", sync_status),
+            web.get("/sync/weights", download_weights),
+            web.post("/sync/weights", upload_weights),
+            web.get("/shards/{run_id}/{node_id}", download_shard),
+            web.get("/models", models),
+            web.get("/models/{name}", download_model),
+            web.get("/runs", runs),
+            web.get("/ws/node", node_socket),
+            web.get("/ws/dashboard", dashboard_socket),
+        ]
+    )
+    return app
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """One error shape for every failure: ``{"error": {"code", "message"}}``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except Exception as exc:
+        status, code = http_status(exc)
+        if status >= 500:
+            log.exception("request_failed", path=request.path)
+            return _error(status, code, "internal error; see the server log")
+        return _error(status, code, str(exc))
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _fed(request: web.Request) -> Federation:
+    return request.app[FEDERATION]
+
+
+def int_query(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise BadRequest(f"query parameter {name!r} is required")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be within {lo}..{hi}, got {value}")
+    return value
+
+
+# -- read-only ---------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    fed = _fed(request)
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "nodes": len(fed.registry.connected()),
+            "job": fed.status()["state"],
+        }
+    )
+
+
+async def nodes(request: web.Request) -> web.Response:
+    return web.json_response({"nodes": _fed(request).nodes()})
+
+
+async def datasets(request: web.Request) -> web.Response:
+    return web.json_response({"datasets": [d.to_dict() for d in _fed(request).datasets()]})
+
+
+async def sync_status(request: web.Request) -> web.Response:
+    return web.json_response(_fed(request).status())
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"models": _fed(request).models()})
+
+
+async def runs(request: web.Request) -> web.Response:
+    return web.json_response({"runs": _fed(request).store.runs()})
+
+
+async def download_model(request: web.Request) -> web.StreamResponse:
+    path = _fed(request).model_path(request.match_info["name"])
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{path.name}"',
+        },
+    )
+
+
+# -- control (admin) ---------------------------------------------------------------------------
+
+
+async def prepare_mnist(request: web.Request) -> web.Response:
+    require_admin(request, request.app[SETTINGS])
+    info = await _fed(request).prepare_mnist()
+    return web.json_response(info.to_dict())
+
+
+async def prepare_shards(request: web.Request) -> web.Response:
+    require_admin(request, request.app[SETTINGS])
+    fed = _fed(request)
+    info, files, key = await fed.plan(request.match_info["dataset_id"])
+    shards = [
+        {
+            "node_id": n,
+            "name": fed.registry.nodes[n].name,
+            "samples": f.samples,
+            "own": f.own,
+            "sha256": f.sha256,
+        }
+        for n, f in files.items()
+    ]
+    return web.json_response({"dataset": info.dataset_id, "plan": key, "shards": shards})
+
+
+async def start_training(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    require_admin(request, settings)
+    epochs = int_query(request, "epochs", settings.default_epochs, 1, settings.max_epochs)
+    job = await _fed(request).start_job(request.match_info["dataset_id"], epochs)
+    return web.json_response(
+        {
+            "job_id": job.run_id,
+            "rounds": epochs,
+            "nodes": len(job.shards),
+            "status_url": "/sync/status",
+        },
+        status=202,
+    )
+
+
+async def stop_training(request: web.Request) -> web.Response:
+    require_admin(request, request.app[SETTINGS])
+    job = await _fed(request).stop_job()
+    return web.json_response({"job_id": job.run_id, "state": job.status})
+
+
+# -- bulk transfer -----------------------------------------------------------------------------
+
+
+async def download_weights(request: web.Request) -> web.StreamResponse:
+    job = _fed(request).job_by_id(request.query.get("job"))
+    latest = max(job.checkpoints)
+    round_ = int_query(request, "round", latest, 0, job.rounds)
+    checkpoint = job.checkpoints.get(round_)
+    if checkpoint is None:
+        raise NotFound(f"round {round_} has no weights yet (latest: {latest})")
+    return _file_with_etag(request, checkpoint.path, checkpoint.sha256)
+
+
+async def download_shard(request: web.Request) -> web.StreamResponse:
+    fed = _fed(request)
+    session = node_session(request, fed.registry)
+    shard = fed.shard_file(session, request.match_info["run_id"], request.match_info["node_id"])
+    return _file_with_etag(request, shard.path, shard.sha256)
+
+
+def _file_with_etag(request: web.Request, path: Any, sha256: str) -> web.StreamResponse:
+    etag = f'"{sha256}"'
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    return web.FileResponse(
+        path,
+        headers={
+            "ETag": etag,
+            "X-Content-SHA256": sha256,
+            "Content-Type": "application/octet-stream",
+        },
+    )
+
+
+async def upload_weights(request: web.Request) -> web.Response:
+    fed = _fed(request)
+    session = node_session(request, fed.registry)
+    job = fed.job_by_id(request.query.get("job"))
+    round_ = int_query(request, "round", None, 1, job.rounds)
+    samples = int_query(request, "samples", None, 1, 2**31)
+    metrics = {}
+    for key in METRIC_KEYS:
+        if key in request.query:
+            try:
+                value = float(request.query[key])
+            except ValueError:
+                raise BadRequest(f"{key}={request.query[key]!r} is not a number") from None
+            if not math.isfinite(value):
+                raise BadRequest(f"{key} must be finite")
+            metrics[key] = value
+    body = await read_body(request, fed.settings.max_upload_bytes)
+    result = await job.upload(session.node_id, round_, samples, metrics, body)
+    return web.json_response(result)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it is known to exceed ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"body of {request.content_length} bytes exceeds the {limit}-byte limit")
+    buffer = bytearray()
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        buffer += chunk
+        if len(buffer) > limit:
+            raise TooLarge(f"body exceeds the {limit}-byte limit")
+    return bytes(buffer)

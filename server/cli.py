@@ -1,0 +1,83 @@
+"""``fedavg-server``: run the orchestrator."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from node.logs import configure_logging
+from server.app import create_app
+from server.settings import Settings, SettingsError
+
+log = structlog.get_logger(__name__)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fedavg-server",
+        description="The fedavg orchestrator: nodes connect over /ws/node, REST and dashboard on the same port.",
+        epilog="Every flag has an environment variable too (FEDAVG_HOST, FEDAVG_PORT, FEDAVG_HOME, ...); "
+        "flags win. See README.md for the full list.",
+    )
+    parser.add_argument("--host", help="address to listen on (FEDAVG_HOST, default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, help="port (FEDAVG_PORT, default 11999; 0 picks a free one)"
+    )
+    parser.add_argument("--home", type=Path, help="data directory (FEDAVG_HOME)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback address without join/admin tokens",
+    )
+    parser.add_argument(
+        "--log-format", choices=("auto", "json", "console"), help="FEDAVG_LOG_FORMAT"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        settings = Settings.from_env(
+            os.environ,
+            host=args.host,
+            port=args.port,
+            home=args.home,
+            insecure=args.insecure,
+            log_format=args.log_format,
+        )
+    except SettingsError as exc:
+        print(f"fedavg-server: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure_logging(settings.log_format)
+    log.info(
+        "server_starting",
+        host=settings.host,
+        port=settings.port,
+        home=str(settings.home),
+        aggregation=settings.aggregation,
+        epoch_sync_timeout=settings.epoch_sync_timeout,
+    )
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=_announce,
+        access_log=None,
+        shutdown_timeout=10.0,
+    )
+
+
+def _announce(message: str) -> None:
+    # aiohttp prints "======== Running on http://host:port ========"; tests and the demo read it.
+    print(message, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The orchestrator's error vocabulary and the one place that maps it to HTTP answers."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from node.errors import FedavgError, ProtocolError, SpecError, WeightsError
+from server.datasets import DatasetError, UnknownDataset
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    TOO_LARGE = "too_large"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+class ApiError(FedavgError):
+    """An error with a place in the HTTP vocabulary."""
+
+    status = 400
+    code = ErrorCode.BAD_REQUEST
+
+
+class BadRequest(ApiError):
+    pass
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(ApiError):
+    status = 404
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(ApiError):
+    status = 409
+    code = ErrorCode.CONFLICT
+
+
+class TooLarge(ApiError):
+    status = 413
+    code = ErrorCode.TOO_LARGE
+
+
+def http_status(exc: BaseException) -> tuple[int, ErrorCode]:
+    """Status and code for any exception; anything unknown is a 500 (and gets logged)."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code
+    if isinstance(exc, UnknownDataset):
+        return 404, ErrorCode.NOT_FOUND
+    if isinstance(exc, DatasetError):
+        return 503, ErrorCode.UNAVAILABLE
+    if isinstance(exc, ProtocolError | SpecError | WeightsError):
+        return 400, ErrorCode.BAD_REQUEST
+    return 500, ErrorCode.INTERNAL

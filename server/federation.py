@@ -1,0 +1,279 @@
+"""The orchestrator's service layer: what REST and WebSocket handlers call.
+
+It owns the node registry, datasets, the current job and the event bus; handlers only
+decode requests and encode answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from node import __version__
+from node.protocol import Error, Hello, Progress, Welcome
+from node.weights import read_metadata
+from server.datasets import (
+    DatasetError,
+    DatasetInfo,
+    dataset_info,
+    list_datasets,
+    load_split,
+    prepare_mnist,
+)
+from server.errors import Conflict, NotFound
+from server.events import EventBus
+from server.job import Job, JobContext
+from server.registry import NodeRegistry, NodeSession
+from server.settings import Settings
+from server.shard_files import ShardFile, plan_key, write_shards
+from server.shard_plan import plan_shards
+from server.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+class Federation:
+    def __init__(
+        self, settings: Settings, store: Store, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.bus = EventBus(store, clock)
+        self.registry = NodeRegistry()
+        self.job: Job | None = None
+        self._dataset_lock = asyncio.Lock()
+        self._job_lock = asyncio.Lock()
+        self.started_at = clock()
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def node_joined(self, hello: Hello) -> NodeSession:
+        session, replaced = self.registry.join(hello, self.clock())
+        if replaced is not None:
+            replaced.send(
+                Error(code="replaced", message="a newer connection of this node took over")
+            )
+            replaced.close()
+        session.send(
+            Welcome(
+                node_id=session.node_id,
+                session_token=session.session_token,
+                server_version=__version__,
+            )
+        )
+        self.bus.publish("node_joined", session.view(), node_id=session.node_id)
+        if self.job is not None:
+            self.job.node_rejoined(session.node_id)
+        return session
+
+    def node_left(self, session: NodeSession, reason: str) -> None:
+        if self.registry.leave(session):
+            self.bus.publish(
+                "node_left", {"name": session.name, "reason": reason}, node_id=session.node_id
+            )
+
+    def node_progress(self, session: NodeSession, progress: Progress) -> None:
+        session.last_seen = self.clock()
+        session.round, session.batch, session.batches = (
+            progress.round,
+            progress.batch,
+            progress.batches,
+        )
+        session.loss = progress.loss
+        session.state = "training"
+        self.bus.publish(
+            "progress",
+            {
+                "round": progress.round,
+                "batch": progress.batch,
+                "batches": progress.batches,
+                "loss": progress.loss,
+            },
+            node_id=session.node_id,
+            timeline=False,
+        )
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [s.view() for s in self.registry.nodes.values()]
+
+    # -- datasets ------------------------------------------------------------------------------
+
+    async def prepare_mnist(self) -> DatasetInfo:
+        async with self._dataset_lock:
+            info = await asyncio.to_thread(
+                prepare_mnist,
+                self.settings.datasets_path,
+                allow_download=self.settings.mnist_download,
+            )
+        self.bus.publish("dataset_prepared", info.to_dict())
+        return info
+
+    def datasets(self) -> list[DatasetInfo]:
+        return list_datasets(self.settings.datasets_path)
+
+    def _dataset(self, dataset_id: str) -> DatasetInfo:
+        try:
+            info = dataset_info(self.settings.datasets_path, dataset_id)
+        except DatasetError as exc:
+            raise NotFound(str(exc)) from exc
+        if info is None:
+            hint = " (POST /datasets/prepare-mnist first)" if dataset_id == "mnist" else ""
+            raise NotFound(f"dataset {dataset_id!r} is not prepared{hint}")
+        return info
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def plan(self, dataset_id: str) -> tuple[DatasetInfo, dict[str, ShardFile], str]:
+        """Split the training set over the connected nodes and write their shards."""
+        info = self._dataset(dataset_id)
+        capacities = {s.node_id: max(s.capacity, 1e-3) for s in self.registry.connected()}
+        if not capacities:
+            raise Conflict("no nodes are connected: start fedavg-node on the workers first")
+        key = plan_key(
+            info.train_sha256, capacities, self.settings.shard_overlap, self.settings.seed
+        )
+        planned = plan_shards(
+            info.train_samples,
+            capacities,
+            overlap=self.settings.shard_overlap,
+            seed=self.settings.seed,
+        )
+        # A node whose share rounds down to nothing sits this job out.
+        shard_plan = {node_id: shard for node_id, shard in planned.items() if shard.indices}
+
+        def write() -> dict[str, ShardFile]:
+            x, y = load_split(self.settings.datasets_path, dataset_id, "train")
+            return write_shards(shard_plan, x, y, self.settings.home / "shards" / dataset_id / key)
+
+        files = await asyncio.to_thread(write)
+        self.bus.publish(
+            "shards_planned",
+            {
+                "dataset": dataset_id,
+                "plan": key,
+                "shards": {self.registry.nodes[n].name: f.samples for n, f in files.items()},
+            },
+        )
+        return info, files, key
+
+    async def start_job(self, dataset_id: str, epochs: int) -> Job:
+        async with self._job_lock:
+            if self.job is not None and not self.job.finished.is_set():
+                raise Conflict(
+                    f"job {self.job.run_id} is still running (round {self.job.machine.round})"
+                )
+            info, files, _ = await self.plan(dataset_id)
+            test_split = await asyncio.to_thread(
+                load_split, self.settings.datasets_path, dataset_id, "test"
+            )
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            ctx = JobContext(
+                store=self.store,
+                bus=self.bus,
+                registry=self.registry,
+                runs_dir=self.settings.runs_path,
+                models_dir=self.settings.models_path,
+                aggregation=self.settings.aggregation,
+                deadline_s=self.settings.epoch_sync_timeout,
+                clock=self.clock,
+            )
+            job = Job(
+                ctx,
+                run_id=f"{dataset_id}-{stamp}-{secrets.token_hex(2)}",
+                dataset=info,
+                shards=files,
+                spec=self.settings.model_spec,
+                config=self.settings.train_config,
+                rounds=epochs,
+                seed=self.settings.seed,
+                test_split=test_split,
+            )
+            self.job = job
+            await job.start()
+            return job
+
+    async def stop_job(self) -> Job:
+        if self.job is None or self.job.finished.is_set():
+            raise Conflict("no job is running")
+        await self.job.stop("stopped by the operator")
+        return self.job
+
+    def job_by_id(self, run_id: str | None) -> Job:
+        if self.job is None or (run_id is not None and run_id != self.job.run_id):
+            raise NotFound(
+                f"no job {run_id!r} on this orchestrator" if run_id else "no job has run yet"
+            )
+        return self.job
+
+    def shard_file(self, session: NodeSession, run_id: str, node_id: str) -> ShardFile:
+        job = self.job_by_id(run_id)
+        if node_id != session.node_id or node_id not in job.shards:
+            raise NotFound("no such shard for this node")
+        return job.shards[node_id]
+
+    def status(self) -> dict[str, Any]:
+        nodes = self.registry.connected()
+        base = {"nodes_connected": len(nodes), "server_started_at": self.started_at}
+        if self.job is None:
+            return {**base, "state": "idle", "round": 0, "rounds": 0, "run_id": None}
+        return {**base, **self.job.view()}
+
+    # -- models --------------------------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        folder = self.settings.models_path
+        entries = []
+        for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            entry = _model_entry(path)
+            if entry is not None:
+                entries.append(entry)
+        return sorted(entries, key=lambda e: str(e["created"]), reverse=True)
+
+    def model_path(self, name: str) -> Path:
+        if not _safe_name(name) or not name.endswith(".safetensors"):
+            raise NotFound(f"no model named {name!r}")
+        path = self.settings.models_path / name
+        if not path.is_file():
+            raise NotFound(f"no model named {name!r}")
+        return path
+
+    async def close(self) -> None:
+        if self.job is not None and not self.job.finished.is_set():
+            self.job.status = "interrupted"
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
+def _model_entry(path: Path) -> dict[str, Any] | None:
+    import json
+
+    from node.errors import WeightsError
+    from node.weights import sha256_hex
+
+    try:
+        data = path.read_bytes()
+        meta: Mapping[str, str] = read_metadata(data)
+        spec = json.loads(meta.get("model_spec", "{}"))
+    except (OSError, WeightsError, ValueError):
+        log.warning("model_file_unreadable", path=str(path))
+        return None
+    stat = path.stat()
+    created = meta.get("created") or datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()
+    return {
+        "name": path.name,
+        "url": f"/models/{path.name}",
+        "size": stat.st_size,
+        "sha256": sha256_hex(data),
+        "created": created,
+        "metadata": {**meta, "model_spec": spec},
+    }

@@ -1,0 +1,437 @@
+"""One federated training job: rounds opened and closed, uploads folded, checkpoints written.
+
+The bookkeeping lives in the pure ``RoundMachine`` and ``Strategy``; this class is the shell
+that gives them time, files, threads and sockets. Every transition happens under one lock,
+so an upload and a deadline can never close the same round twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from node.atomic import atomic_write_bytes
+from node.model import ModelSpec, init_state
+from node.protocol import Done, Train, TrainConfig, WeightsReady
+from node.weights import WeightsMeta, decode_tensors, encode_weights, expected_layout, sha256_hex
+from server.aggregation import Strategy, make_strategy
+from server.datasets import DatasetInfo
+from server.errors import Conflict, Forbidden
+from server.evaluate import evaluate
+from server.events import EventBus
+from server.registry import NodeRegistry
+from server.rounds import DeadlineExtended, JobFailed, RoundClosed, RoundMachine, Verdict
+from server.shard_files import ShardFile
+from server.store import RoundRow, Store
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    round: int
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """The long-lived services a job works with."""
+
+    store: Store
+    bus: EventBus
+    registry: NodeRegistry
+    runs_dir: Path
+    models_dir: Path
+    aggregation: str
+    deadline_s: float
+    clock: Callable[[], float] = time.time
+
+
+def weights_url(run_id: str, round_: int) -> str:
+    return f"/sync/weights?job={run_id}&round={round_}"
+
+
+class Job:
+    def __init__(
+        self,
+        ctx: JobContext,
+        *,
+        run_id: str,
+        dataset: DatasetInfo,
+        shards: Mapping[str, ShardFile],
+        spec: ModelSpec,
+        config: TrainConfig,
+        rounds: int,
+        seed: int,
+        test_split: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
+        self.ctx = ctx
+        self.run_id = run_id
+        self.dataset = dataset
+        self.shards = dict(shards)
+        self.spec = spec
+        self.config = config
+        self.rounds = rounds
+        self.seed = seed
+        self._test_x, self._test_y = test_split
+        self._layout = expected_layout(spec)
+        self.machine = RoundMachine(
+            total_rounds=rounds, participants=self.shards, deadline_s=ctx.deadline_s
+        )
+        self.strategy: Strategy = make_strategy(ctx.aggregation, self._layout)
+        self.checkpoints: dict[int, Checkpoint] = {}
+        self.history: list[dict[str, Any]] = []
+        self.status = "starting"
+        self.error: str | None = None
+        self.model_name: str | None = None
+        self.final_accuracy: float | None = None
+        self.started_at = ctx.clock()
+        self.finished = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+        self._log = log.bind(run_id=run_id)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        state = init_state(self.spec, self.seed)
+        checkpoint = await asyncio.to_thread(self._write_checkpoint, 0, state)
+        self.checkpoints[0] = checkpoint
+        self.ctx.store.create_run(
+            run_id=self.run_id,
+            dataset=self.dataset.dataset_id,
+            dataset_source=self.dataset.source,
+            status="running",
+            rounds=self.rounds,
+            aggregation=self.ctx.aggregation,
+            model_spec=self.spec.to_dict(),
+            config={
+                "train": _config_dict(self.config),
+                "seed": self.seed,
+                "shards": {k: v.samples for k, v in self.shards.items()},
+            },
+            created=self.started_at,
+        )
+        self.status = "running"
+        self._publish(
+            "job_started",
+            {
+                "dataset": self.dataset.dataset_id,
+                "source": self.dataset.source,
+                "rounds": self.rounds,
+                "nodes": sorted(self._names(self.shards)),
+                "aggregation": self.ctx.aggregation,
+            },
+        )
+        async with self._lock:
+            self._open_next_round()
+            for node_id in self.machine.expected:
+                self._send_train(node_id)
+
+    async def stop(self, reason: str) -> None:
+        async with self._lock:
+            if not self.finished.is_set():
+                self._finish("stopped", reason)
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        self.status, self.error = status, error
+        if self._timer is not None and self._timer is not asyncio.current_task():
+            self._timer.cancel()
+        model_url = f"/models/{self.model_name}" if self.model_name else ""
+        self.ctx.store.update_run(
+            self.run_id,
+            status=status,
+            finished=self.ctx.clock(),
+            error=error,
+            model_path=str(self.ctx.models_dir / self.model_name) if self.model_name else None,
+            final_accuracy=self.final_accuracy,
+        )
+        kind = {"completed": "job_done", "stopped": "job_stopped"}.get(status, "job_failed")
+        self._publish(
+            kind,
+            {
+                "status": status,
+                "error": error,
+                "model_url": model_url,
+                "model_name": self.model_name,
+                "final_accuracy": self.final_accuracy,
+            },
+        )
+        for session in self._connected_participants():
+            session.send(Done(job_id=self.run_id, model_url=model_url, status=status))  # type: ignore[arg-type]
+            session.state = "idle"
+        self.finished.set()
+        self._log.info("job_finished", status=status, error=error, model=self.model_name)
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def train_frame(self, node_id: str) -> Train:
+        shard = self.shards[node_id]
+        latest = self.checkpoints[max(self.checkpoints)]
+        return Train(
+            job_id=self.run_id,
+            dataset=self.dataset.dataset_id,
+            shard_url=f"/shards/{self.run_id}/{node_id}",
+            shard_sha256=shard.sha256,
+            model_spec=self.spec.to_dict(),
+            config=self.config,
+            rounds=self.rounds,
+            round=latest.round + 1,
+            weights_url=weights_url(self.run_id, latest.round),
+            weights_sha256=latest.sha256,
+        )
+
+    def node_rejoined(self, node_id: str) -> None:
+        """A participant came back: hand it the newest weights so it trains the open round."""
+        if node_id in self.shards and not self.finished.is_set() and self.machine.is_open:
+            self._send_train(node_id)
+
+    def _send_train(self, node_id: str) -> None:
+        session = self.ctx.registry.nodes.get(node_id)
+        if session is not None and session.connected:
+            session.send(self.train_frame(node_id))
+            session.job_id, session.state = self.run_id, "training"
+            session.shard_samples = self.shards[node_id].samples
+
+    def _connected_participants(self) -> list[Any]:
+        return [s for s in self.ctx.registry.connected() if s.node_id in self.shards]
+
+    def _names(self, node_ids: Any) -> list[str]:
+        nodes = self.ctx.registry.nodes
+        return [nodes[n].name if n in nodes else n for n in node_ids]
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    async def upload(
+        self, node_id: str, round_: int, samples: int, metrics: Mapping[str, float], body: bytes
+    ) -> dict[str, Any]:
+        """Validate and fold one node's weights; raises Conflict/Forbidden/WeightsError."""
+        self._refuse_unless_accepted(node_id, round_)
+        shard = self.shards[node_id]
+        if not 1 <= samples <= shard.samples:
+            raise Forbidden(f"samples must be 1..{shard.samples} (the size of this node's shard)")
+        tensors = await asyncio.to_thread(decode_tensors, body)
+        async with self._lock:
+            self._refuse_unless_accepted(node_id, round_)  # the round may have closed meanwhile
+            await asyncio.to_thread(self.strategy.add, node_id, tensors, samples)
+            now = self.ctx.clock()
+            closed = self.machine.record(node_id, round_, samples, now)
+            self.ctx.store.record_node_metrics(
+                self.run_id, round_, node_id, self._names([node_id])[0], samples, metrics, now
+            )
+            self._publish(
+                "upload_accepted", {"round": round_, "samples": samples, **metrics}, node_id=node_id
+            )
+            session = self.ctx.registry.nodes.get(node_id)
+            if session is not None:
+                session.state, session.val_accuracy = "waiting", metrics.get("val_accuracy")
+            if closed is not None:
+                await self._close_round(closed)
+        return {
+            "accepted": True,
+            "round": round_,
+            "received": len(self.machine.received) if self.machine.round == round_ else None,
+        }
+
+    def _refuse_unless_accepted(self, node_id: str, round_: int) -> None:
+        verdict = self.machine.check(node_id, round_)
+        if verdict is Verdict.ACCEPTED:
+            return
+        latest = max(self.checkpoints)
+        if verdict is Verdict.NOT_PARTICIPANT:
+            raise Forbidden(f"node {node_id} holds no shard in job {self.run_id}")
+        messages = {
+            Verdict.LATE: f"round {round_} is closed; continue from the round {latest} weights",
+            Verdict.DUPLICATE: f"round {round_} already has this node's upload",
+            Verdict.EARLY: f"round {round_} is not open yet (open: {self.machine.round})",
+            Verdict.FINISHED: f"job {self.run_id} is finished",
+        }
+        raise Conflict(messages[verdict])
+
+    # -- rounds --------------------------------------------------------------------------------
+
+    def _open_next_round(self) -> None:
+        round_ = self.machine.open(
+            [s.node_id for s in self._connected_participants()], self.ctx.clock()
+        )
+        self.strategy = make_strategy(self.ctx.aggregation, self._layout)
+        self._timer = asyncio.create_task(self._expire_later(round_), name=f"deadline-{round_}")
+        self._publish(
+            "round_opened",
+            {
+                "round": round_,
+                "expected": sorted(self._names(self.machine.expected)),
+                "deadline": self.machine.deadline,
+            },
+        )
+
+    async def _expire_later(self, round_: int) -> None:
+        while True:
+            deadline = self.machine.deadline
+            if deadline is None:
+                return
+            await asyncio.sleep(max(0.0, deadline - self.ctx.clock()))
+            async with self._lock:
+                if self.machine.round != round_ or not self.machine.is_open:
+                    return
+                outcome = self.machine.expire(self.ctx.clock())
+                if isinstance(outcome, RoundClosed):
+                    self._publish(
+                        "partial_average",
+                        {
+                            "round": round_,
+                            "missing": sorted(self._names(outcome.missing)),
+                            "contributors": sorted(self._names(outcome.contributors)),
+                        },
+                    )
+                    for node_id in outcome.missing:
+                        self._publish("straggler", {"round": round_}, node_id=node_id)
+                        session = self.ctx.registry.nodes.get(node_id)
+                        if session is not None and session.connected:
+                            session.state = "straggler"
+                    await self._close_round(outcome)
+                    return
+                if isinstance(outcome, DeadlineExtended):
+                    self._publish(
+                        "deadline_extended",
+                        {
+                            "round": round_,
+                            "deadline": outcome.deadline,
+                            "empty_deadlines": outcome.empty_deadlines,
+                        },
+                    )
+                elif isinstance(outcome, JobFailed):
+                    self._finish("failed", outcome.reason)
+                    return
+
+    async def _close_round(self, closed: RoundClosed) -> None:
+        """Average, evaluate, checkpoint, record, then announce — in that order."""
+        if self._timer is not None and self._timer is not asyncio.current_task():
+            self._timer.cancel()
+        state = await asyncio.to_thread(self.strategy.result)
+        accuracy, loss = await asyncio.to_thread(
+            evaluate, state, self.spec, self._test_x, self._test_y
+        )
+        checkpoint = await asyncio.to_thread(self._write_checkpoint, closed.round, state)
+        self.checkpoints[closed.round] = checkpoint
+        contributors = self._names(closed.contributors)
+        self.ctx.store.record_round(
+            RoundRow(
+                run_id=self.run_id,
+                round=closed.round,
+                opened_at=closed.opened_at,
+                closed_at=closed.closed_at,
+                contributors=contributors,
+                samples=closed.samples,
+                partial=closed.partial,
+                missing=self._names(closed.missing),
+                test_accuracy=accuracy,
+                test_loss=loss,
+                checkpoint=str(checkpoint.path),
+                sha256=checkpoint.sha256,
+            )
+        )
+        summary = {
+            "round": closed.round,
+            "rounds": self.rounds,
+            "contributors": contributors,
+            "samples": closed.samples,
+            "partial": closed.partial,
+            "missing": self._names(closed.missing),
+            "test_accuracy": accuracy,
+            "test_loss": loss,
+            "seconds": closed.closed_at - closed.opened_at,
+        }
+        self.history.append(summary)
+        self._publish("round_closed", summary)
+        self._log.info("round_closed", **summary)
+        if self.machine.finished:
+            self.final_accuracy = accuracy
+            await asyncio.to_thread(self._write_final_model, state)
+            self._finish("completed")
+            return
+        self._open_next_round()
+        ready = WeightsReady(
+            job_id=self.run_id,
+            round=closed.round,
+            url=weights_url(self.run_id, closed.round),
+            sha256=checkpoint.sha256,
+        )
+        for session in self._connected_participants():
+            if session.node_id in self.machine.expected:
+                session.send(ready)
+                session.state = "training"
+            else:  # a participant that was away at the open: it trains from here
+                self._send_train(session.node_id)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _write_checkpoint(self, round_: int, state: Mapping[str, torch.Tensor]) -> Checkpoint:
+        data = encode_weights(state, WeightsMeta(spec=self.spec, round=round_, job_id=self.run_id))
+        path = self.ctx.runs_dir / self.run_id / f"round-{round_:04d}.safetensors"
+        atomic_write_bytes(path, data)
+        return Checkpoint(round_, path, sha256_hex(data))
+
+    def _write_final_model(self, state: Mapping[str, torch.Tensor]) -> None:
+        last = self.history[-1]
+        extra = {
+            "kind": "final",
+            "dataset": self.dataset.dataset_id,
+            "dataset_source": self.dataset.source,
+            "rounds": str(self.rounds),
+            "contributors": json.dumps([h["contributors"] for h in self.history]),
+            "test_accuracy": f"{last['test_accuracy']:.6f}",
+            "test_loss": f"{last['test_loss']:.6f}",
+            "run_id": self.run_id,
+            "aggregation": self.ctx.aggregation,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        data = encode_weights(
+            state, WeightsMeta(spec=self.spec, round=self.rounds, job_id=self.run_id, extra=extra)
+        )
+        name = f"{self.run_id}.safetensors"
+        atomic_write_bytes(self.ctx.models_dir / name, data)
+        self.model_name = name
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def _publish(self, kind: str, data: dict[str, Any], node_id: str | None = None) -> None:
+        self.ctx.bus.publish(kind, data, run_id=self.run_id, node_id=node_id)
+
+    def view(self) -> dict[str, Any]:
+        now = self.ctx.clock()
+        deadline = self.machine.deadline if self.machine.is_open else None
+        return {
+            "run_id": self.run_id,
+            "state": self.status,
+            "dataset": self.dataset.dataset_id,
+            "dataset_source": self.dataset.source,
+            "round": self.machine.round,
+            "rounds": self.rounds,
+            "round_open": self.machine.is_open,
+            "expected": sorted(self._names(self.machine.expected)),
+            "received": sorted(self._names(self.machine.received)),
+            "deadline_in_s": None if deadline is None else max(0.0, deadline - now),
+            "partial_rounds": sum(1 for h in self.history if h["partial"]),
+            "aggregation": self.ctx.aggregation,
+            "started_at": self.started_at,
+            "elapsed_s": now - self.started_at,
+            "history": self.history,
+            "error": self.error,
+            "model_url": f"/models/{self.model_name}" if self.model_name else None,
+            "final_accuracy": self.final_accuracy,
+        }
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    return {f: getattr(config, f) for f in config.__dataclass_fields__}

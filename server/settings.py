@@ -1,0 +1,183 @@
+"""The orchestrator's configuration: built once from the environment and flags, then passed around."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from node.errors import FedavgError, SpecError
+from node.logs import LogFormat
+from node.model import ModelSpec
+from node.protocol import TrainConfig
+
+AGGREGATIONS = ("weighted", "uniform")
+MiB = 1024 * 1024
+
+
+class SettingsError(FedavgError):
+    """A configuration value that makes no sense; raised at start-up, never later."""
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/share")
+    return Path(base) / "fedavg"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 11999
+    home: Path = field(default_factory=lambda: default_home(os.environ))
+    datasets_dir: Path | None = None
+    models_dir: Path | None = None
+    epoch_sync_timeout: float = 120.0
+    default_epochs: int = 5
+    max_epochs: int = 1000
+    shard_overlap: float = 0.15
+    aggregation: str = "weighted"
+    model_spec: ModelSpec = field(default_factory=ModelSpec)
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    mnist_download: bool = True
+    admin_token: str | None = None
+    node_token: str | None = None
+    insecure: bool = False
+    heartbeat_s: float = 10.0
+    max_upload_bytes: int = 512 * MiB
+    public_url: str | None = None  # how nodes reach us, when the bind address is not it
+    log_format: LogFormat = "auto"
+    wandb_project: str | None = None
+
+    @property
+    def datasets_path(self) -> Path:
+        return self.datasets_dir or self.home / "datasets"
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.home / "models"
+
+    @property
+    def runs_path(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "fedavg.sqlite3"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Read every FEDAVG_* / seed variable; flags (``overrides``, None = unset) win."""
+        defaults = cls()
+        spec_defaults = defaults.model_spec
+        try:
+            hidden = tuple(
+                int(env.get(f"MODEL_HIDDEN_{i + 1}", str(h)))
+                for i, h in enumerate(spec_defaults.hidden)
+            )
+            dropout = tuple(
+                float(env.get(f"MODEL_DROPOUT_{i + 1}", str(p)))
+                for i, p in enumerate(spec_defaults.dropout)
+            )
+            spec = replace(spec_defaults, hidden=hidden, dropout=dropout)
+            train = TrainConfig(
+                lr=float(env.get("FEDAVG_LR", "1e-3")),
+                batch_size=int(env.get("FEDAVG_BATCH_SIZE", "32")),
+                optimizer=_choice(
+                    env.get("FEDAVG_OPTIMIZER", "adam"), ("adam", "sgd"), "FEDAVG_OPTIMIZER"
+                ),  # type: ignore[arg-type]
+            )
+            values: dict[str, Any] = {
+                "host": env.get("FEDAVG_HOST", defaults.host),
+                "port": int(env.get("FEDAVG_PORT", str(defaults.port))),
+                "home": Path(env["FEDAVG_HOME"]) if env.get("FEDAVG_HOME") else default_home(env),
+                "datasets_dir": _path(env.get("FEDAVG_DATASETS_DIR")),
+                "models_dir": _path(env.get("FEDAVG_MODELS_DIR")),
+                "epoch_sync_timeout": float(env.get("EPOCH_SYNC_TIMEOUT", "120")),
+                "default_epochs": int(env.get("DEFAULT_EPOCHS", "5")),
+                "shard_overlap": float(env.get("SHARD_OVERLAP", "0.15")),
+                "aggregation": env.get("AGGREGATION", "weighted"),
+                "model_spec": spec,
+                "train_config": train,
+                "seed": int(env.get("FEDAVG_SEED", "0")),
+                "mnist_download": _bool(
+                    env.get("FEDAVG_MNIST_DOWNLOAD", "true"), "FEDAVG_MNIST_DOWNLOAD"
+                ),
+                "admin_token": env.get("FEDAVG_ADMIN_TOKEN") or None,
+                "node_token": env.get("FEDAVG_NODE_TOKEN") or None,
+                "heartbeat_s": float(env.get("FEDAVG_HEARTBEAT", "10")),
+                "max_upload_bytes": int(env.get("FEDAVG_MAX_UPLOAD_MB", "512")) * MiB,
+                "public_url": env.get("FEDAVG_PUBLIC_URL") or None,
+                "log_format": _choice(
+                    env.get("FEDAVG_LOG_FORMAT", "auto"),
+                    ("auto", "json", "console"),
+                    "FEDAVG_LOG_FORMAT",
+                ),
+                "wandb_project": env.get("WANDB_PROJECT") or None,
+            }
+        except (ValueError, SpecError) as exc:
+            raise SettingsError(f"bad setting: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port {self.port} is not 0..65535")
+        if self.epoch_sync_timeout <= 0:
+            problems.append("EPOCH_SYNC_TIMEOUT must be > 0 seconds")
+        if not 1 <= self.default_epochs <= self.max_epochs:
+            problems.append(f"DEFAULT_EPOCHS must be 1..{self.max_epochs}")
+        if not 0 <= self.shard_overlap <= 1:
+            problems.append("SHARD_OVERLAP must be within [0, 1]")
+        if self.aggregation not in AGGREGATIONS:
+            problems.append(f"AGGREGATION must be one of {', '.join(AGGREGATIONS)}")
+        if self.train_config.lr <= 0 or self.train_config.batch_size < 1:
+            problems.append("FEDAVG_LR must be > 0 and FEDAVG_BATCH_SIZE >= 1")
+        if self.heartbeat_s <= 0 or self.max_upload_bytes <= 0:
+            problems.append("FEDAVG_HEARTBEAT and FEDAVG_MAX_UPLOAD_MB must be > 0")
+        if (
+            not self.insecure
+            and not self.is_loopback
+            and not (self.admin_token and self.node_token)
+        ):
+            problems.append(
+                f"refusing to listen on {self.host} (not loopback) without FEDAVG_ADMIN_TOKEN and "
+                "FEDAVG_NODE_TOKEN: anyone on the network could join or start jobs. "
+                "Set both tokens, or pass --insecure on a network you trust"
+            )
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean (true/false)")
+
+
+def _choice(value: str, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value

@@ -1,0 +1,56 @@
+"""Shard files on disk: one safetensors per node, named by plan, reused when already written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from node.atomic import atomic_write_bytes
+from node.shards import encode_xy
+from node.weights import sha256_hex
+from server.shard_plan import Shard
+
+
+@dataclass(frozen=True, slots=True)
+class ShardFile:
+    node_id: str
+    path: Path
+    sha256: str
+    samples: int
+    own: int
+
+
+def plan_key(
+    dataset_sha256: str, capacities: Mapping[str, float], overlap: float, seed: int
+) -> str:
+    """A stable name for a plan: same data, nodes, capacities and overlap -> same files."""
+    blob = json.dumps(
+        {
+            "data": dataset_sha256,
+            "nodes": sorted((k, round(v, 3)) for k, v in capacities.items()),
+            "overlap": overlap,
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_shards(
+    plan: Mapping[str, Shard], x: torch.Tensor, y: torch.Tensor, folder: Path
+) -> dict[str, ShardFile]:
+    """Write each node's samples (skipping files already complete) and describe them."""
+    files: dict[str, ShardFile] = {}
+    for node_id, shard in plan.items():
+        path = folder / f"{hashlib.sha256(node_id.encode()).hexdigest()[:16]}.safetensors"
+        index = torch.tensor(shard.indices, dtype=torch.int64)
+        data = encode_xy(x[index], y[index], {"node_id": node_id, "own": str(shard.own)})
+        if not path.exists() or path.read_bytes() != data:
+            atomic_write_bytes(path, data)
+        files[node_id] = ShardFile(node_id, path, sha256_hex(data), len(shard.indices), shard.own)
+    return files

@@ -1,0 +1,138 @@
+"""Shard plans: which training samples each node trains on, decided once per job.
+
+The plan is a pure function of the dataset size, the node *set* with its capacities, the
+overlap fraction and the job seed, so a restarted orchestrator rebuilds exactly the shards it
+handed out before, and a test can pin one down with literal numbers.
+
+Own parts are sized in proportion to each node's measured capacity (samples/s), so the fast
+and the slow nodes finish a local epoch at about the same time and a round is not held up by
+its slowest member. Each shard is then extended with the first samples of its neighbour's
+own part: a little shared data keeps the local models from drifting apart on skewed splits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+DEFAULT_OVERLAP = 0.15
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One node's share of the training split.
+
+    Attributes:
+        node_id: The node that trains on it.
+        indices: Sample indices into the training split: the node's own part first, then the
+            overlap borrowed from its neighbour.
+        own: How many of ``indices`` are the node's own part (the rest is overlap).
+    """
+
+    node_id: str
+    indices: tuple[int, ...]
+    own: int
+
+    @property
+    def overlap(self) -> int:
+        """How many samples were borrowed from the neighbour's own part."""
+        return len(self.indices) - self.own
+
+
+def proportional_sizes(total: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """Split ``total`` into integer parts proportional to ``weights`` (largest remainder).
+
+    Each part is the floor or the ceiling of its exact share, so it is within one of the
+    exact proportion, and the parts sum to ``total``. The arithmetic is done in exact
+    fractions (every float is a fraction), so the rounding never depends on float error;
+    ties in the remainder go to the node that sorts first.
+
+    Args:
+        total: The number of items to split (>= 0).
+        weights: Node id -> positive, finite weight.
+
+    Returns:
+        Node id -> part size, keyed in sorted node order.
+    """
+    ids = sorted(weights)
+    exact = {n: Fraction(weights[n]) for n in ids}
+    denominator = sum(exact.values(), Fraction(0))
+    shares = {n: total * exact[n] / denominator for n in ids}
+    sizes = {n: math.floor(shares[n]) for n in ids}
+    leftover = total - sum(sizes.values())
+    by_remainder = sorted(ids, key=lambda n: (-(shares[n] - sizes[n]), n))
+    for n in by_remainder[:leftover]:
+        sizes[n] += 1
+    return sizes
+
+
+def plan_shards(
+    num_samples: int,
+    capacities: Mapping[str, float],
+    *,
+    overlap: float = DEFAULT_OVERLAP,
+    seed: int = 0,
+) -> dict[str, Shard]:
+    """Plan every node's shard of a training split of ``num_samples`` samples.
+
+    The samples are shuffled with a ``torch.Generator`` seeded by ``seed``, then cut into
+    contiguous own parts, one per node in sorted node-id order, sized by
+    :func:`proportional_sizes`. Node ``i`` then borrows ``round(overlap * own_i)`` samples
+    (capped at the neighbour's own size) from the start of node ``i+1``'s own part,
+    wrapping around; a lone node borrows nothing. Every sample is in at least one shard and
+    no shard repeats a sample.
+
+    A node whose proportional share rounds down to zero (a tiny dataset, or a node far
+    slower than the rest) gets an empty own part and so an empty shard rather than an error:
+    rounding the other way would break proportionality, and refusing would fail a whole job
+    over one weak node. The caller should leave nodes with an empty shard out of the rounds.
+
+    Args:
+        num_samples: Size of the training split (>= 0).
+        capacities: Node id -> measured capacity in samples/s; finite and > 0. Only the set
+            of ids matters for the order, not the mapping's iteration order.
+        overlap: Fraction of its own part that each node borrows from its neighbour, in
+            [0, 1].
+        seed: The job seed; the same seed and node set always give the same plan.
+
+    Returns:
+        Node id -> :class:`Shard`, keyed in sorted node order.
+
+    Raises:
+        ValueError: No nodes, a capacity that is not finite and positive, a negative
+            ``num_samples`` or an ``overlap`` outside [0, 1].
+    """
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    if not capacities:
+        raise ValueError("a shard plan needs at least one node")
+    for node_id, capacity in capacities.items():
+        if not (math.isfinite(capacity) and capacity > 0):
+            raise ValueError(f"capacity of {node_id!r} must be finite and > 0, got {capacity}")
+    if not 0.0 <= overlap <= 1.0:  # also refuses NaN
+        raise ValueError(f"overlap must be in [0, 1], got {overlap}")
+
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = torch.randperm(num_samples, generator=generator).tolist()
+
+    sizes = proportional_sizes(num_samples, capacities)
+    ids = list(sizes)
+    own_parts: dict[str, list[int]] = {}
+    start = 0
+    for node_id in ids:
+        own_parts[node_id] = order[start : start + sizes[node_id]]
+        start += sizes[node_id]
+
+    plan: dict[str, Shard] = {}
+    for i, node_id in enumerate(ids):
+        own = own_parts[node_id]
+        borrowed: list[int] = []
+        if len(ids) > 1:
+            neighbour = own_parts[ids[(i + 1) % len(ids)]]
+            borrowed = neighbour[: min(round(overlap * len(own)), len(neighbour))]
+        plan[node_id] = Shard(node_id=node_id, indices=tuple(own + borrowed), own=len(own))
+    return plan

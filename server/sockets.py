@@ -1,0 +1,132 @@
+"""WebSocket endpoints: ``/ws/node`` (control, pushed to workers) and ``/ws/dashboard`` (events)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from node.errors import ProtocolError
+from node.protocol import MAX_FRAME_BYTES, Error, Hello, Left, Progress, decode, decode_as
+from server.auth import check_node_join
+from server.federation import Federation
+from server.registry import NodeSession
+
+log = structlog.get_logger(__name__)
+
+FEDERATION = web.AppKey("federation", Federation)
+OPEN_SOCKETS = web.AppKey("open_sockets", weakref.WeakSet[web.WebSocketResponse])
+HELLO_TIMEOUT_S = 15.0
+CLOSE_TIMEOUT_S = 5.0
+
+
+async def node_socket(request: web.Request) -> web.WebSocketResponse:
+    fed = request.app[FEDERATION]
+    check_node_join(request, fed.settings)
+    ws = web.WebSocketResponse(
+        heartbeat=fed.settings.heartbeat_s, max_msg_size=MAX_FRAME_BYTES, timeout=CLOSE_TIMEOUT_S
+    )
+    await ws.prepare(request)
+    request.app[OPEN_SOCKETS].add(ws)
+    try:
+        msg = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
+        if msg.type is not WSMsgType.TEXT:
+            raise ProtocolError("the first frame must be a 'hello' text frame")
+        hello: Hello = decode_as(msg.data, Hello)
+    except (TimeoutError, ProtocolError) as exc:
+        reason = str(exc) or "no hello within 15 s"
+        await ws.send_str(json.dumps({"type": "error", "code": "protocol", "message": reason}))
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION)
+        return ws
+    session = fed.node_joined(hello)
+    bound = log.bind(node_id=session.node_id)
+    bound.info("node_connected", name=hello.name, device=hello.device, capacity=hello.capacity)
+    writer = asyncio.create_task(_drain_outbox(ws, session), name=f"writer-{session.node_id}")
+    reason = "disconnected"
+    try:
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            try:
+                frame = decode(msg.data)
+            except ProtocolError as exc:
+                bound.warning("node_frame_refused", error=str(exc))
+                session.send(Error(code="protocol", message=str(exc)))
+                session.close()
+                reason = "protocol error"
+                break
+            if isinstance(frame, Progress):
+                fed.node_progress(session, frame)
+            elif isinstance(frame, Left):
+                reason = frame.reason or "left"
+                break
+            else:
+                session.send(Error(code="protocol", message=f"{frame.type!r} is a server frame"))
+        if ws.exception() is not None:
+            reason = f"socket error: {ws.exception()}"
+    finally:
+        session.close()
+        await writer
+        fed.node_left(session, reason)
+        bound.info("node_disconnected", reason=reason)
+    return ws
+
+
+async def _drain_outbox(ws: web.WebSocketResponse, session: NodeSession) -> None:
+    """The one writer of a node socket: frames in queue order, then close when asked."""
+    try:
+        while True:
+            text = await session.outbox.get()
+            if text is None or ws.closed:
+                break
+            await ws.send_str(text)
+    except (ConnectionError, RuntimeError) as exc:
+        log.info("node_send_failed", node_id=session.node_id, error=str(exc))
+    finally:
+        if not ws.closed:
+            await ws.close()
+
+
+async def dashboard_socket(request: web.Request) -> web.WebSocketResponse:
+    fed = request.app[FEDERATION]
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4096, timeout=CLOSE_TIMEOUT_S)
+    await ws.prepare(request)
+    request.app[OPEN_SOCKETS].add(ws)
+    # Subscribe and take the snapshot with no await between: no event can fall in the gap.
+    sub = fed.bus.subscribe()
+    snapshot = json.dumps(
+        {
+            "type": "snapshot",
+            "status": fed.status(),
+            "nodes": fed.nodes(),
+            "timeline": fed.store.events(limit=50),
+        }
+    )
+    sender = asyncio.create_task(_send_events(ws, snapshot, sub.queue))
+    dropped = asyncio.create_task(sub.dropped.wait())
+    reader = asyncio.create_task(_read_until_closed(ws))
+    try:
+        await asyncio.wait({sender, dropped, reader}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        fed.bus.unsubscribe(sub)
+        for task in (sender, dropped, reader):
+            task.cancel()
+        if not ws.closed:
+            await ws.close(
+                code=WSCloseCode.TRY_AGAIN_LATER if sub.dropped.is_set() else WSCloseCode.OK
+            )
+    return ws
+
+
+async def _send_events(ws: web.WebSocketResponse, snapshot: str, queue: asyncio.Queue[str]) -> None:
+    await ws.send_str(snapshot)
+    while True:
+        await ws.send_str(await queue.get())
+
+
+async def _read_until_closed(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:
+        pass  # dashboards only listen; reading keeps pings/pongs and close frames flowing

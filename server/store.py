@@ -1,0 +1,193 @@
+"""Runs, rounds, per-node metrics and the event timeline in SQLite under FEDAVG_HOME.
+
+Used from the event loop thread only; every write is one short transaction (WAL mode keeps
+them in the millisecond range), committed before the effect it records is announced.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    dataset_source TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rounds INTEGER NOT NULL,
+    aggregation TEXT NOT NULL,
+    model_spec TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created REAL NOT NULL,
+    finished REAL,
+    model_path TEXT,
+    final_accuracy REAL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    round INTEGER NOT NULL,
+    opened_at REAL NOT NULL,
+    closed_at REAL NOT NULL,
+    contributors TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    partial INTEGER NOT NULL,
+    missing TEXT NOT NULL,
+    test_accuracy REAL,
+    test_loss REAL,
+    checkpoint TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS node_metrics (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    node_id TEXT NOT NULL,
+    node_name TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (run_id, round, node_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    run_id TEXT,
+    node_id TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRow:
+    run_id: str
+    round: int
+    opened_at: float
+    closed_at: float
+    contributors: list[str]
+    samples: int
+    partial: bool
+    missing: list[str]
+    test_accuracy: float | None
+    test_loss: float | None
+    checkpoint: str
+    sha256: str
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def create_run(self, **row: Any) -> None:
+        row = {
+            **row,
+            "model_spec": json.dumps(row["model_spec"]),
+            "config": json.dumps(row["config"]),
+        }
+        cols = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        self._db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", row)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = :{k}" for k in fields)
+        self._db.execute(
+            f"UPDATE runs SET {sets} WHERE run_id = :run_id", {**fields, "run_id": run_id}
+        )
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _run_dict(row) if row else None
+
+    def runs(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,))
+        return [_run_dict(r) for r in rows]
+
+    def record_round(self, row: RoundRow) -> None:
+        data = {f: getattr(row, f) for f in RoundRow.__dataclass_fields__}
+        data["contributors"] = json.dumps(row.contributors)
+        data["missing"] = json.dumps(row.missing)
+        data["partial"] = int(row.partial)
+        cols = ", ".join(data)
+        marks = ", ".join(f":{k}" for k in data)
+        self._db.execute(f"INSERT OR REPLACE INTO rounds ({cols}) VALUES ({marks})", data)
+
+    def rounds(self, run_id: str) -> list[RoundRow]:
+        rows = self._db.execute("SELECT * FROM rounds WHERE run_id = ? ORDER BY round", (run_id,))
+        return [
+            RoundRow(
+                **{
+                    **dict(r),
+                    "contributors": json.loads(r["contributors"]),
+                    "missing": json.loads(r["missing"]),
+                    "partial": bool(r["partial"]),
+                }
+            )
+            for r in rows
+        ]
+
+    def record_node_metrics(
+        self,
+        run_id: str,
+        round_: int,
+        node_id: str,
+        node_name: str,
+        samples: int,
+        metrics: Mapping[str, float],
+        received_at: float,
+    ) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO node_metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, round_, node_id, node_name, samples, json.dumps(dict(metrics)), received_at),
+        )
+
+    def node_metrics(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM node_metrics WHERE run_id = ? ORDER BY round, node_id", (run_id,)
+        )
+        return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
+
+    def add_event(
+        self,
+        ts: float,
+        kind: str,
+        data: Mapping[str, Any],
+        run_id: str | None = None,
+        node_id: str | None = None,
+    ) -> int:
+        cur = self._db.execute(
+            "INSERT INTO events (ts, kind, run_id, node_id, data) VALUES (?, ?, ?, ?, ?)",
+            (ts, kind, run_id, node_id, json.dumps(dict(data))),
+        )
+        return int(cur.lastrowid or 0)
+
+    def events(self, limit: int = 100, run_id: str | None = None) -> list[dict[str, Any]]:
+        if run_id is None:
+            rows = self._db.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM events WHERE run_id = ? ORDER BY id DESC LIMIT ?", (run_id, limit)
+            )
+        return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+
+def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
+    data = dict(row)
+    data["model_spec"] = json.loads(data["model_spec"])
+    data["config"] = json.loads(data["config"])
+    return data

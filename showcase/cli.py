@@ -1,0 +1,128 @@
+"""``fedavg-showcase``: serve the drawing app (Panel, port 7860 by default)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from showcase.errors import SettingsError
+from showcase.models import ModelCache, ModelSource
+from showcase.settings import Settings
+from showcase.sources import DirectorySource, OrchestratorSource
+
+log = structlog.get_logger(__name__)
+
+
+def configure_logging(stream: Any = None) -> None:
+    """structlog once per process: JSON lines when not a terminal, readable when it is."""
+    stream = stream or sys.stderr
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer()
+        if stream.isatty()
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+
+
+def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
+    """Settings from the environment with command-line flags on top."""
+    parser = argparse.ArgumentParser(
+        prog="fedavg-showcase",
+        description="Draw a digit in the browser and see what a saved federated model predicts.",
+    )
+    parser.add_argument("--host", help="address to listen on (SHOWCASE_HOST; 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (SHOWCASE_PORT; 7860)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--models-dir",
+        type=Path,
+        help="folder of saved .safetensors models (FEDAVG_MODELS_DIR; <FEDAVG_HOME>/models)",
+    )
+    where.add_argument(
+        "--orchestrator",
+        metavar="URL",
+        help="orchestrator base URL(s), comma-separated, whose /models to use (ORCHESTRATOR_URL)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="another host:port browsers may use to reach the app (SHOWCASE_ALLOW_ORIGIN)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        return Settings.from_env(env).with_overrides(
+            host=args.host,
+            port=args.port,
+            models_dir=args.models_dir,
+            orchestrator=args.orchestrator,
+            allow_origins=tuple(args.allow_origin),
+        )
+    except SettingsError as exc:
+        parser.error(str(exc))
+
+
+def build_source(settings: Settings) -> ModelSource:
+    if settings.orchestrator_urls:
+        return OrchestratorSource(settings.orchestrator_urls, settings.max_upload_bytes)
+    return DirectorySource(settings.models_dir, settings.max_upload_bytes)
+
+
+def serve(
+    settings: Settings,
+    *,
+    source: ModelSource | None = None,
+    threaded: bool = False,
+) -> Any:
+    """Start the Panel server. Threaded: returns a thread with ``.stop()`` (for tests)."""
+    import panel as pn  # noqa: PLC0415 - keeps `--help` and config errors fast
+
+    from showcase.app import create_page  # noqa: PLC0415
+
+    source = source or build_source(settings)
+    cache = ModelCache(max_bytes=settings.max_upload_bytes)
+    log.info(
+        "showcase_starting",
+        url=f"http://{settings.host}:{settings.port}/",
+        models=source.description,
+    )
+    return pn.serve(
+        partial(create_page, settings, source, cache),
+        port=settings.port,
+        address=settings.host,
+        websocket_origin=settings.websocket_origins,
+        websocket_max_message_size=settings.websocket_max_message_bytes,
+        show=False,
+        threaded=threaded,
+        title="fedavg · try the model",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    configure_logging()
+    settings = parse_args(argv, os.environ)
+    serve(settings)
+
+
+if __name__ == "__main__":
+    main()
