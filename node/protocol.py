@@ -133,6 +133,8 @@ def decode(text: str | bytes) -> Frame:
         data = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"frame is not JSON: {exc}") from exc
+    except RecursionError:  # small but deeply nested: json recurses once per level
+        raise ProtocolError("frame is nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("frame must be a JSON object")
     kind = data.pop("type", None)

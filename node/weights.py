@@ -102,7 +102,8 @@ def read_metadata(data: bytes | bytearray | memoryview) -> dict[str, str]:
 def decode_tensors(data: bytes | bytearray) -> dict[str, torch.Tensor]:
     try:
         return st_load(bytes(data))
-    except (SafetensorError, ValueError, RuntimeError) as exc:
+    # KeyError: a dtype the Rust parser knows but safetensors.torch cannot map (F4, F8_E8M0).
+    except (SafetensorError, ValueError, RuntimeError, KeyError) as exc:
         raise WeightsError(f"not a valid safetensors file: {exc}") from exc
 
 

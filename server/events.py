@@ -22,7 +22,7 @@ log = structlog.get_logger(__name__)
 SUBSCRIBER_QUEUE = 256
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: each subscriber is its own set member
 class Subscriber:
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE))
     dropped: asyncio.Event = field(default_factory=asyncio.Event)

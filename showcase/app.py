@@ -1,3 +1,5 @@
+# Panel's constructors take **params and carry no annotations; calling them is not an error.
+# mypy: disable-error-code="no-untyped-call"
 """The Panel page: draw a digit, see the picked model's prediction.
 
 One ``ShowcaseApp`` per browser session holds its widgets and its picked model; the model
@@ -12,7 +14,7 @@ import asyncio
 import base64
 import binascii
 import html
-from typing import Any
+from typing import Any, Literal
 
 import panel as pn
 import structlog
@@ -33,6 +35,8 @@ from showcase.preprocess import decode_data_url, preprocess_image, to_png
 from showcase.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+AlertKind = Literal["info", "warning", "danger"]
 
 HINT = "Draw a digit in the box: the prediction follows your pen."
 
@@ -221,7 +225,9 @@ class ShowcaseApp:
         """Classify the drawing with the picked model, or say why not."""
         self.prediction = None
         if not self.canvas.value:
-            self._show_result(_hint("The canvas is empty: draw a digit first.") if on_demand else None)
+            self._show_result(
+                _hint("The canvas is empty: draw a digit first.") if on_demand else None
+            )
             return
         if self.model is None:
             self._show_result(_hint("No model is loaded yet, so there is nothing to ask."))
@@ -243,18 +249,18 @@ class ShowcaseApp:
             return
         self.result.object = (
             f'<div class="prediction" id="prediction"><span class="digit" id="predicted-digit">'
-            f"{prediction.digit}</span><span class=\"confidence\" id=\"confidence\">"
+            f'{prediction.digit}</span><span class="confidence" id="confidence">'
             f"{prediction.confidence:.1%} confident</span></div>"
         )
         self.bars.object = _bars_html(prediction)
         if seen is not None:
             png = base64.b64encode(to_png(seen)).decode("ascii")
             self.seen.object = (
-                '<div class="seen">What the model saw (28×28, centred like MNIST):'
+                '<div class="seen">What the model saw (28x28, centred like MNIST):'
                 f'<img id="model-input" alt="28x28 input" src="data:image/png;base64,{png}"></div>'
             )
 
-    def _model_message(self, text: str, kind: str) -> None:
+    def _model_message(self, text: str, kind: AlertKind) -> None:
         self.model_status.object = text
         self.model_status.alert_type = kind
         self.model_status.visible = bool(text)
@@ -309,5 +315,9 @@ def create_page(settings: Settings, source: ModelSource, cache: ModelCache) -> p
     app = ShowcaseApp(source, cache, settings.max_upload_bytes)
     app.refresh()
     if pn.state.curdoc is not None:
-        pn.state.add_periodic_callback(app.refresh_async, period=int(settings.refresh_s * 1000))
+        # Panel awaits coroutine functions; its annotation only names plain callables.
+        pn.state.add_periodic_callback(
+            app.refresh_async,  # type: ignore[arg-type]
+            period=int(settings.refresh_s * 1000),
+        )
     return app.view()

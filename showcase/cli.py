@@ -25,9 +25,7 @@ def configure_logging(stream: Any = None) -> None:
     """structlog once per process: JSON lines when not a terminal, readable when it is."""
     stream = stream or sys.stderr
     renderer: Any = (
-        structlog.dev.ConsoleRenderer()
-        if stream.isatty()
-        else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer() if stream.isatty() else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[
@@ -95,9 +93,9 @@ def serve(
     threaded: bool = False,
 ) -> Any:
     """Start the Panel server. Threaded: returns a thread with ``.stop()`` (for tests)."""
-    import panel as pn  # noqa: PLC0415 - keeps `--help` and config errors fast
+    import panel as pn  # here, not at the top: keeps `--help` and config errors fast
 
-    from showcase.app import create_page  # noqa: PLC0415
+    from showcase.app import create_page
 
     source = source or build_source(settings)
     cache = ModelCache(max_bytes=settings.max_upload_bytes)
@@ -106,7 +104,7 @@ def serve(
         url=f"http://{settings.host}:{settings.port}/",
         models=source.description,
     )
-    return pn.serve(
+    return pn.serve(  # type: ignore[no-untyped-call]
         partial(create_page, settings, source, cache),
         port=settings.port,
         address=settings.host,

@@ -15,7 +15,7 @@ STROKE_PX = 18
 SEND_EVERY_MS = 250
 
 
-class DrawCanvas(JSComponent):  # type: ignore[misc]
+class DrawCanvas(JSComponent):
     """A square canvas drawn on with a mouse, pen or finger (dark ink on white).
 
     ``value`` is the drawing as a PNG data URL: sent at most every ``SEND_EVERY_MS`` while a
@@ -120,7 +120,7 @@ export function render({{ model, el }}) {{
 """
 
 
-class ModelUpload(JSComponent):  # type: ignore[misc]
+class ModelUpload(JSComponent):
     """A file picker for ``.safetensors`` models that refuses oversized files in the browser.
 
     Checking the size before reading means a huge file never reaches the WebSocket (which

@@ -171,9 +171,7 @@ def to_png(pixels: ByteImage, scale: int = 1) -> bytes:
     """PNG bytes of a uint8 image, optionally enlarged with hard pixel edges."""
     image = Image.fromarray(np.ascontiguousarray(pixels))
     if scale > 1:
-        image = image.resize(
-            (image.width * scale, image.height * scale), Image.Resampling.NEAREST
-        )
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -84,10 +84,14 @@ class Settings:
         urls = parse_urls(env.get("ORCHESTRATOR_URL", ""))
         if env.get("FEDAVG_MODELS_DIR"):
             urls = ()
-        origins = tuple(o.strip() for o in env.get("SHOWCASE_ALLOW_ORIGIN", "").split(",") if o.strip())
+        origins = tuple(
+            o.strip() for o in env.get("SHOWCASE_ALLOW_ORIGIN", "").split(",") if o.strip()
+        )
         return cls(
             host=env.get("SHOWCASE_HOST", "") or DEFAULT_HOST,
-            port=_port(env["SHOWCASE_PORT"], "SHOWCASE_PORT") if env.get("SHOWCASE_PORT") else DEFAULT_PORT,
+            port=_port(env["SHOWCASE_PORT"], "SHOWCASE_PORT")
+            if env.get("SHOWCASE_PORT")
+            else DEFAULT_PORT,
             models_dir=default_models_dir(env),
             orchestrator_urls=urls,
             allow_origins=origins,

