@@ -42,6 +42,7 @@ from node.settings import NodeSettings
 from node.shards import decode_xy
 from node.trainer import Aborted, split_validation, train_epoch
 from node.transport import HttpTransport, TransferError
+from node.wandb_sink import WandbSink
 from node.weights import WeightsMeta, decode_weights, encode_weights, sha256_hex
 
 log = structlog.get_logger(__name__)
@@ -95,6 +96,9 @@ class Agent:
         self._data: LocalData | None = None
         self._stopping = asyncio.Event()
         self._log = log.bind(node_id=settings.node_id)
+        self.wandb = WandbSink(
+            settings.wandb_mode, settings.wandb_project, settings.cache_dir / "wandb"
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -207,6 +211,17 @@ class Agent:
 
     def _handle(self, frame: Frame) -> None:
         if isinstance(frame, Train):
+            if self.assignment is None or self.assignment.job_id != frame.job_id:
+                self.wandb.start(
+                    group=frame.job_id,
+                    name=self.settings.name,
+                    job_type="node",
+                    config={
+                        "node_id": self.settings.node_id,
+                        "device": str(self.device),
+                        "capacity": self.capacity,
+                    },
+                )
             self.assignment = Assignment(
                 job_id=frame.job_id,
                 shard_url=frame.shard_url,
@@ -234,6 +249,7 @@ class Agent:
             )
             self.assignment, self.target = None, None
             self.jobs_done += 1
+            self.wandb.finish()
             if self.settings.exit_after_job:
                 self._stopping.set()
         elif isinstance(frame, Error):
@@ -296,6 +312,9 @@ class Agent:
             try:
                 await transport.upload_weights(f"/sync/weights?{query}", body)
                 self.rounds_trained += 1
+                self.wandb.log(
+                    {f"local/{k}": v for k, v in result.metrics.items()}, step=target.round
+                )
                 self._log.info("round_uploaded", round=target.round, **result.metrics)
             except TransferError as exc:
                 if exc.status is None or exc.status >= 500:

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(3) from exc
     except KeyboardInterrupt:
         pass
+    finally:
+        agent.wandb.close()
 
 
 async def _run(agent: Agent) -> None:

@@ -89,9 +89,12 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         try:
-            return cls.from_dict(json.loads(text))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"model spec is not JSON: {exc}") from exc
+        except RecursionError:  # deeply nested: json recurses once per level
+            raise SpecError("model spec is nested too deeply") from None
+        return cls.from_dict(data)
 
 
 def _int(value: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -12,6 +13,7 @@ from typing import Any
 
 from node.errors import FedavgError
 from node.logs import LogFormat
+from node.wandb_sink import wandb_mode
 
 
 class NodeSettingsError(FedavgError):
@@ -39,6 +41,8 @@ class NodeSettings:
     max_backoff_s: float = 30.0
     progress_interval_s: float = 0.25
     exit_after_job: bool = False
+    wandb_mode: str | None = None
+    wandb_project: str = "fedavg"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> NodeSettings:
@@ -68,6 +72,8 @@ class NodeSettings:
                 "node_token": env.get("FEDAVG_NODE_TOKEN") or None,
                 "ca_cert": Path(env["FEDAVG_CA_CERT"]) if env.get("FEDAVG_CA_CERT") else None,
                 "log_format": env.get("FEDAVG_LOG_FORMAT", "auto"),
+                "wandb_mode": wandb_mode(env),
+                "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
             }
         except ValueError as exc:
             raise NodeSettingsError(f"bad setting: {exc}") from exc
@@ -91,6 +97,10 @@ class NodeSettings:
             problems.append("VALIDATION_SPLIT must be within [0, 1)")
         if not self.node_id or len(self.node_id) > 128 or not self.name or len(self.name) > 128:
             problems.append("node id and name must be 1..128 characters")
+        for name in ("idle_timeout_s", "max_backoff_s", "progress_interval_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be a finite number of seconds > 0, got {value}")
         if self.log_format not in ("auto", "json", "console"):
             problems.append("FEDAVG_LOG_FORMAT must be auto, json or console")
         if problems:

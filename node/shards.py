@@ -40,7 +40,7 @@ def decode_xy(
         raise ShardError(f"dtypes must be x uint8 and y int64, got {x.dtype} and {y.dtype}")
     if y.dim() != 1 or x.dim() < 2 or x.shape[0] != y.shape[0]:
         raise ShardError(f"shapes do not fit: x {tuple(x.shape)}, y {tuple(y.shape)}")
-    if input_shape is not None and x[0].numel() != torch.Size(input_shape).numel():
+    if input_shape is not None and x.shape[1:].numel() != torch.Size(input_shape).numel():
         raise ShardError(f"samples have shape {tuple(x.shape[1:])}, model expects {input_shape}")
     if num_classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ShardError(f"labels must lie in [0, {num_classes})")

@@ -90,7 +90,7 @@ def train_epoch(
             loss = loss_fn(logits, yb)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(yb)
+            total_loss += loss.item() * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
             if on_progress is not None:

@@ -91,6 +91,8 @@ def read_metadata(data: bytes | bytearray | memoryview) -> dict[str, str]:
         header = json.loads(bytes(data[8 : 8 + header_len]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WeightsError(f"safetensors header is not JSON: {exc}") from exc
+    except RecursionError:  # within the size bound but deeply nested
+        raise WeightsError("safetensors header is nested too deeply") from None
     metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()

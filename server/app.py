@@ -6,17 +6,24 @@ Handlers are thin: decode the request, call one ``Federation`` method, encode th
 from __future__ import annotations
 
 import math
+import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp_jinja2
+import jinja2
 import structlog
 from aiohttp import WSCloseCode, web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from node import __version__
+from node.errors import FedavgError
+from server import monitor
 from server.auth import node_session, require_admin
-from server.errors import BadRequest, NotFound, TooLarge, http_status
+from server.errors import ApiError, BadRequest, NotFound, TooLarge, http_status
 from server.federation import Federation
 from server.settings import Settings
 from server.sockets import FEDERATION, OPEN_SOCKETS, dashboard_socket, node_socket
@@ -52,6 +59,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         for ws in list(app[OPEN_SOCKETS]):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"))
+    app.router.add_static("/static/", static_dir(), name="static")
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(close_sockets)
     app.add_routes(
@@ -70,6 +79,11 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
             web.get("/models", models),
             web.get("/models/{name}", download_model),
             web.get("/runs", runs),
+            web.get("/metrics", prometheus_metrics),
+            web.get("/monitor/overview", monitor_overview),
+            web.get("/monitor/nodes", monitor_nodes),
+            web.get("/monitor/timeline", monitor_timeline),
+            web.get("/", dashboard),
             web.get("/ws/node", node_socket),
             web.get("/ws/dashboard", dashboard_socket),
         ]
@@ -155,7 +169,9 @@ async def runs(request: web.Request) -> web.Response:
 
 
 async def download_model(request: web.Request) -> web.StreamResponse:
-    path = _fed(request).model_path(request.match_info["name"])
+    fed = _fed(request)
+    path = fed.model_path(request.match_info["name"])
+    fed.metrics.bytes_sent.labels(kind="model").inc(path.stat().st_size)
     return web.FileResponse(
         path,
         headers={
@@ -163,6 +179,44 @@ async def download_model(request: web.Request) -> web.StreamResponse:
             "Content-Disposition": f'attachment; filename="{path.name}"',
         },
     )
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    fed = _fed(request)
+    body = fed.metrics.render(
+        nodes_connected=len(fed.registry.connected()), dashboard_clients=fed.bus.subscriber_count
+    )
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def monitor_overview(request: web.Request) -> web.Response:
+    return web.json_response(monitor.overview(_fed(request)))
+
+
+async def monitor_nodes(request: web.Request) -> web.Response:
+    return web.json_response(monitor.node_details(_fed(request)))
+
+
+async def monitor_timeline(request: web.Request) -> web.Response:
+    limit = int_query(request, "limit", 100, 1, 1000)
+    return web.json_response(monitor.timeline(_fed(request), limit))
+
+
+@aiohttp_jinja2.template("dashboard.html")
+async def dashboard(request: web.Request) -> dict[str, Any]:
+    settings = request.app[SETTINGS]
+    return {"version": __version__, "admin_token_required": settings.admin_token is not None}
+
+
+def static_dir() -> Path:
+    """The dashboard assets: the checkout's ``static/``, or where the wheel installed them."""
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "static",
+        Path(sys.prefix) / "share" / "fedavg" / "static",
+    ):
+        if candidate.is_dir():
+            return candidate
+    raise RuntimeError("dashboard assets (static/) not found; reinstall fedavg")
 
 
 # -- control (admin) ---------------------------------------------------------------------------
@@ -223,20 +277,22 @@ async def download_weights(request: web.Request) -> web.StreamResponse:
     checkpoint = job.checkpoints.get(round_)
     if checkpoint is None:
         raise NotFound(f"round {round_} has no weights yet (latest: {latest})")
-    return _file_with_etag(request, checkpoint.path, checkpoint.sha256)
+    return _file_with_etag(request, checkpoint.path, checkpoint.sha256, "weights")
 
 
 async def download_shard(request: web.Request) -> web.StreamResponse:
     fed = _fed(request)
     session = node_session(request, fed.registry)
     shard = fed.shard_file(session, request.match_info["run_id"], request.match_info["node_id"])
-    return _file_with_etag(request, shard.path, shard.sha256)
+    return _file_with_etag(request, shard.path, shard.sha256, "shard")
 
 
-def _file_with_etag(request: web.Request, path: Any, sha256: str) -> web.StreamResponse:
+def _file_with_etag(request: web.Request, path: Path, sha256: str, kind: str) -> web.StreamResponse:
+    """Serve a file named by its sha256: a client holding those bytes gets 304 and no body."""
     etag = f'"{sha256}"'
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
+    _fed(request).metrics.bytes_sent.labels(kind=kind).inc(path.stat().st_size)
     return web.FileResponse(
         path,
         headers={
@@ -249,11 +305,25 @@ def _file_with_etag(request: web.Request, path: Any, sha256: str) -> web.StreamR
 
 async def upload_weights(request: web.Request) -> web.Response:
     fed = _fed(request)
-    session = node_session(request, fed.registry)
-    job = fed.job_by_id(request.query.get("job"))
-    round_ = int_query(request, "round", None, 1, job.rounds)
-    samples = int_query(request, "samples", None, 1, 2**31)
-    metrics = {}
+    try:
+        session = node_session(request, fed.registry)
+        job = fed.job_by_id(request.query.get("job"))
+        round_ = int_query(request, "round", None, 1, job.rounds)
+        samples = int_query(request, "samples", None, 1, 2**31)
+        node_metrics = _metrics_query(request)
+        body = await read_body(request, fed.settings.max_upload_bytes)
+        fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
+        result = await job.upload(session.node_id, round_, samples, node_metrics, body)
+    except FedavgError as exc:
+        reason = exc.reason if isinstance(exc, ApiError) else type(exc).__name__
+        fed.metrics.uploads_rejected.labels(reason=reason).inc()
+        raise
+    return web.json_response(result)
+
+
+def _metrics_query(request: web.Request) -> dict[str, float]:
+    """The node's own metrics for the round, from the query string (finite numbers only)."""
+    values = {}
     for key in METRIC_KEYS:
         if key in request.query:
             try:
@@ -262,10 +332,8 @@ async def upload_weights(request: web.Request) -> web.Response:
                 raise BadRequest(f"{key}={request.query[key]!r} is not a number") from None
             if not math.isfinite(value):
                 raise BadRequest(f"{key} must be finite")
-            metrics[key] = value
-    body = await read_body(request, fed.settings.max_upload_bytes)
-    result = await job.upload(session.node_id, round_, samples, metrics, body)
-    return web.json_response(result)
+            values[key] = value
+    return values
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many s")
     parser.add_argument("--keep-running", action="store_true",
-                        help="leave the federation up afterwards (dashboard at the printed URL)")
+                        help="keep the federation up afterwards, until Ctrl-C (dashboard stays live)")
     args = parser.parse_args(argv)
     if not 1 <= args.nodes <= 64 or not 1 <= args.epochs <= 1000:
         parser.error("--nodes must be 1..64 and --epochs 1..1000")
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"port {args.port} is busy; using {port}")
     started = time.monotonic()
     cluster = LocalCluster(home=home, port=port)
+    # SIGTERM (systemd, timeout, CI) stops the processes we started, just like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
     try:
         code = asyncio.run(_run(cluster, args, started))
     except ClusterError as exc:
@@ -59,9 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     finally:
-        if not args.keep_running:
-            cluster.stop()
+        cluster.stop()
     raise SystemExit(code)
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
 
 
 async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) -> int:

@@ -25,6 +25,10 @@ class ApiError(FedavgError):
     status = 400
     code = ErrorCode.BAD_REQUEST
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or self.code.value  # a short label for metrics
+
 
 class BadRequest(ApiError):
     pass

@@ -28,11 +28,30 @@ class Subscriber:
     dropped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    data: dict[str, Any]
+    ts: float
+    run_id: str | None = None
+    node_id: str | None = None
+
+
+Listener = Callable[[Event], None]
+
+
 class EventBus:
+    """Listeners (metrics, W&B) are called synchronously and must be quick; a failing
+    listener is logged and never stops the publisher."""
+
     def __init__(self, store: Store, clock: Callable[[], float]) -> None:
         self._store = store
         self._clock = clock
         self._subscribers: set[Subscriber] = set()
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
 
     @property
     def subscriber_count(self) -> int:
@@ -62,6 +81,12 @@ class EventBus:
             },
             separators=(",", ":"),
         )
+        event = Event(kind, data, ts, run_id, node_id)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event_listener_failed", kind=kind)
         for sub in list(self._subscribers):
             try:
                 sub.queue.put_nowait(text)

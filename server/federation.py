@@ -18,6 +18,7 @@ import structlog
 
 from node import __version__
 from node.protocol import Error, Hello, Progress, Welcome
+from node.wandb_sink import WandbSink
 from node.weights import read_metadata
 from server.datasets import (
     DatasetError,
@@ -30,11 +31,13 @@ from server.datasets import (
 from server.errors import Conflict, NotFound
 from server.events import EventBus
 from server.job import Job, JobContext
+from server.metrics import Metrics
 from server.registry import NodeRegistry, NodeSession
 from server.settings import Settings
 from server.shard_files import ShardFile, plan_key, write_shards
 from server.shard_plan import plan_shards
 from server.store import Store
+from server.wandb_log import ServerWandb
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +50,10 @@ class Federation:
         self.store = store
         self.clock = clock
         self.bus = EventBus(store, clock)
+        self.metrics = Metrics()
+        self.bus.listen(self.metrics.on_event)
+        self.wandb = WandbSink(settings.wandb_mode, settings.wandb_project, settings.home / "wandb")
+        self.bus.listen(ServerWandb(self.wandb).on_event)
         self.registry = NodeRegistry()
         self.job: Job | None = None
         self._dataset_lock = asyncio.Lock()
@@ -183,6 +190,7 @@ class Federation:
                 models_dir=self.settings.models_path,
                 aggregation=self.settings.aggregation,
                 deadline_s=self.settings.epoch_sync_timeout,
+                metrics=self.metrics,
                 clock=self.clock,
             )
             job = Job(
@@ -248,6 +256,7 @@ class Federation:
     async def close(self) -> None:
         if self.job is not None and not self.job.finished.is_set():
             self.job.status = "interrupted"
+        await asyncio.to_thread(self.wandb.close)
 
 
 def _safe_name(name: str) -> bool:

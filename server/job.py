@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 import torch
+from prometheus_async.aio import time as aio_time
 
 from node.atomic import atomic_write_bytes
 from node.model import ModelSpec, init_state
@@ -28,6 +29,7 @@ from server.datasets import DatasetInfo
 from server.errors import Conflict, Forbidden
 from server.evaluate import evaluate
 from server.events import EventBus
+from server.metrics import Metrics
 from server.registry import NodeRegistry
 from server.rounds import DeadlineExtended, JobFailed, RoundClosed, RoundMachine, Verdict
 from server.shard_files import ShardFile
@@ -54,6 +56,7 @@ class JobContext:
     models_dir: Path
     aggregation: str
     deadline_s: float
+    metrics: Metrics
     clock: Callable[[], float] = time.time
 
 
@@ -219,11 +222,17 @@ class Job:
         self._refuse_unless_accepted(node_id, round_)
         shard = self.shards[node_id]
         if not 1 <= samples <= shard.samples:
-            raise Forbidden(f"samples must be 1..{shard.samples} (the size of this node's shard)")
+            raise Forbidden(
+                f"samples must be 1..{shard.samples} (the size of this node's shard)",
+                reason="bad_samples",
+            )
         tensors = await asyncio.to_thread(decode_tensors, body)
         async with self._lock:
             self._refuse_unless_accepted(node_id, round_)  # the round may have closed meanwhile
-            await asyncio.to_thread(self.strategy.add, node_id, tensors, samples)
+            await aio_time(
+                self.ctx.metrics.aggregation_duration,
+                asyncio.to_thread(self.strategy.add, node_id, tensors, samples),
+            )
             now = self.ctx.clock()
             closed = self.machine.record(node_id, round_, samples, now)
             self.ctx.store.record_node_metrics(
@@ -249,14 +258,16 @@ class Job:
             return
         latest = max(self.checkpoints)
         if verdict is Verdict.NOT_PARTICIPANT:
-            raise Forbidden(f"node {node_id} holds no shard in job {self.run_id}")
+            raise Forbidden(
+                f"node {node_id} holds no shard in job {self.run_id}", reason="not_participant"
+            )
         messages = {
             Verdict.LATE: f"round {round_} is closed; continue from the round {latest} weights",
             Verdict.DUPLICATE: f"round {round_} already has this node's upload",
             Verdict.EARLY: f"round {round_} is not open yet (open: {self.machine.round})",
             Verdict.FINISHED: f"job {self.run_id} is finished",
         }
-        raise Conflict(messages[verdict])
+        raise Conflict(messages[verdict], reason=verdict.value)
 
     # -- rounds --------------------------------------------------------------------------------
 
@@ -319,8 +330,9 @@ class Job:
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
         state = await asyncio.to_thread(self.strategy.result)
-        accuracy, loss = await asyncio.to_thread(
-            evaluate, state, self.spec, self._test_x, self._test_y
+        accuracy, loss = await aio_time(
+            self.ctx.metrics.evaluation_duration,
+            asyncio.to_thread(evaluate, state, self.spec, self._test_x, self._test_y),
         )
         checkpoint = await asyncio.to_thread(self._write_checkpoint, closed.round, state)
         self.checkpoints[closed.round] = checkpoint
@@ -422,6 +434,7 @@ class Job:
             "expected": sorted(self._names(self.machine.expected)),
             "received": sorted(self._names(self.machine.received)),
             "deadline_in_s": None if deadline is None else max(0.0, deadline - now),
+            "time_in_round_s": now - self.machine.opened_at if self.machine.is_open else None,
             "partial_rounds": sum(1 for h in self.history if h["partial"]),
             "aggregation": self.ctx.aggregation,
             "started_at": self.started_at,

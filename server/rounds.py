@@ -135,6 +135,11 @@ class RoundMachine:
         return self._round
 
     @property
+    def opened_at(self) -> float:
+        """When the current (or last) round opened."""
+        return self._opened_at
+
+    @property
     def deadline(self) -> float | None:
         """When the open round times out, or None when none is open."""
         return self._deadline

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -13,6 +14,7 @@ from node.errors import FedavgError, SpecError
 from node.logs import LogFormat
 from node.model import ModelSpec
 from node.protocol import TrainConfig
+from node.wandb_sink import wandb_mode
 
 AGGREGATIONS = ("weighted", "uniform")
 MiB = 1024 * 1024
@@ -50,7 +52,8 @@ class Settings:
     max_upload_bytes: int = 512 * MiB
     public_url: str | None = None  # how nodes reach us, when the bind address is not it
     log_format: LogFormat = "auto"
-    wandb_project: str | None = None
+    wandb_mode: str | None = None  # None: W&B off (no WANDB_API_KEY / WANDB_MODE)
+    wandb_project: str = "fedavg"
 
     @property
     def datasets_path(self) -> Path:
@@ -116,7 +119,8 @@ class Settings:
                     ("auto", "json", "console"),
                     "FEDAVG_LOG_FORMAT",
                 ),
-                "wandb_project": env.get("WANDB_PROJECT") or None,
+                "wandb_mode": wandb_mode(env),
+                "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
             }
         except (ValueError, SpecError) as exc:
             raise SettingsError(f"bad setting: {exc}") from exc
@@ -129,7 +133,7 @@ class Settings:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port {self.port} is not 0..65535")
-        if self.epoch_sync_timeout <= 0:
+        if not (math.isfinite(self.epoch_sync_timeout) and self.epoch_sync_timeout > 0):
             problems.append("EPOCH_SYNC_TIMEOUT must be > 0 seconds")
         if not 1 <= self.default_epochs <= self.max_epochs:
             problems.append(f"DEFAULT_EPOCHS must be 1..{self.max_epochs}")
@@ -137,9 +141,13 @@ class Settings:
             problems.append("SHARD_OVERLAP must be within [0, 1]")
         if self.aggregation not in AGGREGATIONS:
             problems.append(f"AGGREGATION must be one of {', '.join(AGGREGATIONS)}")
-        if self.train_config.lr <= 0 or self.train_config.batch_size < 1:
+        lr = self.train_config.lr
+        if not (math.isfinite(lr) and lr > 0) or self.train_config.batch_size < 1:
             problems.append("FEDAVG_LR must be > 0 and FEDAVG_BATCH_SIZE >= 1")
-        if self.heartbeat_s <= 0 or self.max_upload_bytes <= 0:
+        if (
+            not (math.isfinite(self.heartbeat_s) and self.heartbeat_s > 0)
+            or self.max_upload_bytes <= 0
+        ):
             problems.append("FEDAVG_HEARTBEAT and FEDAVG_MAX_UPLOAD_MB must be > 0")
         if (
             not self.insecure

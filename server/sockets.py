@@ -92,7 +92,10 @@ async def _drain_outbox(ws: web.WebSocketResponse, session: NodeSession) -> None
 
 async def dashboard_socket(request: web.Request) -> web.WebSocketResponse:
     fed = request.app[FEDERATION]
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4096, timeout=CLOSE_TIMEOUT_S)
+    # The heartbeat also catches a browser that stopped reading: it never answers the ping.
+    ws = web.WebSocketResponse(
+        heartbeat=fed.settings.heartbeat_s, max_msg_size=4096, timeout=CLOSE_TIMEOUT_S
+    )
     await ws.prepare(request)
     request.app[OPEN_SOCKETS].add(ws)
     # Subscribe and take the snapshot with no await between: no event can fall in the gap.
@@ -114,11 +117,28 @@ async def dashboard_socket(request: web.Request) -> web.WebSocketResponse:
         fed.bus.unsubscribe(sub)
         for task in (sender, dropped, reader):
             task.cancel()
-        if not ws.closed:
-            await ws.close(
-                code=WSCloseCode.TRY_AGAIN_LATER if sub.dropped.is_set() else WSCloseCode.OK
-            )
+        results = await asyncio.gather(sender, reader, return_exceptions=True)
+        if sub.dropped.is_set():
+            reason = "too slow: its event queue filled up"
+        elif ws.exception() is not None:
+            reason = f"socket error: {ws.exception()!r}"
+        else:
+            errors = [r for r in results if isinstance(r, Exception)]
+            reason = f"send failed: {errors[0]!r}" if errors else "closed by the client"
+        log.info("dashboard_closed", reason=reason, close_code=ws.close_code)
+        await _close_or_abort(request, ws, WSCloseCode.TRY_AGAIN_LATER)
     return ws
+
+
+async def _close_or_abort(request: web.Request, ws: web.WebSocketResponse, code: int) -> None:
+    """Close politely, but never wait on a peer that has stopped reading."""
+    if ws.closed:
+        return
+    try:
+        await asyncio.wait_for(ws.close(code=code), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
 
 
 async def _send_events(ws: web.WebSocketResponse, snapshot: str, queue: asyncio.Queue[str]) -> None:

@@ -75,9 +75,9 @@ class ShowcaseApp:
         self._uploads: dict[str, tuple[ModelInfo, LoadedModel]] = {}
 
         self.canvas = DrawCanvas(width=290, height=290)
-        self.clear_button = pn.widgets.Button(name="Clear", button_type="default", width=90)
-        self.predict_button = pn.widgets.Button(name="Predict", button_type="primary", width=90)
-        self.picker = pn.widgets.Select(name="Model", options={}, width=380)
+        self.clear_button = pn.widgets.Button(label="Clear", width=90)
+        self.predict_button = pn.widgets.Button(label="Predict", color="primary", width=90)
+        self.picker = pn.widgets.Select(label="Model", options={}, width=380)
         self.upload = ModelUpload(max_bytes=max_upload_bytes, width=380, height=50)
         self.model_status = pn.pane.Alert("", alert_type="info", visible=False, width=380)
         self.details = pn.pane.HTML("", stylesheets=[CSS], width=380)

@@ -156,7 +156,7 @@ class OrchestratorSource:
         return f"the orchestrator at {self.urls[0]}"
 
     def list_models(self) -> list[ModelInfo]:
-        body = self._get("/models", MAX_LISTING_BYTES)
+        body = self._get("/models", MAX_LISTING_BYTES, missing_is_gone=False)
         try:
             listing = json.loads(body)
             entries = listing["models"]
@@ -173,19 +173,20 @@ class OrchestratorSource:
         return newest_first(models)
 
     def fetch(self, info: ModelInfo) -> bytes:
-        data = self._get(f"/models/{urllib.parse.quote(info.name, safe='')}", self.max_bytes)
+        path = f"/models/{urllib.parse.quote(info.name, safe='')}"
+        data = self._get(path, self.max_bytes, missing_is_gone=True)
         if info.sha256 and sha256_hex(data) != info.sha256:
             raise InvalidModelError(f"{info.name}: download does not match its sha256")
         return data
 
-    def _get(self, path: str, limit: int) -> bytes:
-        """GET from the first orchestrator that answers; 404 means the model is gone."""
+    def _get(self, path: str, limit: int, *, missing_is_gone: bool) -> bytes:
+        """GET from the first orchestrator that answers; a 404 for a model means it is gone."""
         errors = []
         for base in self.urls:
             try:
                 return self._get_one(base + path, limit)
             except urllib.error.HTTPError as exc:
-                if exc.code == 404:
+                if exc.code == 404 and missing_is_gone:
                     raise NoModelError(f"{path} is not on the orchestrator any more") from exc
                 errors.append(f"{base}: HTTP {exc.code}")
             except (urllib.error.URLError, OSError) as exc:

@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,9 @@ WATCHED = (Path("/etc/passwd"), Path("/etc/group"))
 def run_install(
     *args: str, destdir: Path | None = None, env: dict[str, str] | None = None, timeout: int = 60
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("DESTDIR", "FEDAVG_INSTALL_SKIP_PIP")}
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("DESTDIR", "FEDAVG_INSTALL_SKIP_PIP")
+    }
     if destdir is not None:
         full_env["DESTDIR"] = str(destdir)
     full_env.update(env or {})
@@ -70,7 +73,7 @@ def tree(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def machine_state() -> dict[Path, str | None]:
+def machine_state() -> Iterator[dict[Path, str | None]]:
     """The host files a real install would change; the test checks they did not."""
     watched = [*WATCHED, *(Path("/etc/systemd/system") / u for u in UNITS), Path("/etc/fedavg")]
     before = {p: digest(p) if p.is_file() else str(p.exists()) for p in watched}

@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.util import find_spec
@@ -16,9 +19,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from node.model import ModelSpec, build_model, init_state, normalize
-from node.weights import WeightsMeta, encode_weights
+from node.weights import WeightsMeta, encode_weights, read_metadata
 
 TRAIN = 4000
 EPOCHS = 6
@@ -61,8 +66,10 @@ def train(mnist: Mnist) -> tuple[ModelSpec, dict[str, torch.Tensor], float]:
     """An MLP trained centrally (Adam 1e-3, batch 32); returns spec, weights, test accuracy."""
     spec = ModelSpec()
     generator = torch.Generator().manual_seed(SEED)
-    rng_state = torch.random.get_rng_state()
+    rng_state, threads = torch.random.get_rng_state(), torch.get_num_threads()
     torch.manual_seed(SEED)
+    # One thread: this small MLP trains several times faster than with two busy cores.
+    torch.set_num_threads(1)
     try:
         model = build_model(spec)
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -78,6 +85,7 @@ def train(mnist: Mnist) -> tuple[ModelSpec, dict[str, torch.Tensor], float]:
                 optimiser.step()
     finally:
         torch.random.set_rng_state(rng_state)
+        torch.set_num_threads(threads)
     model.eval()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return spec, state, accuracy(model, spec, mnist.test_x, mnist.test_y)
@@ -126,3 +134,56 @@ def model_bytes(
     state = state if state is not None else init_state(spec, seed=1)
     meta = WeightsMeta(spec, round=3, job_id="job-1", extra=metadata(created=created, **extra))
     return encode_weights(state, meta)
+
+
+# --- a stand-in for the orchestrator's public model routes --------------------------------
+
+AiohttpServer = Callable[[web.Application], Awaitable[TestServer]]
+
+
+def model_listing(folder: Path) -> dict[str, object]:
+    """``GET /models`` as the orchestrator documents it, newest first."""
+    models = []
+    for file in sorted(folder.glob("*.safetensors"), reverse=True):
+        data = file.read_bytes()
+        metadata: dict[str, object] = dict(read_metadata(data))
+        metadata["model_spec"] = ModelSpec.from_json(str(metadata["model_spec"])).to_dict()
+        models.append(
+            {
+                "name": file.name,
+                "url": f"/models/{file.name}",
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "created": metadata["created"],
+                "metadata": metadata,
+            }
+        )
+    return {"models": models}
+
+
+def read_model(folder: Path, name: str) -> bytes | None:
+    file = folder / name
+    return file.read_bytes() if file.is_file() else None
+
+
+def fake_orchestrator(folder: Path, *, corrupt: bool = False) -> web.Application:
+    """The orchestrator's public model routes, served from a folder."""
+
+    async def listing(_: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(model_listing, folder))
+
+    async def download(request: web.Request) -> web.Response:
+        data = await asyncio.to_thread(read_model, folder, request.match_info["name"])
+        if data is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=data[:-1] + b"!" if corrupt else data)
+
+    app = web.Application()
+    app.router.add_get("/models", listing)
+    app.router.add_get("/models/{name}", download)
+    return app
+
+
+async def serve(aiohttp_server: AiohttpServer, app: web.Application) -> str:
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(home=tmp_path / "home", port=free_port(),
-                      env={"FEDAVG_MNIST_DOWNLOAD": "false"}) as c:
+    with LocalCluster(
+        home=tmp_path / "home", port=free_port(), env={"FEDAVG_MNIST_DOWNLOAD": "false"}
+    ) as c:
         yield c
 
 
@@ -46,7 +47,9 @@ def test_three_nodes_five_rounds_train_and_save_a_model(cluster: LocalCluster) -
 
     assert status["state"] == "completed", status
     assert [h["round"] for h in status["history"]] == [1, 2, 3, 4, 5]
-    assert all(sorted(h["contributors"]) == ["node-1", "node-2", "node-3"] for h in status["history"])
+    assert all(
+        sorted(h["contributors"]) == ["node-1", "node-2", "node-3"] for h in status["history"]
+    )
     assert status["final_accuracy"] >= 0.85
 
     # The saved file reloads into a fresh model and reproduces the reported accuracy.
@@ -72,7 +75,10 @@ async def test_node_killed_mid_round_closes_by_partial_average(tmp_path: Path) -
     env = {"FEDAVG_MNIST_DOWNLOAD": "false", "EPOCH_SYNC_TIMEOUT": "3"}
     with LocalCluster(home=tmp_path / "home", port=free_port(), env=env) as cluster:
         start(cluster, nodes=3)
-        async with aiohttp.ClientSession() as http, http.ws_connect(cluster.url + "/ws/dashboard") as ws:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(cluster.url + "/ws/dashboard") as ws,
+        ):
             await ws.receive()  # snapshot
             cluster.request("POST", "/train/mnist?epochs=4")
             killed_in_round = None
@@ -101,9 +107,22 @@ async def test_node_killed_mid_round_closes_by_partial_average(tmp_path: Path) -
 def test_demo_command_trains_and_prints_the_table(tmp_path: Path) -> None:
     home = tmp_path / "demo-home"
     result = subprocess.run(
-        [sys.executable, "-m", "server.demo", "--home", str(home), "--port", str(free_port()),
-         "--nodes", "2", "--epochs", "2"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "server.demo",
+            "--home",
+            str(home),
+            "--port",
+            str(free_port()),
+            "--nodes",
+            "2",
+            "--epochs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "FEDAVG_MNIST_DOWNLOAD": "false"},
     )
     assert result.returncode == 0, result.stdout + result.stderr

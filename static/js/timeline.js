@@ -1,0 +1,77 @@
+// The event timeline, newest first: one line of plain words per stored event.
+
+import { byId, clock, duration, h, int, num, pct } from "./dom.js";
+
+const MAX_ITEMS = 200;
+
+const list = (names) => (names && names.length ? names.join(", ") : "none");
+
+/** One sentence per event kind; unknown kinds still show, with their raw data. */
+const DESCRIBE = {
+  node_joined: (d, name) => `${name} joined — ${d.device ?? "?"}, ${int(d.capacity)} samples/s`,
+  node_left: (d, name) => `${d.name ?? name} left: ${d.reason ?? "disconnected"}`,
+  dataset_prepared: (d) =>
+    `${d.dataset_id} prepared from ${d.source}: ${int(d.train_samples)} train / ${int(d.test_samples)} test samples`,
+  shards_planned: (d) =>
+    `${d.dataset} split over ${Object.keys(d.shards ?? {}).length} nodes: ` +
+    Object.entries(d.shards ?? {}).map(([n, s]) => `${n} ${int(s)}`).join(" · "),
+  job_started: (d) =>
+    `job started: ${d.rounds} rounds of ${d.dataset} on ${list(d.nodes)} (${d.aggregation} averaging)`,
+  round_opened: (d) => `round ${d.round} opened for ${list(d.expected)}`,
+  upload_accepted: (d, name) =>
+    `${name} uploaded round ${d.round}: ${int(d.samples)} samples, loss ${num(d.train_loss)}, ` +
+    `val acc ${pct(d.val_accuracy)}, ${duration(d.seconds)}`,
+  partial_average: (d) =>
+    `round ${d.round} closed by partial average of ${list(d.contributors)}; missing ${list(d.missing)}`,
+  straggler: (d, name) => `${name} straggled: round ${d.round} went ahead without it`,
+  deadline_extended: (d) => `round ${d.round}: no upload by the deadline, waiting longer (${d.empty_deadlines}×)`,
+  round_closed: (d) =>
+    `round ${d.round} of ${d.rounds} closed: test accuracy ${pct(d.test_accuracy, 2)}, loss ${num(d.test_loss)} — ` +
+    `${(d.contributors ?? []).length} nodes, ${int(d.samples)} samples, ${duration(d.seconds)}` +
+    (d.partial ? " (partial)" : ""),
+  job_done: (d) => `job done: final test accuracy ${pct(d.final_accuracy, 2)}${d.model_name ? `, saved ${d.model_name}` : ""}`,
+  job_failed: (d) => `job failed: ${d.error ?? "unknown error"}`,
+  job_stopped: (d) => `job stopped: ${d.error ?? "by the operator"}`,
+};
+
+const TONE = {
+  node_left: "warn", straggler: "warn", partial_average: "warn", deadline_extended: "warn",
+  job_failed: "bad", job_stopped: "warn", job_done: "good", round_closed: "good",
+};
+
+export class Timeline {
+  /** @param {import("./state.js").DashboardState} state */
+  constructor(state) {
+    this.state = state;
+    this.el = byId("timeline");
+  }
+
+  renderAll() {
+    this.el.replaceChildren(...this.state.timeline.map((ev) => this.item(ev)));
+    if (!this.state.timeline.length) this.el.append(h("li", { class: "empty" }, "No events yet."));
+  }
+
+  prepend(ev) {
+    this.el.querySelector(":scope > li.empty")?.remove();
+    this.el.prepend(this.item(ev));
+    while (this.el.childElementCount > MAX_ITEMS) this.el.lastElementChild.remove();
+  }
+
+  item(ev) {
+    const name = this.state.nodeName(ev.node_id);
+    const describe = DESCRIBE[ev.kind];
+    let text;
+    try {
+      text = describe ? describe(ev.data ?? {}, name) : `${name ? `${name}: ` : ""}${JSON.stringify(ev.data ?? {})}`;
+    } catch {
+      text = JSON.stringify(ev.data ?? {});
+    }
+    return h(
+      "li",
+      { class: `event tone-${TONE[ev.kind] ?? "info"}`, dataset: { kind: ev.kind } },
+      h("time", { datetime: new Date(ev.ts * 1000).toISOString() }, clock(ev.ts)),
+      h("span", { class: "kind" }, String(ev.kind).replaceAll("_", " ")),
+      h("span", { class: "text" }, text),
+    );
+  }
+}

@@ -1,0 +1,138 @@
+"""The container files in deploy/docker agree with the units (no Docker daemon needed).
+
+Docker cannot run on the test machines, so this reads the files: base images, a non-root
+user, the same variable names and data directory as the units, entry points that are real
+console scripts, and a build context that leaves the venv and git history out.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from deploy_support import DEPLOY, ENV_SRC, REPO, env_file_names
+
+DOCKER = DEPLOY / "docker"
+IMAGES = {
+    "Dockerfile.server": ("fedavg-server", "server.env"),
+    "Dockerfile.node": ("fedavg-node", "node.env"),
+    "Dockerfile.node-gpu": ("fedavg-node", "node.env"),
+    "Dockerfile.showcase": ("fedavg-showcase", "showcase.env"),
+}
+# Image plumbing rather than fedavg settings.
+PLUMBING = {"PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK", "PATH", "HOME"}
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per instruction, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, args = line.partition(" ")
+            result.append((op.upper(), args.strip()))
+    return result
+
+
+def final_stage(dockerfile: Path) -> list[tuple[str, str]]:
+    ops = instructions(dockerfile)
+    last_from = max(i for i, (op, _) in enumerate(ops) if op == "FROM")
+    return ops[last_from:]
+
+
+def env_names(ops: list[tuple[str, str]]) -> dict[str, str]:
+    names = {}
+    for op, args in ops:
+        if op == "ENV":
+            for name, value in re.findall(r"([A-Z][A-Z0-9_]*)=(\S+)", args):
+                names[name] = value
+    return names
+
+
+def console_scripts() -> set[str]:
+    with (REPO / "pyproject.toml").open("rb") as f:
+        return set(tomllib.load(f)["project"]["scripts"])
+
+
+def test_every_image_is_there() -> None:
+    dockerfiles = {p.name for p in DOCKER.glob("Dockerfile.*") if p.suffix != ".dockerignore"}
+    assert dockerfiles == set(IMAGES)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_image_runs_the_right_console_script_as_a_non_root_user(name: str) -> None:
+    ops = final_stage(DOCKER / name)
+    script, _ = IMAGES[name]
+    entrypoint = [args for op, args in ops if op == "ENTRYPOINT"]
+    assert entrypoint and entrypoint[-1].startswith(f'["{script}"')
+    assert script in console_scripts()
+    users = [args for op, args in ops if op == "USER"]
+    assert users == ["fedavg"]
+    # Everything after USER runs unprivileged; installs happen before it.
+    after_user = ops[[op for op, _ in ops].index("USER") :]
+    assert not [a for op, a in after_user if op == "RUN"]
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_image_base_and_python(name: str) -> None:
+    ops = instructions(DOCKER / name)
+    bases = [args.split()[0] for op, args in ops if op == "FROM"]
+    if name == "Dockerfile.node-gpu":
+        args = dict(re.findall(r"ARG (\w+)=(\S+)", (DOCKER / name).read_text()))
+        assert args["CUDA_IMAGE"].startswith("nvidia/cuda:")
+        assert bases[-1] == "${CUDA_IMAGE}"
+        assert "download.pytorch.org/whl/cu" in args["TORCH_INDEX"]
+    else:
+        assert bases[-1] == "python:3.11-slim"
+        # No GPU in these images: the CPU wheel is a tenth of the size.
+        assert "download.pytorch.org/whl/cpu" in (DOCKER / name).read_text()
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_image_settings_use_the_units_names(name: str) -> None:
+    _, env_file = IMAGES[name]
+    documented = env_file_names(ENV_SRC / env_file)
+    names = env_names(final_stage(DOCKER / name))
+    unknown = names.keys() - documented.keys() - PLUMBING
+    assert not unknown, f"{name} sets {sorted(unknown)}, which {env_file} does not document"
+    assert names.get("FEDAVG_LOG_FORMAT") == "json"
+    if "FEDAVG_HOME" in names:
+        assert names["FEDAVG_HOME"] == "/var/lib/fedavg"  # as under systemd
+    assert "/opt/fedavg/venv/bin" in names["PATH"]  # as install.sh lays it out
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_build_context_leaves_out_the_venv_and_git(name: str) -> None:
+    ignore = (DOCKER / f"{name}.dockerignore").read_text().splitlines()
+    assert {".venv", ".git"} <= set(ignore)
+    # pip needs these to build the wheel.
+    for needed in ("pyproject.toml", "server", "node", "showcase"):
+        assert needed not in ignore
+
+
+def test_compose_builds_every_image_and_wires_nodes_to_the_server() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    built = {s["build"]["dockerfile"] for s in services.values()}
+    assert built == {f"deploy/docker/{name}" for name in IMAGES}
+    for service in services.values():
+        assert (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).exists()
+    for name in ("node-1", "node-2", "node-gpu"):
+        env = services[name]["environment"]
+        assert env["ORCHESTRATOR_URL"] == "http://server:11999"
+        assert env["FEDAVG_NODE_TOKEN"].startswith("${FEDAVG_NODE_TOKEN")
+    server_env = services["server"]["environment"]
+    assert {"FEDAVG_ADMIN_TOKEN", "FEDAVG_NODE_TOKEN"} <= server_env.keys()
+    # Published on loopback only: the demo is not exposed to the network by accident.
+    assert services["server"]["ports"] == ["127.0.0.1:11999:11999"]
+
+
+def test_dockerfiles_point_at_paths_that_exist() -> None:
+    for name in IMAGES:
+        text = (DOCKER / name).read_text()
+        assert f"-f deploy/docker/{name} " in text, f"{name}: no build command in its header"
+    assert Path(DOCKER / "compose.yaml").exists()

@@ -1,0 +1,160 @@
+"""Node settings: defaults, environment values, flags over env, and clear start-up errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.settings import NodeSettings, NodeSettingsError, default_home
+
+ENV = {"HOME": "/home/fed", "NODE_NAME": "alpha", "NODE_ID": "alpha-1"}
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = NodeSettings.from_env({"HOME": str(tmp_path)})
+    assert settings.orchestrators == ("http://127.0.0.1:11999",)
+    assert settings.name  # the host name
+    assert settings.node_id.startswith(f"{settings.name}-")
+    assert settings.device == "auto"
+    assert settings.threads is None
+    assert settings.validation_split == 0.1
+    assert settings.cache_dir == tmp_path / ".local/share/fedavg/node-cache"
+    assert settings.node_token is None
+    assert settings.ca_cert is None
+    assert settings.log_format == "auto"
+
+
+def test_generated_node_ids_differ_between_starts() -> None:
+    env = {"HOME": "/h", "NODE_NAME": "alpha"}
+    assert NodeSettings.from_env(env).node_id != NodeSettings.from_env(env).node_id
+
+
+def test_env_values() -> None:
+    settings = NodeSettings.from_env(
+        {
+            **ENV,
+            "ORCHESTRATOR_URL": "https://a.example:11999/, http://10.0.0.2:11999 ,,",
+            "FEDAVG_DEVICE": "cuda:1",
+            "FEDAVG_TORCH_THREADS": "3",
+            "VALIDATION_SPLIT": "0.25",
+            "FEDAVG_CACHE_DIR": "/var/cache/fed",
+            "FEDAVG_NODE_TOKEN": "join-me",
+            "FEDAVG_CA_CERT": "/etc/fed/ca.pem",
+            "FEDAVG_LOG_FORMAT": "json",
+        }
+    )
+    assert settings.orchestrators == ("https://a.example:11999", "http://10.0.0.2:11999")
+    assert settings.name == "alpha"
+    assert settings.node_id == "alpha-1"
+    assert settings.device == "cuda:1"
+    assert settings.threads == 3
+    assert settings.validation_split == 0.25
+    assert settings.cache_dir == Path("/var/cache/fed")
+    assert settings.node_token == "join-me"
+    assert settings.ca_cert == Path("/etc/fed/ca.pem")
+    assert settings.log_format == "json"
+
+
+def test_home_places_the_cache() -> None:
+    assert NodeSettings.from_env({**ENV, "FEDAVG_HOME": "/srv/fed"}).cache_dir == Path(
+        "/srv/fed/node-cache"
+    )
+    assert default_home({"XDG_DATA_HOME": "/xdg"}) == Path("/xdg/fedavg")
+    assert default_home({"HOME": "/home/u"}) == Path("/home/u/.local/share/fedavg")
+
+
+def test_empty_env_values_count_as_unset() -> None:
+    settings = NodeSettings.from_env(
+        {**ENV, "FEDAVG_NODE_TOKEN": "", "FEDAVG_TORCH_THREADS": "", "FEDAVG_CA_CERT": ""}
+    )
+    assert settings.node_token is None
+    assert settings.threads is None
+    assert settings.ca_cert is None
+
+
+def test_flags_override_env() -> None:
+    env = {
+        **ENV,
+        "ORCHESTRATOR_URL": "http://env:1",
+        "FEDAVG_DEVICE": "cuda",
+        "FEDAVG_TORCH_THREADS": "8",
+    }
+    settings = NodeSettings.from_env(
+        env,
+        orchestrator="http://flag:2,http://flag:3",
+        name="beta",
+        node_id="beta-9",
+        device="cpu",
+        threads=2,
+        exit_after_job=True,
+        log_format="console",
+        cache_dir=Path("/flag/cache"),
+    )
+    assert settings.orchestrators == ("http://flag:2", "http://flag:3")
+    assert (settings.name, settings.node_id) == ("beta", "beta-9")
+    assert settings.device == "cpu"
+    assert settings.threads == 2
+    assert settings.exit_after_job is True
+    assert settings.log_format == "console"
+    assert settings.cache_dir == Path("/flag/cache")
+
+
+def test_unset_flags_leave_env_values() -> None:
+    settings = NodeSettings.from_env(
+        {**ENV, "FEDAVG_DEVICE": "cpu"}, orchestrator=None, device=None, threads=None
+    )
+    assert settings.device == "cpu"
+    assert settings.orchestrators == ("http://127.0.0.1:11999",)
+
+
+def test_flag_name_drives_the_generated_id() -> None:
+    settings = NodeSettings.from_env({"HOME": "/h"}, name="gamma")
+    assert settings.name == "gamma"
+    assert settings.node_id.startswith("gamma-")
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"ORCHESTRATOR_URL": "ws://host:11999"}, "must start with http:// or https://"),
+        ({"ORCHESTRATOR_URL": "host:11999"}, "must start with http:// or https://"),
+        ({"ORCHESTRATOR_URL": " , "}, "no orchestrator URL"),
+        ({"FEDAVG_DEVICE": "tpu"}, "device 'tpu' must be auto, cpu or cuda"),
+        ({"FEDAVG_TORCH_THREADS": "0"}, "threads must be >= 1"),
+        ({"FEDAVG_TORCH_THREADS": "-2"}, "threads must be >= 1"),
+        ({"FEDAVG_TORCH_THREADS": "many"}, "bad setting"),
+        ({"VALIDATION_SPLIT": "1"}, r"VALIDATION_SPLIT must be within \[0, 1\)"),
+        ({"VALIDATION_SPLIT": "-0.1"}, "VALIDATION_SPLIT"),
+        ({"VALIDATION_SPLIT": "nan"}, "VALIDATION_SPLIT"),
+        ({"VALIDATION_SPLIT": "a tenth"}, "bad setting"),
+        ({"NODE_NAME": "x" * 129}, "1..128 characters"),
+        ({"NODE_ID": "x" * 129}, "1..128 characters"),
+        ({"FEDAVG_LOG_FORMAT": "xml"}, "FEDAVG_LOG_FORMAT must be auto, json or console"),
+    ],
+)
+def test_bad_values_are_refused_with_a_clear_message(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(NodeSettingsError, match=fragment):
+        NodeSettings.from_env({**ENV, **env})
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(NodeSettingsError) as info:
+        NodeSettings.from_env({**ENV, "FEDAVG_DEVICE": "tpu", "VALIDATION_SPLIT": "2"})
+    assert "device" in str(info.value)
+    assert "VALIDATION_SPLIT" in str(info.value)
+
+
+def test_bad_flags_are_refused_too() -> None:
+    with pytest.raises(NodeSettingsError, match="threads"):
+        NodeSettings.from_env(ENV, threads=0)
+    with pytest.raises(NodeSettingsError, match="https://"):
+        NodeSettings.from_env(ENV, orchestrator="ftp://x")
+
+
+@pytest.mark.parametrize("name", ["idle_timeout_s", "max_backoff_s", "progress_interval_s"])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+def test_timeouts_must_be_positive_and_finite(name: str, value: float) -> None:
+    with pytest.raises(NodeSettingsError, match=name):
+        NodeSettings.from_env(ENV, **{name: value})
+    assert getattr(NodeSettings.from_env(ENV, **{name: 2.5}), name) == 2.5

@@ -1,0 +1,210 @@
+"""Local training: tiny batches, the validation split, learning, aborting, progress, capacity."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from node.model import ModelSpec, build_model, init_state, normalize
+from node.protocol import TrainConfig
+from node.trainer import (
+    Aborted,
+    LocalResult,
+    measure_capacity,
+    resolve_device,
+    split_validation,
+    train_epoch,
+)
+
+CPU = torch.device("cpu")
+SPEC = ModelSpec(input_shape=(1, 4, 4), hidden=(16,), dropout=(0.2,), num_classes=2)
+
+
+def _data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """An easy problem: class 1 images are bright, class 0 images dark."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    base = torch.where(y[:, None, None, None] == 1, 200, 40)
+    noise = torch.randint(-30, 30, (n, 1, 4, 4), generator=gen)
+    return (base + noise).clamp(0, 255).to(torch.uint8), y.to(torch.int64)
+
+
+def _train(
+    x: torch.Tensor, y: torch.Tensor, config: TrainConfig | None = None, **kwargs: object
+) -> LocalResult:
+    return train_epoch(
+        SPEC,
+        init_state(SPEC, 0),
+        x,
+        y,
+        config or TrainConfig(batch_size=4),
+        device=CPU,
+        seed=1,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _finite(result: LocalResult) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in result.state.values()) and all(
+        math.isfinite(v) for v in result.metrics.values()
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_shard_of_one_sample_trains(optimizer: str) -> None:
+    x, y = _data(1)
+    result = _train(x, y, TrainConfig(batch_size=32, optimizer=optimizer))  # type: ignore[arg-type]
+    assert result.samples == 1
+    assert _finite(result)
+    assert result.state.keys() == init_state(SPEC, 0).keys()
+
+
+def test_a_last_batch_of_one_sample_trains() -> None:
+    x, y = _data(9)
+    seen: list[tuple[int, int]] = []
+    result = _train(
+        x, y, TrainConfig(batch_size=4), on_progress=lambda b, n, _loss: seen.append((b, n))
+    )
+    assert result.samples == 9
+    assert _finite(result)
+    assert seen == [(1, 3), (2, 3), (3, 3)]  # 4 + 4 + 1
+
+
+def test_state_is_on_cpu_and_changed() -> None:
+    x, y = _data(16)
+    start = init_state(SPEC, 0)
+    result = _train(x, y)
+    assert all(v.device.type == "cpu" and v.is_contiguous() for v in result.state.values())
+    assert any(not torch.equal(result.state[k], start[k]) for k in start)
+
+
+def test_training_does_not_change_the_global_state_it_was_given() -> None:
+    x, y = _data(16)
+    start = init_state(SPEC, 0)
+    copy = {k: v.clone() for k, v in start.items()}
+    train_epoch(SPEC, start, x, y, TrainConfig(batch_size=4), device=CPU, seed=1)
+    assert all(torch.equal(start[k], copy[k]) for k in start)
+
+
+def test_split_validation_leaves_at_least_one_training_sample() -> None:
+    for n in (1, 2, 3, 10):
+        x, y = _data(n)
+        for fraction in (0.0, 0.5, 0.9, 0.999):
+            tx, ty, vx, vy = split_validation(x, y, fraction, seed=3)
+            assert len(ty) >= 1
+            assert len(ty) + len(vy) == n
+            assert len(tx) == len(ty) and len(vx) == len(vy)
+    x, y = _data(10)
+    assert len(split_validation(x, y, 0.2, seed=0)[3]) == 2
+    assert len(split_validation(x, y, 0.0, seed=0)[3]) == 0
+
+
+def test_split_validation_is_deterministic_and_a_partition() -> None:
+    x = torch.arange(20, dtype=torch.uint8).reshape(20, 1, 1, 1).expand(20, 1, 2, 2).contiguous()
+    y = torch.arange(20, dtype=torch.int64)
+    first = split_validation(x, y, 0.25, seed=5)
+    again = split_validation(x, y, 0.25, seed=5)
+    other = split_validation(x, y, 0.25, seed=6)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[3], other[3])
+    _, ty, vx, vy = first
+    assert sorted(ty.tolist() + vy.tolist()) == list(range(20))
+    assert torch.equal(vx[:, 0, 0, 0].to(torch.int64), vy)  # x and y stay paired
+
+
+def test_split_validation_does_not_touch_the_global_rng() -> None:
+    x, y = _data(10)
+    torch.manual_seed(42)
+    expected = torch.rand(3)
+    torch.manual_seed(42)
+    split_validation(x, y, 0.3, seed=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_train_epoch_learns_an_easy_problem() -> None:
+    x, y = _data(128)
+    vx, vy = _data(64, seed=9)
+    model = build_model(SPEC).eval()
+    model.load_state_dict(init_state(SPEC, 0))
+    with torch.inference_mode():
+        before = float(nn.functional.cross_entropy(model(normalize(vx, SPEC)), vy))
+    result = _train(x, y, TrainConfig(lr=1e-2, batch_size=16, local_epochs=2), val=(vx, vy))
+    assert result.metrics["val_loss"] < before / 2
+    assert result.metrics["val_accuracy"] >= 0.9
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"} <= set(
+        result.metrics
+    )
+
+
+def test_no_validation_metrics_without_validation_samples() -> None:
+    x, y = _data(8)
+    empty = (x[:0], y[:0])
+    assert "val_loss" not in _train(x, y, val=empty).metrics
+    assert "val_loss" not in _train(x, y).metrics
+
+
+def test_train_epoch_without_dropout_is_deterministic_for_a_seed() -> None:
+    # The batch order comes from ``seed``; dropout masks come from torch's global RNG.
+    spec = ModelSpec(input_shape=(1, 4, 4), hidden=(16,), dropout=(), num_classes=2)
+    x, y = _data(32)
+    config = TrainConfig(batch_size=4)
+    a, b = (
+        train_epoch(spec, init_state(spec, 0), x, y, config, device=CPU, seed=1) for _ in range(2)
+    )
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_aborted_when_should_abort_says_so() -> None:
+    x, y = _data(40)
+    calls = 0
+
+    def abort_on_third() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls >= 3
+
+    with pytest.raises(Aborted):
+        _train(x, y, should_abort=abort_on_third)
+    assert calls == 3
+    with pytest.raises(Aborted):
+        _train(x, y, should_abort=lambda: True)
+
+
+def test_progress_reports_increasing_batches_over_each_local_epoch() -> None:
+    x, y = _data(10)
+    seen: list[tuple[int, int, float]] = []
+    _train(
+        x,
+        y,
+        TrainConfig(batch_size=3, local_epochs=2),
+        on_progress=lambda b, n, loss: seen.append((b, n, loss)),
+    )
+    assert [(b, n) for b, n, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)] * 2
+    assert all(math.isfinite(loss) and loss > 0 for _, _, loss in seen)
+
+
+def test_measure_capacity_is_positive_finite_and_quick() -> None:
+    started = time.perf_counter()
+    capacity = measure_capacity(SPEC, CPU, seconds=0.05)
+    assert time.perf_counter() - started < 5
+    assert math.isfinite(capacity)
+    assert capacity > 0
+
+
+def test_measure_capacity_does_at_least_three_steps_however_short() -> None:
+    # 3 steps of 64 samples in however long they took: a finite, positive rate even at 0 s.
+    capacity = measure_capacity(SPEC, CPU, seconds=0.0)
+    assert math.isfinite(capacity)
+    assert capacity > 0
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            resolve_device("cuda")

@@ -1,0 +1,207 @@
+"""Orchestrator settings: defaults, environment values, flags over env, clear start-up errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.model import ModelSpec
+from node.protocol import TrainConfig
+from server.settings import MiB, Settings, SettingsError
+
+ENV = {"HOME": "/home/fed"}
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env(ENV)
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 11999
+    assert settings.home == Path("/home/fed/.local/share/fedavg")
+    assert settings.datasets_path == settings.home / "datasets"
+    assert settings.models_path == settings.home / "models"
+    assert settings.runs_path == settings.home / "runs"
+    assert settings.db_path == settings.home / "fedavg.sqlite3"
+    assert settings.epoch_sync_timeout == 120.0
+    assert settings.default_epochs == 5
+    assert settings.shard_overlap == 0.15
+    assert settings.aggregation == "weighted"
+    assert settings.model_spec == ModelSpec()
+    assert settings.train_config == TrainConfig()
+    assert settings.seed == 0
+    assert settings.mnist_download is True
+    assert settings.admin_token is None
+    assert settings.node_token is None
+    assert settings.insecure is False
+    assert settings.max_upload_bytes == 512 * MiB
+    assert settings.public_url is None
+    assert settings.is_loopback
+
+
+def test_env_values() -> None:
+    settings = Settings.from_env(
+        {
+            "FEDAVG_HOST": "::1",
+            "FEDAVG_PORT": "12000",
+            "FEDAVG_HOME": "/srv/fed",
+            "FEDAVG_DATASETS_DIR": "/data/sets",
+            "FEDAVG_MODELS_DIR": "/data/models",
+            "EPOCH_SYNC_TIMEOUT": "30.5",
+            "DEFAULT_EPOCHS": "7",
+            "SHARD_OVERLAP": "0",
+            "AGGREGATION": "uniform",
+            "FEDAVG_LR": "0.05",
+            "FEDAVG_BATCH_SIZE": "64",
+            "FEDAVG_OPTIMIZER": "sgd",
+            "FEDAVG_SEED": "11",
+            "FEDAVG_MNIST_DOWNLOAD": "no",
+            "FEDAVG_ADMIN_TOKEN": "adm",
+            "FEDAVG_NODE_TOKEN": "join",
+            "FEDAVG_HEARTBEAT": "2.5",
+            "FEDAVG_MAX_UPLOAD_MB": "3",
+            "FEDAVG_PUBLIC_URL": "https://fed.example",
+            "FEDAVG_LOG_FORMAT": "json",
+            "WANDB_PROJECT": "fed",
+        }
+    )
+    assert settings.host == "::1"
+    assert settings.is_loopback
+    assert settings.port == 12000
+    assert settings.home == Path("/srv/fed")
+    assert settings.datasets_path == Path("/data/sets")
+    assert settings.models_path == Path("/data/models")
+    assert settings.runs_path == Path("/srv/fed/runs")
+    assert settings.epoch_sync_timeout == 30.5
+    assert settings.default_epochs == 7
+    assert settings.shard_overlap == 0.0
+    assert settings.aggregation == "uniform"
+    assert settings.train_config == TrainConfig(lr=0.05, batch_size=64, optimizer="sgd")
+    assert settings.seed == 11
+    assert settings.mnist_download is False
+    assert (settings.admin_token, settings.node_token) == ("adm", "join")
+    assert settings.heartbeat_s == 2.5
+    assert settings.max_upload_bytes == 3 * MiB
+    assert settings.public_url == "https://fed.example"
+    assert settings.log_format == "json"
+    assert settings.wandb_project == "fed"
+
+
+def test_model_hidden_and_dropout_variables_shape_the_spec() -> None:
+    settings = Settings.from_env(
+        {
+            **ENV,
+            "MODEL_HIDDEN_1": "512",
+            "MODEL_HIDDEN_3": "32",
+            "MODEL_DROPOUT_2": "0",
+        }
+    )
+    assert settings.model_spec == ModelSpec(hidden=(512, 128, 32), dropout=(0.3, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"MODEL_HIDDEN_1": "wide"}, "bad setting"),
+        ({"MODEL_HIDDEN_2": "0"}, "hidden layers must be"),
+        ({"MODEL_HIDDEN_2": "-5"}, "hidden layers must be"),
+        ({"MODEL_HIDDEN_1": "1e3"}, "bad setting"),
+        ({"MODEL_DROPOUT_1": "1.5"}, "dropout"),
+        ({"MODEL_DROPOUT_1": "half"}, "bad setting"),
+    ],
+)
+def test_bad_model_variables_are_refused(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        Settings.from_env({**ENV, **env})
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", " on "])
+def test_true_booleans(value: str) -> None:
+    assert Settings.from_env({**ENV, "FEDAVG_MNIST_DOWNLOAD": value}).mnist_download is True
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", "off"])
+def test_false_booleans(value: str) -> None:
+    assert Settings.from_env({**ENV, "FEDAVG_MNIST_DOWNLOAD": value}).mnist_download is False
+
+
+def test_flags_override_env(tmp_path: Path) -> None:
+    env = {**ENV, "FEDAVG_HOST": "::1", "FEDAVG_PORT": "12000", "FEDAVG_HOME": "/srv/fed"}
+    settings = Settings.from_env(
+        env, host="127.0.0.2", port=0, home=tmp_path, log_format="console", insecure=None
+    )
+    assert settings.host == "127.0.0.2"
+    assert settings.port == 0
+    assert settings.home == tmp_path
+    assert settings.log_format == "console"
+    assert settings.insecure is False  # None means "flag not given"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"FEDAVG_PORT": "70000"}, "port 70000 is not 0..65535"),
+        ({"FEDAVG_PORT": "-1"}, "port -1"),
+        ({"FEDAVG_PORT": "http"}, "bad setting"),
+        ({"EPOCH_SYNC_TIMEOUT": "-5"}, "EPOCH_SYNC_TIMEOUT must be"),
+        ({"EPOCH_SYNC_TIMEOUT": "0"}, "EPOCH_SYNC_TIMEOUT must be"),
+        ({"EPOCH_SYNC_TIMEOUT": "nan"}, "EPOCH_SYNC_TIMEOUT must be"),
+        ({"EPOCH_SYNC_TIMEOUT": "inf"}, "EPOCH_SYNC_TIMEOUT must be"),
+        ({"EPOCH_SYNC_TIMEOUT": "soon"}, "bad setting"),
+        ({"DEFAULT_EPOCHS": "0"}, "DEFAULT_EPOCHS must be 1..1000"),
+        ({"DEFAULT_EPOCHS": "1001"}, "DEFAULT_EPOCHS must be 1..1000"),
+        ({"SHARD_OVERLAP": "1.5"}, "SHARD_OVERLAP"),
+        ({"SHARD_OVERLAP": "nan"}, "SHARD_OVERLAP"),
+        ({"AGGREGATION": "median"}, "AGGREGATION must be one of weighted, uniform"),
+        ({"FEDAVG_LR": "0"}, "FEDAVG_LR must be > 0"),
+        ({"FEDAVG_LR": "nan"}, "FEDAVG_LR must be > 0"),
+        ({"FEDAVG_LR": "inf"}, "FEDAVG_LR must be > 0"),
+        ({"FEDAVG_BATCH_SIZE": "0"}, "FEDAVG_BATCH_SIZE >= 1"),
+        ({"FEDAVG_OPTIMIZER": "adamw"}, "FEDAVG_OPTIMIZER='adamw' must be one of adam, sgd"),
+        ({"FEDAVG_MNIST_DOWNLOAD": "maybe"}, "is not a boolean"),
+        ({"FEDAVG_HEARTBEAT": "0"}, "FEDAVG_HEARTBEAT"),
+        ({"FEDAVG_HEARTBEAT": "nan"}, "FEDAVG_HEARTBEAT"),
+        ({"FEDAVG_MAX_UPLOAD_MB": "0"}, "FEDAVG_MAX_UPLOAD_MB"),
+        ({"FEDAVG_MAX_UPLOAD_MB": "1.5"}, "bad setting"),
+        ({"FEDAVG_LOG_FORMAT": "xml"}, "FEDAVG_LOG_FORMAT"),
+        ({"FEDAVG_SEED": "x"}, "bad setting"),
+    ],
+)
+def test_bad_values_are_refused_with_a_clear_message(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        Settings.from_env({**ENV, **env})
+
+
+def test_bad_flags_are_refused() -> None:
+    with pytest.raises(SettingsError, match="port 65536"):
+        Settings.from_env(ENV, port=65536)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**ENV, "FEDAVG_PORT": "99999", "AGGREGATION": "median"})
+    assert "port" in str(info.value)
+    assert "AGGREGATION" in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.4", "::", "fed.example"])
+def test_a_public_host_needs_both_tokens_or_insecure(host: str) -> None:
+    env = {**ENV, "FEDAVG_HOST": host}
+    with pytest.raises(SettingsError, match="FEDAVG_ADMIN_TOKEN and FEDAVG_NODE_TOKEN"):
+        Settings.from_env(env)
+    with pytest.raises(SettingsError, match="--insecure"):
+        Settings.from_env({**env, "FEDAVG_ADMIN_TOKEN": "adm"})
+    with pytest.raises(SettingsError, match="not loopback"):
+        Settings.from_env({**env, "FEDAVG_NODE_TOKEN": "join"})
+    both = Settings.from_env({**env, "FEDAVG_ADMIN_TOKEN": "adm", "FEDAVG_NODE_TOKEN": "join"})
+    assert not both.is_loopback
+    assert Settings.from_env(env, insecure=True).insecure is True
+
+
+def test_a_public_host_from_a_flag_is_checked_too() -> None:
+    with pytest.raises(SettingsError, match="refusing to listen on 0.0.0.0"):
+        Settings.from_env(ENV, host="0.0.0.0")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.0.1", "::1", "localhost"])
+def test_loopback_hosts_need_no_tokens(host: str) -> None:
+    assert Settings.from_env({**ENV, "FEDAVG_HOST": host}).is_loopback
