@@ -72,6 +72,7 @@ class NodeSettings:
                 "node_token": env.get("FEDAVG_NODE_TOKEN") or None,
                 "ca_cert": Path(env["FEDAVG_CA_CERT"]) if env.get("FEDAVG_CA_CERT") else None,
                 "log_format": env.get("FEDAVG_LOG_FORMAT", "auto"),
+                "max_backoff_s": float(env.get("FEDAVG_RECONNECT_MAX", "30")),
                 "wandb_mode": wandb_mode(env),
                 "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
             }
@@ -93,6 +94,8 @@ class NodeSettings:
             problems.append(f"device {self.device!r} must be auto, cpu or cuda")
         if self.threads is not None and self.threads < 1:
             problems.append("threads must be >= 1")
+        if self.max_backoff_s <= 0:
+            problems.append("FEDAVG_RECONNECT_MAX must be > 0 seconds")
         if not 0 <= self.validation_split < 1:
             problems.append("VALIDATION_SPLIT must be within [0, 1)")
         if not self.node_id or len(self.node_id) > 128 or not self.name or len(self.name) > 128:

@@ -1,19 +1,24 @@
-"""Streaming aggregation of node updates into the next global weights.
+"""Aggregation of node updates into the next global weights: FedAvg and robust statistics.
 
-Each upload is validated and folded into a running sum the moment it arrives, so the server
-holds one float64 accumulator per tensor of the model however many nodes take part: memory
-is O(model), not O(nodes x model), and an upload's bytes can be dropped as soon as it is
-folded. float64 keeps the sum of many float32/float16 updates from losing precision; the
-result is handed back as float32, the dtype nodes train in.
+:class:`FedAvg` streams: each upload is validated and folded into a running sum the moment
+it arrives, so the server holds one float64 accumulator per tensor of the model however many
+nodes take part: memory is O(model), not O(nodes x model), and an upload's bytes can be
+dropped as soon as it is folded. float64 keeps the sum of many float32/float16 updates from
+losing precision; the result is handed back as float32, the dtype nodes train in.
+
+A mean lets one node move the result as far as it likes. :class:`CoordinateMedian` and
+:class:`TrimmedMean` bound the damage a minority of poisoned updates can do (Yin et al.,
+2018), at a price: an order statistic needs every value of a coordinate at once, so they
+keep a float32 copy of each update until the round closes — memory O(nodes x model).
 
 Strategies share one small interface (:class:`Strategy`) and one set of admission checks
-(:class:`UpdateGate`), so robust ones (coordinate-wise median, trimmed mean; these cannot
-stream and must keep the updates) or server-side optimisers can be added beside
-:class:`FedAvg` and registered in :data:`_FACTORIES` without touching the callers.
+(:class:`UpdateGate`), so new ones (server-side optimisers, Krum) can be added beside these
+and registered in :data:`_FACTORIES` without touching the callers.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Literal, Protocol, get_args
 
@@ -23,6 +28,9 @@ from node.errors import FedavgError
 from node.weights import Layout, check_state
 
 Weighting = Literal["weighted", "uniform"]
+
+TRIM_BETA = 0.2
+"""The share of updates :class:`TrimmedMean` drops at each end of every coordinate."""
 
 
 class AggregationError(FedavgError):
@@ -148,9 +156,132 @@ class FedAvg:
         }
 
 
+def trim_count(n: int, beta: float = TRIM_BETA) -> int:
+    """How many of ``n`` values :class:`TrimmedMean` drops at each end of a coordinate.
+
+    ``floor(beta * n)``, but at least one whenever ``beta > 0`` and ``n >= 3``: plain
+    flooring trims nothing below ``n = 1 / beta`` (five nodes at the default 0.2), which
+    would leave a small federation, the one a single attacker hurts most, with a plain
+    mean. With one or two updates there is nothing to trim and the result is their mean.
+    Since ``beta < 0.5``, at least one value per coordinate always survives.
+    """
+    if beta <= 0 or n < 3:
+        return 0
+    return max(1, math.floor(beta * n))
+
+
+class _OrderStatistic:
+    """Keeps every update of the round, then reduces each coordinate over the sorted values.
+
+    Robust statistics cannot stream: the median of a coordinate depends on all of its values
+    at once. So each admitted update is copied (as float32, which holds float32, float16 and
+    bfloat16 uploads exactly) and kept until :meth:`result`: memory is O(nodes x model) for
+    the round, where :class:`FedAvg` needs O(model). Sample counts are validated but not
+    used as weights: a node that lies about its count must not buy a bigger say.
+    """
+
+    __slots__ = ("_gate", "_updates", "name")
+
+    def __init__(self, layout: Layout, *, name: str) -> None:
+        self.name: str = name
+        # As for uniform FedAvg: the count is ignored, but a negative one is a broken upload.
+        self._gate = UpdateGate(layout, min_samples=0)
+        self._updates: dict[str, list[torch.Tensor]] = {key: [] for key in layout}
+
+    @property
+    def count(self) -> int:
+        return self._gate.count
+
+    def add(self, node_id: str, tensors: Mapping[str, torch.Tensor], samples: int) -> None:
+        """Validate the whole update, then keep a private float32 copy of it.
+
+        Raises:
+            AggregationError: Duplicate node or a negative sample count.
+            node.errors.WeightsError: The tensors do not fit the layout or are not finite.
+        """
+        self._gate.admit(node_id, tensors, samples)
+        # Copy every tensor before keeping any, so a failure cannot leave half an update.
+        copies = {
+            key: tensors[key].detach().to(device="cpu", dtype=torch.float32, copy=True)
+            for key in self._updates
+        }
+        for key, kept in self._updates.items():
+            kept.append(copies[key])
+        self._gate.commit(node_id)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """The statistic of every coordinate, as fresh float32 tensors.
+
+        Raises:
+            AggregationError: Nothing has been added.
+        """
+        if self.count == 0:
+            raise AggregationError("no updates to aggregate")
+        out = {}
+        for key, kept in self._updates.items():
+            ordered = torch.stack(kept).sort(dim=0).values  # one key at a time bounds the peak
+            out[key] = self._reduce(ordered).to(torch.float32).contiguous()
+        return out
+
+    def _reduce(self, ordered: torch.Tensor) -> torch.Tensor:
+        """Collapse dim 0 of ``ordered`` (sorted ascending, float32) into one tensor."""
+        raise NotImplementedError
+
+
+class CoordinateMedian(_OrderStatistic):
+    """The coordinate-wise median, robust to any minority of bad updates.
+
+    With n updates, fewer than n/2 bad ones cannot move a coordinate outside the range of
+    the honest values. For an even n this is the true median, the mean of the two middle
+    values (computed in float64), not :func:`torch.median`'s lower one, so the result is
+    symmetric: negating every update negates it. Memory is O(nodes x model); see
+    :class:`_OrderStatistic`.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__(layout, name="median")
+
+    def _reduce(self, ordered: torch.Tensor) -> torch.Tensor:
+        n = ordered.shape[0]
+        if n % 2:
+            return ordered[n // 2]
+        return (ordered[n // 2 - 1].double() + ordered[n // 2].double()) / 2
+
+
+class TrimmedMean(_OrderStatistic):
+    """The coordinate-wise trimmed mean, robust to up to k bad updates.
+
+    Drops the k largest and k smallest values of every coordinate and averages the rest (in
+    float64), with ``k = trim_count(n, beta)``. Unlike the median it still averages the
+    honest middle, so it keeps more of each clean update's information. With one or two
+    updates nothing can be trimmed and the result falls back to their plain (unweighted)
+    mean; see :func:`trim_count`. Memory is O(nodes x model); see :class:`_OrderStatistic`.
+
+    Raises:
+        ValueError: ``beta`` is outside [0, 0.5).
+    """
+
+    __slots__ = ("beta",)
+
+    def __init__(self, layout: Layout, *, beta: float = TRIM_BETA) -> None:
+        if not 0 <= beta < 0.5:
+            raise ValueError(f"beta must be within [0, 0.5), got {beta!r}")
+        super().__init__(layout, name="trimmed_mean")
+        self.beta = beta
+
+    def _reduce(self, ordered: torch.Tensor) -> torch.Tensor:
+        n = ordered.shape[0]
+        k = trim_count(n, self.beta)
+        return ordered[k : n - k].double().mean(dim=0)
+
+
 _FACTORIES: dict[str, Callable[[Layout], Strategy]] = {
     "weighted": lambda layout: FedAvg(layout, weighting="weighted"),
     "uniform": lambda layout: FedAvg(layout, weighting="uniform"),
+    "median": CoordinateMedian,
+    "trimmed_mean": TrimmedMean,
 }
 
 STRATEGIES: tuple[str, ...] = tuple(_FACTORIES)

@@ -5,6 +5,8 @@ Handlers are thin: decode the request, call one ``Federation`` method, encode th
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import math
 import sys
 import time
@@ -21,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from node import __version__
 from node.errors import FedavgError
-from server import monitor
+from server import failpoints, monitor
 from server.auth import node_session, require_admin
 from server.errors import ApiError, BadRequest, NotFound, TooLarge, http_status
 from server.federation import Federation
@@ -51,6 +53,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
             folder.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_path)
         app[FEDERATION] = Federation(settings, store, clock)
+        await app[FEDERATION].resume_unfinished()
         yield
         await app[FEDERATION].close()
         store.close()
@@ -170,8 +173,15 @@ async def runs(request: web.Request) -> web.Response:
 
 async def download_model(request: web.Request) -> web.StreamResponse:
     fed = _fed(request)
-    path = fed.model_path(request.match_info["name"])
-    fed.metrics.bytes_sent.labels(kind="model").inc(path.stat().st_size)
+    name = request.match_info["name"]
+    try:
+        path = fed.model_path(name)
+        size = path.stat().st_size
+    except OSError as exc:  # a name longer than the file system allows is no model either
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise NotFound(f"no model named {name[:80]!r}...") from None
+    fed.metrics.bytes_sent.labels(kind="model").inc(size)
     return web.FileResponse(
         path,
         headers={
@@ -277,24 +287,30 @@ async def download_weights(request: web.Request) -> web.StreamResponse:
     checkpoint = job.checkpoints.get(round_)
     if checkpoint is None:
         raise NotFound(f"round {round_} has no weights yet (latest: {latest})")
-    return _file_with_etag(request, checkpoint.path, checkpoint.sha256, "weights")
+    return await _file_with_etag(request, checkpoint.path, checkpoint.sha256, "weights")
 
 
 async def download_shard(request: web.Request) -> web.StreamResponse:
     fed = _fed(request)
     session = node_session(request, fed.registry)
     shard = fed.shard_file(session, request.match_info["run_id"], request.match_info["node_id"])
-    return _file_with_etag(request, shard.path, shard.sha256, "shard")
+    return await _file_with_etag(request, shard.path, shard.sha256, "shard")
 
 
-def _file_with_etag(request: web.Request, path: Path, sha256: str, kind: str) -> web.StreamResponse:
-    """Serve a file named by its sha256: a client holding those bytes gets 304 and no body."""
+async def _file_with_etag(
+    request: web.Request, path: Path, sha256: str, kind: str
+) -> web.StreamResponse:
+    """Serve a file named by its sha256: a client holding those bytes gets 304 and no body.
+
+    Not a ``web.FileResponse``: that one overwrites any ETag with its own mtime-size tag.
+    """
     etag = f'"{sha256}"'
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
-    _fed(request).metrics.bytes_sent.labels(kind=kind).inc(path.stat().st_size)
-    return web.FileResponse(
-        path,
+    data = await asyncio.to_thread(path.read_bytes)
+    _fed(request).metrics.bytes_sent.labels(kind=kind).inc(len(data))
+    return web.Response(
+        body=data,
         headers={
             "ETag": etag,
             "X-Content-SHA256": sha256,
@@ -343,6 +359,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     buffer = bytearray()
     async for chunk in request.content.iter_chunked(READ_CHUNK):
         buffer += chunk
+        failpoints.reach("upload.mid_body")
         if len(buffer) > limit:
             raise TooLarge(f"body exceeds the {limit}-byte limit")
     return bytes(buffer)

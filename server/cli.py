@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from node.logs import configure_logging
+from server import failpoints
 from server.app import create_app
 from server.settings import Settings, SettingsError
 
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
             insecure=args.insecure,
             log_format=args.log_format,
         )
-    except SettingsError as exc:
+        failpoints.arm(settings.failpoints)
+    except (SettingsError, ValueError) as exc:
         print(f"fedavg-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(settings.log_format)

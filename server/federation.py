@@ -17,9 +17,11 @@ from typing import Any
 import structlog
 
 from node import __version__
-from node.protocol import Error, Hello, Progress, Welcome
+from node.errors import FedavgError, WeightsError
+from node.model import ModelSpec
+from node.protocol import Error, Hello, Progress, TrainConfig, Welcome
 from node.wandb_sink import WandbSink
-from node.weights import read_metadata
+from node.weights import read_metadata, sha256_hex
 from server.datasets import (
     DatasetError,
     DatasetInfo,
@@ -30,7 +32,7 @@ from server.datasets import (
 )
 from server.errors import Conflict, NotFound
 from server.events import EventBus
-from server.job import Job, JobContext
+from server.job import Checkpoint, Job, JobContext
 from server.metrics import Metrics
 from server.registry import NodeRegistry, NodeSession
 from server.settings import Settings
@@ -182,19 +184,8 @@ class Federation:
                 load_split, self.settings.datasets_path, dataset_id, "test"
             )
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            ctx = JobContext(
-                store=self.store,
-                bus=self.bus,
-                registry=self.registry,
-                runs_dir=self.settings.runs_path,
-                models_dir=self.settings.models_path,
-                aggregation=self.settings.aggregation,
-                deadline_s=self.settings.epoch_sync_timeout,
-                metrics=self.metrics,
-                clock=self.clock,
-            )
             job = Job(
-                ctx,
+                self._job_context(self.settings.aggregation),
                 run_id=f"{dataset_id}-{stamp}-{secrets.token_hex(2)}",
                 dataset=info,
                 shards=files,
@@ -203,10 +194,107 @@ class Federation:
                 rounds=epochs,
                 seed=self.settings.seed,
                 test_split=test_split,
+                names={n: self.registry.nodes[n].name for n in files},
             )
             self.job = job
             await job.start()
             return job
+
+    def _job_context(self, aggregation: str) -> JobContext:
+        return JobContext(
+            store=self.store,
+            bus=self.bus,
+            registry=self.registry,
+            runs_dir=self.settings.runs_path,
+            models_dir=self.settings.models_path,
+            aggregation=aggregation,
+            deadline_s=self.settings.epoch_sync_timeout,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+
+    async def resume_unfinished(self) -> None:
+        """After a restart: carry on with the newest job that was running, from its last
+        closed round; older unfinished runs are marked interrupted."""
+        _remove_stale_temp_files(self.settings.runs_path, self.settings.models_path)
+        unfinished = [r for r in self.store.runs() if r["status"] in ("running", "starting")]
+        if not unfinished:
+            return
+        self.bus.publish(
+            "server_restarted",
+            {"unfinished_run": unfinished[0]["run_id"]},
+            run_id=unfinished[0]["run_id"],
+        )
+        for old in unfinished[1:]:
+            self.store.update_run(old["run_id"], status="interrupted", finished=self.clock())
+        run = unfinished[0]
+        try:
+            job = self._restore(run)  # small reads at start-up, before anyone is served
+        except (FedavgError, OSError, KeyError, ValueError) as exc:
+            log.exception("resume_failed", run_id=run["run_id"])
+            self.store.update_run(
+                run["run_id"],
+                status="failed",
+                finished=self.clock(),
+                error=f"could not resume after a restart: {exc}",
+            )
+            self.bus.publish(
+                "job_failed", {"status": "failed", "error": str(exc)}, run_id=run["run_id"]
+            )
+            return
+        self.job = job
+        await job.resume()
+
+    def _restore(self, run: dict[str, Any]) -> Job:
+        """Rebuild a job from SQLite and the checkpoint files it names."""
+        info = self._dataset(run["dataset"])
+        config = run["config"]
+        shards = {
+            node_id: ShardFile(node_id, Path(d["path"]), d["sha256"], d["samples"], d["own"])
+            for node_id, d in config["shards"].items()
+        }
+        missing = [str(f.path) for f in shards.values() if not f.path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"shard files are gone: {missing}")
+        initial = config["initial"]
+        checkpoints = {0: Checkpoint(0, Path(initial["path"]), initial["sha256"])}
+        history = []
+        for row in self.store.rounds(run["run_id"]):
+            if row.round != len(history) + 1:
+                raise ValueError(f"round {row.round} recorded after round {len(history)}")
+            checkpoints[row.round] = Checkpoint(row.round, Path(row.checkpoint), row.sha256)
+            history.append(
+                {
+                    "round": row.round,
+                    "rounds": run["rounds"],
+                    "contributors": row.contributors,
+                    "samples": row.samples,
+                    "partial": row.partial,
+                    "missing": row.missing,
+                    "test_accuracy": row.test_accuracy,
+                    "test_loss": row.test_loss,
+                    "seconds": row.closed_at - row.opened_at,
+                }
+            )
+        latest = checkpoints[max(checkpoints)]
+        if sha256_hex(latest.path.read_bytes()) != latest.sha256:
+            raise WeightsError(f"checkpoint {latest.path} does not match its recorded sha256")
+        train = config["train"]
+        return Job(
+            self._job_context(run["aggregation"]),
+            run_id=run["run_id"],
+            dataset=info,
+            shards=shards,
+            spec=ModelSpec.from_dict(run["model_spec"]),
+            config=TrainConfig(**train),
+            rounds=run["rounds"],
+            seed=config["seed"],
+            test_split=load_split(self.settings.datasets_path, info.dataset_id, "test"),
+            names={node_id: d["name"] for node_id, d in config["shards"].items()},
+            checkpoints=checkpoints,
+            history=history,
+            started_at=run["created"],
+        )
 
     async def stop_job(self) -> Job:
         if self.job is None or self.job.finished.is_set():
@@ -257,6 +345,14 @@ class Federation:
         if self.job is not None and not self.job.finished.is_set():
             self.job.status = "interrupted"
         await asyncio.to_thread(self.wandb.close)
+
+
+def _remove_stale_temp_files(*folders: Path) -> None:
+    """Temp files of writes a crash interrupted: never read as data, so just clear them."""
+    for folder in folders:
+        for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+            log.info("stale_temp_file_removed", path=str(tmp))
 
 
 def _safe_name(name: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +21,18 @@ import torch
 from prometheus_async.aio import time as aio_time
 
 from node.atomic import atomic_write_bytes
+from node.errors import WeightsError
 from node.model import ModelSpec, init_state
 from node.protocol import Done, Train, TrainConfig, WeightsReady
-from node.weights import WeightsMeta, decode_tensors, encode_weights, expected_layout, sha256_hex
+from node.weights import (
+    WeightsMeta,
+    decode_tensors,
+    decode_weights,
+    encode_weights,
+    expected_layout,
+    sha256_hex,
+)
+from server import failpoints
 from server.aggregation import Strategy, make_strategy
 from server.datasets import DatasetInfo
 from server.errors import Conflict, Forbidden
@@ -77,6 +86,10 @@ class Job:
         rounds: int,
         seed: int,
         test_split: tuple[torch.Tensor, torch.Tensor],
+        names: Mapping[str, str],
+        checkpoints: Mapping[int, Checkpoint] | None = None,
+        history: list[dict[str, Any]] | None = None,
+        started_at: float | None = None,
     ) -> None:
         self.ctx = ctx
         self.run_id = run_id
@@ -88,17 +101,21 @@ class Job:
         self.seed = seed
         self._test_x, self._test_y = test_split
         self._layout = expected_layout(spec)
+        self.names = dict(names)  # node names at the start: the registry forgets after a restart
+        self.checkpoints: dict[int, Checkpoint] = dict(checkpoints or {})
+        self.history: list[dict[str, Any]] = list(history or [])
         self.machine = RoundMachine(
-            total_rounds=rounds, participants=self.shards, deadline_s=ctx.deadline_s
+            total_rounds=rounds,
+            participants=self.shards,
+            deadline_s=ctx.deadline_s,
+            last_closed=len(self.history),
         )
         self.strategy: Strategy = make_strategy(ctx.aggregation, self._layout)
-        self.checkpoints: dict[int, Checkpoint] = {}
-        self.history: list[dict[str, Any]] = []
         self.status = "starting"
         self.error: str | None = None
         self.model_name: str | None = None
         self.final_accuracy: float | None = None
-        self.started_at = ctx.clock()
+        self.started_at = ctx.clock() if started_at is None else started_at
         self.finished = asyncio.Event()
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
@@ -121,7 +138,17 @@ class Job:
             config={
                 "train": _config_dict(self.config),
                 "seed": self.seed,
-                "shards": {k: v.samples for k, v in self.shards.items()},
+                "shards": {
+                    node_id: {
+                        "name": self.names[node_id],
+                        "path": str(f.path),
+                        "sha256": f.sha256,
+                        "samples": f.samples,
+                        "own": f.own,
+                    }
+                    for node_id, f in self.shards.items()
+                },
+                "initial": {"path": str(checkpoint.path), "sha256": checkpoint.sha256},
             },
             created=self.started_at,
         )
@@ -140,6 +167,28 @@ class Job:
             self._open_next_round()
             for node_id in self.machine.expected:
                 self._send_train(node_id)
+
+    async def resume(self) -> None:
+        """Carry on after an orchestrator restart from the last closed round.
+
+        Every participant is expected in the reopened round: they reconnect by themselves
+        and get a ``train`` frame as they do; the deadline covers those that never return.
+        """
+        self.status = "running"
+        next_round = self.machine.last_closed + 1
+        self._publish(
+            "job_resumed",
+            {"from_round": next_round, "rounds": self.rounds, "reason": "orchestrator restarted"},
+        )
+        self._log.info("job_resumed", from_round=next_round, rounds=self.rounds)
+        async with self._lock:
+            if self.machine.finished:  # crashed after the last round, before the final model
+                state = await asyncio.to_thread(self._read_checkpoint, self.rounds)
+                self.final_accuracy = self.history[-1]["test_accuracy"]
+                await asyncio.to_thread(self._write_final_model, state)
+                self._finish("completed")
+            else:
+                self._open_next_round(expected=self.shards)
 
     async def stop(self, reason: str) -> None:
         async with self._lock:
@@ -209,9 +258,9 @@ class Job:
     def _connected_participants(self) -> list[Any]:
         return [s for s in self.ctx.registry.connected() if s.node_id in self.shards]
 
-    def _names(self, node_ids: Any) -> list[str]:
+    def _names(self, node_ids: Iterable[str]) -> list[str]:
         nodes = self.ctx.registry.nodes
-        return [nodes[n].name if n in nodes else n for n in node_ids]
+        return [self.names.get(n) or (nodes[n].name if n in nodes else n) for n in node_ids]
 
     # -- uploads -------------------------------------------------------------------------------
 
@@ -233,6 +282,7 @@ class Job:
                 self.ctx.metrics.aggregation_duration,
                 asyncio.to_thread(self.strategy.add, node_id, tensors, samples),
             )
+            failpoints.reach("aggregation.after_fold")
             now = self.ctx.clock()
             closed = self.machine.record(node_id, round_, samples, now)
             self.ctx.store.record_node_metrics(
@@ -271,10 +321,11 @@ class Job:
 
     # -- rounds --------------------------------------------------------------------------------
 
-    def _open_next_round(self) -> None:
-        round_ = self.machine.open(
-            [s.node_id for s in self._connected_participants()], self.ctx.clock()
-        )
+    def _open_next_round(self, expected: Iterable[str] | None = None) -> None:
+        """Open the next round, expecting the participants connected now (or ``expected``)."""
+        if expected is None:
+            expected = [s.node_id for s in self._connected_participants()]
+        round_ = self.machine.open(expected, self.ctx.clock())
         self.strategy = make_strategy(self.ctx.aggregation, self._layout)
         self._timer = asyncio.create_task(self._expire_later(round_), name=f"deadline-{round_}")
         self._publish(
@@ -336,6 +387,7 @@ class Job:
         )
         checkpoint = await asyncio.to_thread(self._write_checkpoint, closed.round, state)
         self.checkpoints[closed.round] = checkpoint
+        failpoints.reach("checkpoint.before_commit")
         contributors = self._names(closed.contributors)
         self.ctx.store.record_round(
             RoundRow(
@@ -370,6 +422,7 @@ class Job:
         if self.machine.finished:
             self.final_accuracy = accuracy
             await asyncio.to_thread(self._write_final_model, state)
+            failpoints.reach("final_model.before_commit")
             self._finish("completed")
             return
         self._open_next_round()
@@ -379,20 +432,25 @@ class Job:
             url=weights_url(self.run_id, closed.round),
             sha256=checkpoint.sha256,
         )
-        for session in self._connected_participants():
-            if session.node_id in self.machine.expected:
-                session.send(ready)
-                session.state = "training"
-            else:  # a participant that was away at the open: it trains from here
-                self._send_train(session.node_id)
+        for session in self._connected_participants():  # all expected: opened just now
+            session.send(ready)
+            session.state = "training"
 
     # -- files ---------------------------------------------------------------------------------
 
     def _write_checkpoint(self, round_: int, state: Mapping[str, torch.Tensor]) -> Checkpoint:
         data = encode_weights(state, WeightsMeta(spec=self.spec, round=round_, job_id=self.run_id))
         path = self.ctx.runs_dir / self.run_id / f"round-{round_:04d}.safetensors"
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, lambda: failpoints.reach("checkpoint.before_rename"))
         return Checkpoint(round_, path, sha256_hex(data))
+
+    def _read_checkpoint(self, round_: int) -> dict[str, torch.Tensor]:
+        checkpoint = self.checkpoints[round_]
+        data = checkpoint.path.read_bytes()
+        if sha256_hex(data) != checkpoint.sha256:
+            raise WeightsError(f"checkpoint {checkpoint.path} does not match its recorded sha256")
+        state, _ = decode_weights(data)
+        return state
 
     def _write_final_model(self, state: Mapping[str, torch.Tensor]) -> None:
         last = self.history[-1]
@@ -412,7 +470,9 @@ class Job:
             state, WeightsMeta(spec=self.spec, round=self.rounds, job_id=self.run_id, extra=extra)
         )
         name = f"{self.run_id}.safetensors"
-        atomic_write_bytes(self.ctx.models_dir / name, data)
+        atomic_write_bytes(
+            self.ctx.models_dir / name, data, lambda: failpoints.reach("final_model.before_rename")
+        )
         self.model_name = name
 
     # -- views ---------------------------------------------------------------------------------

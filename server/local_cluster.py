@@ -47,6 +47,7 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: BinaryIO
+    expect_exit: bool = False  # set when we stop it, or a test expects it to die
 
     @property
     def pid(self) -> int:
@@ -80,23 +81,40 @@ class LocalCluster:
     def log_dir(self) -> Path:
         return self.home / "logs"
 
-    def _spawn(self, name: str, module: str, args: list[str]) -> Proc:
+    def _spawn(
+        self, name: str, module: str, args: list[str], env: dict[str, str] | None = None
+    ) -> Proc:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log_file = log_path.open("ab")
-        env = {**os.environ, "FEDAVG_HOME": str(self.home), "FEDAVG_LOG_FORMAT": "json",
-               "PYTHONUNBUFFERED": "1", **self.env}
+        env = {
+            **os.environ,
+            "FEDAVG_HOME": str(self.home),
+            "FEDAVG_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+            **(env or {}),
+        }
         popen = subprocess.Popen(
-            [sys.executable, "-m", module, *args], stdout=log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env,
+            [sys.executable, "-m", module, *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         proc = Proc(name, popen, log_path, log_file)
         self.procs.append(proc)
         return proc
 
-    def start_server(self, *extra: str) -> Proc:
-        return self._spawn("server", "server.cli",
-                           ["--host", self.host, "--port", str(self.port), *extra])
+    def start_server(self, *extra: str, env: dict[str, str] | None = None) -> Proc:
+        """Start (or, after it died, restart) the orchestrator on the same home and port."""
+        args = ["--host", self.host, "--port", str(self.port), *extra]
+        return self._spawn("server", "server.cli", args, env)
+
+    @property
+    def server(self) -> Proc:
+        """The most recently started orchestrator process."""
+        return [p for p in self.procs if p.name == "server"][-1]
 
     def start_node(self, name: str, *extra: str, threads: int | None = None) -> Proc:
         args = ["--orchestrator", self.url, "--name", name, "--node-id", name]
@@ -106,8 +124,11 @@ class LocalCluster:
 
     def request(self, method: str, path: str, timeout: float = 30.0) -> Any:
         req = urllib.request.Request(self.url + path, method=method)
-        headers = {"Authorization": f"Bearer {self.env['FEDAVG_ADMIN_TOKEN']}"} \
-            if "FEDAVG_ADMIN_TOKEN" in self.env else {}
+        headers = (
+            {"Authorization": f"Bearer {self.env['FEDAVG_ADMIN_TOKEN']}"}
+            if "FEDAVG_ADMIN_TOKEN" in self.env
+            else {}
+        )
         for key, value in headers.items():
             req.add_header(key, value)
         try:
@@ -118,8 +139,7 @@ class LocalCluster:
             raise ClusterError(f"{method} {path} -> {exc.code}: {body}") from exc
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        server = next(p for p in self.procs if p.name == "server")
-        self._wait(lambda: self._healthy(), timeout, f"the orchestrator on {self.url}", server)
+        self._wait(self._healthy, timeout, f"the orchestrator on {self.url}", self.server)
 
     def _healthy(self) -> bool:
         try:
@@ -153,23 +173,27 @@ class LocalCluster:
         while time.monotonic() < deadline:
             if ready():
                 return
-            for p in self.procs:
-                if not p.alive() and (proc is None or p is proc):
+            for p in [proc] if proc is not None else self.procs:
+                if not p.alive() and not p.expect_exit:
                     raise ClusterError(
                         f"{p.name} exited with {p.popen.returncode} while waiting for {what}; "
                         f"its log ({p.log_path}) ends with:\n{p.log_tail()}"
                     )
             time.sleep(interval)
-        raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.log_dir}")
+        raise ClusterError(
+            f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.log_dir}"
+        )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = next(p for p in self.procs if p.name == name and p.alive())
+        proc.expect_exit = True
         os.kill(proc.pid, sig)
         proc.popen.wait(timeout=10)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process we started (nodes first), then SIGKILL what remains."""
         for proc in sorted(self.procs, key=lambda p: p.name == "server"):
+            proc.expect_exit = True
             if proc.alive():
                 with contextlib.suppress(ProcessLookupError):
                     proc.popen.send_signal(signal.SIGTERM)

@@ -16,7 +16,7 @@ from node.model import ModelSpec
 from node.protocol import TrainConfig
 from node.wandb_sink import wandb_mode
 
-AGGREGATIONS = ("weighted", "uniform")
+AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
 MiB = 1024 * 1024
 
 
@@ -54,6 +54,7 @@ class Settings:
     log_format: LogFormat = "auto"
     wandb_mode: str | None = None  # None: W&B off (no WANDB_API_KEY / WANDB_MODE)
     wandb_project: str = "fedavg"
+    failpoints: str = ""  # crash tests only: see server/failpoints.py
 
     @property
     def datasets_path(self) -> Path:
@@ -121,6 +122,7 @@ class Settings:
                 ),
                 "wandb_mode": wandb_mode(env),
                 "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
+                "failpoints": env.get("FEDAVG_FAILPOINTS", ""),
             }
         except (ValueError, SpecError) as exc:
             raise SettingsError(f"bad setting: {exc}") from exc

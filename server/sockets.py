@@ -68,10 +68,12 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         if ws.exception() is not None:
             reason = f"socket error: {ws.exception()}"
     finally:
+        # Book the departure before the first await: aiohttp may cancel this handler once
+        # the peer hangs up (handler_cancellation), and a cancelled await skips the rest.
         session.close()
-        await writer
         fed.node_left(session, reason)
         bound.info("node_disconnected", reason=reason)
+        await writer
     return ws
 
 

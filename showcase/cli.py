@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +103,11 @@ def serve(
         url=f"http://{settings.host}:{settings.port}/",
         models=source.description,
     )
+    def page() -> Any:  # Panel serves a plain function as "/" (a partial would be shown as text)
+        return create_page(settings, source, cache)
+
     return pn.serve(  # type: ignore[no-untyped-call]
-        partial(create_page, settings, source, cache),
+        page,
         port=settings.port,
         address=settings.host,
         websocket_origin=settings.websocket_origins,

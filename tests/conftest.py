@@ -30,6 +30,16 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest 9 deprecates pytest-playwright's session fixtures defined as methods (its
+    # base_url); filter that one warning here rather than drop `filterwarnings = error`.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:Session-scoped fixtures defined as instance methods are deprecated"
+        ":pytest.PytestRemovedIn10Warning",
+    )
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(
     browser_type_launch_args: dict[str, Any], browser_name: str

@@ -15,7 +15,7 @@ export class RunPanel {
     this.state = state;
     this.el = {
       dataset: byId("run-dataset"), datasetSub: byId("run-dataset-sub"), round: byId("run-round"), state: byId("run-state"),
-      time: byId("run-time"), deadline: byId("run-deadline"), partial: byId("run-partial"),
+      time: byId("run-time"), uploads: byId("run-uploads"), deadline: byId("run-deadline"), partial: byId("run-partial"),
       accuracy: byId("run-accuracy"), progress: byId("run-progress"), runId: byId("run-id"),
     };
   }
@@ -33,6 +33,8 @@ export class RunPanel {
     setText(el.state, run.state ?? "idle");
     el.state.className = `badge run-${run.state ?? "idle"}`;
     setText(el.partial, String(run.partial_rounds ?? 0));
+    const expected = run.expected ?? [];
+    setText(el.uploads, run.round_open && expected.length ? `${(run.received ?? []).length} of ${expected.length}` : "—");
     const last = history[history.length - 1];
     const accuracy = run.final_accuracy ?? last?.test_accuracy;
     setText(el.accuracy, pct(accuracy, 2));

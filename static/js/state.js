@@ -165,7 +165,9 @@ const HANDLERS = {
     Object.assign(changed, { run: true, charts: true, nodeChart: true });
   },
   round_opened(state, ev, data, _node, changed) {
-    Object.assign(state.run, { round: data.round, round_open: true, roundStartedAt: state.now(), expected: data.expected });
+    Object.assign(state.run, {
+      round: data.round, round_open: true, roundStartedAt: state.now(), expected: data.expected ?? [], received: [],
+    });
     setDeadline(state, data.deadline, ev.ts);
     for (const name of data.expected ?? []) {
       const node = state.nodeByName(name);
@@ -184,6 +186,11 @@ const HANDLERS = {
       if (node.batches) node.batch = node.batches;
     }
     state.addLossPoint(ev.node_id, data.round, data.train_loss);
+    if (data.round === state.run.round && state.run.round_open) {
+      const name = state.nodeName(ev.node_id);
+      state.run.received = [...new Set([...(state.run.received ?? []), name])];
+      changed.run = true;
+    }
     changed.nodeChart = true;
   },
   straggler(_state, _ev, _data, node) {

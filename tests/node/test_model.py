@@ -84,7 +84,9 @@ def test_dict_and_json_round_trip(spec: ModelSpec) -> None:
 
 def test_from_dict_fills_defaults() -> None:
     assert ModelSpec.from_dict({}) == ModelSpec()
-    assert ModelSpec.from_dict({"hidden": [32], "dropout": []}) == ModelSpec(hidden=(32,), dropout=())
+    assert ModelSpec.from_dict({"hidden": [32], "dropout": []}) == ModelSpec(
+        hidden=(32,), dropout=()
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,8 @@
-"""Streaming FedAvg: exact means, refusals that change nothing, memory O(model)."""
+"""FedAvg (streaming, memory O(model)) and the robust median / trimmed mean beside it.
+
+Exact results on literal tensors and against numpy references, refusals that change nothing
+for every strategy, and an outlier that drags the mean but not the robust statistics.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import math
 import random
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,13 +21,20 @@ from node.model import ModelSpec, init_state
 from node.weights import Layout, expected_layout
 from server.aggregation import (
     STRATEGIES,
+    TRIM_BETA,
     AggregationError,
+    CoordinateMedian,
     FedAvg,
     Strategy,
+    TrimmedMean,
     make_strategy,
+    trim_count,
 )
+from server.settings import AGGREGATIONS
 
 SETTINGS = settings(max_examples=200, deadline=None)
+STREAMING = ("weighted", "uniform")
+ROBUST = ("median", "trimmed_mean")
 
 LAYOUT: Layout = {
     "w": ((2, 3), torch.float32),
@@ -141,11 +153,11 @@ def _bad_updates() -> list[tuple[str, dict[str, torch.Tensor]]]:
 
 
 @pytest.mark.parametrize(("why", "bad"), _bad_updates(), ids=[w for w, _ in _bad_updates()])
-@pytest.mark.parametrize("weighting", ["weighted", "uniform"])
+@pytest.mark.parametrize("name", STRATEGIES)
 def test_bad_tensors_refused_with_nothing_folded(
-    why: str, bad: dict[str, torch.Tensor], weighting: str
+    why: str, bad: dict[str, torch.Tensor], name: str
 ) -> None:
-    agg = make_strategy(weighting, LAYOUT)
+    agg = make_strategy(name, LAYOUT)
     agg.add("a", _update(2.0), samples=2)
     before = agg.result()
     with pytest.raises(WeightsError):
@@ -156,8 +168,9 @@ def test_bad_tensors_refused_with_nothing_folded(
     assert agg.count == 2
 
 
-def test_duplicate_node_refused() -> None:
-    agg = FedAvg(LAYOUT)
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_duplicate_node_refused(name: str) -> None:
+    agg = make_strategy(name, LAYOUT)
     agg.add("a", _update(1.0), samples=1)
     with pytest.raises(AggregationError, match="already"):
         agg.add("a", _update(9.0), samples=1)
@@ -166,19 +179,20 @@ def test_duplicate_node_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("weighting", "samples"), [("weighted", 0), ("weighted", -1), ("uniform", -1)]
+    ("name", "samples"),
+    [("weighted", 0), ("weighted", -1), ("uniform", -1), ("median", -1), ("trimmed_mean", -1)],
 )
-def test_bad_sample_counts_refused(weighting: str, samples: int) -> None:
-    agg = make_strategy(weighting, LAYOUT)
+def test_bad_sample_counts_refused(name: str, samples: int) -> None:
+    agg = make_strategy(name, LAYOUT)
     with pytest.raises(AggregationError, match="samples"):
         agg.add("a", _update(1.0), samples=samples)
     assert agg.count == 0
 
 
-@pytest.mark.parametrize("weighting", ["weighted", "uniform"])
-def test_empty_result_refused(weighting: str) -> None:
-    with pytest.raises(AggregationError):
-        make_strategy(weighting, LAYOUT).result()
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_empty_result_refused(name: str) -> None:
+    with pytest.raises(AggregationError, match="no updates"):
+        make_strategy(name, LAYOUT).result()
 
 
 def test_errors_share_the_base() -> None:
@@ -186,15 +200,22 @@ def test_errors_share_the_base() -> None:
 
 
 def test_make_strategy_and_unknown_name() -> None:
-    assert STRATEGIES == ("weighted", "uniform")
+    assert STRATEGIES == ("weighted", "uniform", "median", "trimmed_mean")
+    assert AGGREGATIONS == STRATEGIES  # the setting validates against the same names
     for name in STRATEGIES:
         strategy: Strategy = make_strategy(name, LAYOUT)
         assert strategy.name == name
         assert strategy.count == 0
-    with pytest.raises(ValueError, match="weighted, uniform"):
-        make_strategy("median", LAYOUT)
+    assert isinstance(make_strategy("median", LAYOUT), CoordinateMedian)
+    trimmed = make_strategy("trimmed_mean", LAYOUT)
+    assert isinstance(trimmed, TrimmedMean) and trimmed.beta == TRIM_BETA == 0.2
+    with pytest.raises(ValueError, match="weighted, uniform, median, trimmed_mean"):
+        make_strategy("krum", LAYOUT)
     with pytest.raises(ValueError):
         FedAvg(LAYOUT, weighting="median")  # type: ignore[arg-type]
+    for beta in (-0.1, 0.5, 0.7, math.nan):
+        with pytest.raises(ValueError, match="beta"):
+            TrimmedMean(LAYOUT, beta=beta)
 
 
 # --- properties ----------------------------------------------------------------------------
@@ -251,7 +272,7 @@ def test_memory_is_one_accumulator_per_key() -> None:
     spec = ModelSpec(hidden=(32, 16), dropout=())
     layout = expected_layout(spec)
     model_numel = sum(math.prod(shape) for shape, _ in layout.values())
-    for name in STRATEGIES:
+    for name in STREAMING:
         agg = make_strategy(name, layout)
         held = list(_tensors(agg))
         assert len(held) == len(layout)
@@ -262,3 +283,194 @@ def test_memory_is_one_accumulator_per_key() -> None:
             assert len(held) == len(layout)
             assert sum(t.numel() for t in held) == model_numel
         assert agg.count == 50
+
+
+@pytest.mark.parametrize("name", ROBUST)
+def test_robust_strategies_hold_one_float32_copy_per_update(name: str) -> None:
+    """The documented price of robustness: memory O(nodes x model), float32, nothing more."""
+    spec = ModelSpec(hidden=(32, 16), dropout=())
+    layout = expected_layout(spec)
+    model_numel = sum(math.prod(shape) for shape, _ in layout.values())
+    agg = make_strategy(name, layout)
+    assert list(_tensors(agg)) == []
+    for i in range(5):
+        agg.add(f"n{i}", {k: v.half() for k, v in init_state(spec, seed=i).items()}, samples=1)
+        held = list(_tensors(agg))
+        assert len(held) == (i + 1) * len(layout)
+        assert sum(t.numel() for t in held) == (i + 1) * model_numel
+        assert all(t.dtype == torch.float32 for t in held)
+
+
+# --- robust statistics: literals -----------------------------------------------------------
+
+
+def _add_all(name: str, fills: list[float]) -> dict[str, torch.Tensor]:
+    agg = make_strategy(name, LAYOUT)
+    for i, fill in enumerate(fills):
+        agg.add(f"n{i}", _update(fill), samples=i + 1)
+    return agg.result()
+
+
+@pytest.mark.parametrize(
+    ("fills", "expected"),
+    [
+        ([7.0], 7.0),
+        ([3.0, 1.0, 2.0], 2.0),
+        ([4.0, 1.0, 10.0, 2.0], 3.0),  # torch.median would say 2.0 (the lower middle)
+        ([1.0, 2.0], 1.5),
+        ([-1.0, 5.0, 5.0, 100.0, -50.0, 6.0], 5.0),
+    ],
+)
+def test_median_literal_is_the_true_median(fills: list[float], expected: float) -> None:
+    _close(_add_all("median", fills), _update(expected))
+
+
+def test_median_is_per_coordinate_and_ignores_samples() -> None:
+    agg = CoordinateMedian(LAYOUT)
+    agg.add("a", {"w": torch.tensor([[0.0, 9.0, 1.0], [5.0, 5.0, 5.0]]), "b": torch.zeros(3)}, 1)
+    agg.add("b", {"w": torch.tensor([[1.0, 0.0, 2.0], [5.0, 6.0, 7.0]]), "b": torch.ones(3)}, 99)
+    agg.add("c", {"w": torch.tensor([[2.0, 1.0, 0.0], [5.0, 7.0, 6.0]]), "b": torch.ones(3)}, 1)
+    _close(
+        agg.result(),
+        {"w": torch.tensor([[1.0, 1.0, 1.0], [5.0, 6.0, 6.0]]), "b": torch.ones(3)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "beta", "k"),
+    [
+        (1, 0.2, 0),
+        (2, 0.2, 0),  # too few to trim: the plain mean
+        (3, 0.2, 1),  # floor(0.6) = 0, raised to one so a lone attacker is still dropped
+        (4, 0.2, 1),
+        (9, 0.2, 1),
+        (10, 0.2, 2),
+        (14, 0.2, 2),
+        (15, 0.2, 3),
+        (100, 0.2, 20),
+        (10, 0.0, 0),
+        (3, 0.49, 1),
+        (4, 0.49, 1),
+        (100, 0.49, 49),
+    ],
+)
+def test_trim_count(n: int, beta: float, k: int) -> None:
+    assert trim_count(n, beta) == k
+    assert n - 2 * k >= 1
+
+
+@pytest.mark.parametrize(
+    ("fills", "expected"),
+    [
+        ([7.0], 7.0),
+        ([1.0, 4.0], 2.5),  # n = 2: nothing to trim, the plain (unweighted) mean
+        ([3.0, -90.0, 2.0], 2.0),
+        ([0.0, 1.0, 2.0, 3.0, 100.0], 2.0),
+        ([-1e3, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 1e3], 3.5),  # n = 10: k = 2
+    ],
+)
+def test_trimmed_mean_literal(fills: list[float], expected: float) -> None:
+    _close(_add_all("trimmed_mean", fills), _update(expected))
+
+
+def test_trimmed_mean_beta_zero_is_the_plain_mean() -> None:
+    agg = TrimmedMean(LAYOUT, beta=0.0)
+    for i, fill in enumerate([0.0, 1.0, 2.0, 3.0, 100.0]):
+        agg.add(f"n{i}", _update(fill), samples=1)
+    _close(agg.result(), _update(21.2))
+
+
+@pytest.mark.parametrize("name", ROBUST)
+def test_one_outlier_moves_fedavg_but_not_the_robust_statistics(name: str) -> None:
+    honest = [1.0, 1.2, 0.8]
+    poisoned = -1e4
+    fills = [*honest, poisoned]
+    mean = _add_all("weighted", fills)
+    assert float(mean["w"][0, 0]) < -1000  # one node in four drags the weighted mean away
+    robust = _add_all(name, fills)
+    for value in robust.values():
+        assert bool(((value >= min(honest)) & (value <= max(honest))).all())
+    _close(robust, _update(0.9))  # k = 1 at n = 4: the mean of the middle two, 0.8 and 1.0
+
+
+@pytest.mark.parametrize("name", ROBUST)
+def test_robust_results_are_private_and_repeatable(name: str) -> None:
+    agg = make_strategy(name, LAYOUT)
+    mine = _update(2.0)
+    agg.add("a", mine, samples=1)
+    mine["w"].fill_(-5.0)  # the caller reusing its buffer must not reach the kept copy
+    first = agg.result()
+    first["b"].fill_(99.0)
+    _close(agg.result(), _update(2.0))
+
+
+@pytest.mark.parametrize("name", ROBUST)
+def test_robust_half_precision_and_real_layout(name: str) -> None:
+    agg = make_strategy(name, LAYOUT)
+    agg.add("a", {k: v.half() for k, v in _update(1.5).items()}, samples=1)
+    agg.add("b", {k: v.bfloat16() for k, v in _update(2.5).items()}, samples=1)
+    _close(agg.result(), _update(2.0))
+
+    spec = ModelSpec(hidden=(8,), dropout=())
+    layout = expected_layout(spec)
+    states = [init_state(spec, seed=s) for s in range(3)]
+    agg = make_strategy(name, layout)
+    for i, state in enumerate(states):
+        agg.add(f"n{i}", state, samples=i + 1)
+    expected = {k: torch.stack([s[k] for s in states]).median(dim=0).values for k in layout}
+    _close(agg.result(), expected)  # odd n: torch's median is the true one
+
+
+# --- robust statistics: properties ---------------------------------------------------------
+
+
+def _reference(name: str, stacked: np.ndarray) -> np.ndarray:
+    """numpy's view of the statistic over axis 0, in float64."""
+    if name == "median":
+        return np.median(stacked, axis=0)
+    n = stacked.shape[0]
+    k = math.floor(TRIM_BETA * n) if n >= 5 else (1 if n >= 3 else 0)
+    return np.sort(stacked, axis=0)[k : n - k].mean(axis=0)
+
+
+@SETTINGS
+@given(updates, st.sampled_from(ROBUST), st.randoms(use_true_random=False))
+def test_robust_matches_numpy_reference_in_any_order(
+    ups: list[tuple[list[float], int]], name: str, rnd: random.Random
+) -> None:
+    order = list(enumerate(ups))
+    rnd.shuffle(order)
+    agg = make_strategy(name, LAYOUT)
+    for i, (flat, samples) in order:
+        agg.add(f"n{i}", _as_state(flat), samples)
+    stacked = np.array([flat for flat, _ in ups], dtype=np.float32).astype(np.float64)
+    expected = torch.from_numpy(_reference(name, stacked))
+    _close(agg.result(), {"w": expected[:6].reshape(2, 3), "b": expected[6:]})
+
+
+@SETTINGS
+@given(
+    st.lists(st.lists(values, min_size=9, max_size=9), min_size=3, max_size=12),
+    st.sampled_from(ROBUST),
+    st.floats(min_value=1e6, max_value=2.0**100, width=32),
+    st.booleans(),
+)
+def test_a_minority_cannot_leave_the_honest_range(
+    honest: list[list[float]], name: str, size: float, negative: bool
+) -> None:
+    """As many attackers as the strategy tolerates leave every coordinate within the range
+    the honest updates span, however large their values and claimed sample counts."""
+    h = len(honest)
+    tolerated = (
+        (lambda b: b < h) if name == "median" else (lambda b: b <= trim_count(h + b))
+    )  # the median: any minority; trimmed mean: at most k of the n = h + b values
+    n_bad = max(b for b in range(h) if tolerated(b))
+    assert n_bad >= 1
+    agg = make_strategy(name, LAYOUT)
+    for i, flat in enumerate(honest):
+        agg.add(f"h{i}", _as_state(flat), samples=1)
+    for i in range(n_bad):
+        agg.add(f"x{i}", _as_state([-size if negative else size] * 9), samples=10**6)
+    result = torch.cat([agg.result()["w"].flatten(), agg.result()["b"]])
+    good = torch.tensor(honest, dtype=torch.float32)
+    assert bool((result >= good.min(0).values).all() and (result <= good.max(0).values).all())

@@ -156,7 +156,12 @@ def test_events_newest_first_with_limit_and_run_filter(store: Store) -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == 4
     events = store.events()
-    assert [e["kind"] for e in events] == ["job_started", "round_closed", "job_started", "node_joined"]
+    assert [e["kind"] for e in events] == [
+        "job_started",
+        "round_closed",
+        "job_started",
+        "node_joined",
+    ]
     assert events[-1] == {
         "id": ids[0],
         "ts": 1.0,

