@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--device", choices=("auto", "cpu", "cuda"), help="FEDAVG_DEVICE (default auto)"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (FEDAVG_TORCH_THREADS)")
+    parser.add_argument("--ca-cert", help="CA bundle to trust for https:// (FEDAVG_CA_CERT)")
     parser.add_argument("--cache-dir", help="where shards are cached (FEDAVG_CACHE_DIR)")
     parser.add_argument(
         "--exit-after-job",
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             threads=args.threads,
             exit_after_job=args.exit_after_job,
             log_format=args.log_format,
+            ca_cert=None if args.ca_cert is None else Path(args.ca_cert),
             cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
         )
         device = resolve_device(settings.device)

@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--port", type=int, help="port (FEDAVG_PORT, default 11999; 0 picks a free one)"
     )
     parser.add_argument("--home", type=Path, help="data directory (FEDAVG_HOME)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (FEDAVG_TLS_CERT)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key (FEDAVG_TLS_KEY)")
     parser.add_argument(
         "--insecure",
         action="store_true",
@@ -52,7 +54,10 @@ def main(argv: list[str] | None = None) -> None:
             home=args.home,
             insecure=args.insecure,
             log_format=args.log_format,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
+        ssl_context = settings.ssl_context()
         failpoints.arm(settings.failpoints)
     except (SettingsError, ValueError) as exc:
         print(f"fedavg-server: {exc}", file=sys.stderr)
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         print=_announce,
+        ssl_context=ssl_context,
         access_log=None,
         shutdown_timeout=10.0,
     )

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -71,11 +72,13 @@ class LocalCluster:
     port: int
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
+    ca_file: Path | None = None  # set when the server speaks TLS: https, trusting this CA
     procs: list[Proc] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ca_file else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def log_dir(self) -> Path:
@@ -132,7 +135,8 @@ class LocalCluster:
         for key, value in headers.items():
             req.add_header(key, value)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")

@@ -1,10 +1,11 @@
-"""The orchestrator's configuration: built once from the environment and flags, then passed around."""
+"""The orchestrator's configuration: built once from the environment and flags, then passed on."""
 
 from __future__ import annotations
 
 import ipaddress
 import math
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,8 @@ class Settings:
     wandb_mode: str | None = None  # None: W&B off (no WANDB_API_KEY / WANDB_MODE)
     wandb_project: str = "fedavg"
     failpoints: str = ""  # crash tests only: see server/failpoints.py
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def datasets_path(self) -> Path:
@@ -123,6 +126,8 @@ class Settings:
                 "wandb_mode": wandb_mode(env),
                 "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
                 "failpoints": env.get("FEDAVG_FAILPOINTS", ""),
+                "tls_cert": _path(env.get("FEDAVG_TLS_CERT")),
+                "tls_key": _path(env.get("FEDAVG_TLS_KEY")),
             }
         except (ValueError, SpecError) as exc:
             raise SettingsError(f"bad setting: {exc}") from exc
@@ -161,8 +166,30 @@ class Settings:
                 "FEDAVG_NODE_TOKEN: anyone on the network could join or start jobs. "
                 "Set both tokens, or pass --insecure on a network you trust"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append(
+                "TLS needs both FEDAVG_TLS_CERT and FEDAVG_TLS_KEY (--tls-cert/--tls-key)"
+            )
+        for tls_file in (self.tls_cert, self.tls_key):
+            if tls_file is not None and not tls_file.is_file():
+                problems.append(f"TLS file {tls_file} does not exist")
         if problems:
             raise SettingsError("; ".join(problems))
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise SettingsError(f"cannot load the TLS certificate/key: {exc}") from exc
+        return context
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     @property
     def is_loopback(self) -> bool:

@@ -23,7 +23,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     # Nodes retry at most every 2 s, so they find the restarted server quickly.
-    env = {"FEDAVG_MNIST_DOWNLOAD": "false", "EPOCH_SYNC_TIMEOUT": "60", "FEDAVG_RECONNECT_MAX": "2"}
+    env = {
+        "FEDAVG_MNIST_DOWNLOAD": "false",
+        "EPOCH_SYNC_TIMEOUT": "60",
+        "FEDAVG_RECONNECT_MAX": "2",
+    }
     with LocalCluster(home=tmp_path / "home", port=free_port(), env=env) as c:
         yield c
 
@@ -60,7 +64,10 @@ async def test_killed_orchestrator_resumes_at_the_last_closed_round(cluster: Loc
     cluster.start_server()
     cluster.wait_healthy()
     start_nodes(cluster, 3)
-    async with aiohttp.ClientSession() as http, http.ws_connect(cluster.url + "/ws/dashboard") as ws:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(cluster.url + "/ws/dashboard") as ws,
+    ):
         await ws.receive()
         job = cluster.request("POST", "/train/mnist?epochs=5")
         async for msg in ws:
