@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -330,6 +331,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         interval = self.settings.progress_interval_s
         last = [0.0]
+        tty = sys.stderr.isatty()
 
         def report(batch: int, batches: int, loss: float) -> None:  # runs in the training thread
             now = time.monotonic()
@@ -346,6 +348,8 @@ class Agent:
                 )
             )
             loop.call_soon_threadsafe(_offer, outbox, text)
+            if tty:
+                draw_progress_bar(target.round, batch, batches, loss)
 
         return report
 
@@ -367,6 +371,15 @@ class Agent:
         train_x, train_y, val_x, val_y = split_validation(x, y, fraction, job.config.seed)
         self._data = LocalData(job.shard_sha256, train_x, train_y, (val_x, val_y))
         return self._data
+
+
+def draw_progress_bar(round_: int, batch: int, batches: int, loss: float, width: int = 30) -> None:
+    """The local epoch on a terminal: one line, redrawn in place, ended when the epoch is."""
+    filled = width * batch // max(1, batches)
+    bar = "#" * filled + "." * (width - filled)
+    end = "\n" if batch >= batches else ""
+    sys.stderr.write(f"\r  round {round_:>3} [{bar}] {batch}/{batches}  loss {loss:.4f}{end}")
+    sys.stderr.flush()
 
 
 def _offer(outbox: asyncio.Queue[str], text: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import structlog
 
@@ -85,8 +85,8 @@ class WandbSink:
             job_type=job_type,
             config=config,
             dir=str(self.folder),
-            mode=self.mode,
-            reinit="create_new",  # type: ignore[arg-type]
+            mode=cast(Literal["online", "offline"], self.mode),
+            reinit="create_new",
             settings=wandb.Settings(silent=True, console="off"),
         )
         log.info("wandb_run_started", group=group, name=name, mode=self.mode)

@@ -59,7 +59,8 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
         store.close()
 
     async def close_sockets(app: web.Application) -> None:
-        for ws in list(app[OPEN_SOCKETS]):
+        open_sockets: weakref.WeakSet[web.WebSocketResponse] = app[OPEN_SOCKETS]
+        for ws in list(open_sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"))
@@ -326,6 +327,9 @@ async def upload_weights(request: web.Request) -> web.Response:
         job = fed.job_by_id(request.query.get("job"))
         round_ = int_query(request, "round", None, 1, job.rounds)
         samples = int_query(request, "samples", None, 1, 2**31)
+        structlog.contextvars.bind_contextvars(
+            node_id=session.node_id, run_id=job.run_id, round=round_
+        )
         node_metrics = _metrics_query(request)
         body = await read_body(request, fed.settings.max_upload_bytes)
         fed.metrics.bytes_received.labels(kind="weights").inc(len(body))

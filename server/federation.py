@@ -258,7 +258,7 @@ class Federation:
             raise FileNotFoundError(f"shard files are gone: {missing}")
         initial = config["initial"]
         checkpoints = {0: Checkpoint(0, Path(initial["path"]), initial["sha256"])}
-        history = []
+        history: list[dict[str, Any]] = []
         for row in self.store.rounds(run["run_id"]):
             if row.round != len(history) + 1:
                 raise ValueError(f"round {row.round} recorded after round {len(history)}")

@@ -18,7 +18,7 @@ from server.registry import NodeSession
 log = structlog.get_logger(__name__)
 
 FEDERATION = web.AppKey("federation", Federation)
-OPEN_SOCKETS = web.AppKey("open_sockets", weakref.WeakSet[web.WebSocketResponse])
+OPEN_SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("open_sockets")
 HELLO_TIMEOUT_S = 15.0
 CLOSE_TIMEOUT_S = 5.0
 
@@ -41,8 +41,9 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         await ws.send_str(json.dumps({"type": "error", "code": "protocol", "message": reason}))
         await ws.close(code=WSCloseCode.POLICY_VIOLATION)
         return ws
+    structlog.contextvars.bind_contextvars(node_id=hello.node_id)  # this socket's task only
     session = fed.node_joined(hello)
-    bound = log.bind(node_id=session.node_id)
+    bound = log
     bound.info("node_connected", name=hello.name, device=hello.device, capacity=hello.capacity)
     writer = asyncio.create_task(_drain_outbox(ws, session), name=f"writer-{session.node_id}")
     reason = "disconnected"
