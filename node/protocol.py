@@ -30,6 +30,7 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: Literal["adam", "sgd"] = "adam"
     local_epochs: int = 1
+    max_batches: int | None = None  # cap on local steps per round (None: the whole epoch)
     validation_split: float | None = None  # None: the node's own VALIDATION_SPLIT
     seed: int = 0
 

@@ -80,6 +80,8 @@ def train_epoch(
     for _ in range(config.local_epochs):
         order = torch.randperm(len(y), generator=generator).to(device)
         batches = max(1, -(-len(y) // config.batch_size))
+        if config.max_batches is not None:
+            batches = min(batches, config.max_batches)
         for i in range(batches):
             if should_abort():
                 raise Aborted

@@ -116,8 +116,9 @@ class NodeRegistry:
         return self.nodes.get(session.node_id) is session
 
     def by_token(self, token: str) -> NodeSession | None:
+        presented = token.encode()  # bytes: compare_digest refuses non-ASCII str
         for known, session in self._by_token.items():
-            if secrets.compare_digest(known, token):
+            if secrets.compare_digest(known.encode(), presented):
                 return session
         return None
 

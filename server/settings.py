@@ -93,6 +93,10 @@ class Settings:
             train = TrainConfig(
                 lr=float(env.get("FEDAVG_LR", "1e-3")),
                 batch_size=int(env.get("FEDAVG_BATCH_SIZE", "32")),
+                local_epochs=int(env.get("FEDAVG_LOCAL_EPOCHS", "1")),
+                max_batches=int(env["FEDAVG_MAX_BATCHES"])
+                if env.get("FEDAVG_MAX_BATCHES")
+                else None,
                 optimizer=_choice(
                     env.get("FEDAVG_OPTIMIZER", "adam"), ("adam", "sgd"), "FEDAVG_OPTIMIZER"
                 ),  # type: ignore[arg-type]

@@ -38,23 +38,25 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         hello: Hello = decode_as(msg.data, Hello)
     except (TimeoutError, ProtocolError) as exc:
         reason = str(exc) or "no hello within 15 s"
-        await ws.send_str(json.dumps({"type": "error", "code": "protocol", "message": reason}))
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION)
+        if not ws.closed:  # an oversized frame has already closed it (1009)
+            await ws.send_str(json.dumps({"type": "error", "code": "protocol", "message": reason}))
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION)
         return ws
     structlog.contextvars.bind_contextvars(node_id=hello.node_id)  # this socket's task only
     session = fed.node_joined(hello)
-    bound = log
-    bound.info("node_connected", name=hello.name, device=hello.device, capacity=hello.capacity)
+    log.info("node_connected", name=hello.name, device=hello.device, capacity=hello.capacity)
     writer = asyncio.create_task(_drain_outbox(ws, session), name=f"writer-{session.node_id}")
     reason = "disconnected"
     try:
         async for msg in ws:
-            if msg.type is not WSMsgType.TEXT:
-                continue
             try:
+                if msg.type is not WSMsgType.TEXT:
+                    raise ProtocolError(
+                        f"only JSON text frames are spoken here, not {msg.type.name}"
+                    )
                 frame = decode(msg.data)
             except ProtocolError as exc:
-                bound.warning("node_frame_refused", error=str(exc))
+                log.warning("node_frame_refused", error=str(exc))
                 session.send(Error(code="protocol", message=str(exc)))
                 session.close()
                 reason = "protocol error"
@@ -73,7 +75,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         # the peer hangs up (handler_cancellation), and a cancelled await skips the rest.
         session.close()
         fed.node_left(session, reason)
-        bound.info("node_disconnected", reason=reason)
+        log.info("node_disconnected", reason=reason)
         await writer
     return ws
 

@@ -57,7 +57,7 @@ CSS = """
   display:block; margin-top:4px; }
 .details { font-family:system-ui,sans-serif; font-size:13px; border-collapse:collapse; }
 .details td { padding:1px 8px 1px 0; vertical-align:top; }
-.details td:first-child { color:#666; }
+.details td:first-child { color:#666; white-space:nowrap; }
 """
 
 
@@ -72,6 +72,7 @@ class ShowcaseApp:
         self.prediction: Prediction | None = None
         self._infos: dict[str, ModelInfo] = {}
         self._listed: list[ModelInfo] = []
+        self._last_error: str | None = None
         self._uploads: dict[str, tuple[ModelInfo, LoadedModel]] = {}
 
         self.canvas = DrawCanvas(width=290, height=290)
@@ -135,12 +136,15 @@ class ShowcaseApp:
         self.apply_listing(models)
 
     def show_models_error(self, message: str) -> None:
-        log.warning("models_unavailable", reason=message)
+        if message != self._last_error:  # once per change, not on every refresh
+            log.warning("models_unavailable", reason=message)
+        self._last_error = message
         if self.model is None:
             self._model_message(message, "danger")
 
     def apply_listing(self, models: list[ModelInfo]) -> None:
         """New options for the picker (uploads first, then newest first), keeping the pick."""
+        self._last_error = None
         self._listed = models
         ordered = [info for info, _ in self._uploads.values()] + models
         infos = {info.key: info for info in ordered}

@@ -103,6 +103,7 @@ def serve(
         url=f"http://{settings.host}:{settings.port}/",
         models=source.description,
     )
+
     def page() -> Any:  # Panel serves a plain function as "/" (a partial would be shown as text)
         return create_page(settings, source, cache)
 

@@ -25,7 +25,6 @@ class DrawCanvas(JSComponent):
 
     value = param.String(default="", doc="PNG data URL of the drawing, '' when cleared.")
     clear_token = param.Integer(default=0, doc="Increment to clear the canvas.")
-    strokes = param.Integer(default=0, doc="Completed strokes since the last clear.")
 
     _esm = f"""
 const SIZE = {CANVAS_PX}, STROKE = {STROKE_PX}, EVERY = {SEND_EVERY_MS};
@@ -84,7 +83,6 @@ export function render({{ model, el }}) {{
     if (!drawing) return;
     drawing = false;
     last = null;
-    model.strokes = model.strokes + 1;
     send();
   }}
   const touch = (handler) => (e) => {{
@@ -110,7 +108,6 @@ export function render({{ model, el }}) {{
     timer = null;
     drawing = false;
     blank();
-    model.strokes = 0;
     model.value = "";
   }});
   model.on("remove", () => window.removeEventListener("mouseup", end));

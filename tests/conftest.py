@@ -40,6 +40,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Playwright's sync API (what pytest-playwright uses) keeps its event loop running in the
+    # main thread from the first browser test until the session ends, so any asyncio test
+    # after it fails with "Cannot run the event loop while another loop is running". Run
+    # browser tests last; the sort is stable, so every other order is kept.
+    items.sort(key=lambda item: "page" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(
     browser_type_launch_args: dict[str, Any], browser_name: str

@@ -427,10 +427,12 @@ def test_robust_half_precision_and_real_layout(name: str) -> None:
 def _reference(name: str, stacked: np.ndarray) -> np.ndarray:
     """numpy's view of the statistic over axis 0, in float64."""
     if name == "median":
-        return np.median(stacked, axis=0)
+        result: np.ndarray = np.median(stacked, axis=0)
+        return result
     n = stacked.shape[0]
-    k = math.floor(TRIM_BETA * n) if n >= 5 else (1 if n >= 3 else 0)
-    return np.sort(stacked, axis=0)[k : n - k].mean(axis=0)
+    k = math.floor(TRIM_BETA * n) if n >= 5 else (1 if n >= 3 else 0)  # at least 1 from n = 3
+    result = np.sort(stacked, axis=0)[k : n - k].mean(axis=0)
+    return result
 
 
 @SETTINGS
@@ -461,9 +463,11 @@ def test_a_minority_cannot_leave_the_honest_range(
     """As many attackers as the strategy tolerates leave every coordinate within the range
     the honest updates span, however large their values and claimed sample counts."""
     h = len(honest)
-    tolerated = (
-        (lambda b: b < h) if name == "median" else (lambda b: b <= trim_count(h + b))
-    )  # the median: any minority; trimmed mean: at most k of the n = h + b values
+
+    def tolerated(bad: int) -> bool:
+        """The median: any minority; the trimmed mean: at most k of the n = h + bad values."""
+        return bad < h if name == "median" else bad <= trim_count(h + bad)
+
     n_bad = max(b for b in range(h) if tolerated(b))
     assert n_bad >= 1
     agg = make_strategy(name, LAYOUT)

@@ -174,15 +174,18 @@ async def test_one_poisoned_node_in_four(cluster: LocalCluster, strategy: str) -
         attack.cancel()
         await asyncio.gather(attack, return_exceptions=True)
 
-    # The attacker took part in every round, with a shard (so a weight) like the others'.
-    assert all("mallory" in h["contributors"] for h in poisoned["history"])
     shards = await shard_sizes(cluster)
+    print(  # shown with -s: the numbers behind the verdict
+        f"{strategy}: clean {[h['test_accuracy'] for h in clean['history']]}, "
+        f"poisoned {[h['test_accuracy'] for h in poisoned['history']]}, shards {shards}"
+    )
+    # The attacker took part in every round with about a quarter of the data, so of the
+    # weight: capacities are measured under load and vary, its own is their mean.
+    assert all("mallory" in h["contributors"] for h in poisoned["history"])
     assert len(shards) == HONEST + 1
-    assert shards["mallory"] >= 0.6 * max(shards.values())
+    assert shards["mallory"] >= 0.15 * sum(shards.values())
     await wait_gone(cluster, "mallory")  # it said Left and closed its socket
 
-    accuracies = [h["test_accuracy"] for h in poisoned["history"]]
-    print(f"{strategy}: clean {clean['final_accuracy']:.4f}, poisoned {accuracies}")
     assert clean["final_accuracy"] >= 0.85
     if strategy == "weighted":
         assert poisoned["final_accuracy"] < 0.3
