@@ -34,6 +34,21 @@ class TrainConfig:
     validation_split: float | None = None  # None: the node's own VALIDATION_SPLIT
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        problems = []
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append("lr must be a positive finite number")
+        if not 1 <= self.batch_size <= 1 << 16:
+            problems.append("batch_size must be 1..65536")
+        if not 1 <= self.local_epochs <= 1000:
+            problems.append("local_epochs must be 1..1000")
+        if self.max_batches is not None and self.max_batches < 1:
+            problems.append("max_batches must be >= 1")
+        if self.validation_split is not None and not 0 <= self.validation_split < 1:
+            problems.append("validation_split must be within [0, 1)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 @dataclass(frozen=True, slots=True)
 class Hello:
@@ -174,7 +189,10 @@ def _from_json(cls: type[Any], data: dict[str, Any], where: str) -> Any:
                 raise ProtocolError(f"{where}: missing field {name!r}")
             continue
         kwargs[name] = _check(hints[name], data[name], f"{where}.{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a frame whose values are out of range
+        raise ProtocolError(f"{where}: {exc}") from exc
 
 
 def _check(hint: Any, value: Any, where: str) -> Any:

@@ -63,7 +63,10 @@ def train_epoch(
     should_abort: Callable[[], bool] = lambda: False,
 ) -> LocalResult:
     """Train one local epoch from ``global_state``; raises Aborted when ``should_abort`` says so."""
+    if len(y) == 0:
+        raise ValueError("cannot train on an empty shard")
     started = time.perf_counter()
+    torch.manual_seed(seed)  # dropout masks too: a round is reproducible for its seed
     model = build_model(spec).to(device)
     model.load_state_dict(dict(global_state))
     model.train()

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from node.errors import SpecError, WeightsError
@@ -101,12 +99,101 @@ def read_metadata(data: bytes | bytearray | memoryview) -> dict[str, str]:
     return metadata
 
 
-def decode_tensors(data: bytes | bytearray) -> dict[str, torch.Tensor]:
+# safetensors dtype names -> torch dtypes we can read; anything else is refused.
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def decode_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors buffer as zero-copy views into it (a ``bytearray`` is not
+    copied at all; ``bytes`` are copied once, since torch needs a writable buffer).
+
+    The header is checked as strictly as the safetensors library does: known dtypes,
+    shapes that match their byte ranges, ranges inside the buffer that tile the data
+    section exactly, no overlaps. We parse it here only to avoid the library's copies.
+    """
+    buffer = data if isinstance(data, bytearray | memoryview) else bytearray(data)
+    view = memoryview(buffer)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    if len(view) < 8:
+        raise _invalid("truncated safetensors: no header length")
+    (header_len,) = struct.unpack("<Q", view[:8])
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(view):
+        raise _invalid("safetensors header length is out of bounds")
     try:
-        return st_load(bytes(data))
-    # KeyError: a dtype the Rust parser knows but safetensors.torch cannot map (F4, F8_E8M0).
-    except (SafetensorError, ValueError, RuntimeError, KeyError) as exc:
-        raise WeightsError(f"not a valid safetensors file: {exc}") from exc
+        header = json.loads(bytes(view[8 : 8 + header_len]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _invalid(f"safetensors header is not JSON: {exc}") from exc
+    except RecursionError:
+        raise _invalid("safetensors header is nested too deeply") from None
+    if not isinstance(header, dict):
+        raise _invalid("safetensors header must be an object")
+    start = 8 + header_len
+    body_len = len(view) - start
+    spans: list[tuple[int, int, str]] = []
+    tensors: dict[str, torch.Tensor] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape, begin, end = _entry(name, entry)
+        if not 0 <= begin <= end <= body_len:
+            raise _invalid(f"{name}: byte range [{begin}, {end}) is outside the data")
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if (end - begin) != numel * itemsize:
+            raise _invalid(f"{name}: {end - begin} bytes do not hold shape {shape} of {dtype}")
+        spans.append((begin, end, name))
+        if numel == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        else:
+            tensor = torch.frombuffer(view, dtype=dtype, count=numel, offset=start + begin)
+            if (start + begin) % itemsize:  # misaligned: a copy keeps kernels on the fast path
+                tensor = tensor.clone()
+            tensors[name] = tensor.view(shape)
+    spans.sort()
+    covered = 0
+    for begin, end, name in spans:
+        if begin != covered:
+            raise _invalid(f"{name}: tensors overlap or leave gaps in the data section")
+        covered = end
+    if covered != body_len:
+        raise _invalid("trailing bytes after the last tensor")
+    return tensors
+
+
+def _entry(name: str, entry: object) -> tuple[torch.dtype, list[int], int, int]:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise _invalid(f"{name}: header entry needs exactly dtype, shape and data_offsets")
+    dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+    if dtype is None:
+        raise _invalid(f"{name}: dtype {entry['dtype']!r} is not supported")
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape) or len(shape) > 16:
+        raise _invalid(f"{name}: shape must be a list of at most 16 non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise _invalid(f"{name}: data_offsets must be two non-negative integers")
+    return dtype, shape, offsets[0], offsets[1]
+
+
+def _invalid(reason: str) -> WeightsError:
+    return WeightsError(f"not a valid safetensors file: {reason}")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def decode_weights(data: bytes | bytearray) -> tuple[dict[str, torch.Tensor], WeightsMeta]:

@@ -288,27 +288,31 @@ async def download_weights(request: web.Request) -> web.StreamResponse:
     checkpoint = job.checkpoints.get(round_)
     if checkpoint is None:
         raise NotFound(f"round {round_} has no weights yet (latest: {latest})")
-    return await _file_with_etag(request, checkpoint.path, checkpoint.sha256, "weights")
+    return await _bytes_with_etag(
+        request, lambda: job.checkpoint_bytes(round_), checkpoint.sha256, "weights"
+    )
 
 
 async def download_shard(request: web.Request) -> web.StreamResponse:
     fed = _fed(request)
     session = node_session(request, fed.registry)
     shard = fed.shard_file(session, request.match_info["run_id"], request.match_info["node_id"])
-    return await _file_with_etag(request, shard.path, shard.sha256, "shard")
+    return await _bytes_with_etag(
+        request, lambda: asyncio.to_thread(shard.path.read_bytes), shard.sha256, "shard"
+    )
 
 
-async def _file_with_etag(
-    request: web.Request, path: Path, sha256: str, kind: str
+async def _bytes_with_etag(
+    request: web.Request, load: Callable[[], Awaitable[bytes]], sha256: str, kind: str
 ) -> web.StreamResponse:
-    """Serve a file named by its sha256: a client holding those bytes gets 304 and no body.
+    """Serve bytes named by their sha256: a client holding them gets 304 and no body.
 
     Not a ``web.FileResponse``: that one overwrites any ETag with its own mtime-size tag.
     """
     etag = f'"{sha256}"'
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
-    data = await asyncio.to_thread(path.read_bytes)
+    data = await load()
     _fed(request).metrics.bytes_sent.labels(kind=kind).inc(len(data))
     return web.Response(
         body=data,
@@ -331,9 +335,13 @@ async def upload_weights(request: web.Request) -> web.Response:
             node_id=session.node_id, run_id=job.run_id, round=round_
         )
         node_metrics = _metrics_query(request)
-        body = await read_body(request, fed.settings.max_upload_bytes)
-        fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
-        result = await job.upload(session.node_id, round_, samples, node_metrics, body)
+        job.precheck(session.node_id, round_, samples)  # refuse before reading a byte
+        # A few uploads are read and folded at a time; the rest wait with their bytes still
+        # in the socket, so server memory does not grow with the number of nodes.
+        async with job.intake:
+            body = await read_body(request, fed.settings.max_upload_bytes)
+            fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
+            result = await job.upload(session.node_id, round_, samples, node_metrics, body)
     except FedavgError as exc:
         reason = exc.reason if isinstance(exc, ApiError) else type(exc).__name__
         fed.metrics.uploads_rejected.labels(reason=reason).inc()
@@ -356,14 +364,26 @@ def _metrics_query(request: web.Request) -> dict[str, float]:
     return values
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it is known to exceed ``limit``."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(f"body of {request.content_length} bytes exceeds the {limit}-byte limit")
-    buffer = bytearray()
+async def read_body(request: web.Request, limit: int) -> bytearray:
+    """The request body, refusing (413) as soon as it is known to exceed ``limit``.
+
+    Returned as the one ``bytearray`` it was read into: the safetensors decoder makes
+    tensors that view it, so an upload is never copied after it arrives.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise TooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
+    buffer = bytearray(declared or 0)
+    filled = 0
     async for chunk in request.content.iter_chunked(READ_CHUNK):
-        buffer += chunk
-        failpoints.reach("upload.mid_body")
-        if len(buffer) > limit:
+        end = filled + len(chunk)
+        if end > limit:
             raise TooLarge(f"body exceeds the {limit}-byte limit")
-    return bytes(buffer)
+        if end > len(buffer):
+            buffer.extend(bytes(end - len(buffer)))
+        buffer[filled:end] = chunk
+        filled = end
+        failpoints.reach("upload.mid_body")
+    if filled != len(buffer):
+        raise BadRequest(f"body ended after {filled} of {declared} declared bytes")
+    return buffer

@@ -210,6 +210,7 @@ class Federation:
             aggregation=aggregation,
             deadline_s=self.settings.epoch_sync_timeout,
             metrics=self.metrics,
+            upload_slots=self.settings.upload_slots,
             clock=self.clock,
         )
 

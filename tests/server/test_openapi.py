@@ -35,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from node import __version__
 from node.model import ModelSpec
 from node.protocol import Done, Hello, Train, Welcome, decode, decode_as, encode
 from node.shards import decode_xy
@@ -71,6 +72,7 @@ def app_with_openapi(settings: Settings) -> web.Application:
 
 def test_the_document_is_valid_openapi_3_1() -> None:
     assert DOC["openapi"].startswith("3.1.")
+    assert DOC["info"]["version"] == __version__
     schema = schemathesis.openapi.from_dict(DOC)
     schema.validate()  # the OpenAPI 3.1 meta-schema; raises on the first problem
     operations = [result.ok() for result in schema.get_all_operations()]  # every $ref resolves

@@ -65,10 +65,11 @@ def test_three_nodes_five_rounds_train_and_save_a_model(cluster: LocalCluster) -
     assert accuracy == pytest.approx(status["final_accuracy"], abs=1e-9)
     assert float(meta.extra["test_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
 
-    # Every training sample reached some node: the shards' own parts cover the split.
+    # Every training sample reached some node: the shards' own parts tile the split.
     runs = cluster.request("GET", "/runs")["runs"]
-    shards = runs[0]["config"]["shards"]
-    assert sum(shards.values()) >= 4000
+    shards = runs[0]["config"]["shards"].values()
+    assert sum(s["own"] for s in shards) == 4000
+    assert all(s["samples"] > s["own"] for s in shards)  # each borrowed its overlap
 
 
 async def test_node_killed_mid_round_closes_by_partial_average(tmp_path: Path) -> None:

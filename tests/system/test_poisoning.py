@@ -6,6 +6,11 @@ protocol (WebSocket hello, shard and weights over HTTP, upload with its session 
 nothing in the server can tell it from a node: it is refused or accepted by the same rules.
 Each round it uploads Gaussian noise in place of trained weights, claiming its whole shard
 as samples so that it gets a full share (about a quarter) of FedAvg's weight.
+
+One cluster per strategy: first a clean 3-round job with the honest nodes alone (the
+baseline, aggregated by the same strategy), then the same job with the attacker. Under the
+median and the trimmed mean (k = 1 of n = 4) its noise is always an extreme value of a
+coordinate or lies between honest ones, so it cannot drag the model anywhere.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ pytestmark = pytest.mark.slow
 
 ROUNDS = 3
 HONEST = 3
-NOISE_STD = 1.0  # initial weights are ~0.05 wide: a quarter of this drowns them
+NOISE_STD = 3.0  # weights are ~0.05 wide: a quarter of this drowns what one epoch can learn
 ATTACK_TIMEOUT_S = 120.0
 
 
@@ -188,6 +193,7 @@ async def test_one_poisoned_node_in_four(cluster: LocalCluster, strategy: str) -
 
     assert clean["final_accuracy"] >= 0.85
     if strategy == "weighted":
-        assert poisoned["final_accuracy"] < 0.3
+        assert poisoned["final_accuracy"] < 0.3  # chance is 0.1
     else:
         assert poisoned["final_accuracy"] >= 0.8
+        assert poisoned["final_accuracy"] >= clean["final_accuracy"] - 0.1

@@ -1,0 +1,353 @@
+"""What every benchmark shares: statistics, the machine, process gauges, spawning, event logs.
+
+Timestamps are ``time.time()`` everywhere (server events, probes, virtual nodes): every
+process runs on this one machine, so one wall clock orders them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.local_cluster import LocalCluster, Proc
+
+REPO = Path(__file__).resolve().parents[2]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not measure what it set out to; the message says why."""
+
+
+# -- statistics -------------------------------------------------------------------------------
+
+
+def summary(values: Iterable[float | None]) -> dict[str, Any]:
+    """Median, min, max and count of the values that exist (None and NaN are skipped)."""
+    xs = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not xs:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "n": len(xs)}
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100), or None for no values."""
+    xs = sorted(values)
+    if not xs:
+        return None
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Distribution of many samples (nodes x rounds): p50, p95, max, count."""
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "max": max(values) if values else None,
+        "n": len(values),
+    }
+
+
+def across_runs(runs: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Median/min/max over runs of one per-run figure."""
+    return summary(r.get(key) for r in runs)
+
+
+# -- the machine ------------------------------------------------------------------------------
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    import aiohttp
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "aiohttp": aiohttp.__version__,
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty_files": len(_git("status", "--porcelain").splitlines()),
+    }
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+        )
+        return out.stdout.strip()
+    except OSError:
+        return ""
+
+
+# -- process gauges ---------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size now."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM: the peak resident set since start or since :func:`reset_peak_rss`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmHWM for pid {pid}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Linux >= 4.0: writing 5 to clear_refs resets VmHWM to the current RSS."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+@dataclass
+class Sampler:
+    """Samples RSS and CPU time of some processes every ``interval`` s in a thread."""
+
+    pids: dict[str, int]
+    interval: float = 0.01
+    samples: list[tuple[float, str, int, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Sampler:
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.time()
+            for name, pid in self.pids.items():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    self.samples.append((now, name, rss_bytes(pid), cpu_seconds(pid)))
+            self._stop.wait(self.interval)
+
+    def peak_rss(self, name: str, t0: float = 0.0, t1: float = math.inf) -> int | None:
+        values = [s[2] for s in self.samples if s[1] == name and t0 <= s[0] <= t1]
+        return max(values) if values else None
+
+    def cpu_between(self, name: str, t0: float, t1: float) -> float | None:
+        """CPU seconds used by ``name`` between two wall times (nearest samples)."""
+        rows = [s for s in self.samples if s[1] == name]
+        before = [s for s in rows if s[0] <= t0]
+        after = [s for s in rows if s[0] >= t1]
+        if not before or not after:
+            return None
+        return after[0][3] - before[-1][3]
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def spawn(
+    cluster: LocalCluster,
+    name: str,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+) -> Proc:
+    """Start ``argv`` as one of the cluster's processes (stopped with it, log in its log dir).
+
+    ``LocalCluster`` only starts ``python -m server.cli`` / ``node.cli``; the benchmarks also
+    start the same programs wrapped in probes, the virtual-node packs and py-spy.
+    """
+    cluster.log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = cluster.log_dir / f"{name}.log"
+    log_file = log_path.open("ab")
+    full_env = {
+        **os.environ,
+        "FEDAVG_HOME": str(cluster.home),
+        "FEDAVG_LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+        **cluster.env,
+        **(env or {}),
+    }
+    popen = subprocess.Popen(
+        argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env
+    )
+    proc = Proc(name, popen, log_path, log_file)
+    cluster.procs.append(proc)
+    return proc
+
+
+def start_probed_server(cluster: LocalCluster, probe_file: Path) -> Proc:
+    """``fedavg-server`` with timing probes (see ``probes.py``) on the cluster's port."""
+    argv = [sys.executable, "-m", "tests.bench.probes", "server"]
+    argv += ["--host", cluster.host, "--port", str(cluster.port)]
+    return spawn(cluster, "server", argv, {"FEDAVG_BENCH_PROBE": str(probe_file)})
+
+
+def start_probed_node(cluster: LocalCluster, name: str, probe_file: Path, threads: int) -> Proc:
+    """``fedavg-node`` with timing probes; the same program, arguments and environment."""
+    argv = [sys.executable, "-m", "tests.bench.probes", "node", "--orchestrator", cluster.url]
+    argv += ["--name", name, "--node-id", name, "--threads", str(threads)]
+    return spawn(cluster, name, argv, {"FEDAVG_BENCH_PROBE": str(probe_file)})
+
+
+def wait_exit(proc: Proc, timeout: float) -> int:
+    try:
+        code = proc.popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(
+            f"{proc.name} still running after {timeout:.0f} s; its log ({proc.log_path}) ends:\n"
+            f"{proc.log_tail()}"
+        ) from exc
+    proc.expect_exit = True
+    return code
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line cut by a kill
+            rows.append(json.loads(line))
+    return rows
+
+
+def server_events(home: Path, run_id: str) -> list[dict[str, Any]]:
+    """The job's timeline from the server's SQLite ``events`` table (server timestamps)."""
+    db = sqlite3.connect(f"file:{home / 'fedavg.sqlite3'}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute(
+            "SELECT ts, kind, node_id, data FROM events WHERE run_id = ? ORDER BY id", (run_id,)
+        ).fetchall()
+    finally:
+        db.close()
+    return [{"ts": ts, "kind": k, "node_id": n, "data": json.loads(d)} for ts, k, n, d in rows]
+
+
+@dataclass(frozen=True)
+class RoundTimes:
+    """Server timestamps of one job's rounds: opened, uploads accepted, closed."""
+
+    started: float
+    opened: dict[int, float]
+    closed: dict[int, float]
+    accepted: dict[int, dict[str, float]]
+    history: dict[int, dict[str, Any]]
+    done: float | None
+    done_kind: str | None
+
+    @classmethod
+    def from_events(cls, events: list[dict[str, Any]]) -> RoundTimes:
+        started = next((e["ts"] for e in events if e["kind"] == "job_started"), math.nan)
+        opened: dict[int, float] = {}
+        closed: dict[int, float] = {}
+        history: dict[int, dict[str, Any]] = {}
+        accepted: dict[int, dict[str, float]] = {}
+        done = done_kind = None
+        for e in events:
+            data = e["data"]
+            if e["kind"] == "round_opened":
+                opened[data["round"]] = e["ts"]
+            elif e["kind"] == "round_closed":
+                closed[data["round"]] = e["ts"]
+                history[data["round"]] = data
+            elif e["kind"] == "upload_accepted":
+                accepted.setdefault(data["round"], {})[e["node_id"]] = e["ts"]
+            elif e["kind"] in ("job_done", "job_failed", "job_stopped"):
+                done, done_kind = e["ts"], e["kind"]
+        return cls(started, opened, closed, accepted, history, done, done_kind)
+
+    def round_start(self, r: int) -> float:
+        """When round r's work was announced: round 1 opens with the job, later rounds at
+        the previous round's ``round_closed`` (after which ``weights_ready`` is pushed)."""
+        return self.opened[1] if r == 1 else self.closed[r - 1]
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[dict[str, float]]:
+    box: dict[str, float] = {"t0": time.time()}
+    try:
+        yield box
+    finally:
+        box["t1"] = time.time()
+        box["s"] = box["t1"] - box["t0"]
+
+
+def mib(n: float | None) -> float | None:
+    return None if n is None else n / 2**20
+
+
+def run_job(cluster: LocalCluster, rounds: int, timeout: float) -> tuple[dict[str, Any], RoundTimes]:
+    """Start a job over the connected nodes, wait for its end, return its status and times."""
+    job = cluster.request("POST", f"/train/mnist?epochs={rounds}", timeout=120)
+    status = cluster.wait_job(timeout=timeout)
+    if status.get("run_id") != job["job_id"]:
+        raise BenchError(f"expected job {job['job_id']}, the server reports {status.get('run_id')}")
+    times = RoundTimes.from_events(server_events(cluster.home, job["job_id"]))
+    if status["state"] != "completed":
+        raise BenchError(f"job {job['job_id']} ended {status['state']}: {status.get('error')}")
+    return status, times
+
+
+def weights_file_bytes(hidden: tuple[int, ...]) -> tuple[int, int]:
+    """(size of a weights file, parameter count) of the MLP with these hidden widths."""
+    from node.model import ModelSpec, init_state, parameter_count
+    from node.weights import WeightsMeta, encode_weights
+
+    spec = ModelSpec(hidden=hidden, dropout=(0.3, 0.2)[: len(hidden)])
+    data = encode_weights(init_state(spec, 0), WeightsMeta(spec=spec, round=1, job_id="x" * 28))
+    return len(data), parameter_count(spec)
+
+
+def measure_floor(payload_bytes: int, params: int, nodes: int, repeats: int) -> dict[str, Any]:
+    """The floor (see floor.py), measured right now in this (otherwise idle) process."""
+    from tests.bench.floor import measure
+
+    result = measure(payload_bytes, params, nodes, repeats)
+    result["load"] = loadavg()
+    return result

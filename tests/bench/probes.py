@@ -1,0 +1,185 @@
+"""The real ``fedavg-server`` / ``fedavg-node`` programs with timing probes around each step.
+
+``python -m tests.bench.probes server|node [the program's own flags]`` wraps a few
+functions of the real code with a clock and then runs the program's ``main``. Each call
+becomes one JSON line ``{"ev", "t0", "t1", "proc", ...}`` in ``$FEDAVG_BENCH_PROBE``.
+A probe costs two ``time.time()`` calls and one short write per step (a handful per round),
+so it does not move what it measures.
+
+If a wrapped name disappears because the code changed, the program stops at start-up with
+a message naming it: update the table below (the smoke test catches this in the suite).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+Info = Callable[[tuple[Any, ...], dict[str, Any], Any], dict[str, Any]]
+
+_lock = threading.Lock()
+_out: Any = None
+_proc = "?"
+
+
+def emit(ev: str, t0: float, t1: float, **info: Any) -> None:
+    line = json.dumps({"ev": ev, "t0": t0, "t1": t1, "proc": _proc, **info}) + "\n"
+    with _lock:
+        _out.write(line)
+        _out.flush()
+
+
+def _resolve(target: str) -> tuple[Any, str, Any]:
+    module_name, _, path = target.partition(":")
+    owner: Any = importlib.import_module(module_name)
+    *parents, attr = path.split(".")
+    for name in parents:
+        owner = getattr(owner, name, None)
+    return owner, attr, getattr(owner, attr, None)
+
+
+def wrap(targets: str, ev: str, info: Info | None = None, required: bool = True) -> None:
+    """Replace ``module:attr`` or ``module:Class.attr`` by a timed wrapper of itself.
+
+    ``targets`` may name alternatives separated by ``|`` (the first that exists is used),
+    so the probe survives a rename in either direction.
+    """
+    for target in targets.split("|"):
+        owner, attr, original = _resolve(target)
+        if original is not None:
+            break
+    else:
+        message = f"tests/bench/probes.py: {targets} no longer exists; update the probe table"
+        if required:
+            raise SystemExit(message)
+        print(message + " (optional probe skipped)", file=sys.stderr)
+        return
+
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def timed_async(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.time()
+            result: Any = None
+            try:
+                result = await original(*args, **kwargs)
+                return result
+            finally:
+                emit(ev, t0, time.time(), **_info(info, args, kwargs, result))
+
+        setattr(owner, attr, timed_async)
+    else:
+
+        @functools.wraps(original)
+        def timed_sync(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.time()
+            result: Any = None
+            try:
+                result = original(*args, **kwargs)
+                return result
+            finally:
+                emit(ev, t0, time.time(), **_info(info, args, kwargs, result))
+
+        setattr(owner, attr, timed_sync)
+
+
+def _info(info: Info | None, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> dict[str, Any]:
+    """The extra fields of a probe line; a probe never breaks the call it wraps."""
+    if info is None:
+        return {}
+    try:
+        return info(args, kwargs, result)
+    except Exception as exc:
+        return {"info_error": repr(exc)}
+
+
+def _frame(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
+    frame = args[1]
+    return {"frame": frame.type, "round": getattr(frame, "round", None)}
+
+
+def _path_bytes(args: tuple[Any, ...], _kw: dict[str, Any], result: Any) -> dict[str, Any]:
+    return {"path": args[1], "bytes": len(result) if result is not None else None}
+
+
+def _path_body(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
+    return {"path": args[1], "bytes": len(args[2])}
+
+
+def _request_round(args: tuple[Any, ...], _kw: dict[str, Any], result: Any) -> dict[str, Any]:
+    request = args[0]
+    return {
+        "round": request.query.get("round"),
+        "bytes": len(result) if result is not None else None,
+    }
+
+
+def _job_upload(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
+    return {"node": args[1], "round": args[2]}
+
+
+def _round_arg(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
+    return {"round": args[1]}
+
+
+def _close(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
+    return {"round": args[1].round}
+
+
+def _kind(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
+    return {"kind": args[3]}
+
+
+# (target, event, extra info, required): the analysis needs the required ones.
+Probe = tuple[str, str, Info | None, bool]
+
+SERVER_PROBES: list[Probe] = [
+    ("server.app:read_body", "read_body", _request_round, False),
+    ("server.app:_bytes_with_etag|server.app:_file_with_etag", "serve_file", _kind, False),
+    ("server.job:Job.upload", "job_upload", _job_upload, True),
+    ("server.job:decode_tensors", "decode", None, False),
+    ("server.aggregation:FedAvg.add", "fold", None, True),
+    ("server.aggregation:FedAvg.result", "result", None, False),
+    ("server.job:evaluate", "evaluate", None, True),
+    ("server.job:Job._write_checkpoint", "checkpoint", _round_arg, False),
+    ("server.job:Job._close_round", "close_round", _close, False),
+]
+
+NODE_PROBES: list[Probe] = [
+    ("node.agent:Agent._handle", "frame", _frame, True),
+    ("node.transport:HttpTransport.download", "download", _path_bytes, True),
+    ("node.transport:HttpTransport.upload_weights", "upload", _path_body, True),
+    ("node.agent:decode_weights", "decode", None, True),
+    ("node.agent:train_epoch", "train", None, True),
+    ("node.agent:encode_weights", "encode", None, True),
+    ("node.trainer:build_model", "build_model", None, False),
+    ("node.trainer:_evaluate", "validate", None, False),
+]
+
+
+def main(argv: list[str]) -> None:
+    global _out, _proc
+    if not argv or argv[0] not in ("server", "node"):
+        raise SystemExit("usage: python -m tests.bench.probes server|node [program flags]")
+    kind, rest = argv[0], argv[1:]
+    _out = open(os.environ["FEDAVG_BENCH_PROBE"], "a", buffering=1)  # noqa: SIM115 (process-long)
+    _proc = rest[rest.index("--name") + 1] if "--name" in rest else kind
+    for target, ev, info, required in SERVER_PROBES if kind == "server" else NODE_PROBES:
+        wrap(target, ev, info, required)
+    if kind == "server":
+        from server.cli import main as program
+    else:
+        from node.cli import main as program
+    program(rest)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

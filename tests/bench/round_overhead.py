@@ -1,0 +1,301 @@
+"""Benchmark 1: what a round costs beyond the nodes' own training, against the wire's floor.
+
+Real processes: one ``fedavg-server`` and N ``fedavg-node``, each wrapped in timing probes
+(``probes.py``), training a ~10 M-parameter MLP for one batch per round. Each *run* is one
+job of R rounds on the same warm cluster; the floor (``floor.py``) is measured right before
+each run, so every ratio compares numbers taken minutes apart on the same machine.
+
+Definitions (all timestamps are ``time.time()`` on this one machine):
+
+- **start(r)**: round 1 starts at the server's ``round_opened``; round r > 1 at the server's
+  ``round_closed`` event of round r - 1, right before ``weights_ready`` is pushed.
+- **cycle(r)** = server ``round_closed``(r) - start(r): the whole round, notification to the
+  published next global model (averaged, evaluated, checkpointed, recorded).
+- **critical node**: the node whose upload the server accepted last (it closed the round).
+- **compute(r)**: the critical node's ``train_epoch`` wall time (what it reports as
+  ``seconds``: model build, one batch, validation, state copy).
+- **overhead(r)** = cycle(r) - compute(r). **overhead without evaluation** also subtracts
+  the server's evaluation of the new global model on the test split.
+- **critical path**: cycle(r) split at the critical node's timestamps, with no gaps:
+  notification, download (wake-up + GET + sha256), decode, compute, encode, upload (until
+  the server holds the whole body), server fold (decode + lock + fold + record), close
+  (average, evaluate, checkpoint, record, publish).
+- **notification(r)** = the last node's receipt of the ``weights_ready``/``train`` frame
+  for round r - start(r).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from server.local_cluster import LocalCluster, free_port
+from tests.bench import profile
+from tests.bench.common import (
+    BenchError,
+    RoundTimes,
+    across_runs,
+    loadavg,
+    measure_floor,
+    read_jsonl,
+    run_job,
+    start_probed_node,
+    start_probed_server,
+    summary,
+    weights_file_bytes,
+)
+
+PHASES = ("notify", "download", "decode", "compute", "encode", "upload", "server_fold", "close")
+
+
+@dataclass(frozen=True)
+class Config:
+    hidden: tuple[int, int, int] = (4096, 1536, 64)
+    nodes: int = 4
+    rounds: int = 5
+    runs: int = 3
+    batch_size: int = 32
+    floor_repeats: int = 3
+    profile: bool = False
+    job_timeout_s: float = 600.0
+
+
+def run(cfg: Config, workdir: Path) -> dict[str, Any]:
+    home = workdir / "overhead"
+    env = {
+        "MODEL_HIDDEN_1": str(cfg.hidden[0]),
+        "MODEL_HIDDEN_2": str(cfg.hidden[1]),
+        "MODEL_HIDDEN_3": str(cfg.hidden[2]),
+        "FEDAVG_MAX_BATCHES": "1",
+        "FEDAVG_BATCH_SIZE": str(cfg.batch_size),
+        "FEDAVG_MNIST_DOWNLOAD": "false",
+        "EPOCH_SYNC_TIMEOUT": str(cfg.job_timeout_s),
+    }
+    file_bytes, params = weights_file_bytes(cfg.hidden)
+    server_probe = workdir / "overhead-server.jsonl"
+    runs: list[dict[str, Any]] = []
+    profiles: dict[str, Any] = {}
+    with LocalCluster(home=home, port=free_port(), env=env) as cluster:
+        start_probed_server(cluster, server_probe)
+        cluster.wait_healthy(timeout=120)
+        cluster.request("POST", "/datasets/prepare-mnist", timeout=300)
+        names = [f"node-{i}" for i in range(1, cfg.nodes + 1)]
+        node_probe = {n: workdir / f"overhead-{n}.jsonl" for n in names}
+        threads = max(1, _cores() // cfg.nodes)
+        for n in names:
+            start_probed_node(cluster, n, node_probe[n], threads)
+        cluster.wait_nodes(cfg.nodes, timeout=300)
+        for index in range(cfg.runs):
+            floor = measure_floor(file_bytes, params, cfg.nodes, cfg.floor_repeats)
+            load = loadavg()
+            status, times = run_job(cluster, cfg.rounds, cfg.job_timeout_s)
+            runs.append({"index": index, "floor": floor, "load_before": load,
+                         "load_after": loadavg(), "run_id": status["run_id"], "times": times,
+                         "final_accuracy": status.get("final_accuracy")})
+        if cfg.profile and profile.py_spy() is not None:
+            profiles = _profile_run(cluster, cfg, workdir)
+        server_rows = read_jsonl(server_probe)
+        node_rows = {n: read_jsonl(p) for n, p in node_probe.items()}
+    results = [_analyse_run(r, server_rows, node_rows, cfg) for r in runs]
+    return {
+        "config": {**asdict(cfg), "params": params, "weights_bytes": file_bytes,
+                   "threads_per_node": max(1, _cores() // cfg.nodes)},
+        "runs": results,
+        "summary": _summarise(results),
+        "profiles": profiles,
+    }
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def _profile_run(cluster: LocalCluster, cfg: Config, workdir: Path) -> dict[str, Any]:
+    """One extra job (not in the figures) with py-spy on the server and on node-1."""
+    out: dict[str, Any] = {}
+    targets = {"server": cluster.server.pid}
+    node1 = next(p for p in cluster.procs if p.name == "node-1")
+    targets["node-1"] = node1.pid
+    recordings = {k: profile.Recording(pid, workdir / f"profile-{k}.txt") for k, pid in targets.items()}
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        run_job(cluster, cfg.rounds, cfg.job_timeout_s)
+    finally:
+        for rec in recordings.values():
+            rec.stop()
+    for key, rec in recordings.items():
+        if rec.out.exists():
+            out[key] = {"file": rec.out.name, **profile.summarise(rec.out)}
+    return out
+
+
+# -- analysis ---------------------------------------------------------------------------------
+
+
+def _round_of_weights(path: str) -> int | None:
+    """``/sync/weights?job=..&round=k`` serves the weights that round k + 1 trains from."""
+    query = parse_qs(urlsplit(path).query)
+    return int(query["round"][0]) + 1 if "round" in query else None
+
+
+def _upload_round(path: str) -> int | None:
+    query = parse_qs(urlsplit(path).query)
+    return int(query["round"][0]) if "round" in query else None
+
+
+def _node_rounds(rows: list[dict[str, Any]], t0: float, t1: float) -> dict[int, dict[str, Any]]:
+    """One node's probe rows inside a job window, grouped by the round they served."""
+    per: dict[int, dict[str, Any]] = {}
+    current: int | None = None
+    for row in sorted((r for r in rows if t0 <= r["t0"] <= t1), key=lambda r: r["t0"]):
+        ev = row["ev"]
+        if ev == "frame":
+            if row["frame"] == "train":
+                per.setdefault(row["round"], {}).setdefault("frame", row["t0"])
+            elif row["frame"] == "weights_ready":
+                per.setdefault(row["round"] + 1, {}).setdefault("frame", row["t0"])
+        elif ev == "download":
+            if "/sync/weights" in row["path"]:
+                current = _round_of_weights(row["path"])
+                if current is not None:
+                    per.setdefault(current, {})["download"] = row
+            else:
+                per.setdefault(0, {})["shard"] = row
+        elif ev == "upload":
+            r = _upload_round(row["path"])
+            if r is not None:
+                per.setdefault(r, {})["upload"] = row
+        elif ev in ("decode", "train", "encode", "build_model", "validate") and current is not None:
+            per.setdefault(current, {}).setdefault(ev, row)
+    return per
+
+
+def _in_window(rows: list[dict[str, Any]], ev: str, t0: float, t1: float) -> list[dict[str, Any]]:
+    return [r for r in rows if r["ev"] == ev and t0 < r["t1"] <= t1]
+
+
+def _analyse_run(
+    run: dict[str, Any],
+    server_rows: list[dict[str, Any]],
+    node_rows: dict[str, list[dict[str, Any]]],
+    cfg: Config,
+) -> dict[str, Any]:
+    times: RoundTimes = run["times"]
+    t_end = times.done or max(times.closed.values())
+    nodes = {n: _node_rounds(rows, times.started - 1, t_end + 1) for n, rows in node_rows.items()}
+    uploads = {
+        (r["node"], int(r["round"])): r
+        for r in server_rows
+        if r["ev"] == "job_upload" and times.started <= r["t0"] <= t_end
+    }
+    rounds = []
+    for r in sorted(times.closed):
+        start, closed = times.round_start(r), times.closed[r]
+        window_start = times.started if r == 1 else times.closed[r - 1]
+        accepted = times.accepted.get(r, {})
+        if not accepted:
+            raise BenchError(f"round {r} of {run['run_id']} has no accepted uploads")
+        crit = max(accepted, key=lambda n: accepted[n])
+        c = nodes[crit][r]
+        cu = uploads[(crit, r)]
+        dur = {k: c[k]["t1"] - c[k]["t0"] for k in ("download", "decode", "train", "encode")}
+        path = {
+            "notify": c["frame"] - start,
+            "download": c["download"]["t1"] - c["frame"],
+            "decode": c["decode"]["t1"] - c["download"]["t1"],
+            "compute": c["train"]["t1"] - c["decode"]["t1"],
+            "encode": c["encode"]["t1"] - c["train"]["t1"],
+            "upload": cu["t0"] - c["encode"]["t1"],
+            "server_fold": accepted[crit] - cu["t0"],
+            "close": closed - accepted[crit],
+        }
+        evaluate = sum(x["t1"] - x["t0"] for x in _in_window(server_rows, "evaluate", window_start, closed))
+        folds = _in_window(server_rows, "fold", window_start, closed)
+        result = sum(x["t1"] - x["t0"] for x in _in_window(server_rows, "result", window_start, closed))
+        checkpoint = sum(
+            x["t1"] - x["t0"] for x in server_rows if x["ev"] == "checkpoint" and x["round"] == r
+            and times.started <= x["t0"] <= t_end
+        )
+        decodes = _in_window(server_rows, "decode", window_start, closed)
+        per_node = {}
+        for n, rs in nodes.items():
+            d = rs.get(r, {})
+            su = uploads.get((n, r))
+            per_node[n] = {
+                "notify": d["frame"] - start if "frame" in d else None,
+                "download": d["download"]["t1"] - d["download"]["t0"] if "download" in d else None,
+                "upload_wire": su["t0"] - d["upload"]["t0"] if su and "upload" in d else None,
+                "upload_call": d["upload"]["t1"] - d["upload"]["t0"] if "upload" in d else None,
+                "compute": d["train"]["t1"] - d["train"]["t0"] if "train" in d else None,
+                "build_model": d["build_model"]["t1"] - d["build_model"]["t0"] if "build_model" in d else None,
+            }
+        cycle = closed - start
+        compute = dur["train"]
+        rounds.append({
+            "round": r,
+            "cycle": cycle,
+            "compute": compute,
+            "overhead": cycle - compute,
+            "overhead_no_eval": cycle - compute - evaluate,
+            "critical_node": crit,
+            "critical_path": path,
+            "critical_path_other": cycle - sum(path.values()),
+            "notification": _max(v["notify"] for v in per_node.values()),
+            "download_max": _max(v["download"] for v in per_node.values()),
+            "upload_max": _max(v["upload_wire"] for v in per_node.values()),
+            "aggregation": sum(x["t1"] - x["t0"] for x in folds) + result,
+            "fold_each_max": _max(x["t1"] - x["t0"] for x in folds),
+            "server_decode": sum(x["t1"] - x["t0"] for x in decodes),
+            "result": result,
+            "evaluation": evaluate,
+            "checkpoint": checkpoint,
+            "compute_max": _max(v["compute"] for v in per_node.values()),
+            "build_model_max": _max(v["build_model"] for v in per_node.values()),
+            "nodes": per_node,
+            "test_accuracy": times.history[r].get("test_accuracy"),
+        })
+    floor = run["floor"]["floor_s"]
+    med = {k: summary(x[k] for x in rounds)["median"] for k in (
+        "cycle", "compute", "overhead", "overhead_no_eval", "notification", "download_max",
+        "upload_max", "aggregation", "server_decode", "evaluation", "checkpoint", "compute_max",
+        "build_model_max")}
+    med_path = {k: summary(x["critical_path"][k] for x in rounds)["median"] for k in PHASES}
+    return {
+        "index": run["index"],
+        "run_id": run["run_id"],
+        "load_before": run["load_before"],
+        "load_after": run["load_after"],
+        "floor": run["floor"],
+        "rounds": rounds,
+        "median": med,
+        "median_critical_path": med_path,
+        "ratio_overhead": med["overhead"] / floor,
+        "ratio_overhead_no_eval": med["overhead_no_eval"] / floor,
+        "ratio_cycle": med["cycle"] / floor,
+        "final_accuracy": run["final_accuracy"],
+    }
+
+
+def _max(values: Any) -> float | None:
+    xs = [v for v in values if v is not None and not math.isnan(v)]
+    return max(xs) if xs else None
+
+
+def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    flat = [{**r["median"], **{f"path_{k}": v for k, v in r["median_critical_path"].items()},
+             "floor": r["floor"]["floor_s"], "floor_loopback": r["floor"]["loopback_s"],
+             "floor_average": r["floor"]["average_s"], "ratio_overhead": r["ratio_overhead"],
+             "ratio_overhead_no_eval": r["ratio_overhead_no_eval"], "ratio_cycle": r["ratio_cycle"]}
+            for r in results]
+    keys = flat[0].keys() if flat else []
+    out = {k: across_runs(flat, k) for k in keys}
+    ratio = out["ratio_overhead"]["median"]
+    out["target_ratio"] = 2.0
+    out["target_met"] = ratio is not None and ratio <= 2.0
+    return out
