@@ -257,7 +257,7 @@ do_install() {
     else
         pip_install "$root/venv"
     fi
-    install_file "$DEPLOY_DIR/README-section.md" "$root/share/doc/DEPLOY.md" 0644
+    install_file "$DEPLOY_DIR/README.md" "$root/share/doc/DEPLOY.md" 0644
     install_settings "$root"
     install_units
     printf 'installed-from=%s\n' "$SRC_DIR" >"$root/${MARKER:?}"

@@ -52,7 +52,6 @@ class Settings:
     heartbeat_s: float = 10.0
     max_upload_bytes: int = 512 * MiB
     upload_slots: int = 4  # uploads read and folded at once: bounds server memory
-    public_url: str | None = None  # how nodes reach us, when the bind address is not it
     log_format: LogFormat = "auto"
     wandb_mode: str | None = None  # None: W&B off (no WANDB_API_KEY / WANDB_MODE)
     wandb_project: str = "fedavg"
@@ -123,7 +122,6 @@ class Settings:
                 "heartbeat_s": float(env.get("FEDAVG_HEARTBEAT", "10")),
                 "max_upload_bytes": int(env.get("FEDAVG_MAX_UPLOAD_MB", "512")) * MiB,
                 "upload_slots": int(env.get("FEDAVG_UPLOAD_SLOTS", "4")),
-                "public_url": env.get("FEDAVG_PUBLIC_URL") or None,
                 "log_format": _choice(
                     env.get("FEDAVG_LOG_FORMAT", "auto"),
                     ("auto", "json", "console"),

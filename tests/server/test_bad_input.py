@@ -125,13 +125,18 @@ class RunningJob:
         return encode_weights(state, WeightsMeta(spec=SPEC, round=round_, job_id=self.job_id))
 
     async def upload(
-        self, node: Node, body: bytes, *, samples: int | None = None, **query: str
+        self,
+        node: Node,
+        body: bytes,
+        *,
+        samples: int | None = None,
+        query: dict[str, str] | None = None,
     ) -> ClientResponse:
         params = {
             "job": self.job_id,
             "round": "1",
             "samples": str(self.shard[node.node_id] if samples is None else samples),
-            **query,
+            **(query or {}),
         }
         return await self.client.post("/sync/weights", params=params, data=body, headers=node.auth)
 
@@ -145,9 +150,11 @@ class RunningJob:
         update_a = {k: v + 1.0 for k, v in self.state0.items()}
         update_b = {k: v * 0.5 - 2.0 for k, v in self.state0.items()}
         samples_a, samples_b = self.shard["a"], self.shard["b"] // 2
-        resp = await self.upload(self.a, self.body(update_a), samples=samples_a, extra="ignored")
+        query = {"extra": "ignored"}  # unknown parameters are ignored
+        resp = await self.upload(self.a, self.body(update_a), samples=samples_a, query=query)
         assert resp.status == 200, await resp.text()
-        resp = await self.upload(self.b, self.body(update_b), samples=samples_b, train_loss="0.5")
+        query = {"train_loss": "0.5", "seconds": "2"}
+        resp = await self.upload(self.b, self.body(update_b), samples=samples_b, query=query)
         assert resp.status == 200, await resp.text()
         ready_a, ready_b = await self.a.expect(WeightsReady), await self.b.expect(WeightsReady)
         assert ready_a == ready_b
@@ -375,7 +382,7 @@ async def test_an_upload_with_a_dead_session_token_is_unauthorized(job: RunningJ
 async def test_bad_upload_query_values_are_refused(
     job: RunningJob, query: dict[str, str], name: str
 ) -> None:
-    error = await error_of(await job.upload(job.a, job.body(job.state0), **query), 400)
+    error = await error_of(await job.upload(job.a, job.body(job.state0), query=query), 400)
     assert name in error["message"]
     assert await job.received() == []
 
@@ -638,13 +645,10 @@ async def test_misbehaving_sockets_do_not_disturb_a_round(job: RunningJob) -> No
     await big.ws.send_str("x" * (MAX_FRAME_BYTES + 1))
     assert await closed_with(big.ws) == 1009
 
-    for send in (
-        lambda ws: ws.send_bytes(b"\x00"),
-        lambda ws: ws.send_str(encode(Progress(job_id="j", round=1, batch=1, batches=1, loss=1))),
-        lambda ws: ws.send_str("x" * (MAX_FRAME_BYTES + 1)),
-    ):
+    not_hello = encode(Progress(job_id="j", round=1, batch=1, batches=1, loss=1.0))
+    for first in (b"\x00", not_hello, "x" * (MAX_FRAME_BYTES + 1)):  # instead of a hello
         ws = await client.ws_connect("/ws/node")
-        await send(ws)
+        await (ws.send_bytes(first) if isinstance(first, bytes) else ws.send_str(first))
         assert await closed_with(ws) in (1008, 1009)
 
     # An honest node sending a server frame is told so and stays; its progress is welcome.

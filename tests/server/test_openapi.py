@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis.errors import Unsatisfiable
 from pytest_aiohttp import AiohttpClient
-from schemathesis import GenerationMode
+from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -75,8 +76,9 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert DOC["info"]["version"] == __version__
     schema = schemathesis.openapi.from_dict(DOC)
     schema.validate()  # the OpenAPI 3.1 meta-schema; raises on the first problem
-    operations = [result.ok() for result in schema.get_all_operations()]  # every $ref resolves
-    assert len(operations) == sum(len(set(item) & METHODS) for item in DOC["paths"].values())
+    results = list(schema.get_all_operations())
+    assert all(isinstance(result, Ok) for result in results), results  # every $ref resolves
+    assert len(results) == sum(len(set(item) & METHODS) for item in DOC["paths"].values())
     assert "/ws/node" in DOC["info"]["description"]
     assert "/ws/dashboard" in DOC["info"]["description"]
 
@@ -201,6 +203,7 @@ def _fuzz(base_url: str, token: str) -> tuple[list[str], int]:
     made = 0
     with requests.Session() as session:
         for result in schema.get_all_operations():
+            assert isinstance(result, Ok), result
             operation = result.ok()
             node_only = operation.path.startswith(("/sync/weights", "/shards"))
             for mode in GenerationMode:
@@ -216,7 +219,7 @@ def _fuzz(base_url: str, token: str) -> tuple[list[str], int]:
 
 
 def _fuzz_operation(
-    operation: schemathesis.APIOperation,
+    operation: APIOperation[Any, Any, Any, Any],
     mode: GenerationMode,
     base_url: str,
     session: requests.Session,
@@ -234,7 +237,7 @@ def _fuzz_operation(
         suppress_health_check=list(HealthCheck),
     )
     @given(case=operation.as_strategy(generation_mode=mode))
-    def check(case: schemathesis.Case) -> None:
+    def check(case: Case[Any]) -> None:
         nonlocal made
         made += 1
         try:

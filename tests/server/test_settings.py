@@ -34,7 +34,6 @@ def test_defaults() -> None:
     assert settings.node_token is None
     assert settings.insecure is False
     assert settings.max_upload_bytes == 512 * MiB
-    assert settings.public_url is None
     assert settings.is_loopback
 
 
@@ -59,7 +58,6 @@ def test_env_values() -> None:
             "FEDAVG_NODE_TOKEN": "join",
             "FEDAVG_HEARTBEAT": "2.5",
             "FEDAVG_MAX_UPLOAD_MB": "3",
-            "FEDAVG_PUBLIC_URL": "https://fed.example",
             "FEDAVG_LOG_FORMAT": "json",
             "WANDB_PROJECT": "fed",
         }
@@ -81,7 +79,6 @@ def test_env_values() -> None:
     assert (settings.admin_token, settings.node_token) == ("adm", "join")
     assert settings.heartbeat_s == 2.5
     assert settings.max_upload_bytes == 3 * MiB
-    assert settings.public_url == "https://fed.example"
     assert settings.log_format == "json"
     assert settings.wandb_project == "fed"
 

@@ -1,4 +1,4 @@
-"""deploy/README-section.md: the "Deploy on several machines" text names what it must."""
+"""deploy/README.md: the "Deploy on several machines" text names what it must."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 from deploy_support import DEPLOY, UNITS
 
-TEXT = (DEPLOY / "README-section.md").read_text()
+TEXT = (DEPLOY / "README.md").read_text()
 
 
 def test_it_is_the_deploy_section() -> None:
