@@ -12,6 +12,7 @@ import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
 
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"))
     app.router.add_static("/static/", static_dir(), name="static")
+    app.on_response_prepare.append(_revalidate_static)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(close_sockets)
     app.add_routes(
@@ -87,6 +89,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
             web.get("/monitor/overview", monitor_overview),
             web.get("/monitor/nodes", monitor_nodes),
             web.get("/monitor/timeline", monitor_timeline),
+            web.get("/openapi.json", openapi_document),
             web.get("/", dashboard),
             web.get("/ws/node", node_socket),
             web.get("/ws/dashboard", dashboard_socket),
@@ -200,6 +203,11 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    text = (resources.files("server") / "openapi.json").read_text()  # hand-kept, see tests
+    return web.Response(text=text, content_type="application/json")
+
+
 async def monitor_overview(request: web.Request) -> web.Response:
     return web.json_response(monitor.overview(_fed(request)))
 
@@ -217,6 +225,12 @@ async def monitor_timeline(request: web.Request) -> web.Response:
 async def dashboard(request: web.Request) -> dict[str, Any]:
     settings = request.app[SETTINGS]
     return {"version": __version__, "admin_token_required": settings.admin_token is not None}
+
+
+async def _revalidate_static(request: web.Request, response: web.StreamResponse) -> None:
+    """Browsers must re-check dashboard assets (cheap 304s), so an upgrade is never half-seen."""
+    if request.path.startswith("/static/"):
+        response.headers["Cache-Control"] = "no-cache"
 
 
 def static_dir() -> Path:

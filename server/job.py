@@ -118,6 +118,7 @@ class Job:
         self.final_accuracy: float | None = None
         self.started_at = ctx.clock() if started_at is None else started_at
         self.finished = asyncio.Event()
+        self.finished_at: float | None = None
         self._lock = asyncio.Lock()
         self.intake = asyncio.Semaphore(ctx.upload_slots)
         self._latest_bytes: tuple[int, bytes] | None = None  # what every node downloads next
@@ -225,6 +226,7 @@ class Job:
         for session in self._connected_participants():
             session.send(Done(job_id=self.run_id, model_url=model_url, status=status))  # type: ignore[arg-type]
             session.state = "idle"
+        self.finished_at = self.ctx.clock()
         self.finished.set()
         self._log.info("job_finished", status=status, error=error, model=self.model_name)
 
@@ -517,7 +519,7 @@ class Job:
             "partial_rounds": sum(1 for h in self.history if h["partial"]),
             "aggregation": self.ctx.aggregation,
             "started_at": self.started_at,
-            "elapsed_s": now - self.started_at,
+            "elapsed_s": (self.finished_at or now) - self.started_at,
             "history": self.history,
             "error": self.error,
             "model_url": f"/models/{self.model_name}" if self.model_name else None,

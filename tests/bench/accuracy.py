@@ -1,0 +1,177 @@
+"""Benchmark 4: the demo federation's time to accuracy, next to centralised training.
+
+Federated: the real ``fedavg-demo`` (orchestrator + N node processes, offline MNIST subset,
+E rounds of one local epoch), timed end to end, with the job's own wall time and final
+accuracy read from its SQLite run record. Centralised: the same model, optimiser,
+learning rate, batch size and number of epochs over the whole training split in one
+process (``python -m tests.bench.accuracy central``), evaluated after every epoch exactly as
+the server evaluates each round. Both use the whole machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from server.local_cluster import free_port
+from tests.bench.common import REPO, BenchError, loadavg, summary
+
+
+@dataclass(frozen=True)
+class Config:
+    nodes: int = 3
+    epochs: int = 5
+    runs: int = 3
+    timeout_s: float = 600.0
+
+
+def run(cfg: Config, workdir: Path) -> dict[str, Any]:
+    runs = []
+    for index in range(cfg.runs):
+        home = workdir / f"accuracy-{index}"
+        load = loadavg()
+        fed = _federated(cfg, home)
+        central = _centralised(cfg, home)
+        runs.append({
+            "index": index,
+            "load_before": load,
+            "federated": fed,
+            "centralised": central,
+            "ratio_job_wall": fed["job_wall_s"] / central["train_wall_s"],
+            "ratio_total_wall": fed["total_wall_s"] / central["total_wall_s"],
+            "accuracy_gap": fed["final_accuracy"] - central["final_accuracy"],
+        })
+    keys = {
+        "fed_total_wall_s": lambda r: r["federated"]["total_wall_s"],
+        "fed_job_wall_s": lambda r: r["federated"]["job_wall_s"],
+        "fed_accuracy": lambda r: r["federated"]["final_accuracy"],
+        "central_total_wall_s": lambda r: r["centralised"]["total_wall_s"],
+        "central_train_wall_s": lambda r: r["centralised"]["train_wall_s"],
+        "central_accuracy": lambda r: r["centralised"]["final_accuracy"],
+        "ratio_job_wall": lambda r: r["ratio_job_wall"],
+        "ratio_total_wall": lambda r: r["ratio_total_wall"],
+        "accuracy_gap": lambda r: r["accuracy_gap"],
+    }
+    return {
+        "config": asdict(cfg),
+        "runs": runs,
+        "summary": {k: summary(f(r) for r in runs) for k, f in keys.items()},
+    }
+
+
+def _federated(cfg: Config, home: Path) -> dict[str, Any]:
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "demo.out"
+    argv = [sys.executable, "-m", "server.demo", "--nodes", str(cfg.nodes), "--epochs",
+            str(cfg.epochs), "--home", str(home), "--port", str(free_port())]
+    env = {**_env(), "FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_HOME": str(home)}
+    t0 = time.perf_counter()
+    with log.open("wb") as out:
+        code = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=cfg.timeout_s, check=False).returncode
+    total = time.perf_counter() - t0
+    if code != 0:
+        raise BenchError(f"fedavg-demo exited {code}; its output ({log}) ends:\n"
+                         f"{log.read_text(errors='replace')[-2000:]}")
+    db = sqlite3.connect(f"file:{home / 'fedavg.sqlite3'}?mode=ro", uri=True)
+    try:
+        run_id, created, finished, accuracy, status = db.execute(
+            "SELECT run_id, created, finished, final_accuracy, status FROM runs "
+            "ORDER BY created DESC LIMIT 1"
+        ).fetchone()
+        rounds = db.execute(
+            "SELECT round, test_accuracy, closed_at - opened_at FROM rounds WHERE run_id = ? "
+            "ORDER BY round", (run_id,)
+        ).fetchall()
+    finally:
+        db.close()
+    if status != "completed":
+        raise BenchError(f"the demo's job {run_id} ended {status}")
+    return {
+        "run_id": run_id,
+        "total_wall_s": total,
+        "job_wall_s": finished - created,
+        "final_accuracy": accuracy,
+        "per_round_accuracy": [r[1] for r in rounds],
+        "round_seconds": [r[2] for r in rounds],
+    }
+
+
+def _centralised(cfg: Config, home: Path) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "tests.bench.accuracy", "central", "--home", str(home),
+            "--epochs", str(cfg.epochs)]
+    t0 = time.perf_counter()
+    out = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True,
+                         timeout=cfg.timeout_s, check=False)
+    total = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise BenchError(f"centralised training failed:\n{out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout)
+    result["total_wall_s"] = total
+    return result
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+
+
+def centralised(home: Path, epochs: int) -> dict[str, Any]:
+    """Train the default model on the whole training split, as one process would."""
+    import torch
+    from torch import nn
+
+    from node.model import ModelSpec, build_model, init_state, normalize
+    from node.protocol import TrainConfig
+    from server.datasets import load_split
+    from server.evaluate import evaluate
+
+    spec, config, seed = ModelSpec(), TrainConfig(), 0
+    x, y = load_split(home / "datasets", "mnist", "train")
+    test_x, test_y = load_split(home / "datasets", "mnist", "test")
+    t0 = time.perf_counter()
+    model = build_model(spec)
+    model.load_state_dict(init_state(spec, seed))  # the federation's round-0 weights
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    accuracies = []
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=generator)
+        for i in range(0, len(y), config.batch_size):
+            idx = order[i : i + config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(normalize(x[idx], spec)), y[idx])
+            loss.backward()
+            optimizer.step()
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        accuracies.append(evaluate(state, spec, test_x, test_y)[0])
+    return {
+        "train_wall_s": time.perf_counter() - t0,
+        "final_accuracy": accuracies[-1],
+        "per_epoch_accuracy": accuracies,
+        "train_samples": len(y),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.accuracy")
+    parser.add_argument("mode", choices=("central",))
+    parser.add_argument("--home", type=Path, required=True, help="a home with MNIST prepared")
+    parser.add_argument("--epochs", type=int, default=5)
+    args = parser.parse_args(argv)
+    json.dump(centralised(args.home, args.epochs), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
