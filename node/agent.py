@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import sys
 import time
@@ -289,7 +290,7 @@ class Agent:
                     seed=job.config.seed * 100_003 + target.round,
                     val=data.val,
                     on_progress=self._progress_reporter(target, outbox),
-                    should_abort=lambda: self.target is not target or self._stopping.is_set(),
+                    should_abort=functools.partial(self._stale, target),
                 )
             except Aborted:
                 self._log.info(
@@ -325,6 +326,10 @@ class Agent:
                     "upload_refused", round=target.round, status=exc.status, error=str(exc)
                 )
 
+    def _stale(self, target: Target) -> bool:
+        """True once newer weights replaced ``target`` or the node is stopping (thread-safe)."""
+        return self.target is not target or self._stopping.is_set()
+
     def _progress_reporter(
         self, target: Target, outbox: asyncio.Queue[str]
     ) -> Callable[[int, int, float], None]:
@@ -354,7 +359,7 @@ class Agent:
         return report
 
     async def _local_data(self, transport: HttpTransport, job: Assignment) -> LocalData:
-        """This job's shard: from memory, else the on-disk cache (by sha256), else downloaded once."""
+        """This job's shard: from memory, else the disk cache (by sha256), else downloaded once."""
         if self._data is not None and self._data.sha256 == job.shard_sha256:
             return self._data
         path = self.settings.cache_dir / "shards" / f"{job.shard_sha256}.safetensors"
@@ -383,10 +388,9 @@ def draw_progress_bar(round_: int, batch: int, batches: int, loss: float, width:
 
 
 def _offer(outbox: asyncio.Queue[str], text: str) -> None:
-    try:
+    # Progress is a sample, not a log: dropping one under pressure is fine.
+    with contextlib.suppress(asyncio.QueueFull):
         outbox.put_nowait(text)
-    except asyncio.QueueFull:
-        pass  # progress is a sample, not a log: dropping one under pressure is fine
 
 
 def _read_if_matches(path: Path, sha256: str) -> bytes | None:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 
 def atomic_write_bytes(
-    path: Path, data: bytes | bytearray | memoryview, before_rename: Callable[[], None] | None = None
+    path: Path,
+    data: bytes | bytearray | memoryview,
+    before_rename: Callable[[], None] | None = None,
 ) -> None:
     """Write to a temp file in the same folder, fsync it, rename over ``path``, fsync the folder.
 

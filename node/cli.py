@@ -24,9 +24,10 @@ log = structlog.get_logger(__name__)
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="fedavg-node",
-        description="A fedavg worker: connects to the orchestrator, trains its shard, uploads weights.",
-        epilog="Environment: ORCHESTRATOR_URL, NODE_NAME, NODE_ID, FEDAVG_DEVICE, FEDAVG_TORCH_THREADS, "
-        "VALIDATION_SPLIT, FEDAVG_NODE_TOKEN, FEDAVG_CA_CERT, FEDAVG_CACHE_DIR. Flags win.",
+        description="A fedavg worker: joins the orchestrator, trains its shard, uploads weights.",
+        epilog="Environment: ORCHESTRATOR_URL, NODE_NAME, NODE_ID, FEDAVG_DEVICE, "
+        "FEDAVG_TORCH_THREADS, VALIDATION_SPLIT, FEDAVG_NODE_TOKEN, FEDAVG_CA_CERT, "
+        "FEDAVG_CACHE_DIR, FEDAVG_RECONNECT_MAX. Flags win.",
     )
     parser.add_argument("--orchestrator", help="URL, or several comma-separated for failover")
     parser.add_argument("--name", help="display name (NODE_NAME, default: host name)")

@@ -1,4 +1,4 @@
-"""Labelled image sets on the wire and on disk: safetensors with ``x`` uint8 [N, ...] and ``y`` int64 [N].
+"""Labelled image sets on the wire and on disk: safetensors, ``x`` uint8 [N, ...], ``y`` int64 [N].
 
 Dataset splits and per-node shards use the same format, so one decoder checks both.
 """

@@ -26,7 +26,7 @@ from node import __version__
 from node.errors import FedavgError
 from server import failpoints, monitor
 from server.auth import node_session, require_admin
-from server.errors import ApiError, BadRequest, NotFound, TooLarge, http_status
+from server.errors import ApiError, BadRequest, NotFound, RequestTimeout, TooLarge, http_status
 from server.federation import Federation
 from server.settings import Settings
 from server.sockets import FEDERATION, OPEN_SOCKETS, dashboard_socket, node_socket
@@ -353,7 +353,9 @@ async def upload_weights(request: web.Request) -> web.Response:
         # A few uploads are read and folded at a time; the rest wait with their bytes still
         # in the socket, so server memory does not grow with the number of nodes.
         async with job.intake:
-            body = await read_body(request, fed.settings.max_upload_bytes)
+            body = await read_body(
+                request, fed.settings.max_upload_bytes, fed.settings.idle_timeout_s
+            )
             fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
             result = await job.upload(session.node_id, round_, samples, node_metrics, body)
     except FedavgError as exc:
@@ -378,8 +380,10 @@ def _metrics_query(request: web.Request) -> dict[str, float]:
     return values
 
 
-async def read_body(request: web.Request, limit: int) -> bytearray:
-    """The request body, refusing (413) as soon as it is known to exceed ``limit``.
+async def read_body(request: web.Request, limit: int, idle_timeout: float) -> bytearray:
+    """The request body, refusing (413) as soon as it is known to exceed ``limit``, and
+    (408) when no byte arrives for ``idle_timeout`` s — an idle limit, never a wall-clock
+    one, so a big model on a slow link is not cut off while it is still moving.
 
     Returned as the one ``bytearray`` it was read into: the safetensors decoder makes
     tensors that view it, so an upload is never copied after it arrives.
@@ -389,7 +393,15 @@ async def read_body(request: web.Request, limit: int) -> bytearray:
         raise TooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
     buffer = bytearray(declared or 0)
     filled = 0
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
+    while True:
+        try:
+            chunk = await asyncio.wait_for(request.content.read(READ_CHUNK), idle_timeout)
+        except TimeoutError:
+            raise RequestTimeout(f"no upload bytes for {idle_timeout:g} s") from None
+        except ConnectionResetError:  # the client went away mid-body: nothing to answer
+            raise BadRequest("the connection closed mid-upload", reason="disconnected") from None
+        if not chunk:
+            break
         end = filled + len(chunk)
         if end > limit:
             raise TooLarge(f"body exceeds the {limit}-byte limit")

@@ -1,4 +1,4 @@
-"""Who may do what: join token for nodes, session tokens for their transfers, admin token for control."""
+"""Who may do what: join token for nodes, session tokens for transfers, admin token for control."""
 
 from __future__ import annotations
 

@@ -21,9 +21,9 @@ log = structlog.get_logger(__name__)
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="fedavg-server",
-        description="The fedavg orchestrator: nodes connect over /ws/node, REST and dashboard on the same port.",
-        epilog="Every flag has an environment variable too (FEDAVG_HOST, FEDAVG_PORT, FEDAVG_HOME, ...); "
-        "flags win. See README.md for the full list.",
+        description="The fedavg orchestrator: nodes, REST API and dashboard on one port.",
+        epilog="Every flag has an environment variable too (FEDAVG_HOST, FEDAVG_PORT, "
+        "FEDAVG_HOME, ...); flags win. See README.md for the full list.",
     )
     parser.add_argument("--host", help="address to listen on (FEDAVG_HOST, default 127.0.0.1)")
     parser.add_argument(

@@ -26,7 +26,7 @@ from server.settings import default_home
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="fedavg-demo",
-        description="Run a whole federation on this machine: orchestrator + nodes + MNIST + FedAvg.",
+        description="Run a whole federation here: orchestrator + nodes + MNIST + FedAvg.",
     )
     parser.add_argument("--nodes", type=int, default=3, help="worker processes (default 3)")
     parser.add_argument("--epochs", type=int, default=5, help="federated rounds (default 5)")
@@ -34,8 +34,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--home", type=Path, help="data directory (FEDAVG_HOME; default per user)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many s")
-    parser.add_argument("--keep-running", action="store_true",
-                        help="keep the federation up afterwards, until Ctrl-C (dashboard stays live)")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep the federation up afterwards, until Ctrl-C (dashboard stays live)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.nodes <= 64 or not 1 <= args.epochs <= 1000:
         parser.error("--nodes must be 1..64 and --epochs 1..1000")
@@ -44,8 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    home = args.home or (Path(os.environ["FEDAVG_HOME"]) if os.environ.get("FEDAVG_HOME")
-                         else default_home(os.environ))
+    home = args.home or (
+        Path(os.environ["FEDAVG_HOME"])
+        if os.environ.get("FEDAVG_HOME")
+        else default_home(os.environ)
+    )
     port = args.port
     if not port_is_free(port):
         port = free_port()
@@ -81,21 +87,30 @@ async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) 
     await asyncio.to_thread(cluster.wait_nodes, args.nodes)
     print(f"{args.nodes} nodes connected ({threads} torch thread(s) each)")
     info = await asyncio.to_thread(cluster.request, "POST", "/datasets/prepare-mnist", 600.0)
-    print(f"MNIST ready: {info['train_samples']} train / {info['test_samples']} test samples "
-          f"from {info['source']}\n  ({info['source_detail']})")
-    async with aiohttp.ClientSession() as http, http.ws_connect(cluster.url + "/ws/dashboard") as ws:
+    print(
+        f"MNIST ready: {info['train_samples']} train / {info['test_samples']} test samples "
+        f"from {info['source']}\n  ({info['source_detail']})"
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(cluster.url + "/ws/dashboard") as ws,
+    ):
         await ws.receive()  # the snapshot
         job = await asyncio.to_thread(cluster.request, "POST", f"/train/mnist?epochs={args.epochs}")
         print(f"job {job['job_id']} started\n")
-        print(f"{'round':>5}  {'nodes':>5}  {'test acc':>8}  {'test loss':>9}  {'seconds':>7}  note")
+        print(
+            f"{'round':>5}  {'nodes':>5}  {'test acc':>8}  {'test loss':>9}  {'seconds':>7}  note"
+        )
         result = await asyncio.wait_for(_follow(ws, job["job_id"]), args.timeout)
     elapsed = time.monotonic() - started
     if result["kind"] != "job_done":
         print(f"\njob ended: {result['kind']} ({result['data'].get('error')})", file=sys.stderr)
         return 1
     model = cluster.home / "models" / str(result["data"]["model_name"])
-    print(f"\nfinal test accuracy {result['data']['final_accuracy']:.4f} after {args.epochs} rounds; "
-          f"wall time {elapsed:.1f} s")
+    print(
+        f"\nfinal test accuracy {result['data']['final_accuracy']:.4f} after {args.epochs} rounds; "
+        f"wall time {elapsed:.1f} s"
+    )
     print(f"saved model: {model}")
     print(f"try it:      fedavg-showcase --models-dir {model.parent}")
     if args.keep_running:
@@ -115,13 +130,27 @@ async def _follow(ws: aiohttp.ClientWebSocketResponse, job_id: str) -> dict[str,
             continue
         kind, data = event["kind"], event["data"]
         if kind == "progress" and tty:
-            print(f"\r  training round {data['round']}: {event['node_id']} batch "
-                  f"{data['batch']}/{data['batches']} loss {data['loss']:.3f}   ", end="", flush=True)
+            print(
+                f"\r  training round {data['round']}: {event['node_id']} batch "
+                f"{data['batch']}/{data['batches']} loss {data['loss']:.3f}   ",
+                end="",
+                flush=True,
+            )
         elif kind == "round_closed":
-            note = "partial average (missing: " + ", ".join(data["missing"]) + ")" if data["partial"] else ""
-            print(("\r" if tty else "") + f"{data['round']:>5}  {len(data['contributors']):>5}  "
-                  f"{data['test_accuracy']:>8.4f}  {data['test_loss']:>9.4f}  {data['seconds']:>7.2f}  {note}",
-                  flush=True)
+            note = (
+                "partial average (missing: " + ", ".join(data["missing"]) + ")"
+                if data["partial"]
+                else ""
+            )
+            row = (
+                f"{data['round']:>5}  {len(data['contributors']):>5}  "
+                f"{data['test_accuracy']:>8.4f}  {data['test_loss']:>9.4f}  "
+                f"{data['seconds']:>7.2f}  {note}"
+            )
+            print(
+                ("\r" if tty else "") + row,
+                flush=True,
+            )
         elif kind in ("job_done", "job_failed", "job_stopped"):
             return {"kind": kind, "data": data}
     raise ClusterError("the orchestrator closed the dashboard socket before the job ended")

@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     TOO_LARGE = "too_large"
+    TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
@@ -52,6 +53,11 @@ class NotFound(ApiError):
 class Conflict(ApiError):
     status = 409
     code = ErrorCode.CONFLICT
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    code = ErrorCode.TIMEOUT
 
 
 class TooLarge(ApiError):

@@ -15,7 +15,7 @@ EVAL_BATCH = 2048
 def evaluate(
     state: Mapping[str, torch.Tensor], spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the weights ``state`` on uint8 images ``x``, labels ``y``."""
+    """(accuracy, mean cross-entropy) of weights ``state`` on uint8 images ``x``, labels ``y``."""
     model = build_model(spec)
     model.load_state_dict(dict(state))
     model.eval()

@@ -15,14 +15,16 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-POINTS = frozenset({
-    "upload.mid_body",          # part of an upload body received
-    "aggregation.after_fold",   # an upload folded into the running sum, round still open
-    "checkpoint.before_rename", # round checkpoint in its temp file, not yet renamed
-    "checkpoint.before_commit", # checkpoint renamed, its SQLite row not yet written
-    "final_model.before_rename",
-    "final_model.before_commit",  # final model written, run not yet marked completed
-})
+POINTS = frozenset(
+    {
+        "upload.mid_body",  # part of an upload body received
+        "aggregation.after_fold",  # an upload folded into the running sum, round still open
+        "checkpoint.before_rename",  # round checkpoint in its temp file, not yet renamed
+        "checkpoint.before_commit",  # checkpoint renamed, its SQLite row not yet written
+        "final_model.before_rename",
+        "final_model.before_commit",  # final model written, run not yet marked completed
+    }
+)
 
 _armed: dict[str, int] = {}
 _hits: Counter[str] = Counter()

@@ -119,11 +119,15 @@ class LocalCluster:
         """The most recently started orchestrator process."""
         return [p for p in self.procs if p.name == "server"][-1]
 
-    def start_node(self, name: str, *extra: str, threads: int | None = None) -> Proc:
+    def start_node(
+        self, name: str, *extra: str, threads: int | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
+        """Start a node whose id is its name (so a restart is the same node); flags in
+        ``extra`` come last and win."""
         args = ["--orchestrator", self.url, "--name", name, "--node-id", name]
         if threads is not None:
             args += ["--threads", str(threads)]
-        return self._spawn(name, "node.cli", [*args, *extra])
+        return self._spawn(name, "node.cli", [*args, *extra], env)
 
     def request(self, method: str, path: str, timeout: float = 30.0) -> Any:
         req = urllib.request.Request(self.url + path, method=method)

@@ -7,11 +7,13 @@ cannot keep up is disconnected instead of stalling whoever sends to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from aiohttp import WSCloseCode
 
 from node.protocol import Frame, Hello, encode
 
@@ -40,9 +42,10 @@ class NodeSession:
     loss: float | None = None
     val_accuracy: float | None = None
     shard_samples: int | None = None
+    close_code: int = WSCloseCode.OK
 
     def send(self, frame: Frame) -> bool:
-        """Queue a frame; False (and the socket is asked to close) when the node is not keeping up."""
+        """Queue a frame; False (and the socket is asked to close) if the node is not keeping up."""
         if not self.connected:
             return False
         try:
@@ -53,13 +56,14 @@ class NodeSession:
             return False
         return True
 
-    def close(self) -> None:
+    def close(self, code: int = WSCloseCode.OK) -> None:
         """Ask the writer task to close the socket (it drains what is queued first)."""
+        if self.connected:
+            self.close_code = code
         self.connected = False
-        try:
+        # When the queue is full the writer stops on its own once it has drained it.
+        with contextlib.suppress(asyncio.QueueFull):
             self.outbox.put_nowait(None)
-        except asyncio.QueueFull:
-            pass  # the writer sees `connected` is False after its current frame
 
     def view(self) -> dict[str, Any]:
         return {

@@ -52,6 +52,7 @@ class Settings:
     heartbeat_s: float = 10.0
     max_upload_bytes: int = 512 * MiB
     upload_slots: int = 4  # uploads read and folded at once: bounds server memory
+    idle_timeout_s: float = 60.0  # an upload with no new bytes for this long is dropped
     log_format: LogFormat = "auto"
     wandb_mode: str | None = None  # None: W&B off (no WANDB_API_KEY / WANDB_MODE)
     wandb_project: str = "fedavg"
@@ -99,7 +100,7 @@ class Settings:
                 else None,
                 optimizer=_choice(
                     env.get("FEDAVG_OPTIMIZER", "adam"), ("adam", "sgd"), "FEDAVG_OPTIMIZER"
-                ),  # type: ignore[arg-type]
+                ),
             )
             values: dict[str, Any] = {
                 "host": env.get("FEDAVG_HOST", defaults.host),
@@ -122,6 +123,7 @@ class Settings:
                 "heartbeat_s": float(env.get("FEDAVG_HEARTBEAT", "10")),
                 "max_upload_bytes": int(env.get("FEDAVG_MAX_UPLOAD_MB", "512")) * MiB,
                 "upload_slots": int(env.get("FEDAVG_UPLOAD_SLOTS", "4")),
+                "idle_timeout_s": float(env.get("FEDAVG_IDLE_TIMEOUT", "60")),
                 "log_format": _choice(
                     env.get("FEDAVG_LOG_FORMAT", "auto"),
                     ("auto", "json", "console"),
@@ -170,6 +172,8 @@ class Settings:
                 "FEDAVG_NODE_TOKEN: anyone on the network could join or start jobs. "
                 "Set both tokens, or pass --insecure on a network you trust"
             )
+        if not (math.isfinite(self.idle_timeout_s) and self.idle_timeout_s > 0):
+            problems.append("FEDAVG_IDLE_TIMEOUT must be > 0 seconds")
         if not 1 <= self.upload_slots <= 256:
             problems.append("FEDAVG_UPLOAD_SLOTS must be 1..256")
         if (self.tls_cert is None) != (self.tls_key is None):

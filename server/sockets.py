@@ -58,7 +58,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
             except ProtocolError as exc:
                 log.warning("node_frame_refused", error=str(exc))
                 session.send(Error(code="protocol", message=str(exc)))
-                session.close()
+                session.close(WSCloseCode.POLICY_VIOLATION)
                 reason = "protocol error"
                 break
             if isinstance(frame, Progress):
@@ -67,7 +67,9 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
                 reason = frame.reason or "left"
                 break
             else:
-                session.send(Error(code="protocol", message=f"{frame.type!r} is a server frame"))
+                session.send(
+                    Error(code="protocol", message=f"a {frame.type!r} frame is not expected now")
+                )
         if ws.exception() is not None:
             reason = f"socket error: {ws.exception()}"
     finally:
@@ -88,11 +90,13 @@ async def _drain_outbox(ws: web.WebSocketResponse, session: NodeSession) -> None
             if text is None or ws.closed:
                 break
             await ws.send_str(text)
+            if not session.connected and session.outbox.empty():
+                break  # closed while the queue was full: everything queued is now sent
     except (ConnectionError, RuntimeError) as exc:
         log.info("node_send_failed", node_id=session.node_id, error=str(exc))
     finally:
         if not ws.closed:
-            await ws.close()
+            await ws.close(code=session.close_code)
 
 
 async def dashboard_socket(request: web.Request) -> web.WebSocketResponse:

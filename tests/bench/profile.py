@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-OUR_CODE = re.compile(r"/(server|node|tests/bench)/[a-z_]+\.py")
+OUR_CODE = re.compile(r"[(/](server|node)/[a-z_]+\.py")  # py-spy shortens to the sys.path root
 # Leaf frames of a thread that is waiting, not working: py-spy cannot always tell them apart
 # (a worker blocked on its queue, the event loop in epoll), so they are counted as idle.
 IDLE = re.compile(

@@ -34,11 +34,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from server.local_cluster import LocalCluster, free_port
-from tests.bench import profile
+from tests.bench import profile, unit_costs
 from tests.bench.common import (
     BenchError,
     RoundTimes,
     across_runs,
+    cpu_seconds,
+    machine_cpu,
     loadavg,
     measure_floor,
     read_jsonl,
@@ -89,13 +91,21 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         for n in names:
             start_probed_node(cluster, n, node_probe[n], threads)
         cluster.wait_nodes(cfg.nodes, timeout=300)
+        units = unit_costs.measure(cfg.hidden)
+        pids = {p.name: p.pid for p in cluster.procs}
         for index in range(cfg.runs):
             floor = measure_floor(file_bytes, params, cfg.nodes, cfg.floor_repeats)
             load = loadavg()
+            cpu0, machine0 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_cpu()
             status, times = run_job(cluster, cfg.rounds, cfg.job_timeout_s)
+            cpu1, machine1 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_cpu()
+            cpu = {k: cpu1[k] - cpu0[k] for k in pids}
+            busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
             runs.append({"index": index, "floor": floor, "load_before": load,
                          "load_after": loadavg(), "run_id": status["run_id"], "times": times,
-                         "final_accuracy": status.get("final_accuracy")})
+                         "final_accuracy": status.get("final_accuracy"),
+                         "cpu": {"by_process_s": cpu, "ours_s": sum(cpu.values()),
+                                 "machine_busy_s": busy, "machine_total_s": total}})
         if cfg.profile and profile.py_spy() is not None:
             profiles = _profile_run(cluster, cfg, workdir)
         server_rows = read_jsonl(server_probe)
@@ -103,10 +113,11 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
     results = [_analyse_run(r, server_rows, node_rows, cfg) for r in runs]
     return {
         "config": {**asdict(cfg), "params": params, "weights_bytes": file_bytes,
-                   "threads_per_node": max(1, _cores() // cfg.nodes)},
+                   "threads_per_node": max(1, _cores() // cfg.nodes), "cores": _cores()},
         "runs": results,
         "summary": _summarise(results),
         "profiles": profiles,
+        "unit_costs": units,
     }
 
 
@@ -279,6 +290,20 @@ def _analyse_run(
         "ratio_overhead_no_eval": med["overhead_no_eval"] / floor,
         "ratio_cycle": med["cycle"] / floor,
         "final_accuracy": run["final_accuracy"],
+        "cpu": _cpu_figures(run["cpu"], len(rounds)),
+    }
+
+
+def _cpu_figures(cpu: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """CPU of our processes per round, and how busy the whole machine was meanwhile."""
+    return {
+        **cpu,
+        "ours_per_round_s": cpu["ours_s"] / max(1, rounds),
+        "server_per_round_s": cpu["by_process_s"].get("server", 0.0) / max(1, rounds),
+        "machine_busy_share": cpu["machine_busy_s"] / cpu["machine_total_s"]
+        if cpu["machine_total_s"] else None,
+        "others_busy_share": (cpu["machine_busy_s"] - cpu["ours_s"]) / cpu["machine_total_s"]
+        if cpu["machine_total_s"] else None,
     }
 
 
@@ -289,6 +314,10 @@ def _max(values: Any) -> float | None:
 
 def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     flat = [{**r["median"], **{f"path_{k}": v for k, v in r["median_critical_path"].items()},
+             "cpu_ours_per_round": r["cpu"]["ours_per_round_s"],
+             "cpu_server_per_round": r["cpu"]["server_per_round_s"],
+             "machine_busy_share": r["cpu"]["machine_busy_share"],
+             "others_busy_share": r["cpu"]["others_busy_share"],
              "floor": r["floor"]["floor_s"], "floor_loopback": r["floor"]["loopback_s"],
              "floor_average": r["floor"]["average_s"], "ratio_overhead": r["ratio_overhead"],
              "ratio_overhead_no_eval": r["ratio_overhead_no_eval"], "ratio_cycle": r["ratio_cycle"]}

@@ -9,6 +9,10 @@ the search stops at the first that breaks:
 - any node sees a failed connection, socket or HTTP request, or a refused upload;
 - a round closes with a partial average, or a job fails or times out.
 
+A node whose share of the training split rounds down to nothing sits a job out (the
+offline MNIST subset has 4,000 training samples, so at most 4,000 nodes take part); the
+table shows how many took part.
+
 Figures: connect latency (WebSocket open -> ``welcome``) per node and for the whole storm;
 round cycle time (same definition as ``round_overhead.py``); notification fan-out
 (``round_closed`` -> each node's ``weights_ready``); per-node download/upload; server CPU
@@ -18,6 +22,7 @@ round cycle time (same definition as ``round_overhead.py``); notification fan-ou
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from server.local_cluster import ClusterError, LocalCluster, free_port
+from tests.bench import profile
 from tests.bench.common import (
     BenchError,
     RoundTimes,
@@ -54,6 +60,7 @@ class Config:
     round_deadline_s: float = 60.0
     job_timeout_s: float = 300.0
     budget_s: float = 420.0  # stop trying larger sizes once this much time has gone
+    profile_at: int | None = None  # one extra job under py-spy at this size (not in figures)
 
 
 def run(cfg: Config, workdir: Path) -> dict[str, Any]:
@@ -104,6 +111,7 @@ def _one_size(cfg: Config, size: int, workdir: Path) -> dict[str, Any]:
         "EPOCH_SYNC_TIMEOUT": str(cfg.round_deadline_s),
     }
     packs = math.ceil(size / cfg.per_pack)
+    profiled = cfg.profile_at == size and profile.py_spy() is not None
     logs = [workdir / f"scale-{size}-pack-{i}.jsonl" for i in range(packs)]
     out: dict[str, Any] = {"nodes": size, "packs": packs, "ok": True, "failure": None}
     jobs: list[dict[str, Any]] = []
@@ -120,7 +128,7 @@ def _one_size(cfg: Config, size: int, workdir: Path) -> dict[str, Any]:
             count = base + (1 if i < extra else 0)
             argv = [sys.executable, "-m", "tests.bench.vnodes", "--url", cluster.url,
                     "--count", str(count), "--prefix", f"s{i}-", "--out", str(logs[i]),
-                    "--jobs", str(cfg.runs)]
+                    "--jobs", str(cfg.runs + (1 if profiled else 0))]
             pack_procs.append(spawn(cluster, f"scale-pack-{i}", argv))
         try:
             out["connect_all_s"] = _wait_connected(cluster, size, cfg.connect_timeout_s)
@@ -142,9 +150,20 @@ def _one_size(cfg: Config, size: int, workdir: Path) -> dict[str, Any]:
             if any(h["partial"] for h in status["history"]):
                 out.update(ok=False, failure=f"job {index + 1}: a round closed partial")
                 break
-        if out["ok"]:
-            for proc in pack_procs:
-                wait_exit(proc, 60)
+        if out["ok"] and profiled:
+            rec = profile.Recording(pid, workdir / f"profile-server-{size}-nodes.txt")
+            time.sleep(1.0)  # py-spy attaches
+            try:
+                run_job(cluster, cfg.rounds, cfg.job_timeout_s)
+            finally:
+                rec.stop()
+            if rec.out.exists():
+                out["profile"] = {"file": rec.out.name, **profile.summarise(rec.out)}
+        for proc in pack_procs:  # nodes without a shard never see "done": stop them
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in pack_procs:
+            wait_exit(proc, 60)
     rows = [r for log in logs for r in read_jsonl(log)]
     connected = [r for r in rows if r["ev"] == "connected"]
     out["connect"] = spread([r["t1"] - r["t0"] for r in connected])
@@ -160,6 +179,7 @@ def _one_size(cfg: Config, size: int, workdir: Path) -> dict[str, Any]:
     _node_figures(jobs, rows)
     out["jobs"] = jobs
     out["summary"] = _size_summary(jobs)
+    out["participants"] = min((j["participants"] for j in jobs), default=None)
     return out
 
 
@@ -193,6 +213,7 @@ def _job_figures(
         "times": times,
         "cycles": list(cycles.values()),
         "round_cycle_median": summary(cycles.values())["median"],
+        "participants": len(status["history"][0]["contributors"]) if status["history"] else 0,
         "wall_s": wall,
         "server_cpu_s": server_cpu,
         "server_cpu_share": None if server_cpu is None else server_cpu / wall,

@@ -139,10 +139,12 @@ async def test_a_dashboard_that_never_reads_is_dropped_and_rounds_close_on_time(
     stalled = socket.create_connection(("127.0.0.1", cluster.port))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     key = base64.b64encode(os.urandom(16)).decode()
-    stalled.sendall(
-        f"GET /ws/dashboard HTTP/1.1\r\nHost: 127.0.0.1:{cluster.port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    handshake = (
+        f"GET /ws/dashboard HTTP/1.1\r\nHost: 127.0.0.1:{cluster.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
+    stalled.sendall(handshake.encode())
     try:
         async with (
             aiohttp.ClientSession() as http,

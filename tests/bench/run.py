@@ -1,0 +1,132 @@
+"""Run the benchmark suite and write ``docs/bench/report.md`` + ``docs/bench/report.json``.
+
+    .venv/bin/python -m tests.bench.run            # the full suite (~10-15 min on 2 cores)
+    .venv/bin/python -m tests.bench.run --smoke    # tiny sizes, one run each (under a minute)
+    .venv/bin/python -m tests.bench.run --only overhead,memory --out /tmp/bench
+
+Each benchmark runs in its own processes on free loopback ports, under a temporary
+folder that is removed afterwards (``--keep`` leaves it). A benchmark that fails is
+reported as failed and the others still run; the exit status is then 1. py-spy profiles of
+the round path are taken when ``py-spy`` is installed (``--no-profile`` skips them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.bench import accuracy, profile, report, round_overhead, scale, server_memory
+from tests.bench.common import REPO, loadavg, machine
+
+BENCHMARKS = ("overhead", "memory", "scale", "accuracy")
+
+
+def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str, Any]], Any]]:
+    runs = args.runs
+    if args.smoke:
+        return {
+            "overhead": (round_overhead.run, round_overhead.Config(
+                hidden=(32, 16, 8), nodes=2, rounds=2, runs=runs, floor_repeats=1,
+                profile=False, job_timeout_s=120)),
+            "memory": (server_memory.run, server_memory.Config(
+                hidden=(32, 16, 8), counts=(1, 3), rounds=1, runs=runs, job_timeout_s=120)),
+            "scale": (scale.run, scale.Config(
+                sizes=(12,), per_pack=6, rounds=2, runs=runs, connect_timeout_s=60,
+                job_timeout_s=120, round_deadline_s=60)),
+            "accuracy": (accuracy.run, accuracy.Config(nodes=1, epochs=1, runs=runs)),
+        }
+    sizes = tuple(int(s) for s in args.scale_sizes.split(","))
+    return {
+        "overhead": (round_overhead.run, round_overhead.Config(
+            runs=runs, profile=args.profile and profile.py_spy() is not None)),
+        "memory": (server_memory.run, server_memory.Config(runs=runs)),
+        "scale": (scale.run, scale.Config(
+            sizes=sizes, runs=runs,
+            profile_at=1000 if args.profile and 1000 in sizes else None)),
+        "accuracy": (accuracy.run, accuracy.Config(runs=runs)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run each")
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--runs", type=int, help="runs per figure (default 3; smoke 1)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench",
+                        help="where report.md/report.json go (default docs/bench)")
+    parser.add_argument("--scale-sizes", default="200,500,1000,2000",
+                        help="node counts tried in order until one breaks")
+    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    args = parser.parse_args(argv)
+    args.runs = args.runs or (1 if args.smoke else 3)
+    if args.runs < 3 and not args.smoke:
+        parser.error("every figure is a median of at least 3 runs: --runs must be >= 3")
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = set(chosen) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
+
+    workdir = Path(tempfile.mkdtemp(prefix="fedavg-bench-"))
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "command": "python -m tests.bench.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "smoke": args.smoke,
+        "runs": args.runs,
+        "machine": machine(),
+        "load_start": loadavg(),
+        "benchmarks": {},
+    }
+    failed = False
+    table = configs(args)
+    for name in chosen:
+        fn, cfg = table[name]
+        print(f"[bench] {name} ... (load {loadavg()})", flush=True)
+        t0, load = time.monotonic(), loadavg()
+        try:
+            out = fn(cfg, workdir)
+        except Exception:
+            failed = True
+            out = {"error": traceback.format_exc()}
+            print(out["error"], file=sys.stderr, flush=True)
+        out.update(wall_s=time.monotonic() - t0, load_before=load, load_after=loadavg())
+        result["benchmarks"][name] = out
+        print(f"[bench] {name} done in {out['wall_s']:.0f} s", flush=True)
+    result["load_end"] = loadavg()
+    result["duration_s"] = time.monotonic() - started
+    _copy_profiles(result, workdir, args.out)
+    json_path, md_path = report.write(result, args.out)
+    print(f"[bench] wrote {md_path} and {json_path} in {result['duration_s'] / 60:.1f} min")
+    if args.keep:
+        print(f"[bench] work folder kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def _copy_profiles(result: dict[str, Any], workdir: Path, out: Path) -> None:
+    profiles = list((result["benchmarks"].get("overhead", {}).get("profiles") or {}).values())
+    profiles += [s["profile"] for s in result["benchmarks"].get("scale", {}).get("sizes", [])
+                 if "profile" in s]
+    if not profiles:
+        return
+    (out / "profiles").mkdir(parents=True, exist_ok=True)
+    for prof in profiles:
+        src = workdir / prof["file"]
+        if src.exists():
+            shutil.copyfile(src, out / "profiles" / prof["file"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""The benchmark suite at tiny sizes, so it cannot rot: it completes and writes a well-formed
+report. No timing is asserted here (nor anywhere in the regular suite): timings belong to
+``python -m tests.bench.run``, on a machine someone has looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bench.common import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _is_summary(value: Any) -> bool:
+    return isinstance(value, dict) and {"median", "min", "max", "n"} <= set(value)
+
+
+def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.bench.run", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["smoke"] is True
+    assert report["machine"]["cores"] >= 1
+    benches = report["benchmarks"]
+    assert set(benches) == {"overhead", "memory", "scale", "accuracy"}
+    assert not [name for name, b in benches.items() if "error" in b]
+
+    overhead = benches["overhead"]
+    assert overhead["runs"] and all(r["floor"]["floor_s"] > 0 for r in overhead["runs"])
+    for key in ("overhead", "floor", "ratio_overhead", "notification", "download_max",
+                "upload_max", "aggregation", "evaluation", "path_close"):
+        assert _is_summary(overhead["summary"][key]), key
+        assert overhead["summary"][key]["n"] >= 1, key
+    rounds = overhead["runs"][0]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:  # the critical path partitions the cycle: nothing unaccounted for
+        assert r["critical_path_other"] == pytest.approx(0.0, abs=1e-6)
+    assert overhead["unit_costs"]["seconds"]
+
+    memory = benches["memory"]
+    assert [c["nodes"] for c in memory["counts"]] == [1, 3]
+    assert all(c["peak_rss"]["median"] > 0 for c in memory["counts"])
+    assert isinstance(memory["summary"]["target_met"], bool)
+
+    scale = benches["scale"]
+    assert scale["summary"]["largest_ok"] == 12, scale["sizes"]
+    size = scale["sizes"][0]
+    assert size["connect"]["n"] == 12 and size["client_errors"] == 0
+    assert size["jobs"][0]["notification"]["n"] == 12  # round 2's weights_ready, every node
+
+    accuracy = benches["accuracy"]
+    assert 0 < accuracy["summary"]["fed_accuracy"]["median"] <= 1
+    assert 0 < accuracy["summary"]["central_accuracy"]["median"] <= 1
+
+    markdown = (out / "report.md").read_text()
+    for heading in ("# fedavg benchmarks", "## 1. Round overhead", "## 2. Server memory",
+                    "## 3. Scale", "## 4. Time to accuracy"):
+        assert heading in markdown
+    assert "Failed" not in markdown
