@@ -71,6 +71,7 @@ class ShowcaseApp:
         self.model: LoadedModel | None = None
         self.prediction: Prediction | None = None
         self._infos: dict[str, ModelInfo] = {}
+        self._listed_once = False
         self._listed: list[ModelInfo] = []
         self._last_error: str | None = None
         self._uploads: dict[str, tuple[ModelInfo, LoadedModel]] = {}
@@ -148,10 +149,11 @@ class ShowcaseApp:
         self._listed = models
         ordered = [info for info, _ in self._uploads.values()] + models
         infos = {info.key: info for info in ordered}
+        if infos == self._infos and self._listed_once:
+            return  # nothing new: leave whatever the page says (e.g. a refused upload) alone
+        self._listed_once = True
         if not infos:
             self._model_message(no_model_message(self.source), "warning")
-        if infos == self._infos:
-            return
         previous, self._infos = self._infos, infos
         current = self.picker.value
         self.picker.options = _labelled(ordered)
