@@ -112,7 +112,8 @@ async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) 
         f"wall time {elapsed:.1f} s"
     )
     print(f"saved model: {model}")
-    print(f"try it:      fedavg-showcase --models-dir {model.parent}")
+    showcase = Path(sys.executable).parent / "fedavg-showcase"  # the venv's, even off PATH
+    print(f"try it:      {showcase} --models-dir {model.parent}")
     if args.keep_running:
         print(f"federation still running: dashboard {cluster.url}/  (stop with Ctrl-C)")
         await asyncio.Event().wait()
