@@ -393,7 +393,7 @@ def _offer(outbox: asyncio.Queue[str], text: str) -> None:
         outbox.put_nowait(text)
 
 
-def _read_if_matches(path: Path, sha256: str) -> bytes | None:
+def _read_if_matches(path: Path, sha256: str) -> bytes | bytearray | None:
     if not path.is_file():
         return None
     data = path.read_bytes()

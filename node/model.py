@@ -122,6 +122,14 @@ def build_model(spec: ModelSpec) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def empty_model(spec: ModelSpec, device: torch.device | str = "cpu") -> nn.Sequential:
+    """The architecture with uninitialised weights, for loading a state dict into: random
+    initialisation of a large model costs more than the training step that follows."""
+    with torch.device("meta"):
+        model = build_model(spec)
+    return model.to_empty(device=device)
+
+
 def normalize(pixels: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """uint8 pixels (any leading batch shape) to the float input the model was trained on."""
     return (pixels.to(torch.float32) / 255.0 - spec.norm_mean) / spec.norm_std

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from node.model import ModelSpec, build_model, normalize
+from node.model import ModelSpec, build_model, empty_model, normalize
 from node.protocol import TrainConfig
 
 ProgressFn = Callable[[int, int, float], None]  # batch, batches, running loss
@@ -67,7 +67,7 @@ def train_epoch(
         raise ValueError("cannot train on an empty shard")
     started = time.perf_counter()
     torch.manual_seed(seed)  # dropout masks too: a round is reproducible for its seed
-    model = build_model(spec).to(device)
+    model = empty_model(spec, device)
     model.load_state_dict(dict(global_state))
     model.train()
     params = model.parameters()

@@ -7,6 +7,7 @@ while it is still moving.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from typing import Any, Protocol
 from urllib.parse import urljoin
@@ -15,7 +16,6 @@ import aiohttp
 
 from node.errors import FedavgError
 from node.protocol import MAX_FRAME_BYTES
-from node.weights import sha256_hex
 
 MAX_DOWNLOAD_BYTES = 4 << 30
 
@@ -29,7 +29,7 @@ class TransferError(FedavgError):
 
 
 class Transport(Protocol):
-    async def download(self, path: str, sha256: str) -> bytes: ...
+    async def download(self, path: str, sha256: str) -> bytearray: ...
     async def upload_weights(self, path: str, body: bytes) -> dict[str, Any]: ...
 
 
@@ -72,8 +72,12 @@ class HttpTransport:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.session_token}"} if self.session_token else {}
 
-    async def download(self, path: str, sha256: str) -> bytes:
-        """GET ``path`` and check the body against ``sha256`` before anyone uses it."""
+    async def download(self, path: str, sha256: str) -> bytearray:
+        """GET ``path`` and check the body against ``sha256`` before anyone uses it.
+
+        The body lands in one buffer sized from Content-Length and is hashed as it arrives;
+        the decoders view that buffer, so a download is never copied after it lands.
+        """
         url = urljoin(self.base_url + "/", path.lstrip("/"))
         try:
             async with self._http.get(url, headers=self._auth(), ssl=self._ssl) as resp:
@@ -83,16 +87,22 @@ class HttpTransport:
                     )
                 if (resp.content_length or 0) > MAX_DOWNLOAD_BYTES:
                     raise TransferError(f"GET {path}: {resp.content_length} bytes is too large")
-                body = bytearray()
+                body = bytearray(resp.content_length or 0)
+                digest, filled = hashlib.sha256(), 0
                 async for chunk in resp.content.iter_chunked(1 << 20):
-                    body += chunk
-                    if len(body) > MAX_DOWNLOAD_BYTES:
+                    end = filled + len(chunk)
+                    if end > MAX_DOWNLOAD_BYTES:
                         raise TransferError(f"GET {path}: body too large")
+                    if end > len(body):
+                        body.extend(bytes(end - len(body)))
+                    memoryview(body)[filled:end] = chunk
+                    digest.update(chunk)
+                    filled = end
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransferError(f"GET {path}: {exc!r}") from exc
-        if sha256_hex(body) != sha256:
+        if filled != len(body) or digest.hexdigest() != sha256:
             raise TransferError(f"GET {path}: sha256 mismatch (corrupt or changed on the server)")
-        return bytes(body)
+        return body
 
     async def upload_weights(self, path: str, body: bytes) -> dict[str, Any]:
         url = urljoin(self.base_url + "/", path.lstrip("/"))

@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 READ_CHUNK = 1 << 20
+SEND_CHUNK = 1 << 20
 METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 
 
@@ -328,14 +329,22 @@ async def _bytes_with_etag(
         return web.Response(status=304, headers={"ETag": etag})
     data = await load()
     _fed(request).metrics.bytes_sent.labels(kind=kind).inc(len(data))
-    return web.Response(
-        body=data,
+    response = web.StreamResponse(
         headers={
             "ETag": etag,
             "X-Content-SHA256": sha256,
             "Content-Type": "application/octet-stream",
         },
     )
+    response.content_length = len(data)
+    await response.prepare(request)
+    # Slices, each awaited: the transport never holds its own copy of a whole model per
+    # connection, so serving N nodes costs O(model), not O(N x model).
+    view = memoryview(data)
+    for start in range(0, len(view), SEND_CHUNK):
+        await response.write(view[start : start + SEND_CHUNK])
+    await response.write_eof()
+    return response
 
 
 async def upload_weights(request: web.Request) -> web.Response:
@@ -405,9 +414,9 @@ async def read_body(request: web.Request, limit: int, idle_timeout: float) -> by
         end = filled + len(chunk)
         if end > limit:
             raise TooLarge(f"body exceeds the {limit}-byte limit")
-        if end > len(buffer):
+        if end > len(buffer):  # no (or a short) Content-Length: grow
             buffer.extend(bytes(end - len(buffer)))
-        buffer[filled:end] = chunk
+        memoryview(buffer)[filled:end] = chunk
         filled = end
         failpoints.reach("upload.mid_body")
     if filled != len(buffer):

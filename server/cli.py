@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         print=_announce,
         ssl_context=ssl_context,
         access_log=None,
+        backlog=1024,  # hundreds of nodes may (re)connect at once after a restart
         shutdown_timeout=10.0,
     )
 

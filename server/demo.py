@@ -78,12 +78,16 @@ def _raise_interrupt() -> None:
 
 async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) -> int:
     print(f"fedavg demo: {args.nodes} nodes, {args.epochs} rounds, data in {cluster.home}")
+    # Server and nodes start together (both import torch, which takes seconds); the nodes
+    # retry every second until the server answers.
     cluster.start_server()
-    await asyncio.to_thread(cluster.wait_healthy)
-    print(f"orchestrator up at {cluster.url}  (dashboard: {cluster.url}/, logs: {cluster.log_dir})")
     threads = max(1, cpu_count() // args.nodes)
     for i in range(1, args.nodes + 1):
-        cluster.start_node(f"node-{i}", "--device", args.device, threads=threads)
+        cluster.start_node(
+            f"node-{i}", "--device", args.device, threads=threads, env={"FEDAVG_RECONNECT_MAX": "1"}
+        )
+    await asyncio.to_thread(cluster.wait_healthy)
+    print(f"orchestrator up at {cluster.url}  (dashboard: {cluster.url}/, logs: {cluster.log_dir})")
     await asyncio.to_thread(cluster.wait_nodes, args.nodes)
     print(f"{args.nodes} nodes connected ({threads} torch thread(s) each)")
     info = await asyncio.to_thread(cluster.request, "POST", "/datasets/prepare-mnist", 600.0)

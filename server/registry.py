@@ -120,11 +120,13 @@ class NodeRegistry:
         return self.nodes.get(session.node_id) is session
 
     def by_token(self, token: str) -> NodeSession | None:
-        presented = token.encode()  # bytes: compare_digest refuses non-ASCII str
-        for known, session in self._by_token.items():
-            if secrets.compare_digest(known.encode(), presented):
-                return session
-        return None
+        # The dict finds the candidate; compare_digest makes the final say constant-time.
+        session = self._by_token.get(token)
+        if session is None or not secrets.compare_digest(
+            session.session_token.encode(), token.encode()
+        ):
+            return None
+        return session
 
     def connected(self) -> list[NodeSession]:
         return [s for s in self.nodes.values() if s.connected]

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,16 +44,18 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         load = loadavg()
         fed = _federated(cfg, home)
         central = _centralised(cfg, home)
-        runs.append({
-            "index": index,
-            "load_before": load,
-            "federated": fed,
-            "centralised": central,
-            "ratio_job_wall": fed["job_wall_s"] / central["train_wall_s"],
-            "ratio_total_wall": fed["total_wall_s"] / central["total_wall_s"],
-            "accuracy_gap": fed["final_accuracy"] - central["final_accuracy"],
-        })
-    keys = {
+        runs.append(
+            {
+                "index": index,
+                "load_before": load,
+                "federated": fed,
+                "centralised": central,
+                "ratio_job_wall": fed["job_wall_s"] / central["train_wall_s"],
+                "ratio_total_wall": fed["total_wall_s"] / central["total_wall_s"],
+                "accuracy_gap": fed["final_accuracy"] - central["final_accuracy"],
+            }
+        )
+    keys: dict[str, Callable[[dict[str, Any]], float]] = {
         "fed_total_wall_s": lambda r: r["federated"]["total_wall_s"],
         "fed_job_wall_s": lambda r: r["federated"]["job_wall_s"],
         "fed_accuracy": lambda r: r["federated"]["final_accuracy"],
@@ -73,17 +76,37 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
 def _federated(cfg: Config, home: Path) -> dict[str, Any]:
     home.mkdir(parents=True, exist_ok=True)
     log = home / "demo.out"
-    argv = [sys.executable, "-m", "server.demo", "--nodes", str(cfg.nodes), "--epochs",
-            str(cfg.epochs), "--home", str(home), "--port", str(free_port())]
+    argv = [
+        sys.executable,
+        "-m",
+        "server.demo",
+        "--nodes",
+        str(cfg.nodes),
+        "--epochs",
+        str(cfg.epochs),
+        "--home",
+        str(home),
+        "--port",
+        str(free_port()),
+    ]
     env = {**_env(), "FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_HOME": str(home)}
     t0 = time.perf_counter()
     with log.open("wb") as out:
-        code = subprocess.run(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=cfg.timeout_s, check=False).returncode
+        code = subprocess.run(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=cfg.timeout_s,
+            check=False,
+        ).returncode
     total = time.perf_counter() - t0
     if code != 0:
-        raise BenchError(f"fedavg-demo exited {code}; its output ({log}) ends:\n"
-                         f"{log.read_text(errors='replace')[-2000:]}")
+        raise BenchError(
+            f"fedavg-demo exited {code}; its output ({log}) ends:\n"
+            f"{log.read_text(errors='replace')[-2000:]}"
+        )
     db = sqlite3.connect(f"file:{home / 'fedavg.sqlite3'}?mode=ro", uri=True)
     try:
         run_id, created, finished, accuracy, status = db.execute(
@@ -92,7 +115,8 @@ def _federated(cfg: Config, home: Path) -> dict[str, Any]:
         ).fetchone()
         rounds = db.execute(
             "SELECT round, test_accuracy, closed_at - opened_at FROM rounds WHERE run_id = ? "
-            "ORDER BY round", (run_id,)
+            "ORDER BY round",
+            (run_id,),
         ).fetchall()
     finally:
         db.close()
@@ -109,11 +133,28 @@ def _federated(cfg: Config, home: Path) -> dict[str, Any]:
 
 
 def _centralised(cfg: Config, home: Path) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "tests.bench.accuracy", "central", "--home", str(home),
-            "--epochs", str(cfg.epochs), "--threads", str(cfg.central_threads)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.bench.accuracy",
+        "central",
+        "--home",
+        str(home),
+        "--epochs",
+        str(cfg.epochs),
+        "--threads",
+        str(cfg.central_threads),
+    ]
     t0 = time.perf_counter()
-    out = subprocess.run(argv, cwd=REPO, env=_env(), capture_output=True, text=True,
-                         timeout=cfg.timeout_s, check=False)
+    out = subprocess.run(
+        argv,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=cfg.timeout_s,
+        check=False,
+    )
     total = time.perf_counter() - t0
     if out.returncode != 0:
         raise BenchError(f"centralised training failed:\n{out.stderr[-2000:]}")

@@ -226,6 +226,16 @@ def spawn(
     return proc
 
 
+def start_server(cluster: LocalCluster) -> Proc:
+    """The real ``fedavg-server``; through ``probes.py`` (no probes) when what-if patches
+    are asked for, so that they apply."""
+    if not os.environ.get("FEDAVG_BENCH_WHATIF"):
+        return cluster.start_server()
+    argv = [sys.executable, "-m", "tests.bench.probes", "server"]
+    argv += ["--host", cluster.host, "--port", str(cluster.port)]
+    return spawn(cluster, "server", argv)
+
+
 def start_probed_server(cluster: LocalCluster, probe_file: Path) -> Proc:
     """``fedavg-server`` with timing probes (see ``probes.py``) on the cluster's port."""
     argv = [sys.executable, "-m", "tests.bench.probes", "server"]
@@ -330,7 +340,9 @@ def mib(n: float | None) -> float | None:
     return None if n is None else n / 2**20
 
 
-def run_job(cluster: LocalCluster, rounds: int, timeout: float) -> tuple[dict[str, Any], RoundTimes]:
+def run_job(
+    cluster: LocalCluster, rounds: int, timeout: float
+) -> tuple[dict[str, Any], RoundTimes]:
     """Start a job over the connected nodes, wait for its end, return its status and times."""
     job = cluster.request("POST", f"/train/mnist?epochs={rounds}", timeout=120)
     status = cluster.wait_job(timeout=timeout)

@@ -2,7 +2,8 @@
 
 ``python -m tests.bench.probes server|node [the program's own flags]`` wraps a few
 functions of the real code with a clock and then runs the program's ``main``. Each call
-becomes one JSON line ``{"ev", "t0", "t1", "proc", ...}`` in ``$FEDAVG_BENCH_PROBE``.
+becomes one JSON line ``{"ev", "t0", "t1", "proc", ...}`` in ``$FEDAVG_BENCH_PROBE`` (no
+probes without it). ``$FEDAVG_BENCH_WHATIF`` first applies what-if patches (``whatif.py``).
 A probe costs two ``time.time()`` calls and one short write per step (a handful per round),
 so it does not move what it measures.
 
@@ -91,7 +92,9 @@ def wrap(targets: str, ev: str, info: Info | None = None, required: bool = True)
         setattr(owner, attr, timed_sync)
 
 
-def _info(info: Info | None, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> dict[str, Any]:
+def _info(
+    info: Info | None, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any
+) -> dict[str, Any]:
     """The extra fields of a probe line; a probe never breaks the call it wraps."""
     if info is None:
         return {}
@@ -170,10 +173,16 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] not in ("server", "node"):
         raise SystemExit("usage: python -m tests.bench.probes server|node [program flags]")
     kind, rest = argv[0], argv[1:]
-    _out = open(os.environ["FEDAVG_BENCH_PROBE"], "a", buffering=1)  # noqa: SIM115 (process-long)
     _proc = rest[rest.index("--name") + 1] if "--name" in rest else kind
-    for target, ev, info, required in SERVER_PROBES if kind == "server" else NODE_PROBES:
-        wrap(target, ev, info, required)
+    if os.environ.get("FEDAVG_BENCH_WHATIF"):  # before the probes, so they time the patched code
+        from tests.bench import whatif
+
+        applied = whatif.apply(os.environ["FEDAVG_BENCH_WHATIF"])
+        print(f"tests/bench/probes.py: what-if patches applied: {applied}", file=sys.stderr)
+    if os.environ.get("FEDAVG_BENCH_PROBE"):
+        _out = open(os.environ["FEDAVG_BENCH_PROBE"], "a", buffering=1)  # noqa: SIM115
+        for target, ev, info, required in SERVER_PROBES if kind == "server" else NODE_PROBES:
+            wrap(target, ev, info, required)
     if kind == "server":
         from server.cli import main as program
     else:

@@ -42,8 +42,19 @@ class Recording:
             raise RuntimeError("py-spy is not installed (pip install py-spy)")
         self.out = out
         self.popen = subprocess.Popen(
-            [exe, "record", "--pid", str(pid), "--output", str(out), "--format", "raw",
-             "--rate", str(rate), "--threads"],
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--output",
+                str(out),
+                "--format",
+                "raw",
+                "--rate",
+                str(rate),
+                "--threads",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -60,16 +71,29 @@ class Recording:
 
 
 def _short(frame: str, line: bool = False) -> str:
-    """``func (/long/path/server/job.py:123)`` -> ``func (server/job.py)`` (``:123`` if ``line``)."""
+    """``func (/path/server/job.py:123)`` -> ``func (server/job.py)``, ``:123`` kept if ``line``."""
     m = re.match(r"(.*) \((.*?):?(\d+)?\)$", frame)
     if not m:
         return frame
     func, path, lineno = m.group(1), m.group(2), m.group(3)
     parts = path.split("/")
-    for anchor in ("server", "node", "bench", "aiohttp", "torch", "safetensors", "asyncio",
-                   "concurrent", "threading", "hashlib", "json", "sqlite3", "structlog"):
+    for anchor in (
+        "server",
+        "node",
+        "bench",
+        "aiohttp",
+        "torch",
+        "safetensors",
+        "asyncio",
+        "concurrent",
+        "threading",
+        "hashlib",
+        "json",
+        "sqlite3",
+        "structlog",
+    ):
         if anchor in parts:
-            path = "/".join(parts[parts.index(anchor):])
+            path = "/".join(parts[parts.index(anchor) :])
             break
     else:
         path = parts[-1]

@@ -1,6 +1,6 @@
 """The benchmark report: one JSON file with every number, one markdown page to read.
 
-Every figure in the markdown is ``median [min–max]`` over runs unless it says p50/p95
+Every figure in the markdown is ``median [min, max]`` over runs unless it says p50/p95
 (a distribution over nodes x rounds).
 """
 
@@ -8,47 +8,48 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
 def ms(x: float | None) -> str:
-    return "–" if x is None or math.isnan(x) else f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
+    return "n/a" if x is None or math.isnan(x) else f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
 
 
 def sec(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2f} s"
+    return "n/a" if x is None else f"{x:.2f} s"
 
 
 def mib(x: float | None) -> str:
-    return "–" if x is None else f"{x / 2**20:.0f} MiB"
+    return "n/a" if x is None else f"{x / 2**20:.0f} MiB"
 
 
 def num(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def pct(x: float | None) -> str:
-    return "–" if x is None else f"{x * 100:.0f} %"
+    return "n/a" if x is None else f"{x * 100:.0f} %"
 
 
-def span(s: dict[str, Any] | None, fmt: Any = ms) -> str:
-    """``median [min–max]`` of a summary dict."""
+def span(s: dict[str, Any] | None, fmt: Callable[[float | None], str] = ms) -> str:
+    """``median [min, max]`` of a summary dict."""
     if not s or s.get("median") is None:
-        return "–"
+        return "n/a"
     if s.get("n", 0) <= 1 or s["min"] == s["max"]:
         return fmt(s["median"])
-    return f"{fmt(s['median'])} [{fmt(s['min'])}–{fmt(s['max'])}]"
+    return f"{fmt(s['median'])} [{fmt(s['min'])}, {fmt(s['max'])}]"
 
 
-def dist(d: dict[str, Any] | None, fmt: Any = ms) -> str:
+def dist(d: dict[str, Any] | None, fmt: Callable[[float | None], str] = ms) -> str:
     if not d or d.get("p50") is None:
-        return "–"
+        return "n/a"
     return f"{fmt(d['p50'])} / {fmt(d['p95'])} / {fmt(d['max'])}"
 
 
 def yes(flag: bool | None) -> str:
-    return "–" if flag is None else ("**met**" if flag else "**not met**")
+    return "n/a" if flag is None else ("**met**" if flag else "**not met**")
 
 
 def write(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
@@ -68,6 +69,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"in {report['duration_s'] / 60:.1f} min{' (smoke sizes)' if report['smoke'] else ''}.",
         "Hand-written analysis, profiles and recommendations: [notes.md](notes.md).",
         "",
+        *(
+            [
+                f"**What-if run**: patches {', '.join(report['whatif'])} (tests/bench/whatif.py) "
+                "were applied to the server and nodes; these are not the code's own numbers.",
+                "",
+            ]
+            if report.get("whatif")
+            else []
+        ),
         f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux "
         f"{m['kernel']}; Python {m['python']}, torch {m['torch']} ({m['torch_threads']} "
         f"threads), aiohttp {m['aiohttp']}; commit `{m['commit']}` with {m['dirty_files']} "
@@ -75,7 +85,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"at end {report['load_end']}: other work shared the machine, so every comparison "
         "below is a ratio against a floor measured in the same run.",
         "",
-        "Figures are `median [min–max]` over runs; `p50 / p95 / max` are distributions over "
+        "Figures are `median [min, max]` over runs; `p50 / p95 / max` are distributions over "
         "nodes x rounds.",
         "",
     ]
@@ -94,32 +104,45 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["**Failed:**", "", "```", bench["error"].strip(), "```", ""]
             continue
         lines += render(bench)
-        lines += [f"_Wall time {bench['wall_s']:.0f} s; load {bench['load_before']} -> "
-                  f"{bench['load_after']}._", ""]
+        lines += [
+            f"_Wall time {bench['wall_s']:.0f} s; load {bench['load_before']} -> "
+            f"{bench['load_after']}._",
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _headline(report: dict[str, Any]) -> list[str]:
     b = report["benchmarks"]
-    rows = ["| figure | measured | floor / baseline | ratio | target | |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| figure | measured | floor / baseline | ratio | target | |",
+        "|---|---|---|---|---|---|",
+    ]
     o = b.get("overhead", {})
     if "summary" in o:
         s, cfg = o["summary"], o["config"]
         label = f"round overhead, {cfg['params'] / 1e6:.1f} M params, {cfg['nodes']} nodes"
-        rows.append(f"| {label} | {span(s['overhead'])} | {span(s['floor'])} | "
-                    f"{span(s['ratio_overhead'], num)}x | ≤ 2x | {yes(s['target_met'])} |")
-        rows.append(f"| — without server-side evaluation | {span(s['overhead_no_eval'])} | "
-                    f"{span(s['floor'])} | {span(s['ratio_overhead_no_eval'], num)}x | | |")
-        rows.append(f"| whole round (cycle) | {span(s['cycle'])} | {span(s['floor'])} | "
-                    f"{span(s['ratio_cycle'], num)}x | | |")
+        rows.append(
+            f"| {label} | {span(s['overhead'])} | {span(s['floor'])} | "
+            f"{span(s['ratio_overhead'], num)}x | ≤ 2x | {yes(s['target_met'])} |"
+        )
+        rows.append(
+            f"| — without server-side evaluation | {span(s['overhead_no_eval'])} | "
+            f"{span(s['floor'])} | {span(s['ratio_overhead_no_eval'], num)}x | | |"
+        )
+        rows.append(
+            f"| whole round (cycle) | {span(s['cycle'])} | {span(s['floor'])} | "
+            f"{span(s['ratio_cycle'], num)}x | | |"
+        )
     mem = b.get("memory", {})
     if "summary" in mem:
         s = mem["summary"]
         lo, hi = mem["counts"][0]["nodes"], mem["counts"][-1]["nodes"]
-        rows.append(f"| server peak RSS growth, {lo} -> {hi} nodes | {mib(s['growth_bytes'])} | "
-                    f"model {mib(s['weights_bytes'])} | {num(s['growth_in_models'], 1)} models | "
-                    f"≤ 3 models | {yes(s['target_met'])} |")
+        rows.append(
+            f"| server peak RSS growth, {lo} -> {hi} nodes | {mib(s['growth_bytes'])} | "
+            f"model {mib(s['weights_bytes'])} | {num(s['growth_in_models'], 1)} models | "
+            f"≤ 3 models | {yes(s['target_met'])} |"
+        )
     sc = b.get("scale", {})
     if "summary" in sc:
         s = sc["summary"]
@@ -127,22 +150,30 @@ def _headline(report: dict[str, Any]) -> list[str]:
         first = next((x for x in sc["sizes"] if x.get("ok")), None)
         if first is not None:
             fs = first["summary"]
-            rows.append(f"| {first['nodes']} nodes: round p50 / p95 / max | "
-                        f"{dist(fs['round_cycle'])} | | | ≥ 200 nodes | "
-                        f"{yes(ok is not None and ok >= 200)} |")
-        rows.append(f"| largest size that completed | {ok} nodes | | | | "
-                    f"first broken: {s['first_broken'] or 'none tried'} |")
+            rows.append(
+                f"| {first['nodes']} nodes: round p50 / p95 / max | "
+                f"{dist(fs['round_cycle'])} | | | ≥ 200 nodes | "
+                f"{yes(ok is not None and ok >= 200)} |"
+            )
+        rows.append(
+            f"| largest size that completed | {ok} nodes | | | | "
+            f"first broken: {s['first_broken'] or 'none tried'} |"
+        )
     ac = b.get("accuracy", {})
     if "summary" in ac:
         s = ac["summary"]
-        rows.append(f"| demo federation, {ac['config']['nodes']} nodes x "
-                    f"{ac['config']['epochs']} rounds: job wall time | "
-                    f"{span(s['fed_job_wall_s'], sec)} | centralised "
-                    f"{span(s['central_train_wall_s'], sec)} | {span(s['ratio_job_wall'], num)}x "
-                    "| | |")
-        rows.append(f"| — final test accuracy | {span(s['fed_accuracy'], num)} | centralised "
-                    f"{span(s['central_accuracy'], num)} | gap {span(s['accuracy_gap'], num)} "
-                    "| | |")
+        rows.append(
+            f"| demo federation, {ac['config']['nodes']} nodes x "
+            f"{ac['config']['epochs']} rounds: job wall time | "
+            f"{span(s['fed_job_wall_s'], sec)} | centralised "
+            f"{span(s['central_train_wall_s'], sec)} | {span(s['ratio_job_wall'], num)}x "
+            "| | |"
+        )
+        rows.append(
+            f"| — final test accuracy | {span(s['fed_accuracy'], num)} | centralised "
+            f"{span(s['central_accuracy'], num)} | gap {span(s['accuracy_gap'], num)} "
+            "| | |"
+        )
     return [*rows, ""]
 
 
@@ -162,7 +193,7 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         "compute. *floor* = 2 x nodes weights files through one loopback TCP socket pair + "
         "one in-place weighted average of the nodes' weight sets (float32), measured right "
         "before each run. Each run's figure is its median round; the table shows the median "
-        "[min–max] of those over runs.",
+        "[min, max] of those over runs.",
         "",
         "| run | floor (wire + average) | cycle | compute | overhead | ratio | "
         "overhead w/o eval | ratio | load |",
@@ -179,7 +210,7 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         )
     out += [
         "",
-        "**Per phase** (each run's median round, then median [min–max] over runs):",
+        "**Per phase** (each run's median round, then median [min, max] over runs):",
         "",
         "| phase | time | what |",
         "|---|---|---|",
@@ -202,9 +233,21 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         "",
         "| notify | download | decode | compute | encode | upload | server fold | close |",
         "|---|---|---|---|---|---|---|---|",
-        "| " + " | ".join(span(s[f"path_{k}"]) for k in (
-            "notify", "download", "decode", "compute", "encode", "upload", "server_fold",
-            "close")) + " |",
+        "| "
+        + " | ".join(
+            span(s[f"path_{k}"])
+            for k in (
+                "notify",
+                "download",
+                "decode",
+                "compute",
+                "encode",
+                "upload",
+                "server_fold",
+                "close",
+            )
+        )
+        + " |",
         "",
     ]
     out += [
@@ -217,16 +260,23 @@ def _overhead(b: dict[str, Any]) -> list[str]:
     ]
     units = b.get("unit_costs")
     if units:
-        out += [f"**Unit costs** on this machine for one weights file ({mib(units['bytes'])}, "
-                "one thread, median of 3), measured before the runs:", "",
-                "| step | time |", "|---|---|"]
+        out += [
+            f"**Unit costs** on this machine for one weights file ({mib(units['bytes'])}, "
+            "one thread, median of 3), measured before the runs:",
+            "",
+            "| step | time |",
+            "|---|---|",
+        ]
         out += [f"| `{k}` | {ms(v)} |" for k, v in units["seconds"].items()]
         out.append("")
     first = b["runs"][0]
-    out += [f"Rounds of run 1 (`{first['run_id']}`):", "",
-            "| round | cycle | compute | overhead | notify | download | upload | aggregation "
-            "| evaluation | checkpoint | test acc |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out += [
+        f"Rounds of run 1 (`{first['run_id']}`):",
+        "",
+        "| round | cycle | compute | overhead | notify | download | upload | aggregation "
+        "| evaluation | checkpoint | test acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in first["rounds"]:
         out.append(
             f"| {r['round']} | {ms(r['cycle'])} | {ms(r['compute'])} | {ms(r['overhead'])} | "
@@ -265,8 +315,9 @@ def _profile(name: str, prof: dict[str, Any]) -> list[str]:
 def _memory(b: dict[str, Any]) -> list[str]:
     cfg, s = b["config"], b["summary"]
     out = [
-        f"One `fedavg-server`; virtual nodes download and upload the {cfg['params']:,}-"
-        f"parameter model ({mib(cfg['weights_bytes'])} per file) all at once, "
+        f"One `fedavg-server`; virtual nodes download the {cfg['params']:,}-parameter model "
+        f"({mib(cfg['weights_bytes'])} per file) all at once, wait {cfg['compute_s']} s "
+        "(simulated training) and upload it back all at once, "
         f"{cfg['rounds']} rounds per job, {cfg['runs']} jobs per node count (after one "
         "warm-up job). Peak = the kernel's `VmHWM`, reset before each job.",
         "",
@@ -278,8 +329,10 @@ def _memory(b: dict[str, Any]) -> list[str]:
         rounds = [r for run in c["runs"] for r in run["rounds"]]
         dl = max((r["peak_rss_downloads"] for r in rounds if r["peak_rss_downloads"]), default=None)
         up = max((r["peak_rss_uploads"] for r in rounds if r["peak_rss_uploads"]), default=None)
-        out.append(f"| {c['nodes']} | {span(c['peak_rss'], mib)} | {span(c['idle_rss'], mib)} | "
-                   f"{span(c['growth_over_idle'], mib)} | {mib(dl)} | {mib(up)} |")
+        out.append(
+            f"| {c['nodes']} | {span(c['peak_rss'], mib)} | {span(c['idle_rss'], mib)} | "
+            f"{span(c['growth_over_idle'], mib)} | {mib(dl)} | {mib(up)} |"
+        )
     out += [
         "",
         f"Growth of the median peak: **{mib(s['growth_bytes'])} = "
@@ -327,11 +380,15 @@ def _scale(b: dict[str, Any]) -> list[str]:
         )
     for x in b["sizes"]:
         if "profile" in x:
-            out += [""] + _profile(f"the server with {x['nodes']} nodes", x["profile"])[:-1]
+            out += ["", *_profile(f"the server with {x['nodes']} nodes", x["profile"])[:-1]]
     sm = b["summary"]
-    out += ["", f"Largest size that completed: **{sm['largest_ok']}**; first that broke: "
-            f"**{sm['first_broken'] or 'none'}**"
-            + (f" ({sm['broke_because']})." if sm["broke_because"] else "."), ""]
+    out += [
+        "",
+        f"Largest size that completed: **{sm['largest_ok']}**; first that broke: "
+        f"**{sm['first_broken'] or 'none'}**"
+        + (f" ({sm['broke_because']})." if sm["broke_because"] else "."),
+        "",
+    ]
     return out
 
 

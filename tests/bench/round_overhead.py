@@ -40,8 +40,8 @@ from tests.bench.common import (
     RoundTimes,
     across_runs,
     cpu_seconds,
-    machine_cpu,
     loadavg,
+    machine_cpu,
     measure_floor,
     read_jsonl,
     run_job,
@@ -101,19 +101,36 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
             cpu1, machine1 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_cpu()
             cpu = {k: cpu1[k] - cpu0[k] for k in pids}
             busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
-            runs.append({"index": index, "floor": floor, "load_before": load,
-                         "load_after": loadavg(), "run_id": status["run_id"], "times": times,
-                         "final_accuracy": status.get("final_accuracy"),
-                         "cpu": {"by_process_s": cpu, "ours_s": sum(cpu.values()),
-                                 "machine_busy_s": busy, "machine_total_s": total}})
+            runs.append(
+                {
+                    "index": index,
+                    "floor": floor,
+                    "load_before": load,
+                    "load_after": loadavg(),
+                    "run_id": status["run_id"],
+                    "times": times,
+                    "final_accuracy": status.get("final_accuracy"),
+                    "cpu": {
+                        "by_process_s": cpu,
+                        "ours_s": sum(cpu.values()),
+                        "machine_busy_s": busy,
+                        "machine_total_s": total,
+                    },
+                }
+            )
         if cfg.profile and profile.py_spy() is not None:
             profiles = _profile_run(cluster, cfg, workdir)
         server_rows = read_jsonl(server_probe)
         node_rows = {n: read_jsonl(p) for n, p in node_probe.items()}
     results = [_analyse_run(r, server_rows, node_rows, cfg) for r in runs]
     return {
-        "config": {**asdict(cfg), "params": params, "weights_bytes": file_bytes,
-                   "threads_per_node": max(1, _cores() // cfg.nodes), "cores": _cores()},
+        "config": {
+            **asdict(cfg),
+            "params": params,
+            "weights_bytes": file_bytes,
+            "threads_per_node": max(1, _cores() // cfg.nodes),
+            "cores": _cores(),
+        },
         "runs": results,
         "summary": _summarise(results),
         "profiles": profiles,
@@ -133,7 +150,9 @@ def _profile_run(cluster: LocalCluster, cfg: Config, workdir: Path) -> dict[str,
     targets = {"server": cluster.server.pid}
     node1 = next(p for p in cluster.procs if p.name == "node-1")
     targets["node-1"] = node1.pid
-    recordings = {k: profile.Recording(pid, workdir / f"profile-{k}.txt") for k, pid in targets.items()}
+    recordings = {
+        k: profile.Recording(pid, workdir / f"profile-{k}.txt") for k, pid in targets.items()
+    }
     time.sleep(1.0)  # py-spy attaches
     try:
         run_job(cluster, cfg.rounds, cfg.job_timeout_s)
@@ -226,12 +245,17 @@ def _analyse_run(
             "server_fold": accepted[crit] - cu["t0"],
             "close": closed - accepted[crit],
         }
-        evaluate = sum(x["t1"] - x["t0"] for x in _in_window(server_rows, "evaluate", window_start, closed))
+        evaluate = sum(
+            x["t1"] - x["t0"] for x in _in_window(server_rows, "evaluate", window_start, closed)
+        )
         folds = _in_window(server_rows, "fold", window_start, closed)
-        result = sum(x["t1"] - x["t0"] for x in _in_window(server_rows, "result", window_start, closed))
+        result = sum(
+            x["t1"] - x["t0"] for x in _in_window(server_rows, "result", window_start, closed)
+        )
         checkpoint = sum(
-            x["t1"] - x["t0"] for x in server_rows if x["ev"] == "checkpoint" and x["round"] == r
-            and times.started <= x["t0"] <= t_end
+            x["t1"] - x["t0"]
+            for x in server_rows
+            if x["ev"] == "checkpoint" and x["round"] == r and times.started <= x["t0"] <= t_end
         )
         decodes = _in_window(server_rows, "decode", window_start, closed)
         per_node = {}
@@ -244,38 +268,56 @@ def _analyse_run(
                 "upload_wire": su["t0"] - d["upload"]["t0"] if su and "upload" in d else None,
                 "upload_call": d["upload"]["t1"] - d["upload"]["t0"] if "upload" in d else None,
                 "compute": d["train"]["t1"] - d["train"]["t0"] if "train" in d else None,
-                "build_model": d["build_model"]["t1"] - d["build_model"]["t0"] if "build_model" in d else None,
+                "build_model": d["build_model"]["t1"] - d["build_model"]["t0"]
+                if "build_model" in d
+                else None,
             }
         cycle = closed - start
         compute = dur["train"]
-        rounds.append({
-            "round": r,
-            "cycle": cycle,
-            "compute": compute,
-            "overhead": cycle - compute,
-            "overhead_no_eval": cycle - compute - evaluate,
-            "critical_node": crit,
-            "critical_path": path,
-            "critical_path_other": cycle - sum(path.values()),
-            "notification": _max(v["notify"] for v in per_node.values()),
-            "download_max": _max(v["download"] for v in per_node.values()),
-            "upload_max": _max(v["upload_wire"] for v in per_node.values()),
-            "aggregation": sum(x["t1"] - x["t0"] for x in folds) + result,
-            "fold_each_max": _max(x["t1"] - x["t0"] for x in folds),
-            "server_decode": sum(x["t1"] - x["t0"] for x in decodes),
-            "result": result,
-            "evaluation": evaluate,
-            "checkpoint": checkpoint,
-            "compute_max": _max(v["compute"] for v in per_node.values()),
-            "build_model_max": _max(v["build_model"] for v in per_node.values()),
-            "nodes": per_node,
-            "test_accuracy": times.history[r].get("test_accuracy"),
-        })
+        rounds.append(
+            {
+                "round": r,
+                "cycle": cycle,
+                "compute": compute,
+                "overhead": cycle - compute,
+                "overhead_no_eval": cycle - compute - evaluate,
+                "critical_node": crit,
+                "critical_path": path,
+                "critical_path_other": cycle - sum(path.values()),
+                "notification": _max(v["notify"] for v in per_node.values()),
+                "download_max": _max(v["download"] for v in per_node.values()),
+                "upload_max": _max(v["upload_wire"] for v in per_node.values()),
+                "aggregation": sum(x["t1"] - x["t0"] for x in folds) + result,
+                "fold_each_max": _max(x["t1"] - x["t0"] for x in folds),
+                "server_decode": sum(x["t1"] - x["t0"] for x in decodes),
+                "result": result,
+                "evaluation": evaluate,
+                "checkpoint": checkpoint,
+                "compute_max": _max(v["compute"] for v in per_node.values()),
+                "build_model_max": _max(v["build_model"] for v in per_node.values()),
+                "nodes": per_node,
+                "test_accuracy": times.history[r].get("test_accuracy"),
+            }
+        )
     floor = run["floor"]["floor_s"]
-    med = {k: summary(x[k] for x in rounds)["median"] for k in (
-        "cycle", "compute", "overhead", "overhead_no_eval", "notification", "download_max",
-        "upload_max", "aggregation", "server_decode", "evaluation", "checkpoint", "compute_max",
-        "build_model_max")}
+    med = {
+        k: summary(x[k] for x in rounds)["median"]
+        for k in (
+            "cycle",
+            "compute",
+            "overhead",
+            "overhead_no_eval",
+            "notification",
+            "download_max",
+            "upload_max",
+            "aggregation",
+            "server_decode",
+            "evaluation",
+            "checkpoint",
+            "compute_max",
+            "build_model_max",
+        )
+    }
     med_path = {k: summary(x["critical_path"][k] for x in rounds)["median"] for k in PHASES}
     return {
         "index": run["index"],
@@ -301,9 +343,11 @@ def _cpu_figures(cpu: dict[str, Any], rounds: int) -> dict[str, Any]:
         "ours_per_round_s": cpu["ours_s"] / max(1, rounds),
         "server_per_round_s": cpu["by_process_s"].get("server", 0.0) / max(1, rounds),
         "machine_busy_share": cpu["machine_busy_s"] / cpu["machine_total_s"]
-        if cpu["machine_total_s"] else None,
+        if cpu["machine_total_s"]
+        else None,
         "others_busy_share": (cpu["machine_busy_s"] - cpu["ours_s"]) / cpu["machine_total_s"]
-        if cpu["machine_total_s"] else None,
+        if cpu["machine_total_s"]
+        else None,
     }
 
 
@@ -313,17 +357,25 @@ def _max(values: Any) -> float | None:
 
 
 def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    flat = [{**r["median"], **{f"path_{k}": v for k, v in r["median_critical_path"].items()},
-             "cpu_ours_per_round": r["cpu"]["ours_per_round_s"],
-             "cpu_server_per_round": r["cpu"]["server_per_round_s"],
-             "machine_busy_share": r["cpu"]["machine_busy_share"],
-             "others_busy_share": r["cpu"]["others_busy_share"],
-             "floor": r["floor"]["floor_s"], "floor_loopback": r["floor"]["loopback_s"],
-             "floor_average": r["floor"]["average_s"], "ratio_overhead": r["ratio_overhead"],
-             "ratio_overhead_no_eval": r["ratio_overhead_no_eval"], "ratio_cycle": r["ratio_cycle"]}
-            for r in results]
+    flat = [
+        {
+            **r["median"],
+            **{f"path_{k}": v for k, v in r["median_critical_path"].items()},
+            "cpu_ours_per_round": r["cpu"]["ours_per_round_s"],
+            "cpu_server_per_round": r["cpu"]["server_per_round_s"],
+            "machine_busy_share": r["cpu"]["machine_busy_share"],
+            "others_busy_share": r["cpu"]["others_busy_share"],
+            "floor": r["floor"]["floor_s"],
+            "floor_loopback": r["floor"]["loopback_s"],
+            "floor_average": r["floor"]["average_s"],
+            "ratio_overhead": r["ratio_overhead"],
+            "ratio_overhead_no_eval": r["ratio_overhead_no_eval"],
+            "ratio_cycle": r["ratio_cycle"],
+        }
+        for r in results
+    ]
     keys = flat[0].keys() if flat else []
-    out = {k: across_runs(flat, k) for k in keys}
+    out: dict[str, Any] = {k: across_runs(flat, k) for k in keys}
     ratio = out["ratio_overhead"]["median"]
     out["target_ratio"] = 2.0
     out["target_met"] = ratio is not None and ratio <= 2.0

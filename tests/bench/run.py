@@ -13,6 +13,7 @@ the round path are taken when ``py-spy`` is installed (``--no-profile`` skips th
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -33,41 +34,92 @@ def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str,
     runs = args.runs
     if args.smoke:
         return {
-            "overhead": (round_overhead.run, round_overhead.Config(
-                hidden=(32, 16, 8), nodes=2, rounds=2, runs=runs, floor_repeats=1,
-                profile=False, job_timeout_s=120)),
-            "memory": (server_memory.run, server_memory.Config(
-                hidden=(32, 16, 8), counts=(1, 3), rounds=1, runs=runs, job_timeout_s=120)),
-            "scale": (scale.run, scale.Config(
-                sizes=(12,), per_pack=6, rounds=2, runs=runs, connect_timeout_s=60,
-                job_timeout_s=120, round_deadline_s=60)),
+            "overhead": (
+                round_overhead.run,
+                round_overhead.Config(
+                    hidden=(32, 16, 8),
+                    nodes=2,
+                    rounds=2,
+                    runs=runs,
+                    floor_repeats=1,
+                    profile=False,
+                    job_timeout_s=120,
+                ),
+            ),
+            "memory": (
+                server_memory.run,
+                server_memory.Config(
+                    hidden=(32, 16, 8),
+                    counts=(1, 3),
+                    rounds=1,
+                    runs=runs,
+                    job_timeout_s=120,
+                    compute_s=0.1,
+                ),
+            ),
+            "scale": (
+                scale.run,
+                scale.Config(
+                    sizes=(12,),
+                    per_pack=6,
+                    rounds=2,
+                    runs=runs,
+                    connect_timeout_s=60,
+                    job_timeout_s=120,
+                    round_deadline_s=60,
+                ),
+            ),
             "accuracy": (accuracy.run, accuracy.Config(nodes=1, epochs=1, runs=runs)),
         }
     sizes = tuple(int(s) for s in args.scale_sizes.split(","))
     return {
-        "overhead": (round_overhead.run, round_overhead.Config(
-            runs=runs, profile=args.profile and profile.py_spy() is not None)),
+        "overhead": (
+            round_overhead.run,
+            round_overhead.Config(runs=runs, profile=args.profile and profile.py_spy() is not None),
+        ),
         "memory": (server_memory.run, server_memory.Config(runs=runs)),
-        "scale": (scale.run, scale.Config(
-            sizes=sizes, runs=runs,
-            profile_at=1000 if args.profile and 1000 in sizes else None)),
+        "scale": (
+            scale.run,
+            scale.Config(
+                sizes=sizes, runs=runs, profile_at=1000 if args.profile and 1000 in sizes else None
+            ),
+        ),
         "accuracy": (accuracy.run, accuracy.Config(runs=runs)),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run each")
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        default=",".join(BENCHMARKS),
+        help=f"comma-separated subset of {','.join(BENCHMARKS)}",
+    )
     parser.add_argument("--runs", type=int, help="runs per figure (default 3; smoke 1)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench",
-                        help="where report.md/report.json go (default docs/bench)")
-    parser.add_argument("--scale-sizes", default="200,500,1000,2000",
-                        help="node counts tried in order until one breaks")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "docs" / "bench",
+        help="where report.md/report.json go (default docs/bench)",
+    )
+    parser.add_argument(
+        "--scale-sizes",
+        default="200,500,1000,2000",
+        help="node counts tried in order until one breaks",
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument(
+        "--whatif",
+        default="",
+        help="comma-separated what-if patches for server and nodes "
+        "(tests/bench/whatif.py; not the accuracy benchmark's demo)",
+    )
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.smoke else 3)
     if args.runs < 3 and not args.smoke:
@@ -77,12 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
 
+    if args.whatif:
+        from tests.bench import whatif
+
+        unknown_patches = set(args.whatif.split(",")) - set(whatif.PATCHES)
+        if unknown_patches:
+            parser.error(f"unknown what-if patches {sorted(unknown_patches)}")
+        os.environ["FEDAVG_BENCH_WHATIF"] = args.whatif
     workdir = Path(tempfile.mkdtemp(prefix="fedavg-bench-"))
     started = time.monotonic()
     result: dict[str, Any] = {
         "command": "python -m tests.bench.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "smoke": args.smoke,
+        "whatif": args.whatif.split(",") if args.whatif else [],
         "runs": args.runs,
         "machine": machine(),
         "load_start": loadavg(),
@@ -117,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _copy_profiles(result: dict[str, Any], workdir: Path, out: Path) -> None:
     profiles = list((result["benchmarks"].get("overhead", {}).get("profiles") or {}).values())
-    profiles += [s["profile"] for s in result["benchmarks"].get("scale", {}).get("sizes", [])
-                 if "profile" in s]
+    profiles += [
+        s["profile"]
+        for s in result["benchmarks"].get("scale", {}).get("sizes", [])
+        if "profile" in s
+    ]
     if not profiles:
         return
     (out / "profiles").mkdir(parents=True, exist_ok=True)

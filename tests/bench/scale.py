@@ -43,6 +43,7 @@ from tests.bench.common import (
     run_job,
     spawn,
     spread,
+    start_server,
     summary,
     wait_exit,
     weights_file_bytes,
@@ -66,7 +67,7 @@ class Config:
 def run(cfg: Config, workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
     file_bytes, params = weights_file_bytes(cfg.hidden)
-    results = []
+    results: list[dict[str, Any]] = []
     for size in cfg.sizes:
         if results and time.monotonic() - started > cfg.budget_s:
             results.append({"nodes": size, "ok": None, "skipped": "time budget spent"})
@@ -75,7 +76,7 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         results.append(result)
         if not result["ok"]:
             break
-    passed = [r["nodes"] for r in results if r.get("ok")]
+    passed: list[int] = [r["nodes"] for r in results if r.get("ok")]
     broke = next((r for r in results if r.get("ok") is False), None)
     return {
         "config": {**asdict(cfg), "params": params, "weights_bytes": file_bytes},
@@ -116,7 +117,7 @@ def _one_size(cfg: Config, size: int, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"nodes": size, "packs": packs, "ok": True, "failure": None}
     jobs: list[dict[str, Any]] = []
     with LocalCluster(home=home, port=free_port(), env=env) as cluster:
-        cluster.start_server()
+        start_server(cluster)
         cluster.wait_healthy(timeout=120)
         cluster.request("POST", "/datasets/prepare-mnist", timeout=300)
         pid = cluster.server.pid
@@ -126,9 +127,21 @@ def _one_size(cfg: Config, size: int, workdir: Path) -> dict[str, Any]:
         cpu0 = _cpu(pid)
         for i in range(packs):
             count = base + (1 if i < extra else 0)
-            argv = [sys.executable, "-m", "tests.bench.vnodes", "--url", cluster.url,
-                    "--count", str(count), "--prefix", f"s{i}-", "--out", str(logs[i]),
-                    "--jobs", str(cfg.runs + (1 if profiled else 0))]
+            argv = [
+                sys.executable,
+                "-m",
+                "tests.bench.vnodes",
+                "--url",
+                cluster.url,
+                "--count",
+                str(count),
+                "--prefix",
+                f"s{i}-",
+                "--out",
+                str(logs[i]),
+                "--jobs",
+                str(cfg.runs + (1 if profiled else 0)),
+            ]
             pack_procs.append(spawn(cluster, f"scale-pack-{i}", argv))
         try:
             out["connect_all_s"] = _wait_connected(cluster, size, cfg.connect_timeout_s)
@@ -167,11 +180,13 @@ def _one_size(cfg: Config, size: int, workdir: Path) -> dict[str, Any]:
     rows = [r for log in logs for r in read_jsonl(log)]
     connected = [r for r in rows if r["ev"] == "connected"]
     out["connect"] = spread([r["t1"] - r["t0"] for r in connected])
-    out["connect_storm_s"] = (
-        max(r["t1"] for r in connected) - storm_t0 if connected else None
-    )
-    errors = [r for r in rows if r["ev"] in ("connect_failed", "socket_failed", "http_failed")
-              or (r["ev"] == "upload" and r.get("status") != 200)]
+    out["connect_storm_s"] = max(r["t1"] for r in connected) - storm_t0 if connected else None
+    errors = [
+        r
+        for r in rows
+        if r["ev"] in ("connect_failed", "socket_failed", "http_failed")
+        or (r["ev"] == "upload" and r.get("status") != 200)
+    ]
     out["client_errors"] = len(errors)
     out["client_error_examples"] = errors[:5]
     if errors and out["ok"]:
@@ -229,7 +244,11 @@ def _node_figures(jobs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> Non
         times: RoundTimes = job.pop("times")
         lo, hi = times.started - 1, (times.done or max(times.closed.values())) + 1
         mine = [r for r in rows if lo <= r.get("t0", r.get("t", 0)) <= hi]
-        notify, train_notify, download, upload, latency = [], [], [], [], []
+        notify: list[float] = []
+        train_notify: list[float] = []
+        download: list[float] = []
+        upload: list[float] = []
+        latency: list[float] = []
         frames: dict[tuple[str, int], float] = {}
         for r in mine:
             if r["ev"] == "frame" and r.get("round") in times.closed:

@@ -1,7 +1,8 @@
 """Benchmark 2: the orchestrator's peak memory during rounds of the ~10 M model, 4 vs 32 nodes.
 
 One real ``fedavg-server`` process; virtual nodes (``vnodes.py``) download the global
-weights and upload them back as fast as they can, all at once: the worst case for memory.
+weights all at once, "train" for ``compute_s`` and upload them back all at once: the worst
+case for memory.
 The first pack of nodes joins, runs its jobs, then a second pack joins to make the larger
 count, so both counts are measured on the same server.
 
@@ -31,6 +32,7 @@ from tests.bench.common import (
     rss_bytes,
     run_job,
     spawn,
+    start_server,
     summary,
     wait_exit,
     weights_file_bytes,
@@ -44,6 +46,9 @@ class Config:
     rounds: int = 2
     runs: int = 3
     job_timeout_s: float = 600.0
+    # Simulated training between download and upload, so the two phases do not overlap and
+    # the report can say which one the peak belongs to.
+    compute_s: float = 1.0
 
 
 def run(cfg: Config, workdir: Path) -> dict[str, Any]:
@@ -58,7 +63,7 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
     file_bytes, params = weights_file_bytes(cfg.hidden)
     per_count: list[dict[str, Any]] = []
     with LocalCluster(home=home, port=free_port(), env=env) as cluster:
-        cluster.start_server()
+        start_server(cluster)
         cluster.wait_healthy(timeout=120)
         cluster.request("POST", "/datasets/prepare-mnist", timeout=300)
         pid = cluster.server.pid
@@ -67,9 +72,23 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         for step, count in enumerate(cfg.counts):
             jobs_seen = cfg.runs * (len(cfg.counts) - step) + (1 if step == 0 else 0)
             out = workdir / f"memory-pack-{step}.jsonl"
-            argv = [sys.executable, "-m", "tests.bench.vnodes", "--url", cluster.url,
-                    "--count", str(count - joined), "--prefix", f"m{step}-", "--out", str(out),
-                    "--jobs", str(jobs_seen)]
+            argv = [
+                sys.executable,
+                "-m",
+                "tests.bench.vnodes",
+                "--url",
+                cluster.url,
+                "--count",
+                str(count - joined),
+                "--prefix",
+                f"m{step}-",
+                "--out",
+                str(out),
+                "--jobs",
+                str(jobs_seen),
+                "--compute-s",
+                str(cfg.compute_s),
+            ]
             packs.append((spawn(cluster, f"memory-pack-{step}", argv), out))
             joined = count
             cluster.wait_nodes(count, timeout=300)
@@ -84,28 +103,34 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
                 with Sampler({"server": pid}) as sampler:
                     status, times = run_job(cluster, cfg.rounds, cfg.job_timeout_s)
                 peak = peak_rss_bytes(pid)
-                runs.append({
-                    "index": index,
-                    "run_id": status["run_id"],
-                    "idle_rss": idle,
-                    "peak_rss": peak,
-                    "growth_over_idle": peak - idle,
-                    "load_before": load,
-                    "rounds": _round_peaks(sampler, times, [o for _, o in packs]),
-                    "round_seconds": [h["seconds"] for h in status["history"]],
-                })
-            per_count.append({
-                "nodes": count,
-                "runs": runs,
-                "peak_rss": summary(r["peak_rss"] for r in runs),
-                "idle_rss": summary(r["idle_rss"] for r in runs),
-                "growth_over_idle": summary(r["growth_over_idle"] for r in runs),
-            })
+                runs.append(
+                    {
+                        "index": index,
+                        "run_id": status["run_id"],
+                        "idle_rss": idle,
+                        "peak_rss": peak,
+                        "growth_over_idle": peak - idle,
+                        "load_before": load,
+                        "rounds": _round_peaks(sampler, times, [o for _, o in packs]),
+                        "round_seconds": [h["seconds"] for h in status["history"]],
+                    }
+                )
+            per_count.append(
+                {
+                    "nodes": count,
+                    "runs": runs,
+                    "peak_rss": summary(r["peak_rss"] for r in runs),
+                    "idle_rss": summary(r["idle_rss"] for r in runs),
+                    "growth_over_idle": summary(r["growth_over_idle"] for r in runs),
+                }
+            )
         for proc, _ in packs:
             wait_exit(proc, 60)
     low, high = per_count[0], per_count[-1]
     growth = high["peak_rss"]["median"] - low["peak_rss"]["median"]
-    pairs = [h["peak_rss"] - lo["peak_rss"] for h, lo in zip(high["runs"], low["runs"], strict=True)]
+    pairs = [
+        h["peak_rss"] - lo["peak_rss"] for h, lo in zip(high["runs"], low["runs"], strict=True)
+    ]
     return {
         "config": {**asdict(cfg), "params": params, "weights_bytes": file_bytes},
         "counts": per_count,
@@ -125,23 +150,31 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
     }
 
 
-def _round_peaks(sampler: Sampler, times: RoundTimes, pack_logs: list[Path]) -> list[dict[str, Any]]:
+def _round_peaks(
+    sampler: Sampler, times: RoundTimes, pack_logs: list[Path]
+) -> list[dict[str, Any]]:
     """Per round: peak RSS while nodes downloaded, and while they uploaded and it averaged."""
     rows = [r for log in pack_logs for r in read_jsonl(log)]
     out = []
     for r in sorted(times.closed):
         start, closed = times.round_start(r), times.closed[r]
-        mine = [x for x in rows if x.get("round") == r and start - 1 <= x.get("t0", x.get("t", 0)) <= closed]
+        mine = [
+            x
+            for x in rows
+            if x.get("round") == r and start - 1 <= x.get("t0", x.get("t", 0)) <= closed
+        ]
         downloads = [x for x in mine if x["ev"] == "download"]
         uploads = [x for x in mine if x["ev"] == "upload"]
         dl_end = max((x["t1"] for x in downloads), default=start)
         up_start = min((x["t0"] for x in uploads), default=dl_end)
-        out.append({
-            "round": r,
-            "peak_rss": sampler.peak_rss("server", start, closed),
-            "peak_rss_downloads": sampler.peak_rss("server", start, dl_end),
-            "peak_rss_uploads": sampler.peak_rss("server", up_start, closed),
-            "downloads_s": dl_end - start,
-            "uploads_s": closed - up_start,
-        })
+        out.append(
+            {
+                "round": r,
+                "peak_rss": sampler.peak_rss("server", start, closed),
+                "peak_rss_downloads": sampler.peak_rss("server", start, dl_end),
+                "peak_rss_uploads": sampler.peak_rss("server", up_start, closed),
+                "downloads_s": dl_end - start,
+                "uploads_s": closed - up_start,
+            }
+        )
     return out

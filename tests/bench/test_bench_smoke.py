@@ -43,8 +43,17 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
 
     overhead = benches["overhead"]
     assert overhead["runs"] and all(r["floor"]["floor_s"] > 0 for r in overhead["runs"])
-    for key in ("overhead", "floor", "ratio_overhead", "notification", "download_max",
-                "upload_max", "aggregation", "evaluation", "path_close"):
+    for key in (
+        "overhead",
+        "floor",
+        "ratio_overhead",
+        "notification",
+        "download_max",
+        "upload_max",
+        "aggregation",
+        "evaluation",
+        "path_close",
+    ):
         assert _is_summary(overhead["summary"][key]), key
         assert overhead["summary"][key]["n"] >= 1, key
     rounds = overhead["runs"][0]["rounds"]
@@ -69,7 +78,12 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert 0 < accuracy["summary"]["central_accuracy"]["median"] <= 1
 
     markdown = (out / "report.md").read_text()
-    for heading in ("# fedavg benchmarks", "## 1. Round overhead", "## 2. Server memory",
-                    "## 3. Scale", "## 4. Time to accuracy"):
+    for heading in (
+        "# fedavg benchmarks",
+        "## 1. Round overhead",
+        "## 2. Server memory",
+        "## 3. Scale",
+        "## 4. Time to accuracy",
+    ):
         assert heading in markdown
     assert "Failed" not in markdown

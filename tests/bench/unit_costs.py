@@ -4,8 +4,9 @@ The round-overhead benchmark measures these right before its runs, so the report
 what bounds a round: how many passes over the model's bytes the code makes, times these
 costs, against how many cores there are. ``copy_into_fresh_buffer`` against
 ``copy_into_warm_buffer`` is the price of a new allocation (page faults), paid again by
-every step that makes a fresh buffer of the model's size. Each figure is the median of ``repeats`` calls,
-single-threaded where torch would otherwise use every core (as the nodes do).
+every step that makes a fresh buffer of the model's size. Each figure is the median of
+``repeats`` calls, single-threaded where torch would otherwise use every core (as the
+nodes do).
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
 
 def measure(hidden: tuple[int, ...], repeats: int = 3) -> dict[str, Any]:
     from node.model import ModelSpec, build_model, init_state
-    from node.weights import WeightsMeta, check_state, decode_weights, encode_weights
-    from node.weights import expected_layout
+    from node.weights import (
+        WeightsMeta,
+        check_state,
+        decode_weights,
+        encode_weights,
+        expected_layout,
+    )
     from server.evaluate import evaluate
 
     spec = ModelSpec(hidden=hidden, dropout=(0.3, 0.2)[: len(hidden)])

@@ -84,7 +84,9 @@ class Pack:
         work: set[asyncio.Task[None]] = set()
         job: tuple[str, int] = ("", 0)
         try:
-            hello = Hello(node_id=name, name=name, capacity=1000.0, device="cpu", version=__version__)
+            hello = Hello(
+                node_id=name, name=name, capacity=1000.0, device="cpu", version=__version__
+            )
             await ws.send_str(encode(hello))
             msg = await ws.receive(timeout=60)
             welcome: Welcome = decode_as(msg.data, Welcome)
@@ -102,16 +104,24 @@ class Pack:
                     job = (frame.job_id, frame.rounds)
                     self._spawn(
                         work,
-                        self.round(http, name, token, job, frame.round, frame.weights_url,
-                                   frame.weights_sha256),
+                        self.round(
+                            http,
+                            name,
+                            token,
+                            job,
+                            frame.round,
+                            frame.weights_url,
+                            frame.weights_sha256,
+                        ),
                     )
                 elif isinstance(frame, WeightsReady):
                     self.log(name, "frame", t=now, frame="weights_ready", round=frame.round + 1)
                     if frame.round < job[1]:
                         self._spawn(
                             work,
-                            self.round(http, name, token, job, frame.round + 1, frame.url,
-                                       frame.sha256),
+                            self.round(
+                                http, name, token, job, frame.round + 1, frame.url, frame.sha256
+                            ),
                         )
                 elif isinstance(frame, Done):
                     self.log(name, "frame", t=now, frame="done", status=frame.status)
@@ -181,11 +191,25 @@ class Pack:
             ) as resp:
                 answer = await resp.read()
                 status = resp.status
-            self.log(name, "upload", round=round_, t0=t3, t1=time.time(), status=status,
-                     answer=answer[:200].decode(errors="replace") if status != 200 else None)
+            self.log(
+                name,
+                "upload",
+                round=round_,
+                t0=t3,
+                t1=time.time(),
+                status=status,
+                answer=answer[:200].decode(errors="replace") if status != 200 else None,
+            )
         except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as exc:
-            self.log(name, "http_failed", round=round_, t0=t0, t1=time.time(), what="round",
-                     error=repr(exc))
+            self.log(
+                name,
+                "http_failed",
+                round=round_,
+                t0=t0,
+                t1=time.time(),
+                what="round",
+                error=repr(exc),
+            )
 
     async def _get(self, http: aiohttp.ClientSession, token: str, url: str) -> bytes:
         async with http.get(
