@@ -7,6 +7,7 @@ decode requests and encode answers.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -61,6 +62,7 @@ class Federation:
         self._dataset_lock = asyncio.Lock()
         self._job_lock = asyncio.Lock()
         self.started_at = clock()
+        self._model_entries: dict[tuple[str, int, int], dict[str, Any] | None] = {}
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -326,12 +328,21 @@ class Federation:
     # -- models --------------------------------------------------------------------------------
 
     def models(self) -> list[dict[str, Any]]:
+        """Saved models, newest first. Each file is read and hashed once per version (name,
+        size, mtime): the showcase and dashboards ask every few seconds."""
         folder = self.settings.models_path
-        entries = []
+        entries, seen = [], set()
         for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
-            entry = _model_entry(path)
+            stat = path.stat()
+            key = (path.name, stat.st_size, stat.st_mtime_ns)
+            seen.add(key)
+            if key not in self._model_entries:
+                self._model_entries[key] = _model_entry(path)
+            entry = self._model_entries[key]
             if entry is not None:
                 entries.append(entry)
+        for stale in set(self._model_entries) - seen:
+            del self._model_entries[stale]
         return sorted(entries, key=lambda e: str(e["created"]), reverse=True)
 
     def model_path(self, name: str) -> Path:
@@ -361,11 +372,6 @@ def _safe_name(name: str) -> bool:
 
 
 def _model_entry(path: Path) -> dict[str, Any] | None:
-    import json
-
-    from node.errors import WeightsError
-    from node.weights import sha256_hex
-
     try:
         data = path.read_bytes()
         meta: Mapping[str, str] = read_metadata(data)
