@@ -447,8 +447,11 @@ class Job:
             sha256=checkpoint.sha256,
         )
         for session in self._connected_participants():  # all expected: opened just now
-            session.send(ready)
-            session.state = "training"
+            if session.job_id == self.run_id:
+                session.send(ready)
+                session.state = "training"
+            else:  # (re)joined while no round was open: it has not had its train frame yet
+                self._send_train(session.node_id)
 
     # -- files ---------------------------------------------------------------------------------
 
