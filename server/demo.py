@@ -18,9 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from node.settings import cpu_count
+from node.settings import cpu_count, default_home
 from server.local_cluster import ClusterError, LocalCluster, free_port, port_is_free
-from server.settings import default_home
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

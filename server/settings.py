@@ -15,6 +15,7 @@ from node.errors import FedavgError, SpecError
 from node.logs import LogFormat
 from node.model import ModelSpec
 from node.protocol import TrainConfig
+from node.settings import default_home
 from node.wandb_sink import wandb_mode
 
 AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
@@ -23,11 +24,6 @@ MiB = 1024 * 1024
 
 class SettingsError(FedavgError):
     """A configuration value that makes no sense; raised at start-up, never later."""
-
-
-def default_home(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/share")
-    return Path(base) / "fedavg"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from node.settings import default_home
 from showcase.errors import SettingsError
 from showcase.models import MAX_MODEL_BYTES
 
@@ -20,13 +21,7 @@ def default_models_dir(env: Mapping[str, str]) -> Path:
     ``<FEDAVG_HOME>/models`` with FEDAVG_HOME defaulting to the user's data directory."""
     if env.get("FEDAVG_MODELS_DIR"):
         return Path(env["FEDAVG_MODELS_DIR"]).expanduser()
-    if env.get("FEDAVG_HOME"):
-        home = Path(env["FEDAVG_HOME"]).expanduser()
-    elif env.get("XDG_DATA_HOME"):
-        home = Path(env["XDG_DATA_HOME"]).expanduser() / "fedavg"
-    else:
-        user_home = Path(env["HOME"]) if env.get("HOME") else Path.home()
-        home = user_home / ".local" / "share" / "fedavg"
+    home = Path(env["FEDAVG_HOME"]).expanduser() if env.get("FEDAVG_HOME") else default_home(env)
     return home / "models"
 
 
