@@ -45,7 +45,7 @@ from node.shards import decode_xy
 from node.trainer import Aborted, split_validation, train_epoch
 from node.transport import HttpTransport, TransferError
 from node.wandb_sink import WandbSink
-from node.weights import WeightsMeta, decode_weights, encode_weights, sha256_hex
+from node.weights import WeightsMeta, decode_weights, sha256_hex, weights_parts
 
 log = structlog.get_logger(__name__)
 
@@ -291,6 +291,7 @@ class Agent:
                     val=data.val,
                     on_progress=self._progress_reporter(target, outbox),
                     should_abort=functools.partial(self._stale, target),
+                    in_place=True,  # the download is ours alone: train its tensors, no copy
                 )
             except Aborted:
                 self._log.info(
@@ -298,10 +299,9 @@ class Agent:
                 )
                 continue
             last_done = (target.job_id, target.round)
-            body = await asyncio.to_thread(
-                encode_weights,
-                result.state,
-                WeightsMeta(spec=job.spec, round=target.round, job_id=job.job_id),
+            # The header and views of the trained tensors, streamed as they lie: no copy.
+            body = weights_parts(
+                result.state, WeightsMeta(spec=job.spec, round=target.round, job_id=job.job_id)
             )
             query = urlencode(
                 {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -122,12 +123,34 @@ def build_model(spec: ModelSpec) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def empty_model(spec: ModelSpec, device: torch.device | str = "cpu") -> nn.Sequential:
-    """The architecture with uninitialised weights, for loading a state dict into: random
-    initialisation of a large model costs more than the training step that follows."""
+def model_with_state(
+    spec: ModelSpec,
+    state: Mapping[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    *,
+    share: bool = False,
+) -> nn.Sequential:
+    """The architecture holding ``state``, never randomly initialised first (for a large
+    model that costs more than the training step that follows).
+
+    With ``share``, parameters already on ``device`` in the model's dtype *are* the given
+    tensors, not copies: evaluation reads a file's tensors where they lie, and a node trains
+    a download it owns in place. Anything else is copied over.
+    """
     with torch.device("meta"):
         model = build_model(spec)
-    return model.to_empty(device=device)
+    target = torch.device(device)
+    wanted = model.state_dict()
+    if (
+        share
+        and state.keys() == wanted.keys()
+        and all(state[k].device == target and state[k].dtype == wanted[k].dtype for k in wanted)
+    ):
+        model.load_state_dict(dict(state), assign=True)
+        return model
+    model = model.to_empty(device=target)
+    model.load_state_dict(dict(state))
+    return model
 
 
 def normalize(pixels: torch.Tensor, spec: ModelSpec) -> torch.Tensor:

@@ -6,20 +6,21 @@ Dataset splits and per-node shards use the same format, so one decoder checks bo
 from __future__ import annotations
 
 import torch
-from safetensors.torch import save as st_save
 
 from node.errors import WeightsError
-from node.weights import canonical, decode_tensors
+from node.weights import decode_tensors, encode_tensors
 
 
 class ShardError(WeightsError):
     """A shard or split file that is not a valid labelled image set."""
 
 
-def encode_xy(x: torch.Tensor, y: torch.Tensor, metadata: dict[str, str] | None = None) -> bytes:
+def encode_xy(
+    x: torch.Tensor, y: torch.Tensor, metadata: dict[str, str] | None = None
+) -> bytearray:
     if x.dtype != torch.uint8 or y.dtype != torch.int64 or x.shape[0] != y.shape[0]:
         raise ShardError("x must be uint8 [N, ...] and y int64 [N]")
-    return canonical(st_save({"x": x.contiguous(), "y": y.contiguous()}, metadata=metadata))
+    return encode_tensors({"x": x, "y": y}, metadata)
 
 
 def decode_xy(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from node.model import ModelSpec, build_model, empty_model, normalize
+from node.model import ModelSpec, build_model, model_with_state, normalize
 from node.protocol import TrainConfig
 
 ProgressFn = Callable[[int, int, float], None]  # batch, batches, running loss
@@ -61,20 +61,27 @@ def train_epoch(
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_progress: ProgressFn | None = None,
     should_abort: Callable[[], bool] = lambda: False,
+    in_place: bool = False,
 ) -> LocalResult:
-    """Train one local epoch from ``global_state``; raises Aborted when ``should_abort`` says so."""
+    """Train one local epoch from ``global_state``; raises Aborted when ``should_abort`` says so.
+
+    With ``in_place``, a CPU model trains ``global_state``'s own tensors (the caller owns
+    them, say a download nobody else reads) and the result's state is those tensors: no
+    copy of the model is made at either end. Otherwise ``global_state`` is left as it was.
+    """
     if len(y) == 0:
         raise ValueError("cannot train on an empty shard")
     started = time.perf_counter()
     torch.manual_seed(seed)  # dropout masks too: a round is reproducible for its seed
-    model = empty_model(spec, device)
-    model.load_state_dict(dict(global_state))
+    model = model_with_state(spec, global_state, device, share=in_place)
     model.train()
-    params = model.parameters()
+    params = list(model.parameters())
+    # Fused kernels update all of a step's parameters in one pass per tensor (CPU and CUDA
+    # alike); the default per-tensor Adam costs more than the batch itself on a big MLP.
     optimizer: torch.optim.Optimizer = (
-        torch.optim.Adam(params, lr=config.lr)
+        torch.optim.Adam(params, lr=config.lr, fused=True)
         if config.optimizer == "adam"
-        else torch.optim.SGD(params, lr=config.lr)
+        else torch.optim.SGD(params, lr=config.lr, fused=True)
     )
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)

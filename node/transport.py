@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
@@ -18,6 +19,7 @@ from node.errors import FedavgError
 from node.protocol import MAX_FRAME_BYTES
 
 MAX_DOWNLOAD_BYTES = 4 << 30
+SEND_CHUNK = 1 << 20
 
 
 class TransferError(FedavgError):
@@ -30,7 +32,9 @@ class TransferError(FedavgError):
 
 class Transport(Protocol):
     async def download(self, path: str, sha256: str) -> bytearray: ...
-    async def upload_weights(self, path: str, body: bytes) -> dict[str, Any]: ...
+    async def upload_weights(
+        self, path: str, parts: Sequence[bytes | memoryview]
+    ) -> dict[str, Any]: ...
 
 
 class HttpTransport:
@@ -89,7 +93,7 @@ class HttpTransport:
                     raise TransferError(f"GET {path}: {resp.content_length} bytes is too large")
                 body = bytearray(resp.content_length or 0)
                 digest, filled = hashlib.sha256(), 0
-                async for chunk in resp.content.iter_chunked(1 << 20):
+                async for chunk in resp.content.iter_any():  # as received: no re-joining
                     end = filled + len(chunk)
                     if end > MAX_DOWNLOAD_BYTES:
                         raise TransferError(f"GET {path}: body too large")
@@ -104,11 +108,28 @@ class HttpTransport:
             raise TransferError(f"GET {path}: sha256 mismatch (corrupt or changed on the server)")
         return body
 
-    async def upload_weights(self, path: str, body: bytes) -> dict[str, Any]:
+    async def upload_weights(
+        self, path: str, parts: Sequence[bytes | memoryview]
+    ) -> dict[str, Any]:
+        """POST a file given as its parts (a weights header, then each tensor's bytes),
+        streamed in slices straight from where they lie: sending a model copies none of it
+        in this process, and the declared length lets the server refuse it before reading.
+        """
         url = urljoin(self.base_url + "/", path.lstrip("/"))
-        headers = {**self._auth(), "Content-Type": "application/octet-stream"}
+        views = [memoryview(part).cast("B") for part in parts]
+        headers = {
+            **self._auth(),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(sum(len(view) for view in views)),
+        }
+
+        async def body() -> AsyncIterator[memoryview]:
+            for view in views:
+                for start in range(0, len(view), SEND_CHUNK):
+                    yield view[start : start + SEND_CHUNK]
+
         try:
-            async with self._http.post(url, data=body, headers=headers, ssl=self._ssl) as resp:
+            async with self._http.post(url, data=body(), headers=headers, ssl=self._ssl) as resp:
                 answer: dict[str, Any] = await resp.json(content_type=None)
                 if resp.status != 200:
                     message = answer.get("error", {}).get("message", str(answer))

@@ -19,7 +19,7 @@ and registered in :data:`_FACTORIES` without touching the callers.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal, Protocol, get_args
 
 import torch
@@ -28,6 +28,11 @@ from node.errors import FedavgError
 from node.weights import Layout, check_state
 
 Weighting = Literal["weighted", "uniform"]
+
+FOLD_CHUNK = 1 << 16
+"""Elements per step of the float64 fold: small enough for the converted chunk to stay in
+cache, large enough that the Python loop costs nothing (torch's mixed-dtype ``add_`` runs
+about 3x slower than converting a chunk and adding it)."""
 
 TRIM_BETA = 0.2
 """The share of updates :class:`TrimmedMean` drops at each end of every coordinate."""
@@ -58,6 +63,15 @@ class Strategy(Protocol):
 
     def result(self) -> dict[str, torch.Tensor]:
         """The aggregate: float32, contiguous, with the layout's keys and shapes."""
+        ...
+
+    def result_into(self, out: Mapping[str, torch.Tensor]) -> None:
+        """Write the aggregate into ``out``'s float32 tensors (say, views into the bytes the
+        server is about to serve), so it is never copied again."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every update: the next round starts here, reusing this round's memory."""
         ...
 
 
@@ -106,16 +120,28 @@ class FedAvg:
     ``(1/k) * sum(w_i)``, useful when sample counts are not trusted.
     """
 
-    __slots__ = ("_acc", "_gate", "_total", "name", "weighting")
+    __slots__ = (
+        "_acc",
+        "_gate",
+        "_layout",
+        "_min_samples",
+        "_scratch",
+        "_total",
+        "name",
+        "weighting",
+    )
 
     def __init__(self, layout: Layout, *, weighting: Weighting = "weighted") -> None:
         if weighting not in get_args(Weighting):
             raise ValueError(f"weighting must be one of {get_args(Weighting)}, got {weighting!r}")
         self.name: str = weighting
         self.weighting: Weighting = weighting
+        self._layout = layout
         # Uniform ignores the count but a negative one is still a broken upload.
-        self._gate = UpdateGate(layout, min_samples=1 if weighting == "weighted" else 0)
+        self._min_samples = 1 if weighting == "weighted" else 0
+        self._gate = UpdateGate(layout, min_samples=self._min_samples)
         self._acc = {k: torch.zeros(shape, dtype=torch.float64) for k, (shape, _) in layout.items()}
+        self._scratch = torch.empty(FOLD_CHUNK, dtype=torch.float64)
         self._total = 0
 
     @property
@@ -134,11 +160,14 @@ class FedAvg:
             AggregationError: Duplicate node or a sample count below the minimum.
             node.errors.WeightsError: The tensors do not fit the layout or are not finite.
         """
-        self._gate.admit(node_id, tensors, samples)
+        self._gate.admit(node_id, tensors, samples)  # nothing below can fail: no half folds
         weight = samples if self.weighting == "weighted" else 1
         for key, acc in self._acc.items():
-            # Moving to the accumulator's device first means nothing can fail half-way.
-            acc.add_(tensors[key].to(device=acc.device, dtype=torch.float64), alpha=weight)
+            source = tensors[key].detach().to("cpu").reshape(-1)
+            target = acc.view(-1)
+            for start, stop in _chunks(target.numel()):
+                converted = self._scratch[: stop - start].copy_(source[start:stop])
+                target[start:stop].add_(converted, alpha=weight)
         self._total += weight
         self._gate.commit(node_id)
 
@@ -148,12 +177,29 @@ class FedAvg:
         Raises:
             AggregationError: Nothing has been added (there is no mean of no updates).
         """
+        out = {k: torch.empty(shape, dtype=torch.float32) for k, (shape, _) in self._layout.items()}
+        self.result_into(out)
+        return out
+
+    def result_into(self, out: Mapping[str, torch.Tensor]) -> None:
+        """The mean so far, written into ``out`` (float32, contiguous, the layout's shapes)."""
         if self._total == 0:
             raise AggregationError("no updates to aggregate")
-        return {
-            key: (acc / self._total).to(torch.float32).contiguous()
-            for key, acc in self._acc.items()
-        }
+        for key, acc in self._acc.items():
+            source, target = acc.view(-1), out[key].view(-1)
+            for start, stop in _chunks(source.numel()):
+                mean = torch.div(source[start:stop], self._total, out=self._scratch[: stop - start])
+                target[start:stop].copy_(mean)
+
+    def reset(self) -> None:
+        for acc in self._acc.values():
+            acc.zero_()  # warm pages: far cheaper than fresh zeroed memory every round
+        self._gate = UpdateGate(self._layout, min_samples=self._min_samples)
+        self._total = 0
+
+
+def _chunks(n: int) -> Iterator[tuple[int, int]]:
+    return ((start, min(n, start + FOLD_CHUNK)) for start in range(0, n, FOLD_CHUNK))
 
 
 def trim_count(n: int, beta: float = TRIM_BETA) -> int:
@@ -180,10 +226,11 @@ class _OrderStatistic:
     used as weights: a node that lies about its count must not buy a bigger say.
     """
 
-    __slots__ = ("_gate", "_updates", "name")
+    __slots__ = ("_gate", "_layout", "_updates", "name")
 
     def __init__(self, layout: Layout, *, name: str) -> None:
         self.name: str = name
+        self._layout = layout
         # As for uniform FedAvg: the count is ignored, but a negative one is a broken upload.
         self._gate = UpdateGate(layout, min_samples=0)
         self._updates: dict[str, list[torch.Tensor]] = {key: [] for key in layout}
@@ -215,13 +262,21 @@ class _OrderStatistic:
         Raises:
             AggregationError: Nothing has been added.
         """
+        out = {k: torch.empty(shape, dtype=torch.float32) for k, (shape, _) in self._layout.items()}
+        self.result_into(out)
+        return out
+
+    def result_into(self, out: Mapping[str, torch.Tensor]) -> None:
+        """The statistic of every coordinate, written into ``out``."""
         if self.count == 0:
             raise AggregationError("no updates to aggregate")
-        out = {}
         for key, kept in self._updates.items():
             ordered = torch.stack(kept).sort(dim=0).values  # one key at a time bounds the peak
-            out[key] = self._reduce(ordered).to(torch.float32).contiguous()
-        return out
+            out[key].copy_(self._reduce(ordered))
+
+    def reset(self) -> None:
+        self._gate = UpdateGate(self._layout, min_samples=0)
+        self._updates = {key: [] for key in self._layout}
 
     def _reduce(self, ordered: torch.Tensor) -> torch.Tensor:
         """Collapse dim 0 of ``ordered`` (sorted ascending, float32) into one tensor."""
@@ -288,7 +343,8 @@ STRATEGIES: tuple[str, ...] = tuple(_FACTORIES)
 
 
 def make_strategy(name: str, layout: Layout) -> Strategy:
-    """A fresh strategy for one round, by its configured name.
+    """A fresh strategy by its configured name (one per job; :meth:`Strategy.reset` starts
+    each round).
 
     Raises:
         ValueError: ``name`` is not one of :data:`STRATEGIES` (the message lists them).

@@ -35,7 +35,6 @@ from server.store import Store
 log = structlog.get_logger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
-READ_CHUNK = 1 << 20
 SEND_CHUNK = 1 << 20
 METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 
@@ -318,7 +317,7 @@ async def download_shard(request: web.Request) -> web.StreamResponse:
 
 
 async def _bytes_with_etag(
-    request: web.Request, load: Callable[[], Awaitable[bytes]], sha256: str, kind: str
+    request: web.Request, load: Callable[[], Awaitable[bytes | bytearray]], sha256: str, kind: str
 ) -> web.StreamResponse:
     """Serve bytes named by their sha256: a client holding them gets 304 and no body.
 
@@ -362,11 +361,13 @@ async def upload_weights(request: web.Request) -> web.Response:
         # A few uploads are read and folded at a time; the rest wait with their bytes still
         # in the socket, so server memory does not grow with the number of nodes.
         async with job.intake:
-            body = await read_body(
-                request, fed.settings.max_upload_bytes, fed.settings.idle_timeout_s
-            )
-            fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
-            result = await job.upload(session.node_id, round_, samples, node_metrics, body)
+            with job.upload_buffers.lease(request.content_length or 0) as buffer:
+                body = await read_body(
+                    request, fed.settings.max_upload_bytes, fed.settings.idle_timeout_s, buffer
+                )
+                fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
+                result = await job.upload(session.node_id, round_, samples, node_metrics, body)
+                del body  # folded (copied): the buffer goes back to the pool
     except FedavgError as exc:
         reason = exc.reason if isinstance(exc, ApiError) else type(exc).__name__
         fed.metrics.uploads_rejected.labels(reason=reason).inc()
@@ -389,36 +390,43 @@ def _metrics_query(request: web.Request) -> dict[str, float]:
     return values
 
 
-async def read_body(request: web.Request, limit: int, idle_timeout: float) -> bytearray:
+async def read_body(
+    request: web.Request, limit: int, idle_timeout: float, into: bytearray | None = None
+) -> memoryview:
     """The request body, refusing (413) as soon as it is known to exceed ``limit``, and
     (408) when no byte arrives for ``idle_timeout`` s — an idle limit, never a wall-clock
     one, so a big model on a slow link is not cut off while it is still moving.
 
-    Returned as the one ``bytearray`` it was read into: the safetensors decoder makes
-    tensors that view it, so an upload is never copied after it arrives.
+    Read into ``into`` when it is large enough for the declared length (a warm buffer from
+    the job's pool), else into a fresh one, and returned as a view of exactly the body: the
+    safetensors decoder makes tensors that view it, so an upload is never copied after the
+    socket's own chunks.
     """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise TooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
-    buffer = bytearray(declared or 0)
-    filled = 0
-    while True:
-        try:
-            chunk = await asyncio.wait_for(request.content.read(READ_CHUNK), idle_timeout)
-        except TimeoutError:
-            raise RequestTimeout(f"no upload bytes for {idle_timeout:g} s") from None
-        except ConnectionResetError:  # the client went away mid-body: nothing to answer
-            raise BadRequest("the connection closed mid-upload", reason="disconnected") from None
-        if not chunk:
-            break
-        end = filled + len(chunk)
-        if end > limit:
-            raise TooLarge(f"body exceeds the {limit}-byte limit")
-        if end > len(buffer):  # no (or a short) Content-Length: grow
-            buffer.extend(bytes(end - len(buffer)))
-        memoryview(buffer)[filled:end] = chunk
-        filled = end
-        failpoints.reach("upload.mid_body")
-    if filled != len(buffer):
+    size = declared or 0
+    buffer = into if into is not None and len(into) >= size else bytearray(size)
+    view, filled = memoryview(buffer), 0
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(idle_timeout) as idle:
+            while chunk := await request.content.readany():
+                idle.reschedule(loop.time() + idle_timeout)
+                end = filled + len(chunk)
+                if end > limit:
+                    raise TooLarge(f"body exceeds the {limit}-byte limit")
+                if end > len(view):  # no (or a short) Content-Length: grow a private buffer
+                    view.release()
+                    buffer = buffer[:filled] + bytes(max(end - filled, filled))
+                    view = memoryview(buffer)
+                view[filled:end] = chunk
+                filled = end
+                failpoints.reach("upload.mid_body")
+    except TimeoutError:
+        raise RequestTimeout(f"no upload bytes for {idle_timeout:g} s") from None
+    except ConnectionResetError:  # the client went away mid-body: nothing to answer
+        raise BadRequest("the connection closed mid-upload", reason="disconnected") from None
+    if declared is not None and filled != declared:
         raise BadRequest(f"body ended after {filled} of {declared} declared bytes")
-    return buffer
+    return view[:filled]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import structlog
+import torch
 from aiohttp import web
 
 from node.logs import configure_logging
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fedavg-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(settings.log_format)
+    # One intra-op thread: the orchestrator's tensor work (folds, copies, hashing) is bound
+    # by memory, not compute, and evaluation runs in one niced background thread, so the
+    # cores stay with the round's critical path and the nodes' training.
+    torch.set_num_threads(1)
     log.info(
         "server_starting",
         host=settings.host,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from node.model import ModelSpec, empty_model, normalize
+from node.model import ModelSpec, model_with_state, normalize
 
 EVAL_BATCH = 2048
 
@@ -16,8 +16,7 @@ def evaluate(
     state: Mapping[str, torch.Tensor], spec: ModelSpec, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of weights ``state`` on uint8 images ``x``, labels ``y``."""
-    model = empty_model(spec)
-    model.load_state_dict(dict(state))
+    model = model_with_state(spec, state, share=True)  # read only: no copy of the weights
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     correct, total_loss = 0, 0.0

@@ -8,9 +8,14 @@ so an upload and a deadline can never close the same round twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +36,11 @@ from node.weights import (
     encode_weights,
     expected_layout,
     sha256_hex,
+    weights_buffer,
 )
 from server import failpoints
 from server.aggregation import Strategy, make_strategy
+from server.buffers import BufferPool
 from server.datasets import DatasetInfo
 from server.errors import Conflict, Forbidden
 from server.evaluate import evaluate
@@ -46,12 +53,37 @@ from server.store import RoundRow, Store
 
 log = structlog.get_logger(__name__)
 
+BACKGROUND_NICE = 10
+
+
+def _lower_priority() -> None:
+    # Linux lets one thread be niced alone: the scheduler then gives the cores to the
+    # round's critical work (transfers, folds, the nodes' training) and runs the
+    # background work in what is left over.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+
+
+# Evaluation of each round's model: off the critical path, and niced so it stays off it.
+_BACKGROUND = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="fedavg-background", initializer=_lower_priority
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     round: int
     path: Path
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A round's global weights, out before they are evaluated and on disk."""
+
+    checkpoint: Checkpoint
+    data: bytearray  # the file, served from memory
+    state: dict[str, torch.Tensor]  # views into ``data``
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +143,7 @@ class Job:
             deadline_s=ctx.deadline_s,
             last_closed=len(self.history),
         )
-        self.strategy: Strategy = make_strategy(ctx.aggregation, self._layout)
+        self.strategy: Strategy = make_strategy(ctx.aggregation, self._layout)  # reset per round
         self.status = "starting"
         self.error: str | None = None
         self.model_name: str | None = None
@@ -121,7 +153,9 @@ class Job:
         self.finished_at: float | None = None
         self._lock = asyncio.Lock()
         self.intake = asyncio.Semaphore(ctx.upload_slots)
-        self._latest_bytes: tuple[int, bytes] | None = None  # what every node downloads next
+        self.upload_buffers = BufferPool(keep=ctx.upload_slots)
+        self._latest_bytes: tuple[int, bytearray] | None = None  # what nodes download next
+        self._settling: asyncio.Task[float | None] | None = None  # the newest round's after-work
         self._timer: asyncio.Task[None] | None = None
         self._log = log.bind(run_id=run_id)
 
@@ -129,8 +163,10 @@ class Job:
 
     async def start(self) -> None:
         state = init_state(self.spec, self.seed)
-        checkpoint = await asyncio.to_thread(self._write_checkpoint, 0, state)
-        self.checkpoints[0] = checkpoint
+        initial = await asyncio.to_thread(self._weights_file, 0, _copier(state))
+        await asyncio.to_thread(self._write_checkpoint, initial)
+        checkpoint = self.checkpoints[0] = initial.checkpoint
+        self._latest_bytes = (0, initial.data)
         self.ctx.store.create_run(
             run_id=self.run_id,
             dataset=self.dataset.dataset_id,
@@ -196,6 +232,7 @@ class Job:
 
     async def stop(self, reason: str) -> None:
         async with self._lock:
+            await self._settled()
             if not self.finished.is_set():
                 self._finish("stopped", reason)
 
@@ -285,7 +322,7 @@ class Job:
         round_: int,
         samples: int,
         metrics: Mapping[str, float],
-        body: bytearray,
+        body: bytearray | memoryview,
     ) -> dict[str, Any]:
         """Validate and fold one node's weights; raises Conflict/Forbidden/WeightsError."""
         self.precheck(node_id, round_, samples)
@@ -340,7 +377,7 @@ class Job:
         if expected is None:
             expected = [s.node_id for s in self._connected_participants()]
         round_ = self.machine.open(expected, self.ctx.clock())
-        self.strategy = make_strategy(self.ctx.aggregation, self._layout)
+        self.strategy.reset()
         self._timer = asyncio.create_task(self._expire_later(round_), name=f"deadline-{round_}")
         self._publish(
             "round_opened",
@@ -387,21 +424,84 @@ class Job:
                         },
                     )
                 elif isinstance(outcome, JobFailed):
+                    await self._settled()  # the last good round is recorded first
                     self._finish("failed", outcome.reason)
                     return
 
     async def _close_round(self, closed: RoundClosed) -> None:
-        """Average, evaluate, checkpoint, record, then announce — in that order."""
+        """Average straight into the bytes every node downloads next, push ``weights_ready``,
+        then evaluate, write and record the round off the critical path (:meth:`_settle`).
+
+        Nodes start the next round as soon as the average exists; what follows it costs
+        them nothing. Each round settles before the next one closes, so files, rows and
+        ``round_closed`` events keep round order, and the last round settles before the
+        job finishes. A crash before a round is recorded replays that round on restart.
+        """
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
-        state = await asyncio.to_thread(self.strategy.result)
-        accuracy, loss = await aio_time(
-            self.ctx.metrics.evaluation_duration,
-            asyncio.to_thread(evaluate, state, self.spec, self._test_x, self._test_y),
+        await self._settled()
+        if self.finished.is_set():  # the previous round's after-work failed the job
+            return
+        published = await asyncio.to_thread(
+            self._weights_file, closed.round, self.strategy.result_into
         )
-        checkpoint = await asyncio.to_thread(self._write_checkpoint, closed.round, state)
-        self.checkpoints[closed.round] = checkpoint
+        self.checkpoints[closed.round] = published.checkpoint
+        self._latest_bytes = (closed.round, published.data)
+        if self.machine.finished:
+            accuracy = await self._settle(closed, published)
+            if accuracy is not None:
+                self.final_accuracy = accuracy
+                await asyncio.to_thread(self._write_final_model, published.state)
+                failpoints.reach("final_model.before_commit")
+                self._finish("completed")
+            return
+        self._open_next_round()
+        ready = WeightsReady(
+            job_id=self.run_id,
+            round=closed.round,
+            url=weights_url(self.run_id, closed.round),
+            sha256=published.checkpoint.sha256,
+        )
+        for session in self._connected_participants():  # all expected: opened just now
+            if session.job_id == self.run_id:
+                session.send(ready)
+                session.state = "training"
+            else:  # (re)joined while no round was open: it has not had its train frame yet
+                self._send_train(session.node_id)
+        self._settling = asyncio.create_task(
+            self._settle(closed, published), name=f"settle-{closed.round}"
+        )
+
+    async def _settled(self) -> None:
+        """Wait for the previous round's :meth:`_settle` (it never raises)."""
+        if self._settling is not None:
+            await self._settling
+            self._settling = None
+
+    async def _settle(self, closed: RoundClosed, published: Published) -> float | None:
+        """Evaluate, write the checkpoint, record the round, announce ``round_closed``.
+
+        Returns the test accuracy, or None when this failed the job (a full disk, say): a
+        round whose checkpoint is not safely on disk must not count as done.
+        """
+        try:
+            accuracy, loss = await aio_time(
+                self.ctx.metrics.evaluation_duration,
+                asyncio.get_running_loop().run_in_executor(
+                    _BACKGROUND,
+                    functools.partial(
+                        evaluate, published.state, self.spec, self._test_x, self._test_y
+                    ),
+                ),
+            )
+            await asyncio.to_thread(self._write_checkpoint, published)
+        except Exception as exc:
+            self._log.exception("round_settle_failed", round=closed.round)
+            if not self.finished.is_set():
+                self._finish("failed", f"round {closed.round}: {exc!r}")
+            return None
         failpoints.reach("checkpoint.before_commit")
+        checkpoint = published.checkpoint
         contributors = self._names(closed.contributors)
         self.ctx.store.record_round(
             RoundRow(
@@ -433,36 +533,28 @@ class Job:
         self.history.append(summary)
         self._publish("round_closed", summary)
         self._log.info("round_closed", **summary)
-        if self.machine.finished:
-            self.final_accuracy = accuracy
-            await asyncio.to_thread(self._write_final_model, state)
-            failpoints.reach("final_model.before_commit")
-            self._finish("completed")
-            return
-        self._open_next_round()
-        ready = WeightsReady(
-            job_id=self.run_id,
-            round=closed.round,
-            url=weights_url(self.run_id, closed.round),
-            sha256=checkpoint.sha256,
-        )
-        for session in self._connected_participants():  # all expected: opened just now
-            if session.job_id == self.run_id:
-                session.send(ready)
-                session.state = "training"
-            else:  # (re)joined while no round was open: it has not had its train frame yet
-                self._send_train(session.node_id)
+        return accuracy
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _write_checkpoint(self, round_: int, state: Mapping[str, torch.Tensor]) -> Checkpoint:
-        data = encode_weights(state, WeightsMeta(spec=self.spec, round=round_, job_id=self.run_id))
+    def _weights_file(
+        self, round_: int, fill: Callable[[Mapping[str, torch.Tensor]], None]
+    ) -> Published:
+        """A round's weights file, its tensors written in place by ``fill``, and its sha256."""
+        meta = WeightsMeta(spec=self.spec, round=round_, job_id=self.run_id)
+        data, state = weights_buffer(self._layout, meta)
+        fill(state)
         path = self.ctx.runs_dir / self.run_id / f"round-{round_:04d}.safetensors"
-        atomic_write_bytes(path, data, lambda: failpoints.reach("checkpoint.before_rename"))
-        self._latest_bytes = (round_, data)
-        return Checkpoint(round_, path, sha256_hex(data))
+        return Published(Checkpoint(round_, path, sha256_hex(data)), data, state)
 
-    async def checkpoint_bytes(self, round_: int) -> bytes:
+    def _write_checkpoint(self, published: Published) -> None:
+        atomic_write_bytes(
+            published.checkpoint.path,
+            published.data,
+            lambda: failpoints.reach("checkpoint.before_rename"),
+        )
+
+    async def checkpoint_bytes(self, round_: int) -> bytes | bytearray:
         """A round's global weights; the newest are served from memory, older ones from disk."""
         if self._latest_bytes is not None and self._latest_bytes[0] == round_:
             return self._latest_bytes[1]
@@ -528,6 +620,14 @@ class Job:
             "model_url": f"/models/{self.model_name}" if self.model_name else None,
             "final_accuracy": self.final_accuracy,
         }
+
+
+def _copier(state: Mapping[str, torch.Tensor]) -> Callable[[Mapping[str, torch.Tensor]], None]:
+    def fill(views: Mapping[str, torch.Tensor]) -> None:
+        for key, view in views.items():
+            view.copy_(state[key])
+
+    return fill
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:

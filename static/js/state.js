@@ -198,7 +198,11 @@ const HANDLERS = {
   },
   round_closed(state, _ev, data, _node, changed) {
     state.history = state.history.filter((h) => h.round !== data.round).concat([data]);
-    Object.assign(state.run, { round: data.round, round_open: false, roundStartedAt: null, deadlineAt: null });
+    // The next round opens (and its weights go out) before this one is evaluated and
+    // recorded: a late round_closed must not mark the open round closed.
+    if (data.round >= state.run.round) {
+      Object.assign(state.run, { round: data.round, round_open: false, roundStartedAt: null, deadlineAt: null });
+    }
     state.run.partial_rounds = state.history.filter((h) => h.partial).length;
     Object.assign(changed, { run: true, charts: true, nodes: Boolean(data.partial) });
   },

@@ -226,16 +226,6 @@ def spawn(
     return proc
 
 
-def start_server(cluster: LocalCluster) -> Proc:
-    """The real ``fedavg-server``; through ``probes.py`` (no probes) when what-if patches
-    are asked for, so that they apply."""
-    if not os.environ.get("FEDAVG_BENCH_WHATIF"):
-        return cluster.start_server()
-    argv = [sys.executable, "-m", "tests.bench.probes", "server"]
-    argv += ["--host", cluster.host, "--port", str(cluster.port)]
-    return spawn(cluster, "server", argv)
-
-
 def start_probed_server(cluster: LocalCluster, probe_file: Path) -> Proc:
     """``fedavg-server`` with timing probes (see ``probes.py``) on the cluster's port."""
     argv = [sys.executable, "-m", "tests.bench.probes", "server"]
@@ -289,7 +279,15 @@ def server_events(home: Path, run_id: str) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class RoundTimes:
-    """Server timestamps of one job's rounds: opened, uploads accepted, closed."""
+    """Server timestamps of one job's rounds: opened, uploads accepted, closed.
+
+    The server opens round r + 1 (``round_opened``) and pushes ``weights_ready`` as soon as
+    round r's average is in the next weights file; only then does it evaluate round r, write
+    its checkpoint and publish ``round_closed``(r). So ``round_opened``(r + 1) comes before
+    ``round_closed``(r), and a round's work ends at the next round's opening. The last round
+    has no next round: it is evaluated and written before the job finishes, and it ends at
+    its own ``round_closed``.
+    """
 
     started: float
     opened: dict[int, float]
@@ -321,9 +319,21 @@ class RoundTimes:
         return cls(started, opened, closed, accepted, history, done, done_kind)
 
     def round_start(self, r: int) -> float:
-        """When round r's work was announced: round 1 opens with the job, later rounds at
-        the previous round's ``round_closed`` (after which ``weights_ready`` is pushed)."""
-        return self.opened[1] if r == 1 else self.closed[r - 1]
+        """When round r's work was announced: the server's ``round_opened``(r). Round 1 opens
+        right before the ``train`` frames go out, round r > 1 right before ``weights_ready``
+        (r - 1) is pushed."""
+        return self.opened[r]
+
+    def round_end(self, r: int) -> float:
+        """When round r's work was done: ``round_opened``(r + 1), the next global weights out;
+        for the last round (no next round) its ``round_closed``, after its evaluation and
+        checkpoint."""
+        return self.opened[r + 1] if r + 1 in self.opened else self.closed[r]
+
+    @property
+    def end(self) -> float:
+        """The job's end: ``job_done`` (or failed/stopped), else the last round's end."""
+        return self.done or max(self.closed.values())
 
 
 @contextlib.contextmanager

@@ -3,9 +3,8 @@
 ``python -m tests.bench.probes server|node [the program's own flags]`` wraps a few
 functions of the real code with a clock and then runs the program's ``main``. Each call
 becomes one JSON line ``{"ev", "t0", "t1", "proc", ...}`` in ``$FEDAVG_BENCH_PROBE`` (no
-probes without it). ``$FEDAVG_BENCH_WHATIF`` first applies what-if patches (``whatif.py``).
-A probe costs two ``time.time()`` calls and one short write per step (a handful per round),
-so it does not move what it measures.
+probes without it). A probe costs two ``time.time()`` calls and one short write per step
+(a handful per round), so it does not move what it measures.
 
 If a wrapped name disappears because the code changed, the program stops at start-up with
 a message naming it: update the table below (the smoke test catches this in the suite).
@@ -114,7 +113,11 @@ def _path_bytes(args: tuple[Any, ...], _kw: dict[str, Any], result: Any) -> dict
 
 
 def _path_body(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
-    return {"path": args[1], "bytes": len(args[2])}
+    """``upload_weights(path, parts)``: the body is the sum of its parts (header + tensors)."""
+    parts = args[2]
+    if isinstance(parts, bytes | bytearray | memoryview):
+        parts = [parts]
+    return {"path": args[1], "bytes": sum(memoryview(part).nbytes for part in parts)}
 
 
 def _request_round(args: tuple[Any, ...], _kw: dict[str, Any], result: Any) -> dict[str, Any]:
@@ -134,7 +137,13 @@ def _round_arg(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str,
 
 
 def _close(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
+    """``_close_round(closed)`` and ``_settle(closed, published)``: a ``RoundClosed``."""
     return {"round": args[1].round}
+
+
+def _published(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
+    """``_write_checkpoint(published)``: a ``Published`` round (round 0: the initial weights)."""
+    return {"round": args[1].checkpoint.round}
 
 
 def _kind(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
@@ -150,9 +159,15 @@ SERVER_PROBES: list[Probe] = [
     ("server.job:Job.upload", "job_upload", _job_upload, True),
     ("server.job:decode_tensors", "decode", None, False),
     ("server.aggregation:FedAvg.add", "fold", None, True),
-    ("server.aggregation:FedAvg.result", "result", None, False),
+    ("server.aggregation:FedAvg.result_into", "result", None, False),
+    # The next global weights: averaged straight into the file's bytes, then sha256.
+    ("server.job:Job._weights_file", "publish", _round_arg, True),
+    # A closed round's after-work (evaluate, checkpoint, record, ``round_closed``): off the
+    # critical path except for the last round. The analysis attributes ``evaluate`` rows to
+    # the round whose settle they ran inside, so this one is required.
+    ("server.job:Job._settle", "settle", _close, True),
     ("server.job:evaluate", "evaluate", None, True),
-    ("server.job:Job._write_checkpoint", "checkpoint", _round_arg, False),
+    ("server.job:Job._write_checkpoint", "checkpoint", _published, False),
     ("server.job:Job._close_round", "close_round", _close, False),
 ]
 
@@ -162,8 +177,9 @@ NODE_PROBES: list[Probe] = [
     ("node.transport:HttpTransport.upload_weights", "upload", _path_body, True),
     ("node.agent:decode_weights", "decode", None, True),
     ("node.agent:train_epoch", "train", None, True),
-    ("node.agent:encode_weights", "encode", None, True),
-    ("node.trainer:build_model", "build_model", None, False),
+    ("node.agent:weights_parts", "encode", None, True),
+    # The model around the downloaded tensors, inside ``train_epoch``.
+    ("node.trainer:model_with_state|node.trainer:build_model", "build_model", None, False),
     ("node.trainer:_evaluate", "validate", None, False),
 ]
 
@@ -174,11 +190,6 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m tests.bench.probes server|node [program flags]")
     kind, rest = argv[0], argv[1:]
     _proc = rest[rest.index("--name") + 1] if "--name" in rest else kind
-    if os.environ.get("FEDAVG_BENCH_WHATIF"):  # before the probes, so they time the patched code
-        from tests.bench import whatif
-
-        applied = whatif.apply(os.environ["FEDAVG_BENCH_WHATIF"])
-        print(f"tests/bench/probes.py: what-if patches applied: {applied}", file=sys.stderr)
     if os.environ.get("FEDAVG_BENCH_PROBE"):
         _out = open(os.environ["FEDAVG_BENCH_PROBE"], "a", buffering=1)  # noqa: SIM115
         for target, ev, info, required in SERVER_PROBES if kind == "server" else NODE_PROBES:

@@ -69,15 +69,6 @@ def markdown(report: dict[str, Any]) -> str:
         f"in {report['duration_s'] / 60:.1f} min{' (smoke sizes)' if report['smoke'] else ''}.",
         "Hand-written analysis, profiles and recommendations: [notes.md](notes.md).",
         "",
-        *(
-            [
-                f"**What-if run**: patches {', '.join(report['whatif'])} (tests/bench/whatif.py) "
-                "were applied to the server and nodes; these are not the code's own numbers.",
-                "",
-            ]
-            if report.get("whatif")
-            else []
-        ),
         f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux "
         f"{m['kernel']}; Python {m['python']}, torch {m['torch']} ({m['torch_threads']} "
         f"threads), aiohttp {m['aiohttp']}; commit `{m['commit']}` with {m['dirty_files']} "
@@ -125,10 +116,6 @@ def _headline(report: dict[str, Any]) -> list[str]:
         rows.append(
             f"| {label} | {span(s['overhead'])} | {span(s['floor'])} | "
             f"{span(s['ratio_overhead'], num)}x | ≤ 2x | {yes(s['target_met'])} |"
-        )
-        rows.append(
-            f"| — without server-side evaluation | {span(s['overhead_no_eval'])} | "
-            f"{span(s['floor'])} | {span(s['ratio_overhead_no_eval'], num)}x | | |"
         )
         rows.append(
             f"| whole round (cycle) | {span(s['cycle'])} | {span(s['floor'])} | "
@@ -186,27 +173,28 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         f"weights file {mib(cfg['weights_bytes'])}; one batch of {cfg['batch_size']} per round; "
         f"{cfg['rounds']} rounds per run, {cfg['runs']} runs on one warm cluster.",
         "",
-        "**Definitions.** *cycle* = server `round_closed`(r) - start(r), where start(1) is "
-        "`round_opened`(1) and start(r) is `round_closed`(r-1), right before `weights_ready` "
-        "is pushed. *compute* = the `train_epoch` wall time of the node whose upload closed "
-        "the round (model build, the batch, validation, state copy). *overhead* = cycle - "
-        "compute. *floor* = 2 x nodes weights files through one loopback TCP socket pair + "
-        "one in-place weighted average of the nodes' weight sets (float32), measured right "
-        "before each run. Each run's figure is its median round; the table shows the median "
-        "[min, max] of those over runs.",
+        "**Definitions.** *cycle* = end(r) - start(r), where start(r) is the server's "
+        "`round_opened`(r) (round r > 1 opens right before `weights_ready` is pushed) and "
+        "end(r) is `round_opened`(r+1): the next global weights are out. The server "
+        "evaluates, checkpoints and records round r after that, in the background "
+        "(`round_closed`(r) comes after `round_opened`(r+1)), so that work is off the cycle; "
+        "the last round has no next round and ends at its own `round_closed`, so its cycle "
+        "includes its evaluation and checkpoint. *compute* = the `train_epoch` wall time of "
+        "the node whose upload closed the round (the model around the downloaded tensors, "
+        "the batch, validation). *overhead* = cycle - compute. *floor* = 2 x nodes weights "
+        "files through one loopback TCP socket pair + one in-place weighted average of the "
+        "nodes' weight sets (float32), measured right before each run. Each run's figure is "
+        "its median round; the table shows the median [min, max] of those over runs.",
         "",
-        "| run | floor (wire + average) | cycle | compute | overhead | ratio | "
-        "overhead w/o eval | ratio | load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | floor (wire + average) | cycle | compute | overhead | ratio | load |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in b["runs"]:
         f, med = r["floor"], r["median"]
         out.append(
             f"| {r['index'] + 1} | {ms(f['floor_s'])} ({ms(f['loopback_s'])} + "
             f"{ms(f['average_s'])}) | {ms(med['cycle'])} | {ms(med['compute'])} | "
-            f"{ms(med['overhead'])} | {num(r['ratio_overhead'])}x | "
-            f"{ms(med['overhead_no_eval'])} | {num(r['ratio_overhead_no_eval'])}x | "
-            f"{r['load_before'][0]} |"
+            f"{ms(med['overhead'])} | {num(r['ratio_overhead'])}x | {r['load_before'][0]} |"
         )
     out += [
         "",
@@ -214,8 +202,8 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         "",
         "| phase | time | what |",
         "|---|---|---|",
-        f"| notification | {span(s['notification'])} | round close -> the last node has "
-        "`weights_ready` |",
+        f"| notification | {span(s['notification'])} | `round_opened` -> the last node has "
+        "`weights_ready` (`train` in round 1) |",
         f"| download | {span(s['download_max'])} | slowest node's GET of the global weights "
         "(incl. sha256 check) |",
         f"| upload | {span(s['upload_max'])} | slowest node's POST start -> the server holds "
@@ -223,13 +211,23 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         f"| aggregation | {span(s['aggregation'])} | server: every fold + the final average |",
         f"| server decode | {span(s['server_decode'])} | server: safetensors -> tensors, all "
         "uploads |",
-        f"| evaluation | {span(s['evaluation'])} | server: new global model on the test split |",
-        f"| checkpoint | {span(s['checkpoint'])} | server: encode + sha256 + atomic write |",
+        f"| publish | {span(s['publish'])} | server: the average straight into the next "
+        "weights file + sha256 (on the path, inside close) |",
+        f"| settle wait | {span(s['settle_wait'])} | server: close waiting for the previous "
+        "round's after-work (on the path, inside close) |",
+        f"| settle | {span(s['settle'])} | server, off the path (but the last round): "
+        "evaluation + checkpoint + record + `round_closed` |",
+        f"| evaluation | {span(s['evaluation'])} | server, inside settle: new global model on "
+        "the test split |",
+        f"| checkpoint | {span(s['checkpoint'])} | server, inside settle: atomic write of the "
+        "published file |",
         f"| node compute (max) | {span(s['compute_max'])} | slowest node's `train_epoch` |",
-        f"| of which model build | {span(s['build_model_max'])} | `build_model` inside it |",
+        f"| of which model build | {span(s['build_model_max'])} | `model_with_state` inside it |",
         "",
         "**Critical path** of a round, cut at the timestamps of the node that closed it "
-        "(the parts add up to the cycle):",
+        "(the parts add up to the cycle). *close* = end(r) - the server's acceptance of that "
+        "node's upload: waiting for the previous round's settle, publish, opening the next "
+        "round (the last round: also its settle):",
         "",
         "| notify | download | decode | compute | encode | upload | server fold | close |",
         "|---|---|---|---|---|---|---|---|",
@@ -271,18 +269,20 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         out.append("")
     first = b["runs"][0]
     out += [
-        f"Rounds of run 1 (`{first['run_id']}`):",
+        f"Rounds of run 1 (`{first['run_id']}`; the last round's cycle includes its "
+        "evaluation and checkpoint):",
         "",
         "| round | cycle | compute | overhead | notify | download | upload | aggregation "
-        "| evaluation | checkpoint | test acc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| publish | evaluation | checkpoint | test acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in first["rounds"]:
         out.append(
-            f"| {r['round']} | {ms(r['cycle'])} | {ms(r['compute'])} | {ms(r['overhead'])} | "
+            f"| {r['round']}{' (last)' if r.get('last') else ''} | {ms(r['cycle'])} | "
+            f"{ms(r['compute'])} | {ms(r['overhead'])} | "
             f"{ms(r['notification'])} | {ms(r['download_max'])} | {ms(r['upload_max'])} | "
-            f"{ms(r['aggregation'])} | {ms(r['evaluation'])} | {ms(r['checkpoint'])} | "
-            f"{num(r['test_accuracy'], 3)} |"
+            f"{ms(r['aggregation'])} | {ms(r['publish'])} | {ms(r['evaluation'])} | "
+            f"{ms(r['checkpoint'])} | {num(r['test_accuracy'], 3)} |"
         )
     out.append("")
     for name, prof in (b.get("profiles") or {}).items():
@@ -354,7 +354,7 @@ def _scale(b: dict[str, Any]) -> list[str]:
         f"{b['config']['weights_bytes']:,} B per file); virtual nodes (real WebSocket + HTTP "
         f"clients, up to {cfg['per_pack']} per process) all connect at once, then "
         f"{cfg['runs']} jobs of {cfg['rounds']} rounds. Round deadline "
-        f"{cfg['round_deadline_s']:.0f} s. Notification = `round_closed` -> each node's "
+        f"{cfg['round_deadline_s']:.0f} s. Notification = `round_opened` -> each node's "
         "`weights_ready`; node round latency = that frame -> its upload answered.",
         "",
         "| nodes (took part) | result | connect p50 / p95 / max | all connected | "

@@ -7,21 +7,32 @@ each run, so every ratio compares numbers taken minutes apart on the same machin
 
 Definitions (all timestamps are ``time.time()`` on this one machine):
 
-- **start(r)**: round 1 starts at the server's ``round_opened``; round r > 1 at the server's
-  ``round_closed`` event of round r - 1, right before ``weights_ready`` is pushed.
-- **cycle(r)** = server ``round_closed``(r) - start(r): the whole round, notification to the
-  published next global model (averaged, evaluated, checkpointed, recorded).
+- **start(r)**: the server's ``round_opened``(r). Round 1 opens right before the ``train``
+  frames go out; round r > 1 opens as soon as round r - 1's average is in the next weights
+  file, right before ``weights_ready`` is pushed.
+- **end(r)**: ``round_opened``(r + 1), the next global weights published (averaged into the
+  file, sha256 taken). The server evaluates, checkpoints and records round r *after* that,
+  in the background (``round_closed``(r) comes after ``round_opened``(r + 1)), so that
+  work is not part of the cycle. The last round has no next round: it ends at its own
+  ``round_closed``, after its evaluation and checkpoint, which are in its cycle.
+- **cycle(r)** = end(r) - start(r): notification to the next global model out.
 - **critical node**: the node whose upload the server accepted last (it closed the round).
 - **compute(r)**: the critical node's ``train_epoch`` wall time (what it reports as
-  ``seconds``: model build, one batch, validation, state copy).
-- **overhead(r)** = cycle(r) - compute(r). **overhead without evaluation** also subtracts
-  the server's evaluation of the new global model on the test split.
+  ``seconds``: the model around the downloaded tensors, one batch, validation).
+- **overhead(r)** = cycle(r) - compute(r).
 - **critical path**: cycle(r) split at the critical node's timestamps, with no gaps:
-  notification, download (wake-up + GET + sha256), decode, compute, encode, upload (until
-  the server holds the whole body), server fold (decode + lock + fold + record), close
-  (average, evaluate, checkpoint, record, publish).
+  notification, download (wake-up + GET + sha256), decode, compute, encode (header +
+  views of the tensors), upload (until the server holds the whole body), server fold
+  (decode + lock + fold + record), close (= end(r) - the server's acceptance of the critical
+  upload: waiting for round r - 1's after-work if it is still running, the average into
+  the next weights file + sha256, opening round r + 1; for the last round also the
+  evaluation, checkpoint and record).
 - **notification(r)** = the last node's receipt of the ``weights_ready``/``train`` frame
   for round r - start(r).
+- Off the critical path, reported per round: **publish** (``Job._weights_file``: average
+  into the file + sha256, inside close), **settle** (``Job._settle``: evaluation +
+  checkpoint + record + ``round_closed``), **evaluation** and **checkpoint** (inside settle),
+  and **settle wait** (how long round r's close waited for round r - 1's settle).
 """
 
 from __future__ import annotations
@@ -210,6 +221,14 @@ def _in_window(rows: list[dict[str, Any]], ev: str, t0: float, t1: float) -> lis
     return [r for r in rows if r["ev"] == ev and t0 < r["t1"] <= t1]
 
 
+def _of_round(rows: list[dict[str, Any]], ev: str, r: int) -> list[dict[str, Any]]:
+    return [x for x in rows if x["ev"] == ev and x.get("round") == r]
+
+
+def _seconds(rows: list[dict[str, Any]]) -> float:
+    return float(sum(x["t1"] - x["t0"] for x in rows))
+
+
 def _analyse_run(
     run: dict[str, Any],
     server_rows: list[dict[str, Any]],
@@ -217,17 +236,14 @@ def _analyse_run(
     cfg: Config,
 ) -> dict[str, Any]:
     times: RoundTimes = run["times"]
-    t_end = times.done or max(times.closed.values())
+    t_end = times.end
     nodes = {n: _node_rounds(rows, times.started - 1, t_end + 1) for n, rows in node_rows.items()}
-    uploads = {
-        (r["node"], int(r["round"])): r
-        for r in server_rows
-        if r["ev"] == "job_upload" and times.started <= r["t0"] <= t_end
-    }
+    # This job's server rows only: round numbers repeat from job to job.
+    server = [x for x in server_rows if times.started <= x["t0"] <= t_end]
+    uploads = {(r["node"], int(r["round"])): r for r in server if r["ev"] == "job_upload"}
     rounds = []
     for r in sorted(times.closed):
-        start, closed = times.round_start(r), times.closed[r]
-        window_start = times.started if r == 1 else times.closed[r - 1]
+        start, end = times.round_start(r), times.round_end(r)
         accepted = times.accepted.get(r, {})
         if not accepted:
             raise BenchError(f"round {r} of {run['run_id']} has no accepted uploads")
@@ -243,21 +259,29 @@ def _analyse_run(
             "encode": c["encode"]["t1"] - c["train"]["t1"],
             "upload": cu["t0"] - c["encode"]["t1"],
             "server_fold": accepted[crit] - cu["t0"],
-            "close": closed - accepted[crit],
+            "close": end - accepted[crit],
         }
-        evaluate = sum(
-            x["t1"] - x["t0"] for x in _in_window(server_rows, "evaluate", window_start, closed)
-        )
-        folds = _in_window(server_rows, "fold", window_start, closed)
-        result = sum(
-            x["t1"] - x["t0"] for x in _in_window(server_rows, "result", window_start, closed)
-        )
-        checkpoint = sum(
-            x["t1"] - x["t0"]
-            for x in server_rows
-            if x["ev"] == "checkpoint" and x["round"] == r and times.started <= x["t0"] <= t_end
-        )
-        decodes = _in_window(server_rows, "decode", window_start, closed)
+        # Attribution of the server's rows to round r:
+        # - decode, fold and the average (result) by time, in (start(r), end(r)]: round r's
+        #   uploads come after round_opened(r) (no node has its weights before), and its
+        #   folds and average end before round_opened(r + 1) (both under the job's lock, in
+        #   upload and _close_round, before the next round opens); round r + 1's uploads
+        #   cannot start before round_opened(r + 1). So the windows are disjoint and exact.
+        # - publish, settle and checkpoint carry their round (probes.py).
+        # - evaluate carries none and runs after round_opened(r + 1), overlapping round
+        #   r + 1: it is attributed to the settle it ran inside (settle(r) awaits it).
+        settles = _of_round(server, "settle", r)
+        evaluations = [
+            x
+            for x in server
+            if x["ev"] == "evaluate"
+            and any(s["t0"] <= x["t0"] and x["t1"] <= s["t1"] for s in settles)
+        ]
+        folds = _in_window(server, "fold", start, end)
+        result = _seconds(_in_window(server, "result", start, end))
+        decodes = _in_window(server, "decode", start, end)
+        previous = _of_round(server, "settle", r - 1)
+        settle_wait = max([0.0, *(s["t1"] - accepted[crit] for s in previous)])
         per_node = {}
         for n, rs in nodes.items():
             d = rs.get(r, {})
@@ -272,27 +296,30 @@ def _analyse_run(
                 if "build_model" in d
                 else None,
             }
-        cycle = closed - start
+        cycle = end - start
         compute = dur["train"]
         rounds.append(
             {
                 "round": r,
+                "last": r + 1 not in times.opened,
                 "cycle": cycle,
                 "compute": compute,
                 "overhead": cycle - compute,
-                "overhead_no_eval": cycle - compute - evaluate,
                 "critical_node": crit,
                 "critical_path": path,
                 "critical_path_other": cycle - sum(path.values()),
                 "notification": _max(v["notify"] for v in per_node.values()),
                 "download_max": _max(v["download"] for v in per_node.values()),
                 "upload_max": _max(v["upload_wire"] for v in per_node.values()),
-                "aggregation": sum(x["t1"] - x["t0"] for x in folds) + result,
+                "aggregation": _seconds(folds) + result,
                 "fold_each_max": _max(x["t1"] - x["t0"] for x in folds),
-                "server_decode": sum(x["t1"] - x["t0"] for x in decodes),
+                "server_decode": _seconds(decodes),
                 "result": result,
-                "evaluation": evaluate,
-                "checkpoint": checkpoint,
+                "publish": _seconds(_of_round(server, "publish", r)),
+                "settle": _seconds(settles),
+                "settle_wait": settle_wait,
+                "evaluation": _seconds(evaluations),
+                "checkpoint": _seconds(_of_round(server, "checkpoint", r)),
                 "compute_max": _max(v["compute"] for v in per_node.values()),
                 "build_model_max": _max(v["build_model"] for v in per_node.values()),
                 "nodes": per_node,
@@ -306,12 +333,14 @@ def _analyse_run(
             "cycle",
             "compute",
             "overhead",
-            "overhead_no_eval",
             "notification",
             "download_max",
             "upload_max",
             "aggregation",
             "server_decode",
+            "publish",
+            "settle",
+            "settle_wait",
             "evaluation",
             "checkpoint",
             "compute_max",
@@ -329,7 +358,6 @@ def _analyse_run(
         "median": med,
         "median_critical_path": med_path,
         "ratio_overhead": med["overhead"] / floor,
-        "ratio_overhead_no_eval": med["overhead_no_eval"] / floor,
         "ratio_cycle": med["cycle"] / floor,
         "final_accuracy": run["final_accuracy"],
         "cpu": _cpu_figures(run["cpu"], len(rounds)),
@@ -369,7 +397,6 @@ def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "floor_loopback": r["floor"]["loopback_s"],
             "floor_average": r["floor"]["average_s"],
             "ratio_overhead": r["ratio_overhead"],
-            "ratio_overhead_no_eval": r["ratio_overhead_no_eval"],
             "ratio_cycle": r["ratio_cycle"],
         }
         for r in results

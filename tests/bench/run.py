@@ -13,7 +13,6 @@ the round path are taken when ``py-spy`` is installed (``--no-profile`` skips th
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -114,12 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
-    parser.add_argument(
-        "--whatif",
-        default="",
-        help="comma-separated what-if patches for server and nodes "
-        "(tests/bench/whatif.py; not the accuracy benchmark's demo)",
-    )
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.smoke else 3)
     if args.runs < 3 and not args.smoke:
@@ -129,20 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
 
-    if args.whatif:
-        from tests.bench import whatif
-
-        unknown_patches = set(args.whatif.split(",")) - set(whatif.PATCHES)
-        if unknown_patches:
-            parser.error(f"unknown what-if patches {sorted(unknown_patches)}")
-        os.environ["FEDAVG_BENCH_WHATIF"] = args.whatif
     workdir = Path(tempfile.mkdtemp(prefix="fedavg-bench-"))
     started = time.monotonic()
     result: dict[str, Any] = {
         "command": "python -m tests.bench.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "smoke": args.smoke,
-        "whatif": args.whatif.split(",") if args.whatif else [],
         "runs": args.runs,
         "machine": machine(),
         "load_start": loadavg(),

@@ -15,7 +15,7 @@ table shows how many took part.
 
 Figures: connect latency (WebSocket open -> ``welcome``) per node and for the whole storm;
 round cycle time (same definition as ``round_overhead.py``); notification fan-out
-(``round_closed`` -> each node's ``weights_ready``); per-node download/upload; server CPU
+(``round_opened`` -> each node's ``weights_ready``); per-node download/upload; server CPU
 (from ``/proc``) and peak RSS during each job.
 """
 
@@ -43,7 +43,6 @@ from tests.bench.common import (
     run_job,
     spawn,
     spread,
-    start_server,
     summary,
     wait_exit,
     weights_file_bytes,
@@ -117,7 +116,7 @@ def _one_size(cfg: Config, size: int, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"nodes": size, "packs": packs, "ok": True, "failure": None}
     jobs: list[dict[str, Any]] = []
     with LocalCluster(home=home, port=free_port(), env=env) as cluster:
-        start_server(cluster)
+        cluster.start_server()
         cluster.wait_healthy(timeout=120)
         cluster.request("POST", "/datasets/prepare-mnist", timeout=300)
         pid = cluster.server.pid
@@ -213,13 +212,13 @@ def _job_figures(
     packs: list[Any],
     load: list[float],
 ) -> dict[str, Any]:
-    t0, t1 = times.round_start(1), times.done or max(times.closed.values())
+    t0, t1 = times.round_start(1), times.end
     wall = t1 - t0
     server_cpu = sampler.cpu_between("server", t0, t1)
     pack_cpu = [sampler.cpu_between(p.name, t0, t1) for p in packs]
-    cycles = {r: times.closed[r] - times.round_start(r) for r in sorted(times.closed)}
+    cycles = {r: times.round_end(r) - times.round_start(r) for r in sorted(times.closed)}
     per_round_cpu = {
-        r: sampler.cpu_between("server", times.round_start(r), times.closed[r]) for r in cycles
+        r: sampler.cpu_between("server", times.round_start(r), times.round_end(r)) for r in cycles
     }
     return {
         "index": index,
@@ -242,7 +241,7 @@ def _node_figures(jobs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> Non
     """Add the per-node spreads (notification, download, upload, round latency) to each job."""
     for job in jobs:
         times: RoundTimes = job.pop("times")
-        lo, hi = times.started - 1, (times.done or max(times.closed.values())) + 1
+        lo, hi = times.started - 1, times.end + 1
         mine = [r for r in rows if lo <= r.get("t0", r.get("t", 0)) <= hi]
         notify: list[float] = []
         train_notify: list[float] = []

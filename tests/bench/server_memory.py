@@ -32,7 +32,6 @@ from tests.bench.common import (
     rss_bytes,
     run_job,
     spawn,
-    start_server,
     summary,
     wait_exit,
     weights_file_bytes,
@@ -63,7 +62,7 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
     file_bytes, params = weights_file_bytes(cfg.hidden)
     per_count: list[dict[str, Any]] = []
     with LocalCluster(home=home, port=free_port(), env=env) as cluster:
-        start_server(cluster)
+        cluster.start_server()
         cluster.wait_healthy(timeout=120)
         cluster.request("POST", "/datasets/prepare-mnist", timeout=300)
         pid = cluster.server.pid
@@ -157,11 +156,14 @@ def _round_peaks(
     rows = [r for log in pack_logs for r in read_jsonl(log)]
     out = []
     for r in sorted(times.closed):
-        start, closed = times.round_start(r), times.closed[r]
+        # start = round_opened(r); end = round_opened(r + 1), the next weights out (the last
+        # round: its round_closed). Round r's evaluation and checkpoint run after its end,
+        # while nodes download round r + 1: their memory shows in that round's downloads.
+        start, end = times.round_start(r), times.round_end(r)
         mine = [
             x
             for x in rows
-            if x.get("round") == r and start - 1 <= x.get("t0", x.get("t", 0)) <= closed
+            if x.get("round") == r and start - 1 <= x.get("t0", x.get("t", 0)) <= end
         ]
         downloads = [x for x in mine if x["ev"] == "download"]
         uploads = [x for x in mine if x["ev"] == "upload"]
@@ -170,11 +172,11 @@ def _round_peaks(
         out.append(
             {
                 "round": r,
-                "peak_rss": sampler.peak_rss("server", start, closed),
+                "peak_rss": sampler.peak_rss("server", start, end),
                 "peak_rss_downloads": sampler.peak_rss("server", start, dl_end),
-                "peak_rss_uploads": sampler.peak_rss("server", up_start, closed),
+                "peak_rss_uploads": sampler.peak_rss("server", up_start, end),
                 "downloads_s": dl_end - start,
-                "uploads_s": closed - up_start,
+                "uploads_s": end - up_start,
             }
         )
     return out

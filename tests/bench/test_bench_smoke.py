@@ -52,6 +52,8 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
         "upload_max",
         "aggregation",
         "evaluation",
+        "publish",
+        "settle",
         "path_close",
     ):
         assert _is_summary(overhead["summary"][key]), key

@@ -24,8 +24,9 @@ def test_auto_picks_cuda_and_a_round_trains_there() -> None:
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (257, 28, 28), dtype=torch.uint8, generator=generator)
     y = (x.float().mean(dim=(1, 2)) > 127.5).long()  # learnable: bright vs dark
-    result = train_epoch(spec, init_state(spec, 0), x, y, TrainConfig(), device=device, seed=1,
-                         val=(x[:32], y[:32]))
+    result = train_epoch(
+        spec, init_state(spec, 0), x, y, TrainConfig(), device=device, seed=1, val=(x[:32], y[:32])
+    )
     assert all(t.device.type == "cpu" for t in result.state.values())  # ready to upload
     check_state(result.state, expected_layout(spec))
     assert result.samples == 257 and 0 <= result.metrics["val_accuracy"] <= 1

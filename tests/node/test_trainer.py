@@ -90,6 +90,22 @@ def test_training_does_not_change_the_global_state_it_was_given() -> None:
     assert all(torch.equal(start[k], copy[k]) for k in start)
 
 
+def test_in_place_training_trains_the_given_tensors_to_the_same_result() -> None:
+    x, y = _data(16)
+    copied = train_epoch(
+        SPEC, init_state(SPEC, 0), x, y, TrainConfig(batch_size=4), device=CPU, seed=1
+    )
+    owned = init_state(SPEC, 0)
+    shared = train_epoch(
+        SPEC, owned, x, y, TrainConfig(batch_size=4), device=CPU, seed=1, in_place=True
+    )
+    for key, value in shared.state.items():
+        assert value.data_ptr() == owned[key].data_ptr()  # no copy at either end
+        assert torch.equal(value, copied.state[key])
+    assert shared.metrics.keys() == copied.metrics.keys()
+    assert shared.metrics["train_loss"] == copied.metrics["train_loss"]
+
+
 def test_split_validation_leaves_at_least_one_training_sample() -> None:
     for n in (1, 2, 3, 10):
         x, y = _data(n)

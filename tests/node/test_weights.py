@@ -22,13 +22,14 @@ from node.weights import (
     FORMAT,
     MAX_HEADER_BYTES,
     WeightsMeta,
-    canonical,
     decode_tensors,
     decode_weights,
     encode_weights,
     expected_layout,
     read_metadata,
     sha256_hex,
+    weights_buffer,
+    weights_parts,
 )
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -112,29 +113,43 @@ def test_non_contiguous_tensors_are_encoded() -> None:
 def test_identical_content_gives_identical_bytes_and_sha() -> None:
     extra = {f"key{i}": str(i) for i in range(20)}  # many keys: hash-map order would vary
     files = [encode_weights(_state(), _meta(extra=extra)) for _ in range(5)]
-    assert len(set(files)) == 1
+    assert len({bytes(f) for f in files}) == 1
     assert len({sha256_hex(f) for f in files}) == 1
     assert encode_weights(_state(1), _meta(extra=extra)) != files[0]
 
 
-def test_canonical_is_idempotent_padded_and_still_loadable() -> None:
-    raw = st_save(_state(), metadata={"b": "2", "a": "1", "format": FORMAT})
-    once = canonical(raw)
-    assert canonical(once) == once
-    assert _header_len(once) % 8 == 0
-    header = json.loads(once[8 : 8 + _header_len(once)])
+def test_encoding_is_canonical_padded_and_loadable_by_safetensors() -> None:
+    data = bytes(encode_weights(_state(), _meta(extra={"b": "2", "a": "1"})))
+    assert _header_len(data) % 8 == 0
+    header = json.loads(data[8 : 8 + _header_len(data)])
     assert list(header) == sorted(header)
     assert list(header["__metadata__"]) == sorted(header["__metadata__"])
-    loaded = st_load(once)
+    loaded = st_load(data)
     for key, value in _state().items():
         assert torch.equal(loaded[key], value)
+    # The same content written by the safetensors library decodes to the same tensors.
+    library = st_save(_state(), metadata=_meta().to_metadata())
+    assert all(torch.equal(decode_tensors(library)[k], v) for k, v in _state().items())
 
 
-def test_canonical_ignores_insertion_order() -> None:
+def test_encoding_ignores_insertion_order() -> None:
     state = _state()
-    forward = st_save(state, metadata={"a": "1", "b": "2", "c": "3"})
-    backward = st_save(dict(reversed(state.items())), metadata={"c": "3", "b": "2", "a": "1"})
-    assert canonical(forward) == canonical(backward)
+    forward = encode_weights(state, _meta(extra={"a": "1", "b": "2", "c": "3"}))
+    backward = encode_weights(
+        dict(reversed(state.items())), _meta(extra={"c": "3", "b": "2", "a": "1"})
+    )
+    assert forward == backward
+
+
+def test_parts_and_buffer_spell_the_same_file() -> None:
+    state, meta = _state(), _meta()
+    parts = weights_parts(state, meta)
+    assert b"".join(parts) == encode_weights(state, meta)
+    assert parts[1].obj is not None  # tensor parts view the tensors' own memory: no copy
+    data, views = weights_buffer(expected_layout(SPEC), meta)
+    for key, view in views.items():
+        view.copy_(state[key])
+    assert data == encode_weights(state, meta)
 
 
 def test_expected_layout_matches_an_initial_state() -> None:

@@ -20,6 +20,7 @@ from node.errors import FedavgError, WeightsError
 from node.model import ModelSpec, init_state
 from node.weights import Layout, expected_layout
 from server.aggregation import (
+    FOLD_CHUNK,
     STRATEGIES,
     TRIM_BETA,
     AggregationError,
@@ -271,18 +272,21 @@ def test_order_independent_and_streaming_equals_batch(
 def test_memory_is_one_accumulator_per_key() -> None:
     spec = ModelSpec(hidden=(32, 16), dropout=())
     layout = expected_layout(spec)
-    model_numel = sum(math.prod(shape) for shape, _ in layout.values())
+    # One accumulator per key, plus one fixed-size scratch chunk for the float64 fold.
+    expected_numel = sum(math.prod(shape) for shape, _ in layout.values()) + FOLD_CHUNK
     for name in STREAMING:
         agg = make_strategy(name, layout)
         held = list(_tensors(agg))
-        assert len(held) == len(layout)
-        assert sum(t.numel() for t in held) == model_numel
-        for i in range(50):
-            agg.add(f"n{i}", init_state(spec, seed=i), samples=i + 1)
-            held = list(_tensors(agg))
-            assert len(held) == len(layout)
-            assert sum(t.numel() for t in held) == model_numel
-        assert agg.count == 50
+        assert len(held) == len(layout) + 1
+        assert sum(t.numel() for t in held) == expected_numel
+        for _round in range(2):
+            for i in range(50):
+                agg.add(f"n{i}", init_state(spec, seed=i), samples=i + 1)
+                held = list(_tensors(agg))
+                assert len(held) == len(layout) + 1
+                assert sum(t.numel() for t in held) == expected_numel
+            assert agg.count == 50
+            agg.reset()  # the next round reuses the same memory
 
 
 @pytest.mark.parametrize("name", ROBUST)
@@ -478,3 +482,41 @@ def test_a_minority_cannot_leave_the_honest_range(
     result = torch.cat([agg.result()["w"].flatten(), agg.result()["b"]])
     good = torch.tensor(honest, dtype=torch.float32)
     assert bool((result >= good.min(0).values).all() and (result <= good.max(0).values).all())
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_reset_starts_a_round_like_a_fresh_strategy(name: str) -> None:
+    reused = make_strategy(name, LAYOUT)
+    for i in range(3):
+        reused.add(f"n{i}", _update(100.0 + i), samples=i + 1)
+    reused.reset()
+    assert reused.count == 0
+    with pytest.raises(AggregationError):
+        reused.result()
+    fresh = make_strategy(name, LAYOUT)
+    for strategy in (reused, fresh):
+        for i in range(3):
+            strategy.add(f"n{i}", _update(float(i)), samples=i + 1)  # same ids: a new round
+    _close(reused.result(), fresh.result())
+
+
+@pytest.mark.parametrize("weighting", STREAMING)
+def test_fold_across_chunk_boundaries_matches_float64(weighting: str) -> None:
+    """Tensors longer than one fold chunk (and not a multiple of it) average exactly."""
+    layout: Layout = {"big": ((FOLD_CHUNK * 2 + 7,), torch.float32), "b": ((3,), torch.float16)}
+    gen = torch.Generator().manual_seed(0)
+    ups = [
+        {"big": torch.randn(FOLD_CHUNK * 2 + 7, generator=gen), "b": torch.randn(3).half()}
+        for _ in range(3)
+    ]
+    agg = make_strategy(weighting, layout)
+    for i, up in enumerate(ups):
+        agg.add(f"n{i}", up, samples=10 * (i + 1))
+    w = [10.0 * (i + 1) if weighting == "weighted" else 1.0 for i in range(3)]
+    expected = {
+        k: sum(wi * up[k].double() for wi, up in zip(w, ups, strict=True)) / sum(w) for k in layout
+    }
+    out = {k: torch.full(shape, float("nan")) for k, (shape, _) in layout.items()}
+    agg.result_into(out)
+    _close(out, expected)
+    _close(agg.result(), expected)

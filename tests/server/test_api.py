@@ -176,6 +176,15 @@ async def status(client: Client) -> dict[str, Any]:
     return body
 
 
+async def settled_status(client: Client, rounds: int, timeout: float = 30.0) -> dict[str, Any]:
+    """The status once ``rounds`` rounds are evaluated and recorded: that follows the
+    ``weights_ready`` push, off the critical path."""
+    async with asyncio.timeout(timeout):
+        while len((view := await status(client))["history"]) < rounds:
+            await asyncio.sleep(0.02)
+    return view
+
+
 # -- read-only endpoints -------------------------------------------------------------------------
 
 
@@ -522,7 +531,7 @@ async def test_two_nodes_two_rounds(make_client: MakeClient) -> None:
     resp = await client.get(ready_a.url)
     assert resp.headers["ETag"] == f'"{ready_a.sha256}"'
 
-    closed = await status(client)
+    closed = await settled_status(client, rounds=1)
     assert closed["round"] == 2
     assert closed["history"][0]["contributors"] == ["name-a", "name-b"]
     assert closed["history"][0]["partial"] is False
@@ -597,7 +606,7 @@ async def test_a_missing_upload_closes_the_round_at_the_deadline(make_client: Ma
     error = await error_of(await upload(client, b, job_id, 1, state0, 1), 409)
     assert "closed" in error["message"]
 
-    view = await status(client)
+    view = await settled_status(client, rounds=1)
     assert view["partial_rounds"] == 1
     assert view["history"][0]["partial"] is True
     assert view["history"][0]["missing"] == ["name-b"]
