@@ -143,7 +143,8 @@ class Job:
             deadline_s=ctx.deadline_s,
             last_closed=len(self.history),
         )
-        self.strategy: Strategy = make_strategy(ctx.aggregation, self._layout)  # reset per round
+        # One per job, reset per round; dropped with the job's other big buffers at its end.
+        self._strategy: Strategy | None = make_strategy(ctx.aggregation, self._layout)
         self.status = "starting"
         self.error: str | None = None
         self.model_name: str | None = None
@@ -236,8 +237,18 @@ class Job:
             if not self.finished.is_set():
                 self._finish("stopped", reason)
 
+    @property
+    def strategy(self) -> Strategy:
+        if self._strategy is None:
+            raise RuntimeError(f"job {self.run_id} is finished: it aggregates nothing more")
+        return self._strategy
+
     def _finish(self, status: str, error: str | None = None) -> None:
         self.status, self.error = status, error
+        # The server keeps the last job for its views: not its accumulators, upload buffers
+        # and served bytes (a few hundred MiB for a big model). Later downloads read disk.
+        self._strategy, self._latest_bytes = None, None
+        self.upload_buffers = BufferPool(keep=0)
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
         model_url = f"/models/{self.model_name}" if self.model_name else ""
