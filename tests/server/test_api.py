@@ -176,13 +176,15 @@ async def status(client: Client) -> dict[str, Any]:
     return body
 
 
-async def settled_status(client: Client, rounds: int, timeout: float = 30.0) -> dict[str, Any]:
+async def settled_status(client: Client, rounds: int) -> dict[str, Any]:
     """The status once ``rounds`` rounds are evaluated and recorded: that follows the
     ``weights_ready`` push, off the critical path."""
-    async with asyncio.timeout(timeout):
-        while len((view := await status(client))["history"]) < rounds:
+    async with asyncio.timeout(30):
+        while True:
+            view = await status(client)
+            if len(view["history"]) >= rounds:
+                return view
             await asyncio.sleep(0.02)
-    return view
 
 
 # -- read-only endpoints -------------------------------------------------------------------------

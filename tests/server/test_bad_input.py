@@ -167,7 +167,10 @@ class RunningJob:
             expected = (update_a[key] * samples_a + update_b[key] * samples_b) / total
             torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5)
         async with asyncio.timeout(30):  # the round is recorded just after the push
-            while not (view := await (await self.client.get("/sync/status")).json())["history"]:
+            while True:
+                view = await (await self.client.get("/sync/status")).json()
+                if view["history"]:
+                    break
                 await asyncio.sleep(0.02)
         assert view["history"][0]["contributors"] == ["name-a", "name-b"]
         assert (view["history"][0]["samples"], view["history"][0]["partial"]) == (total, False)
