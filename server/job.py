@@ -54,6 +54,9 @@ from server.store import RoundRow, Store
 log = structlog.get_logger(__name__)
 
 BACKGROUND_NICE = 10
+SETTLE_BACKLOG = 2
+"""Rounds whose evaluation and checkpoint may still run behind the open round: enough for
+a slow evaluation to never hold up a close, bounded so their buffers cannot pile up."""
 
 
 def _lower_priority() -> None:
@@ -156,7 +159,8 @@ class Job:
         self.intake = asyncio.Semaphore(ctx.upload_slots)
         self.upload_buffers = BufferPool(keep=ctx.upload_slots)
         self._latest_bytes: tuple[int, bytearray] | None = None  # what nodes download next
-        self._settling: asyncio.Task[float | None] | None = None  # the newest round's after-work
+        self._settling: list[asyncio.Task[float | None]] = []  # rounds still settling, oldest first
+        self._unwritten: dict[int, bytearray] = {}  # published, checkpoint not on disk yet
         self._timer: asyncio.Task[None] | None = None
         self._log = log.bind(run_id=run_id)
 
@@ -248,6 +252,7 @@ class Job:
         # The server keeps the last job for its views: not its accumulators, upload buffers
         # and served bytes (a few hundred MiB for a big model). Later downloads read disk.
         self._strategy, self._latest_bytes = None, None
+        self._unwritten.clear()
         self.upload_buffers = BufferPool(keep=0)
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
@@ -444,22 +449,25 @@ class Job:
         then evaluate, write and record the round off the critical path (:meth:`_settle`).
 
         Nodes start the next round as soon as the average exists; what follows it costs
-        them nothing. Each round settles before the next one closes, so files, rows and
-        ``round_closed`` events keep round order, and the last round settles before the
-        job finishes. A crash before a round is recorded replays that round on restart.
+        them nothing. Settling may lag up to :data:`SETTLE_BACKLOG` rounds behind (a close
+        waits for older ones), and each settle records after its predecessor, so rows and
+        ``round_closed`` events keep round order; the last round settles before the job
+        finishes. A crash before a round is recorded replays it on restart.
         """
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
-        await self._settled()
-        if self.finished.is_set():  # the previous round's after-work failed the job
+        await self._settled(backlog=SETTLE_BACKLOG - 1)
+        if self.finished.is_set():  # an earlier round's after-work failed the job
             return
         published = await asyncio.to_thread(
             self._weights_file, closed.round, self.strategy.result_into
         )
         self.checkpoints[closed.round] = published.checkpoint
         self._latest_bytes = (closed.round, published.data)
+        self._unwritten[closed.round] = published.data
+        previous = self._settling[-1] if self._settling else None
         if self.machine.finished:
-            accuracy = await self._settle(closed, published)
+            accuracy = await self._settle(closed, published, previous)
             if accuracy is not None:
                 self.final_accuracy = accuracy
                 await asyncio.to_thread(self._write_final_model, published.state)
@@ -479,37 +487,49 @@ class Job:
                 session.state = "training"
             else:  # (re)joined while no round was open: it has not had its train frame yet
                 self._send_train(session.node_id)
-        self._settling = asyncio.create_task(
-            self._settle(closed, published), name=f"settle-{closed.round}"
+        self._settling.append(
+            asyncio.create_task(
+                self._settle(closed, published, previous), name=f"settle-{closed.round}"
+            )
         )
 
-    async def _settled(self) -> None:
-        """Wait for the previous round's :meth:`_settle` (it never raises)."""
-        if self._settling is not None:
-            await self._settling
-            self._settling = None
+    async def _settled(self, backlog: int = 0) -> None:
+        """Wait until at most ``backlog`` rounds are still settling (settles never raise)."""
+        while len(self._settling) > backlog:
+            await self._settling.pop(0)
 
-    async def _settle(self, closed: RoundClosed, published: Published) -> float | None:
-        """Evaluate, write the checkpoint, record the round, announce ``round_closed``.
+    async def _settle(
+        self,
+        closed: RoundClosed,
+        published: Published,
+        previous: asyncio.Task[float | None] | None,
+    ) -> float | None:
+        """Evaluate and write the checkpoint (at once: one is CPU, the other mostly disk),
+        then, after ``previous`` (the round before), record the round and announce
+        ``round_closed``.
 
-        Returns the test accuracy, or None when this failed the job (a full disk, say): a
-        round whose checkpoint is not safely on disk must not count as done.
+        Returns the test accuracy, or None when the job failed (a full disk, say; here or
+        in an earlier round): a round whose checkpoint is not safely on disk must not count.
         """
         try:
-            accuracy, loss = await aio_time(
-                self.ctx.metrics.evaluation_duration,
-                asyncio.get_running_loop().run_in_executor(
-                    _BACKGROUND,
-                    functools.partial(
-                        evaluate, published.state, self.spec, self._test_x, self._test_y
-                    ),
-                ),
+            evaluation = asyncio.get_running_loop().run_in_executor(
+                _BACKGROUND,
+                functools.partial(evaluate, published.state, self.spec, self._test_x, self._test_y),
             )
-            await asyncio.to_thread(self._write_checkpoint, published)
+            (accuracy, loss), _ = await asyncio.gather(
+                aio_time(self.ctx.metrics.evaluation_duration, evaluation),
+                asyncio.to_thread(self._write_checkpoint, published),
+            )
         except Exception as exc:
             self._log.exception("round_settle_failed", round=closed.round)
             if not self.finished.is_set():
                 self._finish("failed", f"round {closed.round}: {exc!r}")
+            return None
+        finally:
+            if previous is not None:
+                await previous
+        self._unwritten.pop(closed.round, None)
+        if self.finished.is_set():
             return None
         failpoints.reach("checkpoint.before_commit")
         checkpoint = published.checkpoint
@@ -569,6 +589,8 @@ class Job:
         """A round's global weights; the newest are served from memory, older ones from disk."""
         if self._latest_bytes is not None and self._latest_bytes[0] == round_:
             return self._latest_bytes[1]
+        if round_ in self._unwritten:
+            return self._unwritten[round_]
         return await asyncio.to_thread(self.checkpoints[round_].path.read_bytes)
 
     def _read_checkpoint(self, round_: int) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from node.shards import decode_xy
 from node.weights import WeightsMeta, decode_weights, encode_weights, sha256_hex
 from server import sockets
 from server.app import create_app
+from server.evaluate import evaluate
+from server.job import SETTLE_BACKLOG
 from server.settings import Settings
 
 SPEC = ModelSpec(hidden=(8,), dropout=())  # ~6k parameters: a weights file is ~26 KB
@@ -620,3 +623,48 @@ async def test_a_missing_upload_closes_the_round_at_the_deadline(make_client: Ma
     resp = await client.post("/jobs/stop")
     assert resp.status == 200
     assert (await a.expect(Done)).status == "stopped"
+
+
+async def test_a_slow_evaluation_never_holds_up_the_next_round(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounds close and push ``weights_ready`` while earlier rounds are still being
+    evaluated; up to SETTLE_BACKLOG rounds lag, they are served from memory meanwhile, and
+    they are recorded in round order once evaluation resumes."""
+    release = threading.Event()
+
+    def held_evaluate(*args: Any) -> tuple[float, float]:
+        assert release.wait(30), "the test never released evaluation"
+        return evaluate(*args)
+
+    monkeypatch.setattr("server.job.evaluate", held_evaluate)
+    client = await make_client()
+    a = await connect(client, "a")
+    await prepare_mnist(client)
+    job_id = (await start(client, epochs=SETTLE_BACKLOG + 2))["job_id"]
+    train = await a.expect(Train)
+    samples = await shard_size(client, a, train)
+    state = await weights_of(client, train.weights_url)
+    for round_ in range(1, SETTLE_BACKLOG + 1):
+        resp = await upload(client, a, job_id, round_, state, samples)
+        assert resp.status == 200, await resp.text()
+        ready = await a.expect(WeightsReady)
+        assert ready.round == round_  # pushed although no round is evaluated yet
+        state = await weights_of(client, ready.url)  # from memory: not on disk yet
+    assert (await status(client))["history"] == []
+    # One round more than the backlog: its close waits for the oldest settle.
+    resp_task = asyncio.ensure_future(upload(client, a, job_id, SETTLE_BACKLOG + 1, state, samples))
+    await asyncio.sleep(0.3)
+    assert not resp_task.done()
+    release.set()
+    assert (await resp_task).status == 200
+    ready = await a.expect(WeightsReady)
+    state = await weights_of(client, ready.url)
+    resp = await upload(client, a, job_id, SETTLE_BACKLOG + 2, state, samples)
+    assert resp.status == 200, await resp.text()
+    assert (await a.expect(Done)).status == "completed"
+    final = await status(client)
+    assert [h["round"] for h in final["history"]] == list(range(1, SETTLE_BACKLOG + 3))
+    for round_ in range(SETTLE_BACKLOG + 3):  # every round's file is on disk and served
+        state_r = await weights_of(client, f"/sync/weights?job={job_id}&round={round_}")
+        assert state_r.keys() == state.keys()
