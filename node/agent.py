@@ -45,7 +45,7 @@ from node.shards import decode_xy
 from node.trainer import Aborted, split_validation, train_epoch
 from node.transport import HttpTransport, TransferError
 from node.wandb_sink import WandbSink
-from node.weights import WeightsMeta, decode_weights, sha256_hex, weights_parts
+from node.weights import WIRE_DTYPES, WeightsMeta, decode_weights, sha256_hex, weights_parts
 
 log = structlog.get_logger(__name__)
 
@@ -300,8 +300,10 @@ class Agent:
                 continue
             last_done = (target.job_id, target.round)
             # The header and views of the trained tensors, streamed as they lie: no copy.
+            wire = WIRE_DTYPES[job.config.wire_dtype]
             body = weights_parts(
-                result.state, WeightsMeta(spec=job.spec, round=target.round, job_id=job.job_id)
+                {k: v.to(wire) for k, v in result.state.items()},  # no copy for float32
+                WeightsMeta(spec=job.spec, round=target.round, job_id=job.job_id),
             )
             query = urlencode(
                 {

@@ -22,6 +22,12 @@ MAX_FRAME_BYTES = 64 * 1024
 MAX_TEXT = 4096
 
 
+WireDtype = Literal["float32", "bfloat16", "float16"]
+"""How weights travel (both ways) and sit in checkpoints. Half-width types halve the bytes
+to send, receive, hash and fold, at a rounding cost measured in the benchmarks; training,
+the average and the final model stay float32."""
+
+
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
     """Local-training hyper-parameters the server pushes with each job."""
@@ -33,6 +39,7 @@ class TrainConfig:
     max_batches: int | None = None  # cap on local steps per round (None: the whole epoch)
     validation_split: float | None = None  # None: the node's own VALIDATION_SPLIT
     seed: int = 0
+    wire_dtype: WireDtype = "float32"
 
     def __post_init__(self) -> None:
         problems = []
@@ -46,6 +53,8 @@ class TrainConfig:
             problems.append("max_batches must be >= 1")
         if self.validation_split is not None and not 0 <= self.validation_split < 1:
             problems.append("validation_split must be within [0, 1)")
+        if self.wire_dtype not in typing.get_args(WireDtype):
+            problems.append(f"wire_dtype must be one of {', '.join(typing.get_args(WireDtype))}")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -63,6 +63,19 @@ def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+WIRE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def on_the_wire(layout: Layout, wire_dtype: str) -> Layout:
+    """``layout`` with its floating tensors in ``wire_dtype`` (see ``TrainConfig.wire_dtype``)."""
+    dtype = WIRE_DTYPES[wire_dtype]
+    return {k: (shape, dtype if d.is_floating_point else d) for k, (shape, d) in layout.items()}
+
+
 def encode_weights(state: Mapping[str, torch.Tensor], meta: WeightsMeta) -> bytearray:
     """One weights file of ``state``, in its canonical spelling (see :func:`tensor_parts`)."""
     return encode_tensors(state, meta.to_metadata())

@@ -8,12 +8,14 @@ import ctypes
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
 import structlog
 import torch
 from aiohttp import web
 
 from node.logs import configure_logging
+from node.protocol import WireDtype
 from server import failpoints
 from server.app import create_app
 from server.settings import Settings, SettingsError
@@ -44,6 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-format", choices=("auto", "json", "console"), help="FEDAVG_LOG_FORMAT"
     )
+    parser.add_argument(
+        "--wire-dtype",
+        choices=get_args(WireDtype),
+        help="how weights travel and are checkpointed (FEDAVG_WIRE_DTYPE, default float32): "
+        "a half type halves the bytes; training and the final model stay float32",
+    )
     return parser.parse_args(argv)
 
 
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             log_format=args.log_format,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            wire_dtype=args.wire_dtype,
         )
         ssl_context = settings.ssl_context()
         failpoints.arm(settings.failpoints)

@@ -14,10 +14,11 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 
+from node.protocol import WireDtype
 from node.settings import cpu_count, default_home
 from server.local_cluster import ClusterError, LocalCluster, free_port, port_is_free
 
@@ -33,6 +34,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--home", type=Path, help="data directory (FEDAVG_HOME; default per user)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many s")
+    parser.add_argument(
+        "--wire-dtype",
+        choices=get_args(WireDtype),
+        help="how weights travel: float32 (default), or bfloat16/float16 for half the bytes",
+    )
     parser.add_argument(
         "--keep-running",
         action="store_true",
@@ -56,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         port = free_port()
         print(f"port {args.port} is busy; using {port}")
     started = time.monotonic()
-    cluster = LocalCluster(home=home, port=port)
+    env = {"FEDAVG_WIRE_DTYPE": args.wire_dtype} if args.wire_dtype else {}
+    cluster = LocalCluster(home=home, port=port, env=env)
     # SIGTERM (systemd, timeout, CI) stops the processes we started, just like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
     try:

@@ -35,6 +35,7 @@ from node.weights import (
     decode_weights,
     encode_weights,
     expected_layout,
+    on_the_wire,
     sha256_hex,
     weights_buffer,
 )
@@ -137,6 +138,7 @@ class Job:
         self.seed = seed
         self._test_x, self._test_y = test_split
         self._layout = expected_layout(spec)
+        self._wire_layout = on_the_wire(self._layout, config.wire_dtype)  # what files hold
         self.names = dict(names)  # node names at the start: the registry forgets after a restart
         self.checkpoints: dict[int, Checkpoint] = dict(checkpoints or {})
         self.history: list[dict[str, Any]] = list(history or [])
@@ -470,7 +472,8 @@ class Job:
             accuracy = await self._settle(closed, published, previous)
             if accuracy is not None:
                 self.final_accuracy = accuracy
-                await asyncio.to_thread(self._write_final_model, published.state)
+                # From the float32 average, whatever the wire dtype of the published file.
+                await asyncio.to_thread(self._write_final_model, self.strategy.result())
                 failpoints.reach("final_model.before_commit")
                 self._finish("completed")
             return
@@ -573,7 +576,7 @@ class Job:
     ) -> Published:
         """A round's weights file, its tensors written in place by ``fill``, and its sha256."""
         meta = WeightsMeta(spec=self.spec, round=round_, job_id=self.run_id)
-        data, state = weights_buffer(self._layout, meta)
+        data, state = weights_buffer(self._wire_layout, meta)
         fill(state)
         path = self.ctx.runs_dir / self.run_id / f"round-{round_:04d}.safetensors"
         return Published(Checkpoint(round_, path, sha256_hex(data)), data, state)
@@ -616,7 +619,8 @@ class Job:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         data = encode_weights(
-            state, WeightsMeta(spec=self.spec, round=self.rounds, job_id=self.run_id, extra=extra)
+            {k: v.float() for k, v in state.items()},  # a checkpoint may be in a half type
+            WeightsMeta(spec=self.spec, round=self.rounds, job_id=self.run_id, extra=extra),
         )
         name = f"{self.run_id}.safetensors"
         atomic_write_bytes(

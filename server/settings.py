@@ -9,12 +9,12 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from node.errors import FedavgError, SpecError
 from node.logs import LogFormat
 from node.model import ModelSpec
-from node.protocol import TrainConfig
+from node.protocol import TrainConfig, WireDtype
 from node.settings import default_home
 from node.wandb_sink import wandb_mode
 
@@ -73,7 +73,9 @@ class Settings:
         return self.home / "fedavg.sqlite3"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+    def from_env(
+        cls, env: Mapping[str, str], *, wire_dtype: str | None = None, **overrides: Any
+    ) -> Settings:
         """Read every FEDAVG_* / seed variable; flags (``overrides``, None = unset) win."""
         defaults = cls()
         spec_defaults = defaults.model_spec
@@ -96,6 +98,11 @@ class Settings:
                 else None,
                 optimizer=_choice(
                     env.get("FEDAVG_OPTIMIZER", "adam"), ("adam", "sgd"), "FEDAVG_OPTIMIZER"
+                ),
+                wire_dtype=_choice(
+                    wire_dtype or env.get("FEDAVG_WIRE_DTYPE", "float32"),
+                    get_args(WireDtype),
+                    "FEDAVG_WIRE_DTYPE",
                 ),
             )
             values: dict[str, Any] = {

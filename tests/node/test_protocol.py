@@ -46,7 +46,9 @@ EXAMPLES: list[Frame] = [
         shard_url="/shards/mnist-1/n1",
         shard_sha256="ab" * 32,
         model_spec={"arch": "mlp", "hidden": [8], "dropout": []},
-        config=TrainConfig(lr=0.01, batch_size=16, optimizer="sgd", local_epochs=2, seed=4),
+        config=TrainConfig(
+            lr=0.01, batch_size=16, optimizer="sgd", local_epochs=2, seed=4, wire_dtype="bfloat16"
+        ),
         rounds=5,
         round=1,
         weights_url="/sync/weights?job=mnist-1&round=0",
@@ -188,6 +190,8 @@ def test_refuses_an_unknown_field() -> None:
         _hello(version="x" * (MAX_TEXT + 1)),  # over-long string
         _hello(protocol="1"),
         _train(optimizer="adamw"),  # not one of the Literal's values
+        _train(wire_dtype="int8"),
+        _train(wire_dtype="float64"),
         _train(optimizer=["adam"]),
         _train(validation_split="0.1"),
         _train(batch_size=False),

@@ -26,6 +26,7 @@ from node.weights import (
     decode_weights,
     encode_weights,
     expected_layout,
+    on_the_wire,
     read_metadata,
     sha256_hex,
     weights_buffer,
@@ -475,3 +476,12 @@ def test_fuzz_corrupted_valid_file(position: int, flip: int, cut: int) -> None:
     data[position] ^= flip
     _weights_or_error(bytes(data))
     _weights_or_error(bytes(data[:cut]))
+
+
+def test_on_the_wire_changes_only_the_float_dtypes() -> None:
+    layout = {**expected_layout(SPEC), "steps": ((), torch.int64)}
+    wire = on_the_wire(layout, "bfloat16")
+    assert {k: shape for k, (shape, _) in wire.items()} == {k: s for k, (s, _) in layout.items()}
+    assert wire["steps"][1] == torch.int64
+    assert {d for k, (_, d) in wire.items() if k != "steps"} == {torch.bfloat16}
+    assert on_the_wire(layout, "float32") == layout

