@@ -96,6 +96,7 @@ class Agent:
         self.jobs_done = 0
         self._changed = asyncio.Event()
         self._data: LocalData | None = None
+        self._weights_buffer: bytearray | None = None  # reused by each round's download
         self._stopping = asyncio.Event()
         self._log = log.bind(node_id=settings.node_id)
         self.wandb = WandbSink(
@@ -274,7 +275,10 @@ class Agent:
                 await self._changed.wait()
                 continue
             data = await self._local_data(transport, job)
-            weights = await transport.download(target.weights_url, target.weights_sha256)
+            # The last round's buffer is free again (trained, uploaded): refill it in place.
+            weights = self._weights_buffer = await transport.download(
+                target.weights_url, target.weights_sha256, into=self._weights_buffer
+            )
             state, meta = await asyncio.to_thread(decode_weights, weights)
             if meta.spec != job.spec:
                 raise ProtocolError("global weights do not match the job's model spec")

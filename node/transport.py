@@ -8,6 +8,7 @@ while it is still moving.
 from __future__ import annotations
 
 import hashlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
@@ -31,7 +32,9 @@ class TransferError(FedavgError):
 
 
 class Transport(Protocol):
-    async def download(self, path: str, sha256: str) -> bytearray: ...
+    async def download(
+        self, path: str, sha256: str, into: bytearray | None = None
+    ) -> bytearray: ...
     async def upload_weights(
         self, path: str, parts: Sequence[bytes | memoryview]
     ) -> dict[str, Any]: ...
@@ -76,11 +79,13 @@ class HttpTransport:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.session_token}"} if self.session_token else {}
 
-    async def download(self, path: str, sha256: str) -> bytearray:
+    async def download(self, path: str, sha256: str, into: bytearray | None = None) -> bytearray:
         """GET ``path`` and check the body against ``sha256`` before anyone uses it.
 
         The body lands in one buffer sized from Content-Length and is hashed as it arrives;
-        the decoders view that buffer, so a download is never copied after it lands.
+        the decoders view that buffer, so a download is never copied after it lands. The
+        buffer is ``into`` when that has exactly the right size (the caller's previous
+        download, which it no longer reads: warm pages cost no page faults), else a new one.
         """
         url = urljoin(self.base_url + "/", path.lstrip("/"))
         try:
@@ -91,7 +96,8 @@ class HttpTransport:
                     )
                 if (resp.content_length or 0) > MAX_DOWNLOAD_BYTES:
                     raise TransferError(f"GET {path}: {resp.content_length} bytes is too large")
-                body = bytearray(resp.content_length or 0)
+                size = resp.content_length or 0
+                body = into if into is not None and len(into) == size else bytearray(size)
                 digest, filled = hashlib.sha256(), 0
                 async for chunk in resp.content.iter_any():  # as received: no re-joining
                     end = filled + len(chunk)
@@ -130,10 +136,17 @@ class HttpTransport:
 
         try:
             async with self._http.post(url, data=body(), headers=headers, ssl=self._ssl) as resp:
-                answer: dict[str, Any] = await resp.json(content_type=None)
-                if resp.status != 200:
-                    message = answer.get("error", {}).get("message", str(answer))
-                    raise TransferError(f"upload refused: {resp.status} {message}", resp.status)
-                return answer
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransferError(f"POST {path}: {exc!r}") from exc
+        try:
+            answer = json.loads(text)
+        except ValueError:  # not our server's JSON: a proxy's error page, say
+            answer = None
+        if not isinstance(answer, dict):
+            answer = {"error": {"message": text[:200]}}
+        if resp.status != 200:
+            error = answer.get("error")
+            message = error.get("message") if isinstance(error, dict) else str(answer)
+            raise TransferError(f"upload refused: {resp.status} {message}", resp.status)
+        return answer
