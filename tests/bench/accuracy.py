@@ -6,6 +6,10 @@ accuracy read from its SQLite run record. Centralised: the same model, optimiser
 learning rate, batch size and number of epochs over the whole training split in one
 process (``python -m tests.bench.accuracy central``), evaluated after every epoch exactly as
 the server evaluates each round. Both use the whole machine.
+
+The same demo runs again with ``--wire-dtype bfloat16`` (weights travel and are checkpointed
+in bfloat16; training and the average stay float32), as many times, so the narrow wire's
+accuracy cost (its final accuracy - the float32 federation's) is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class Config:
     # on the 2-core machine one torch thread trained ~3x faster than two (the demo's nodes
     # run one thread each too), so the centralised baseline gets its fastest setting.
     central_threads: int = 1
+    # Also run the demo with ``--wire-dtype bfloat16``, as many times as the float32 one.
+    bf16: bool = True
 
 
 def run(cfg: Config, workdir: Path) -> dict[str, Any]:
@@ -43,18 +49,27 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         home = workdir / f"accuracy-{index}"
         load = loadavg()
         fed = _federated(cfg, home)
+        bf16 = _federated(cfg, workdir / f"accuracy-{index}-bf16", "bfloat16") if cfg.bf16 else None
         central = _centralised(cfg, home)
-        runs.append(
-            {
-                "index": index,
-                "load_before": load,
-                "federated": fed,
-                "centralised": central,
-                "ratio_job_wall": fed["job_wall_s"] / central["train_wall_s"],
-                "ratio_total_wall": fed["total_wall_s"] / central["total_wall_s"],
-                "accuracy_gap": fed["final_accuracy"] - central["final_accuracy"],
-            }
-        )
+        row: dict[str, Any] = {
+            "index": index,
+            "load_before": load,
+            "federated": fed,
+            "centralised": central,
+            "ratio_job_wall": fed["job_wall_s"] / central["train_wall_s"],
+            "ratio_total_wall": fed["total_wall_s"] / central["total_wall_s"],
+            "accuracy_gap": fed["final_accuracy"] - central["final_accuracy"],
+        }
+        if bf16 is not None:
+            row.update(
+                federated_bf16=bf16,
+                ratio_job_wall_bf16=bf16["job_wall_s"] / central["train_wall_s"],
+                ratio_total_wall_bf16=bf16["total_wall_s"] / central["total_wall_s"],
+                ratio_job_wall_bf16_vs_fed=bf16["job_wall_s"] / fed["job_wall_s"],
+                accuracy_cost_bf16=bf16["final_accuracy"] - fed["final_accuracy"],
+                accuracy_gap_bf16=bf16["final_accuracy"] - central["final_accuracy"],
+            )
+        runs.append(row)
     keys: dict[str, Callable[[dict[str, Any]], float]] = {
         "fed_total_wall_s": lambda r: r["federated"]["total_wall_s"],
         "fed_job_wall_s": lambda r: r["federated"]["job_wall_s"],
@@ -66,6 +81,19 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         "ratio_total_wall": lambda r: r["ratio_total_wall"],
         "accuracy_gap": lambda r: r["accuracy_gap"],
     }
+    if cfg.bf16:
+        keys.update(
+            {
+                "bf16_total_wall_s": lambda r: r["federated_bf16"]["total_wall_s"],
+                "bf16_job_wall_s": lambda r: r["federated_bf16"]["job_wall_s"],
+                "bf16_accuracy": lambda r: r["federated_bf16"]["final_accuracy"],
+                "ratio_job_wall_bf16": lambda r: r["ratio_job_wall_bf16"],
+                "ratio_total_wall_bf16": lambda r: r["ratio_total_wall_bf16"],
+                "ratio_job_wall_bf16_vs_fed": lambda r: r["ratio_job_wall_bf16_vs_fed"],
+                "accuracy_cost_bf16": lambda r: r["accuracy_cost_bf16"],
+                "accuracy_gap_bf16": lambda r: r["accuracy_gap_bf16"],
+            }
+        )
     return {
         "config": asdict(cfg),
         "runs": runs,
@@ -73,7 +101,8 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
     }
 
 
-def _federated(cfg: Config, home: Path) -> dict[str, Any]:
+def _federated(cfg: Config, home: Path, wire_dtype: str | None = None) -> dict[str, Any]:
+    """One ``fedavg-demo`` run in ``home``; ``wire_dtype`` passes ``--wire-dtype``."""
     home.mkdir(parents=True, exist_ok=True)
     log = home / "demo.out"
     argv = [
@@ -88,8 +117,10 @@ def _federated(cfg: Config, home: Path) -> dict[str, Any]:
         str(home),
         "--port",
         str(free_port()),
+        *(["--wire-dtype", wire_dtype] if wire_dtype else []),
     ]
     env = {**_env(), "FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_HOME": str(home)}
+    env.pop("FEDAVG_WIRE_DTYPE", None)  # the float32 run is float32 whatever the caller set
     t0 = time.perf_counter()
     with log.open("wb") as out:
         code = subprocess.run(
@@ -109,8 +140,8 @@ def _federated(cfg: Config, home: Path) -> dict[str, Any]:
         )
     db = sqlite3.connect(f"file:{home / 'fedavg.sqlite3'}?mode=ro", uri=True)
     try:
-        run_id, created, finished, accuracy, status = db.execute(
-            "SELECT run_id, created, finished, final_accuracy, status FROM runs "
+        run_id, created, finished, accuracy, status, config = db.execute(
+            "SELECT run_id, created, finished, final_accuracy, status, config FROM runs "
             "ORDER BY created DESC LIMIT 1"
         ).fetchone()
         rounds = db.execute(
@@ -122,8 +153,12 @@ def _federated(cfg: Config, home: Path) -> dict[str, Any]:
         db.close()
     if status != "completed":
         raise BenchError(f"the demo's job {run_id} ended {status}")
+    used = json.loads(config).get("train", {}).get("wire_dtype", "float32")
+    if used != (wire_dtype or "float32"):
+        raise BenchError(f"the demo's job {run_id} ran with wire dtype {used}, not {wire_dtype}")
     return {
         "run_id": run_id,
+        "wire_dtype": used,
         "total_wall_s": total,
         "job_wall_s": finished - created,
         "final_accuracy": accuracy,

@@ -226,11 +226,14 @@ def spawn(
     return proc
 
 
-def start_probed_server(cluster: LocalCluster, probe_file: Path) -> Proc:
-    """``fedavg-server`` with timing probes (see ``probes.py``) on the cluster's port."""
+def start_probed_server(
+    cluster: LocalCluster, probe_file: Path, env: dict[str, str] | None = None
+) -> Proc:
+    """``fedavg-server`` with timing probes (see ``probes.py``) on the cluster's port;
+    ``env`` is added to the cluster's (e.g. ``FEDAVG_WIRE_DTYPE``, read at start)."""
     argv = [sys.executable, "-m", "tests.bench.probes", "server"]
     argv += ["--host", cluster.host, "--port", str(cluster.port)]
-    return spawn(cluster, "server", argv, {"FEDAVG_BENCH_PROBE": str(probe_file)})
+    return spawn(cluster, "server", argv, {**(env or {}), "FEDAVG_BENCH_PROBE": str(probe_file)})
 
 
 def start_probed_node(cluster: LocalCluster, name: str, probe_file: Path, threads: int) -> Proc:
@@ -364,13 +367,16 @@ def run_job(
     return status, times
 
 
-def weights_file_bytes(hidden: tuple[int, ...]) -> tuple[int, int]:
-    """(size of a weights file, parameter count) of the MLP with these hidden widths."""
+def weights_file_bytes(hidden: tuple[int, ...], wire_dtype: str = "float32") -> tuple[int, int]:
+    """(size of a weights file, parameter count) of the MLP with these hidden widths, its
+    floating tensors in ``wire_dtype`` (what the server publishes with ``--wire-dtype``)."""
     from node.model import ModelSpec, init_state, parameter_count
-    from node.weights import WeightsMeta, encode_weights
+    from node.weights import WIRE_DTYPES, WeightsMeta, encode_weights
 
     spec = ModelSpec(hidden=hidden, dropout=(0.3, 0.2)[: len(hidden)])
-    data = encode_weights(init_state(spec, 0), WeightsMeta(spec=spec, round=1, job_id="x" * 28))
+    dtype = WIRE_DTYPES[wire_dtype]
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in init_state(spec, 0).items()}
+    data = encode_weights(state, WeightsMeta(spec=spec, round=1, job_id="x" * 28))
     return len(data), parameter_count(spec)
 
 

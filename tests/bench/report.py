@@ -29,6 +29,14 @@ def num(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def acc(x: float | None) -> str:
+    return num(x, 3)
+
+
+def signed(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:+.{digits}f}"
+
+
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:.0f} %"
 
@@ -121,6 +129,19 @@ def _headline(report: dict[str, Any]) -> list[str]:
             f"| whole round (cycle) | {span(s['cycle'])} | {span(s['floor'])} | "
             f"{span(s['ratio_cycle'], num)}x | | |"
         )
+        h = o.get("bf16", {}).get("summary")
+        if h:
+            rows.append(
+                f"| round overhead, bfloat16 wire | {span(h['overhead'])} | bf16 floor "
+                f"{span(h['floor'])} | {span(h['ratio_overhead'], num)}x | ≤ 2x | "
+                f"{yes(h['target_met'])} |"
+            )
+            rows.append(
+                f"| — bfloat16 wire against the float32 floor | {span(h['overhead'])} | "
+                f"float32 floor {span(h['floor_float32'])} | "
+                f"{span(h['ratio_overhead_float32_floor'], num)}x | | bf16 / float32 "
+                f"overhead {num(h['overhead_vs_float32'])}x |"
+            )
     mem = b.get("memory", {})
     if "summary" in mem:
         s = mem["summary"]
@@ -161,6 +182,17 @@ def _headline(report: dict[str, Any]) -> list[str]:
             f"{span(s['central_accuracy'], num)} | gap {span(s['accuracy_gap'], num)} "
             "| | |"
         )
+        if "bf16_accuracy" in s:
+            rows.append(
+                f"| — bfloat16 wire: job wall time | {span(s['bf16_job_wall_s'], sec)} | "
+                f"float32 federation {span(s['fed_job_wall_s'], sec)} | "
+                f"{span(s['ratio_job_wall_bf16_vs_fed'], num)}x | | |"
+            )
+            rows.append(
+                f"| — bfloat16 wire: final test accuracy | {span(s['bf16_accuracy'], acc)} | "
+                f"float32 federation {span(s['fed_accuracy'], acc)} | accuracy cost "
+                f"{span(s['accuracy_cost_bf16'], signed)} | | |"
+            )
     return [*rows, ""]
 
 
@@ -229,25 +261,16 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         "node's upload: waiting for the previous round's settle, publish, opening the next "
         "round (the last round: also its settle):",
         "",
-        "| notify | download | decode | compute | encode | upload | server fold | close |",
-        "|---|---|---|---|---|---|---|---|",
-        "| "
-        + " | ".join(
-            span(s[f"path_{k}"])
-            for k in (
-                "notify",
-                "download",
-                "decode",
-                "compute",
-                "encode",
-                "upload",
-                "server_fold",
-                "close",
-            )
-        )
-        + " |",
-        "",
+        "| wire | notify | download | decode | compute | encode | upload | server fold | close |",
+        "|---|---|---|---|---|---|---|---|---|",
+        _path_row("float32", s),
     ]
+    h = b.get("bf16")
+    if h:
+        out.append(_path_row("bfloat16", h["summary"]))
+    out.append("")
+    if h:
+        out += _overhead_bf16(b, h)
     out += [
         f"**CPU.** Server + nodes used {span(s['cpu_ours_per_round'], sec)} of CPU per round "
         f"(server alone {span(s['cpu_server_per_round'], sec)}) against a cycle of "
@@ -287,6 +310,56 @@ def _overhead(b: dict[str, Any]) -> list[str]:
     out.append("")
     for name, prof in (b.get("profiles") or {}).items():
         out += _profile(name, prof)
+    return out
+
+
+PATH = ("notify", "download", "decode", "compute", "encode", "upload", "server_fold", "close")
+
+
+def _path_row(wire: str, s: dict[str, Any]) -> str:
+    return f"| {wire} | " + " | ".join(span(s[f"path_{k}"]) for k in PATH) + " |"
+
+
+def _overhead_bf16(b: dict[str, Any], h: dict[str, Any]) -> list[str]:
+    """The bfloat16 wire's runs next to the float32 ones (section 1)."""
+    cfg, s, hs = b["config"], b["summary"], h["summary"]
+    restart, wall = h["config"].get("server_restart_s"), h["config"].get("wall_s")
+    out = [
+        f"**bfloat16 wire.** After the float32 runs the server was restarted on the same home "
+        f"and port with `FEDAVG_WIRE_DTYPE=bfloat16` (the same {cfg['nodes']} node processes "
+        f"reconnected{f' within {restart:.1f} s' if restart is not None else ''}), then "
+        f"{len(h['runs'])} more runs of {cfg['rounds']} rounds"
+        f"{f' ({wall:.0f} s in all, restart included)' if wall is not None else ''}. "
+        "Weights files are "
+        f"{mib(h['config']['weights_bytes'])} instead of {mib(cfg['weights_bytes'])} (nodes "
+        f"downloaded {span(hs['download_bytes'], mib)}). Each run's floor is measured for the "
+        "bfloat16 file (its average part is unchanged: the wire dtype does not touch the "
+        "averaging), and the float32 floor just before it:",
+        "",
+        "| | float32 wire | bfloat16 wire |",
+        "|---|---|---|",
+        f"| floor (its own weights file) | {span(s['floor'])} | {span(hs['floor'])} |",
+        f"| float32 floor, measured beside the bf16 runs | | {span(hs['floor_float32'])} |",
+        f"| cycle | {span(s['cycle'])} | {span(hs['cycle'])} |",
+        f"| compute | {span(s['compute'])} | {span(hs['compute'])} |",
+        f"| overhead | {span(s['overhead'])} | {span(hs['overhead'])} |",
+        f"| overhead / own floor | {span(s['ratio_overhead'], num)}x | "
+        f"{span(hs['ratio_overhead'], num)}x |",
+        f"| overhead / float32 floor | {span(s['ratio_overhead'], num)}x | "
+        f"{span(hs['ratio_overhead_float32_floor'], num)}x |",
+        f"| download (slowest node) | {span(s['download_max'])} | {span(hs['download_max'])} |",
+        f"| upload (slowest node) | {span(s['upload_max'])} | {span(hs['upload_max'])} |",
+        f"| aggregation | {span(s['aggregation'])} | {span(hs['aggregation'])} |",
+        f"| publish | {span(s['publish'])} | {span(hs['publish'])} |",
+        f"| node model build (max; bf16: + the copy to float32) | "
+        f"{span(s['build_model_max'])} | {span(hs['build_model_max'])} |",
+        f"| server CPU per round | {span(s['cpu_server_per_round'], sec)} | "
+        f"{span(hs['cpu_server_per_round'], sec)} |",
+        "",
+        f"bfloat16 overhead / float32 overhead (medians): **{num(hs['overhead_vs_float32'])}x**. "
+        "The critical path of both is in the table above.",
+        "",
+    ]
     return out
 
 
@@ -414,18 +487,53 @@ def _accuracy(b: dict[str, Any]) -> list[str]:
         f"training split in one process ({cfg['central_threads']} torch thread; see notes). "
         f"{cfg['runs']} runs each.",
         "",
-        "| | federated (demo) | centralised | ratio |",
-        "|---|---|---|---|",
-        f"| wall time, process start to model | {span(s['fed_total_wall_s'], sec)} | "
-        f"{span(s['central_total_wall_s'], sec)} | {span(s['ratio_total_wall'], num)}x |",
-        f"| wall time, training only | {span(s['fed_job_wall_s'], sec)} | "
-        f"{span(s['central_train_wall_s'], sec)} | {span(s['ratio_job_wall'], num)}x |",
-        f"| final test accuracy | {span(s['fed_accuracy'], num)} | "
-        f"{span(s['central_accuracy'], num)} | gap {span(s['accuracy_gap'], num)} |",
+        *_accuracy_table(s),
         "",
         "Federated wall time, process start to model, includes starting the orchestrator and "
         "the node processes (each measures its capacity) and preparing MNIST; training only "
         "is the job's `created` -> `finished` in SQLite, with the server's evaluation of every "
         "round. Centralised training evaluates after every epoch too.",
         "",
+    ] + (
+        [
+            f"The bfloat16 column is the same demo with `--wire-dtype bfloat16` ({cfg['runs']} "
+            "runs): global weights and uploads travel (and checkpoints are written) in "
+            "bfloat16, while training, the float64 average and the final model stay float32. "
+            f"Its **accuracy cost** (bf16 - float32 federation, per run) is "
+            f"**{span(s['accuracy_cost_bf16'], signed)}**; bf16 - centralised "
+            f"{span(s['accuracy_gap_bf16'], signed)}.",
+            "",
+        ]
+        if "bf16_accuracy" in s
+        else []
+    )
+
+
+def _accuracy_table(s: dict[str, Any]) -> list[str]:
+    if "bf16_accuracy" not in s:
+        return [
+            "| | federated (demo) | centralised | ratio |",
+            "|---|---|---|---|",
+            f"| wall time, process start to model | {span(s['fed_total_wall_s'], sec)} | "
+            f"{span(s['central_total_wall_s'], sec)} | {span(s['ratio_total_wall'], num)}x |",
+            f"| wall time, training only | {span(s['fed_job_wall_s'], sec)} | "
+            f"{span(s['central_train_wall_s'], sec)} | {span(s['ratio_job_wall'], num)}x |",
+            f"| final test accuracy | {span(s['fed_accuracy'], num)} | "
+            f"{span(s['central_accuracy'], num)} | gap {span(s['accuracy_gap'], num)} |",
+        ]
+    return [
+        "| | federated (demo), float32 wire | federated, bfloat16 wire | centralised "
+        "| ratio float32 / centralised | ratio bf16 / centralised |",
+        "|---|---|---|---|---|---|",
+        f"| wall time, process start to model | {span(s['fed_total_wall_s'], sec)} | "
+        f"{span(s['bf16_total_wall_s'], sec)} | {span(s['central_total_wall_s'], sec)} | "
+        f"{span(s['ratio_total_wall'], num)}x | {span(s['ratio_total_wall_bf16'], num)}x |",
+        f"| wall time, training only | {span(s['fed_job_wall_s'], sec)} | "
+        f"{span(s['bf16_job_wall_s'], sec)} | {span(s['central_train_wall_s'], sec)} | "
+        f"{span(s['ratio_job_wall'], num)}x | {span(s['ratio_job_wall_bf16'], num)}x |",
+        f"| final test accuracy | {span(s['fed_accuracy'], acc)} | "
+        f"{span(s['bf16_accuracy'], acc)} | {span(s['central_accuracy'], acc)} | "
+        f"gap {span(s['accuracy_gap'], num)} | gap {span(s['accuracy_gap_bf16'], num)} |",
+        f"| accuracy cost of the bf16 wire (bf16 - float32 federation) | | "
+        f"{span(s['accuracy_cost_bf16'], signed)} | | | |",
     ]

@@ -33,11 +33,19 @@ Definitions (all timestamps are ``time.time()`` on this one machine):
   into the file + sha256, inside close), **settle** (``Job._settle``: evaluation +
   checkpoint + record + ``round_closed``), **evaluation** and **checkpoint** (inside settle),
   and **settle wait** (how long round r's close waited for round r - 1's settle).
+
+**bfloat16 wire.** The wire dtype is a server setting read at start, so after the float32
+runs (and the profiles) the server is restarted on the same home and port with
+``FEDAVG_WIRE_DTYPE=bfloat16``; the same node processes reconnect (their own backoff) and
+the same number of runs follows. Those runs' floor is measured for the bfloat16 weights file
+(half the bytes; its average part is unchanged: the wire dtype does not touch the averaging),
+and the float32 floor just before it, so their overhead is compared with both.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,6 +83,11 @@ class Config:
     floor_repeats: int = 3
     profile: bool = False
     job_timeout_s: float = 600.0
+    # After the float32 runs: restart the server with a bfloat16 wire and measure again.
+    bf16: bool = True
+
+
+BF16_ENV = {"FEDAVG_WIRE_DTYPE": "bfloat16"}
 
 
 def run(cfg: Config, workdir: Path) -> dict[str, Any]:
@@ -89,9 +102,13 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         "EPOCH_SYNC_TIMEOUT": str(cfg.job_timeout_s),
     }
     file_bytes, params = weights_file_bytes(cfg.hidden)
+    bf16_bytes, _ = weights_file_bytes(cfg.hidden, "bfloat16")
     server_probe = workdir / "overhead-server.jsonl"
-    runs: list[dict[str, Any]] = []
+    bf16_probe = workdir / "overhead-server-bf16.jsonl"
     profiles: dict[str, Any] = {}
+    bf16_runs: list[dict[str, Any]] = []
+    restart_s: float | None = None
+    bf16_wall_s: float | None = None
     with LocalCluster(home=home, port=free_port(), env=env) as cluster:
         start_probed_server(cluster, server_probe)
         cluster.wait_healthy(timeout=120)
@@ -104,37 +121,20 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         cluster.wait_nodes(cfg.nodes, timeout=300)
         units = unit_costs.measure(cfg.hidden)
         pids = {p.name: p.pid for p in cluster.procs}
-        for index in range(cfg.runs):
-            floor = measure_floor(file_bytes, params, cfg.nodes, cfg.floor_repeats)
-            load = loadavg()
-            cpu0, machine0 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_cpu()
-            status, times = run_job(cluster, cfg.rounds, cfg.job_timeout_s)
-            cpu1, machine1 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_cpu()
-            cpu = {k: cpu1[k] - cpu0[k] for k in pids}
-            busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
-            runs.append(
-                {
-                    "index": index,
-                    "floor": floor,
-                    "load_before": load,
-                    "load_after": loadavg(),
-                    "run_id": status["run_id"],
-                    "times": times,
-                    "final_accuracy": status.get("final_accuracy"),
-                    "cpu": {
-                        "by_process_s": cpu,
-                        "ours_s": sum(cpu.values()),
-                        "machine_busy_s": busy,
-                        "machine_total_s": total,
-                    },
-                }
-            )
+        runs = _measure_runs(cluster, cfg, pids, file_bytes, params)
         if cfg.profile and profile.py_spy() is not None:
             profiles = _profile_run(cluster, cfg, workdir)
+        if cfg.bf16:
+            t0 = time.perf_counter()
+            restart_s = _restart_server(cluster, cfg, bf16_probe, BF16_ENV)
+            pids["server"] = cluster.server.pid
+            bf16_runs = _measure_runs(cluster, cfg, pids, bf16_bytes, params, file_bytes)
+            bf16_wall_s = time.perf_counter() - t0
         server_rows = read_jsonl(server_probe)
+        bf16_server_rows = read_jsonl(bf16_probe)
         node_rows = {n: read_jsonl(p) for n, p in node_probe.items()}
     results = [_analyse_run(r, server_rows, node_rows, cfg) for r in runs]
-    return {
+    out: dict[str, Any] = {
         "config": {
             **asdict(cfg),
             "params": params,
@@ -147,6 +147,97 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         "profiles": profiles,
         "unit_costs": units,
     }
+    if cfg.bf16:
+        bf16 = [_analyse_run(r, bf16_server_rows, node_rows, cfg) for r in bf16_runs]
+        _check_wire(results, bf16)
+        summary_bf16 = _summarise(bf16)
+        f32_overhead = out["summary"]["overhead"]["median"]
+        summary_bf16["overhead_vs_float32"] = (
+            summary_bf16["overhead"]["median"] / f32_overhead if f32_overhead else None
+        )
+        out["bf16"] = {
+            "config": {
+                "wire_dtype": "bfloat16",
+                "env": BF16_ENV,
+                "weights_bytes": bf16_bytes,
+                "server_restart_s": restart_s,
+                "wall_s": bf16_wall_s,  # restart + its runs: what the bf16 part added
+            },
+            "runs": bf16,
+            "summary": summary_bf16,
+        }
+    return out
+
+
+def _measure_runs(
+    cluster: LocalCluster,
+    cfg: Config,
+    pids: dict[str, int],
+    payload_bytes: int,
+    params: int,
+    float32_bytes: int | None = None,
+) -> list[dict[str, Any]]:
+    """``cfg.runs`` jobs on the warm cluster, each right after its floor for
+    ``payload_bytes``; with ``float32_bytes`` (a narrower wire) the float32 floor too, just
+    before that."""
+    runs: list[dict[str, Any]] = []
+    for index in range(cfg.runs):
+        floor_f32 = (
+            measure_floor(float32_bytes, params, cfg.nodes, cfg.floor_repeats)
+            if float32_bytes is not None
+            else None
+        )
+        floor = measure_floor(payload_bytes, params, cfg.nodes, cfg.floor_repeats)
+        load = loadavg()
+        cpu0, machine0 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_cpu()
+        status, times = run_job(cluster, cfg.rounds, cfg.job_timeout_s)
+        cpu1, machine1 = {k: cpu_seconds(p) for k, p in pids.items()}, machine_cpu()
+        cpu = {k: cpu1[k] - cpu0[k] for k in pids}
+        busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
+        runs.append(
+            {
+                "index": index,
+                "floor": floor,
+                **({"floor_float32": floor_f32} if floor_f32 is not None else {}),
+                "load_before": load,
+                "load_after": loadavg(),
+                "run_id": status["run_id"],
+                "times": times,
+                "final_accuracy": status.get("final_accuracy"),
+                "cpu": {
+                    "by_process_s": cpu,
+                    "ours_s": sum(cpu.values()),
+                    "machine_busy_s": busy,
+                    "machine_total_s": total,
+                },
+            }
+        )
+    return runs
+
+
+def _restart_server(
+    cluster: LocalCluster, cfg: Config, probe_file: Path, env: dict[str, str]
+) -> float:
+    """Stop the server, start it again on the same home and port with ``env`` added, and
+    wait until the running node processes have reconnected; returns the seconds it took."""
+    t0 = time.perf_counter()
+    cluster.kill("server", signal.SIGTERM)
+    start_probed_server(cluster, probe_file, env)
+    cluster.wait_healthy(timeout=120)
+    cluster.request("POST", "/datasets/prepare-mnist", timeout=300)
+    cluster.wait_nodes(cfg.nodes, timeout=120)
+    return time.perf_counter() - t0
+
+
+def _check_wire(float32: list[dict[str, Any]], narrow: list[dict[str, Any]]) -> None:
+    """The nodes must really have downloaded the smaller file, or the setting did not apply."""
+    wide = summary(r["download_bytes"] for r in float32)["median"]
+    small = summary(r["download_bytes"] for r in narrow)["median"]
+    if wide is None or small is None or small > 0.6 * wide:
+        raise BenchError(
+            f"the bfloat16 runs downloaded {small} B weights files against {wide} B in float32: "
+            "the server did not switch its wire dtype"
+        )
 
 
 def _cores() -> int:
@@ -322,6 +413,7 @@ def _analyse_run(
                 "checkpoint": _seconds(_of_round(server, "checkpoint", r)),
                 "compute_max": _max(v["compute"] for v in per_node.values()),
                 "build_model_max": _max(v["build_model"] for v in per_node.values()),
+                "download_bytes": c["download"].get("bytes"),
                 "nodes": per_node,
                 "test_accuracy": times.history[r].get("test_accuracy"),
             }
@@ -348,7 +440,7 @@ def _analyse_run(
         )
     }
     med_path = {k: summary(x["critical_path"][k] for x in rounds)["median"] for k in PHASES}
-    return {
+    out = {
         "index": run["index"],
         "run_id": run["run_id"],
         "load_before": run["load_before"],
@@ -359,9 +451,14 @@ def _analyse_run(
         "median_critical_path": med_path,
         "ratio_overhead": med["overhead"] / floor,
         "ratio_cycle": med["cycle"] / floor,
+        "download_bytes": summary(x["download_bytes"] for x in rounds)["median"],
         "final_accuracy": run["final_accuracy"],
         "cpu": _cpu_figures(run["cpu"], len(rounds)),
     }
+    if "floor_float32" in run:  # a narrower wire: also against the float32 floor beside it
+        out["floor_float32"] = run["floor_float32"]
+        out["ratio_overhead_float32_floor"] = med["overhead"] / run["floor_float32"]["floor_s"]
+    return out
 
 
 def _cpu_figures(cpu: dict[str, Any], rounds: int) -> dict[str, Any]:
@@ -398,6 +495,15 @@ def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "floor_average": r["floor"]["average_s"],
             "ratio_overhead": r["ratio_overhead"],
             "ratio_cycle": r["ratio_cycle"],
+            "download_bytes": r["download_bytes"],
+            **(
+                {
+                    "floor_float32": r["floor_float32"]["floor_s"],
+                    "ratio_overhead_float32_floor": r["ratio_overhead_float32_floor"],
+                }
+                if "floor_float32" in r
+                else {}
+            ),
         }
         for r in results
     ]

@@ -6,6 +6,7 @@ report. No timing is asserted here (nor anywhere in the regular suite): timings 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,10 @@ pytestmark = pytest.mark.slow
 
 def _is_summary(value: Any) -> bool:
     return isinstance(value, dict) and {"median", "min", "max", "n"} <= set(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
@@ -64,6 +69,32 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
         assert r["critical_path_other"] == pytest.approx(0.0, abs=1e-6)
     assert overhead["unit_costs"]["seconds"]
 
+    # The same benchmark with the server restarted on a bfloat16 wire.
+    bf16 = overhead["bf16"]
+    assert bf16["config"]["wire_dtype"] == "bfloat16"
+    assert bf16["config"]["weights_bytes"] < overhead["config"]["weights_bytes"]
+    assert len(bf16["runs"]) == len(overhead["runs"]) == report["runs"]
+    for key in (
+        "overhead",
+        "floor",
+        "ratio_overhead",
+        "floor_float32",
+        "ratio_overhead_float32_floor",
+        "download_max",
+        "upload_max",
+        "aggregation",
+        "publish",
+        "path_close",
+        "download_bytes",
+    ):
+        assert _is_summary(bf16["summary"][key]), key
+        assert _is_number(bf16["summary"][key]["median"]), key
+    assert _is_number(bf16["summary"]["overhead_vs_float32"])
+    wide = overhead["summary"]["download_bytes"]["median"]
+    assert bf16["summary"]["download_bytes"]["median"] < 0.6 * wide  # the wire did switch
+    for r in bf16["runs"][0]["rounds"]:
+        assert r["critical_path_other"] == pytest.approx(0.0, abs=1e-6)
+
     memory = benches["memory"]
     assert [c["nodes"] for c in memory["counts"]] == [1, 3]
     assert all(c["peak_rss"]["median"] > 0 for c in memory["counts"])
@@ -78,6 +109,11 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     accuracy = benches["accuracy"]
     assert 0 < accuracy["summary"]["fed_accuracy"]["median"] <= 1
     assert 0 < accuracy["summary"]["central_accuracy"]["median"] <= 1
+    assert 0 < accuracy["summary"]["bf16_accuracy"]["median"] <= 1
+    for key in ("bf16_job_wall_s", "bf16_total_wall_s", "accuracy_cost_bf16"):
+        assert _is_number(accuracy["summary"][key]["median"]), key
+    assert accuracy["runs"][0]["federated_bf16"]["wire_dtype"] == "bfloat16"
+    assert accuracy["runs"][0]["federated"]["wire_dtype"] == "float32"
 
     markdown = (out / "report.md").read_text()
     for heading in (
@@ -89,3 +125,10 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     ):
         assert heading in markdown
     assert "Failed" not in markdown
+    for row in (
+        "| round overhead, bfloat16 wire |",
+        "| — bfloat16 wire against the float32 floor |",
+        "| — bfloat16 wire: final test accuracy |",
+        "**bfloat16 wire.**",
+    ):
+        assert row in markdown, row
