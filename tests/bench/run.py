@@ -1,6 +1,6 @@
 """Run the benchmark suite and write ``docs/bench/report.md`` + ``docs/bench/report.json``.
 
-    .venv/bin/python -m tests.bench.run            # the full suite (~10-15 min on 2 cores)
+    .venv/bin/python -m tests.bench.run            # the full suite (~6-8 min on 2 cores)
     .venv/bin/python -m tests.bench.run --smoke    # tiny sizes, one run each (under a minute)
     .venv/bin/python -m tests.bench.run --only overhead,memory --out /tmp/bench
 
