@@ -2,6 +2,11 @@
 
 Nothing here unpickles: safetensors holds raw little-endian tensors and a JSON header, and
 every decoded file is checked against the model its spec describes before anyone uses it.
+
+The format is simple enough that this module writes and parses it itself, to move a model
+without copying it: the ``safetensors`` library copies every tensor on save and on load,
+and writes its metadata in hash-map order (one content, many sha256s). The library reads
+what we write and we read what it writes; ``tests/node/test_weights.py`` checks both ways.
 """
 
 from __future__ import annotations
