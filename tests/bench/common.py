@@ -367,6 +367,17 @@ def run_job(
     return status, times
 
 
+def cluster_env(hidden: tuple[int, ...], deadline_s: float, **extra: str) -> dict[str, str]:
+    """What every benchmark's cluster runs with: the model's widths, the offline dataset
+    (never a download), and a round deadline."""
+    return {
+        **{f"MODEL_HIDDEN_{i + 1}": str(width) for i, width in enumerate(hidden)},
+        "FEDAVG_MNIST_DOWNLOAD": "false",
+        "EPOCH_SYNC_TIMEOUT": str(deadline_s),
+        **extra,
+    }
+
+
 def weights_file_bytes(hidden: tuple[int, ...], wire_dtype: str = "float32") -> tuple[int, int]:
     """(size of a weights file, parameter count) of the MLP with these hidden widths, its
     floating tensors in ``wire_dtype`` (what the server publishes with ``--wire-dtype``)."""

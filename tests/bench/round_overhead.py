@@ -58,6 +58,7 @@ from tests.bench.common import (
     BenchError,
     RoundTimes,
     across_runs,
+    cluster_env,
     cpu_seconds,
     loadavg,
     machine_cpu,
@@ -92,15 +93,12 @@ BF16_ENV = {"FEDAVG_WIRE_DTYPE": "bfloat16"}
 
 def run(cfg: Config, workdir: Path) -> dict[str, Any]:
     home = workdir / "overhead"
-    env = {
-        "MODEL_HIDDEN_1": str(cfg.hidden[0]),
-        "MODEL_HIDDEN_2": str(cfg.hidden[1]),
-        "MODEL_HIDDEN_3": str(cfg.hidden[2]),
-        "FEDAVG_MAX_BATCHES": "1",
-        "FEDAVG_BATCH_SIZE": str(cfg.batch_size),
-        "FEDAVG_MNIST_DOWNLOAD": "false",
-        "EPOCH_SYNC_TIMEOUT": str(cfg.job_timeout_s),
-    }
+    env = cluster_env(
+        cfg.hidden,
+        cfg.job_timeout_s,
+        FEDAVG_MAX_BATCHES="1",
+        FEDAVG_BATCH_SIZE=str(cfg.batch_size),
+    )
     file_bytes, params = weights_file_bytes(cfg.hidden)
     bf16_bytes, _ = weights_file_bytes(cfg.hidden, "bfloat16")
     server_probe = workdir / "overhead-server.jsonl"

@@ -35,6 +35,7 @@ from tests.bench.common import (
     BenchError,
     RoundTimes,
     Sampler,
+    cluster_env,
     loadavg,
     peak_rss_bytes,
     read_jsonl,
@@ -103,13 +104,7 @@ def _wait_connected(cluster: LocalCluster, count: int, timeout: float) -> float:
 
 def _one_size(cfg: Config, size: int, workdir: Path) -> dict[str, Any]:
     home = workdir / f"scale-{size}"
-    env = {
-        "MODEL_HIDDEN_1": str(cfg.hidden[0]),
-        "MODEL_HIDDEN_2": str(cfg.hidden[1]),
-        "MODEL_HIDDEN_3": str(cfg.hidden[2]),
-        "FEDAVG_MNIST_DOWNLOAD": "false",
-        "EPOCH_SYNC_TIMEOUT": str(cfg.round_deadline_s),
-    }
+    env = cluster_env(cfg.hidden, cfg.round_deadline_s)
     packs = math.ceil(size / cfg.per_pack)
     profiled = cfg.profile_at == size and profile.py_spy() is not None
     logs = [workdir / f"scale-{size}-pack-{i}.jsonl" for i in range(packs)]

@@ -25,6 +25,7 @@ from server.local_cluster import LocalCluster, free_port
 from tests.bench.common import (
     RoundTimes,
     Sampler,
+    cluster_env,
     loadavg,
     peak_rss_bytes,
     read_jsonl,
@@ -52,13 +53,7 @@ class Config:
 
 def run(cfg: Config, workdir: Path) -> dict[str, Any]:
     home = workdir / "memory"
-    env = {
-        "MODEL_HIDDEN_1": str(cfg.hidden[0]),
-        "MODEL_HIDDEN_2": str(cfg.hidden[1]),
-        "MODEL_HIDDEN_3": str(cfg.hidden[2]),
-        "FEDAVG_MNIST_DOWNLOAD": "false",
-        "EPOCH_SYNC_TIMEOUT": str(cfg.job_timeout_s),
-    }
+    env = cluster_env(cfg.hidden, cfg.job_timeout_s)
     file_bytes, params = weights_file_bytes(cfg.hidden)
     per_count: list[dict[str, Any]] = []
     with LocalCluster(home=home, port=free_port(), env=env) as cluster:
