@@ -87,6 +87,11 @@ class LocalCluster:
     def _spawn(
         self, name: str, module: str, args: list[str], env: dict[str, str] | None = None
     ) -> Proc:
+        return self.spawn(name, [sys.executable, "-m", module, *args], env)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        """Start ``argv`` as one of the cluster's processes: stopped with it, its output in
+        ``logs/<name>.log``, with the cluster's environment plus ``env``."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log_file = log_path.open("ab")
@@ -99,7 +104,7 @@ class LocalCluster:
             **(env or {}),
         }
         popen = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            argv,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

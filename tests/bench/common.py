@@ -201,29 +201,10 @@ def spawn(
     argv: list[str],
     env: dict[str, str] | None = None,
 ) -> Proc:
-    """Start ``argv`` as one of the cluster's processes (stopped with it, log in its log dir).
-
-    ``LocalCluster`` only starts ``python -m server.cli`` / ``node.cli``; the benchmarks also
-    start the same programs wrapped in probes, the virtual-node packs and py-spy.
-    """
-    cluster.log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = cluster.log_dir / f"{name}.log"
-    log_file = log_path.open("ab")
-    full_env = {
-        **os.environ,
-        "FEDAVG_HOME": str(cluster.home),
-        "FEDAVG_LOG_FORMAT": "json",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
-        **cluster.env,
-        **(env or {}),
-    }
-    popen = subprocess.Popen(
-        argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env
-    )
-    proc = Proc(name, popen, log_path, log_file)
-    cluster.procs.append(proc)
-    return proc
+    """``LocalCluster.spawn`` with this checkout on ``PYTHONPATH``: the benchmarks also start
+    the programs wrapped in probes, the virtual-node packs and py-spy."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return cluster.spawn(name, argv, {"PYTHONPATH": path, **(env or {})})
 
 
 def start_probed_server(
