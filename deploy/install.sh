@@ -280,7 +280,8 @@ fedavg is installed in $PREFIX. Next steps:
       orchestrator: $CONF_DIR/server.env    nodes: $CONF_DIR/node.env
       showcase:     $CONF_DIR/showcase.env
     Several machines: on the orchestrator set FEDAVG_HOST=0.0.0.0, FEDAVG_ADMIN_TOKEN and
-    FEDAVG_NODE_TOKEN; on every node set ORCHESTRATOR_URL=http://<orchestrator>:11999 and
+    FEDAVG_NODE_TOKEN (and FEDAVG_ALLOWED_HOSTS=<orchestrator> if that is a name, not an
+    address); on every node set ORCHESTRATOR_URL=http://<orchestrator>:11999 and
     the same FEDAVG_NODE_TOKEN. Make a token with:
       python3 -c 'import secrets; print(secrets.token_urlsafe(32))'
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import random
 import sys
 import time
@@ -26,6 +27,7 @@ from node.atomic import atomic_write_bytes
 from node.errors import FedavgError, ProtocolError
 from node.model import ModelSpec
 from node.protocol import (
+    ID_TAKEN,
     Done,
     Error,
     Frame,
@@ -39,6 +41,7 @@ from node.protocol import (
     decode,
     decode_as,
     encode,
+    reading,
 )
 from node.settings import NodeSettings
 from node.shards import decode_xy
@@ -86,8 +89,11 @@ class LocalData:
 
 
 class Agent:
-    def __init__(self, settings: NodeSettings, capacity: float, device: torch.device) -> None:
+    def __init__(
+        self, settings: NodeSettings, capacity: float, device: torch.device, *, secret: str
+    ) -> None:
         self.settings = settings
+        self._secret = secret  # proves we own settings.node_id (node/identity.py)
         self.capacity = capacity
         self.device = device
         self.assignment: Assignment | None = None
@@ -164,6 +170,7 @@ class Agent:
                             capacity=self.capacity,
                             device=str(self.device),
                             version=__version__,
+                            secret=self._secret,
                         )
                     )
                 )
@@ -198,6 +205,9 @@ class Agent:
         if msg.type is not aiohttp.WSMsgType.TEXT:
             raise ProtocolError(f"expected a welcome frame, got {msg.type.name}")
         frame = decode(msg.data)
+        if isinstance(frame, Error) and frame.code == ID_TAKEN:
+            # Another secret owns this id (or our identity file was lost): retrying cannot help.
+            raise JoinRefused(f"{frame.message} (start with another --node-id)")
         if isinstance(frame, Error):
             raise ProtocolError(f"orchestrator said {frame.code}: {frame.message}")
         welcome: Welcome = decode_as(msg.data, Welcome)
@@ -314,7 +324,7 @@ class Agent:
                     "job": job.job_id,
                     "round": target.round,
                     "samples": result.samples,
-                    **{k: f"{v:.6g}" for k, v in result.metrics.items()},
+                    **{k: f"{v:.6g}" for k, v in result.metrics.items() if math.isfinite(v)},
                 }
             )
             try:
@@ -355,7 +365,7 @@ class Agent:
                     round=target.round,
                     batch=batch,
                     batches=batches,
-                    loss=loss,
+                    loss=reading(loss),
                 )
             )
             loop.call_soon_threadsafe(_offer, outbox, text)

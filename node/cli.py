@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ import structlog
 import torch
 
 from node.agent import Agent, JoinRefused
+from node.identity import IdentityError, load_or_create
 from node.logs import configure_logging
 from node.model import ModelSpec
 from node.settings import NodeSettings, NodeSettingsError
@@ -31,13 +33,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--orchestrator", help="URL, or several comma-separated for failover")
     parser.add_argument("--name", help="display name (NODE_NAME, default: host name)")
-    parser.add_argument("--node-id", help="stable identity across restarts (NODE_ID)")
+    parser.add_argument(
+        "--node-id",
+        help="this node's id (NODE_ID; default: the one saved in the cache dir, else a new one)",
+    )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), help="FEDAVG_DEVICE (default auto)"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (FEDAVG_TORCH_THREADS)")
     parser.add_argument("--ca-cert", help="CA bundle to trust for https:// (FEDAVG_CA_CERT)")
-    parser.add_argument("--cache-dir", help="where shards are cached (FEDAVG_CACHE_DIR)")
+    parser.add_argument(
+        "--cache-dir", help="where shards and the node's identity are kept (FEDAVG_CACHE_DIR)"
+    )
     parser.add_argument(
         "--exit-after-job",
         action="store_true",
@@ -64,7 +71,13 @@ def main(argv: list[str] | None = None) -> None:
             cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
         )
         device = resolve_device(settings.device)
-    except (NodeSettingsError, RuntimeError) as exc:
+        identity = load_or_create(
+            settings.cache_dir,
+            settings.node_id if settings.explicit_node_id else None,
+            generated_id=settings.node_id,
+        )
+        settings = dataclasses.replace(settings, node_id=identity.node_id)
+    except (NodeSettingsError, IdentityError, OSError, RuntimeError) as exc:
         print(f"fedavg-node: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(settings.log_format)
@@ -81,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=torch.get_num_threads(),
         orchestrators=list(settings.orchestrators),
     )
-    agent = Agent(settings, capacity, device)
+    agent = Agent(settings, capacity, device, secret=identity.secret)
     try:
         asyncio.run(_run(agent))
     except JoinRefused as exc:

@@ -20,6 +20,8 @@ from node.errors import ProtocolError
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
 MAX_TEXT = 4096
+MIN_SECRET, MAX_SECRET = 16, 256  # a node's id secret: 32 random bytes, urlsafe, is 43
+ID_TAKEN = "id_taken"  # Error.code answering a hello whose secret is not its id's
 
 
 WireDtype = Literal["float32", "bfloat16", "float16"]
@@ -67,17 +69,27 @@ class Hello:
     capacity: float  # samples/s on the default model, measured by the node
     device: str
     version: str
+    # Proves the node owns ``node_id``: the server binds an id to the first secret it sees
+    # (stored hashed) and refuses a hello for that id with any other.
+    secret: str = dataclasses.field(repr=False)
     protocol: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if not MIN_SECRET <= len(self.secret) <= MAX_SECRET:
+            raise ValueError(f"secret must be {MIN_SECRET}..{MAX_SECRET} characters")
 
 
 @dataclass(frozen=True, slots=True)
 class Progress:
     type: ClassVar[str] = "progress"
+    # A diverging model's loss is NaN or Inf: that is data about the node, not a broken
+    # frame, so it decodes as None ("no number") instead of closing the socket.
+    readings: ClassVar[frozenset[str]] = frozenset({"loss"})
     job_id: str
     round: int
     batch: int
     batches: int
-    loss: float
+    loss: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,11 +209,23 @@ def _from_json(cls: type[Any], data: dict[str, Any], where: str) -> Any:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ProtocolError(f"{where}: missing field {name!r}")
             continue
-        kwargs[name] = _check(hints[name], data[name], f"{where}.{name}")
+        value = data[name]
+        if name in getattr(cls, "readings", ()) and _is_non_finite(value):
+            value = None
+        kwargs[name] = _check(hints[name], value, f"{where}.{name}")
     try:
         return cls(**kwargs)
     except ValueError as exc:  # a frame whose values are out of range
         raise ProtocolError(f"{where}: {exc}") from exc
+
+
+def _is_non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def reading(value: float) -> float | None:
+    """A measured number for a frame: None when it is NaN or Inf (JSON has no such value)."""
+    return value if math.isfinite(value) else None
 
 
 def _check(hint: Any, value: Any, where: str) -> Any:

@@ -28,8 +28,9 @@ def default_home(env: Mapping[str, str]) -> Path:
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
     orchestrators: tuple[str, ...]
-    node_id: str
+    node_id: str  # when not explicit, a fresh candidate: the identity file's id wins
     name: str
+    explicit_node_id: bool = False  # --node-id or NODE_ID was given
     device: str = "auto"
     threads: int | None = None
     validation_split: float = 0.1
@@ -52,15 +53,15 @@ class NodeSettings:
         )
         orchestrators = tuple(u.strip().rstrip("/") for u in urls.split(",") if u.strip())
         name = flags.pop("name", None) or env.get("NODE_NAME") or socket.gethostname()
-        node_id = (
-            flags.pop("node_id", None) or env.get("NODE_ID") or f"{name}-{secrets.token_hex(3)}"
-        )
+        given_id = flags.pop("node_id", None) or env.get("NODE_ID")
+        node_id = given_id or f"{name}-{secrets.token_hex(3)}"
         home = Path(env["FEDAVG_HOME"]) if env.get("FEDAVG_HOME") else default_home(env)
         try:
             values: dict[str, Any] = {
                 "orchestrators": orchestrators,
                 "node_id": node_id,
                 "name": name,
+                "explicit_node_id": bool(given_id),
                 "device": env.get("FEDAVG_DEVICE", "auto"),
                 "threads": int(env["FEDAVG_TORCH_THREADS"])
                 if env.get("FEDAVG_TORCH_THREADS")

@@ -252,9 +252,9 @@ def decode_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tens
         dtype, shape, begin, end = _entry(name, entry)
         if not 0 <= begin <= end <= body_len:
             raise _invalid(f"{name}: byte range [{begin}, {end}) is outside the data")
-        numel = 1
-        for dim in shape:
-            numel *= dim
+        numel = math.prod(shape)
+        if math.prod(d for d in shape if d) >= 2**62:  # an empty tensor's shape still has strides
+            raise _invalid(f"{name}: shape {shape} is too large to describe a tensor")
         itemsize = torch.empty((), dtype=dtype).element_size()
         if (end - begin) != numel * itemsize:
             raise _invalid(f"{name}: {end - begin} bytes do not hold shape {shape} of {dtype}")
@@ -328,11 +328,11 @@ def check_state(tensors: Mapping[str, torch.Tensor], layout: Layout) -> None:
             raise WeightsError(f"{name}: shape {tuple(tensor.shape)} != expected {shape}")
         if tensor.dtype not in ALLOWED_DTYPES:
             raise WeightsError(f"{name}: dtype {tensor.dtype} is not a float type we accept")
-        if not _all_finite(tensor):
+        if not all_finite(tensor):
             raise WeightsError(f"{name}: contains NaN or Inf")
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
+def all_finite(tensor: torch.Tensor) -> bool:
     """One vectorised pass and no temporary: NaN spreads into min and max, and an Inf is one
     of them (``isfinite().all()`` writes a bool per value and costs 10x as much)."""
     if tensor.numel() == 0:

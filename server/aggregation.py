@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
 
 import torch
@@ -70,23 +71,87 @@ class Strategy(Protocol):
         server is about to serve), so it is never copied again."""
         ...
 
-    def reset(self) -> None:
-        """Forget every update: the next round starts here, reusing this round's memory."""
+    def reset(self, bound: UpdateBound | None = None) -> None:
+        """Forget every update: the next round starts here, reusing this round's memory,
+        admitting only updates within ``bound`` (none: no norm check)."""
         ...
 
 
+class UpdateRefused(AggregationError):
+    """An update that fits the model but moves it absurdly far from the global weights."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBound:
+    """How far one update may move the model: ``||w - g|| <= max_ratio * max(||g||, 1)``.
+
+    ``g`` is the round's global weights (what every node started from), so the bound scales
+    with the model and needs no tuning per architecture. An honest local epoch moves a
+    model by about its own norm or less (an update of all zeros is exactly 1x); a scaled or
+    exploded update (x1e30, say) is thousands of times over. TensorFlow Federated zeroes
+    such updates by a norm quantile; we refuse them with a clear error instead, so the
+    round goes on with the others. ``max_ratio = 0`` turns the check off.
+    """
+
+    reference: Mapping[str, torch.Tensor]
+    max_ratio: float
+    reference_norm: float
+
+    @classmethod
+    def around(cls, reference: Mapping[str, torch.Tensor], max_ratio: float) -> UpdateBound:
+        norm = math.sqrt(sum(_squared_norm(t) for t in reference.values()))
+        return cls(reference, max_ratio, norm)
+
+    @property
+    def limit(self) -> float:
+        return self.max_ratio * max(self.reference_norm, 1.0)
+
+    def check(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Raise :class:`UpdateRefused` when ``tensors`` are too far from the reference."""
+        if self.max_ratio <= 0:
+            return
+        distance = math.sqrt(
+            sum(_squared_distance(tensors[k], ref) for k, ref in self.reference.items())
+        )
+        if not distance <= self.limit:  # also refuses a NaN distance
+            raise UpdateRefused(
+                f"update norm {distance:.3g} exceeds {self.max_ratio:g} x the global model's "
+                f"norm ({self.limit:.3g}; FEDAVG_MAX_UPDATE_RATIO)"
+            )
+
+
+def _squared_norm(tensor: torch.Tensor) -> float:
+    flat = tensor.detach().reshape(-1)
+    return sum(
+        float(torch.linalg.vector_norm(flat[a:b].float()) ** 2) for a, b in _chunks(flat.numel())
+    )
+
+
+def _squared_distance(update: torch.Tensor, reference: torch.Tensor) -> float:
+    """``||update - reference||^2`` in cache-sized float32 chunks, summed in float64."""
+    u, r = update.detach().reshape(-1), reference.detach().reshape(-1)
+    total = 0.0
+    for a, b in _chunks(u.numel()):
+        total += float(torch.linalg.vector_norm(u[a:b].float() - r[a:b].float()) ** 2)
+    return total
+
+
 class UpdateGate:
-    """The admission checks every strategy shares: fits the model, once per node, samples.
+    """The admission checks every strategy shares: fits the model, once per node, samples,
+    and (with a :class:`UpdateBound`) not absurdly far from the global weights.
 
     Kept apart from the arithmetic so a new strategy gets identical refusals for free:
     call :meth:`admit` before touching any state and :meth:`commit` once the update is in.
     """
 
-    __slots__ = ("_layout", "_min_samples", "_seen")
+    __slots__ = ("_bound", "_layout", "_min_samples", "_seen")
 
-    def __init__(self, layout: Layout, *, min_samples: int) -> None:
+    def __init__(
+        self, layout: Layout, *, min_samples: int, bound: UpdateBound | None = None
+    ) -> None:
         self._layout = layout
         self._min_samples = min_samples
+        self._bound = bound
         self._seen: set[str] = set()
 
     @property
@@ -107,6 +172,8 @@ class UpdateGate:
                 f"node {node_id!r}: samples must be >= {self._min_samples}, got {samples}"
             )
         check_state(tensors, self._layout)
+        if self._bound is not None:
+            self._bound.check(tensors)
 
     def commit(self, node_id: str) -> None:
         self._seen.add(node_id)
@@ -191,10 +258,10 @@ class FedAvg:
                 mean = torch.div(source[start:stop], self._total, out=self._scratch[: stop - start])
                 target[start:stop].copy_(mean)
 
-    def reset(self) -> None:
+    def reset(self, bound: UpdateBound | None = None) -> None:
         for acc in self._acc.values():
             acc.zero_()  # warm pages: far cheaper than fresh zeroed memory every round
-        self._gate = UpdateGate(self._layout, min_samples=self._min_samples)
+        self._gate = UpdateGate(self._layout, min_samples=self._min_samples, bound=bound)
         self._total = 0
 
 
@@ -274,8 +341,8 @@ class _OrderStatistic:
             ordered = torch.stack(kept).sort(dim=0).values  # one key at a time bounds the peak
             out[key].copy_(self._reduce(ordered))
 
-    def reset(self) -> None:
-        self._gate = UpdateGate(self._layout, min_samples=0)
+    def reset(self, bound: UpdateBound | None = None) -> None:
+        self._gate = UpdateGate(self._layout, min_samples=0, bound=bound)
         self._updates = {key: [] for key in self._layout}
 
     def _reduce(self, ordered: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp_jinja2
 import jinja2
@@ -24,24 +24,41 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from node import __version__
 from node.errors import FedavgError
-from server import failpoints, monitor
+from server import failpoints, jsonsafe, monitor
 from server.auth import node_session, require_admin
-from server.errors import ApiError, BadRequest, NotFound, RequestTimeout, TooLarge, http_status
+from server.connections import CONNECTIONS, ConnectionLimiter, track_requests
+from server.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    RequestTimeout,
+    TooLarge,
+    http_status,
+)
 from server.federation import Federation
+from server.guard import request_guard
 from server.settings import Settings
 from server.sockets import FEDERATION, OPEN_SOCKETS, dashboard_socket, node_socket
 from server.store import Store
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
 SETTINGS = web.AppKey("settings", Settings)
 SEND_CHUNK = 1 << 20
+NODES_PAGE, NODES_PAGE_MAX = 500, 5000  # GET /nodes: the default and largest page
 METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 
 
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+    # The guard runs inside error_middleware, so its refusals get the one error shape.
+    app = web.Application(
+        middlewares=[track_requests, error_middleware, request_guard(settings)],
+        client_max_size=1 << 20,
+    )
     app[SETTINGS] = settings
+    app[CONNECTIONS] = ConnectionLimiter.from_settings(settings)
     app[OPEN_SOCKETS] = weakref.WeakSet()
 
     async def services(app: web.Application) -> AsyncIterator[None]:
@@ -52,8 +69,11 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
             settings.runs_path,
         ):
             folder.mkdir(parents=True, exist_ok=True)
-        store = Store(settings.db_path)
+        store = Store(
+            settings.db_path, max_events=settings.max_events, max_node_ids=settings.max_node_ids
+        )
         app[FEDERATION] = Federation(settings, store, clock)
+        app[CONNECTIONS].on_refused = app[FEDERATION].metrics.connection_refused
         await app[FEDERATION].resume_unfinished()
         yield
         await app[FEDERATION].close()
@@ -118,7 +138,12 @@ async def error_middleware(
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    return _json({"error": {"code": code, "message": message}}, status=status)
+
+
+def _json(data: Any, *, status: int = 200) -> web.Response:
+    """Every JSON answer: NaN and Infinity are written as null (see server.jsonsafe)."""
+    return web.json_response(data, status=status, dumps=jsonsafe.dumps)
 
 
 def _fed(request: web.Request) -> Federation:
@@ -145,7 +170,7 @@ def int_query(request: web.Request, name: str, default: int | None, lo: int, hi:
 
 async def health(request: web.Request) -> web.Response:
     fed = _fed(request)
-    return web.json_response(
+    return _json(
         {
             "status": "ok",
             "version": __version__,
@@ -156,23 +181,29 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def nodes(request: web.Request) -> web.Response:
-    return web.json_response({"nodes": _fed(request).nodes()})
+    # Public, ids included: an id is a name, not a credential. Saying hello with a listed id
+    # needs the secret that id is bound to (Federation.node_joined), so listing it gives
+    # nothing away. Paged, because anyone with the join token can add rows.
+    limit = int_query(request, "limit", NODES_PAGE, 1, NODES_PAGE_MAX)
+    offset = int_query(request, "offset", 0, 0, 2**31)
+    page, total = _fed(request).nodes(limit, offset)
+    return _json({"nodes": page, "total": total, "offset": offset, "limit": limit})
 
 
 async def datasets(request: web.Request) -> web.Response:
-    return web.json_response({"datasets": [d.to_dict() for d in _fed(request).datasets()]})
+    return _json({"datasets": [d.to_dict() for d in _fed(request).datasets()]})
 
 
 async def sync_status(request: web.Request) -> web.Response:
-    return web.json_response(_fed(request).status())
+    return _json(_fed(request).status())
 
 
 async def models(request: web.Request) -> web.Response:
-    return web.json_response({"models": _fed(request).models()})
+    return _json({"models": _fed(request).models()})
 
 
 async def runs(request: web.Request) -> web.Response:
-    return web.json_response({"runs": _fed(request).store.runs()})
+    return _json({"runs": _fed(request).store.runs()})
 
 
 async def download_model(request: web.Request) -> web.StreamResponse:
@@ -209,16 +240,16 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def monitor_overview(request: web.Request) -> web.Response:
-    return web.json_response(monitor.overview(_fed(request)))
+    return _json(monitor.overview(_fed(request)))
 
 
 async def monitor_nodes(request: web.Request) -> web.Response:
-    return web.json_response(monitor.node_details(_fed(request)))
+    return _json(monitor.node_details(_fed(request)))
 
 
 async def monitor_timeline(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", 100, 1, 1000)
-    return web.json_response(monitor.timeline(_fed(request), limit))
+    return _json(monitor.timeline(_fed(request), limit))
 
 
 @aiohttp_jinja2.template("dashboard.html")
@@ -250,7 +281,7 @@ def static_dir() -> Path:
 async def prepare_mnist(request: web.Request) -> web.Response:
     require_admin(request, request.app[SETTINGS])
     info = await _fed(request).prepare_mnist()
-    return web.json_response(info.to_dict())
+    return _json(info.to_dict())
 
 
 async def prepare_shards(request: web.Request) -> web.Response:
@@ -267,7 +298,7 @@ async def prepare_shards(request: web.Request) -> web.Response:
         }
         for n, f in files.items()
     ]
-    return web.json_response({"dataset": info.dataset_id, "plan": key, "shards": shards})
+    return _json({"dataset": info.dataset_id, "plan": key, "shards": shards})
 
 
 async def start_training(request: web.Request) -> web.Response:
@@ -275,7 +306,7 @@ async def start_training(request: web.Request) -> web.Response:
     require_admin(request, settings)
     epochs = int_query(request, "epochs", settings.default_epochs, 1, settings.max_epochs)
     job = await _fed(request).start_job(request.match_info["dataset_id"], epochs)
-    return web.json_response(
+    return _json(
         {
             "job_id": job.run_id,
             "rounds": epochs,
@@ -289,7 +320,7 @@ async def start_training(request: web.Request) -> web.Response:
 async def stop_training(request: web.Request) -> web.Response:
     require_admin(request, request.app[SETTINGS])
     job = await _fed(request).stop_job()
-    return web.json_response({"job_id": job.run_id, "state": job.status})
+    return _json({"job_id": job.run_id, "state": job.status})
 
 
 # -- bulk transfer -----------------------------------------------------------------------------
@@ -358,25 +389,39 @@ async def upload_weights(request: web.Request) -> web.Response:
         )
         node_metrics = _metrics_query(request)
         job.precheck(session.node_id, round_, samples)  # refuse before reading a byte
-        # A few uploads are read and folded at a time; the rest wait with their bytes still
-        # in the socket, so server memory does not grow with the number of nodes.
-        async with job.intake:
-            with job.upload_buffers.lease(request.content_length or 0) as buffer:
-                body = await read_body(
-                    request, fed.settings.max_upload_bytes, fed.settings.idle_timeout_s, buffer
-                )
-                fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
-                result = await job.upload(session.node_id, round_, samples, node_metrics, body)
-                del body  # folded (copied): the buffer goes back to the pool
+        # One upload per node at a time, so no node holds more than one of the few slots
+        # below; and none outlives its round: a trickling body is cut when the round closes.
+        with job.reading_upload(session.node_id) as round_over:
+            closed = Conflict(f"round {round_} closed during the upload", reason="late")
+            # A few uploads are read and folded at a time; the rest wait with their bytes
+            # still in the socket, so server memory does not grow with the number of nodes.
+            async with job.intake:
+                job.precheck(session.node_id, round_, samples)  # it may have closed meanwhile
+                with job.upload_buffers.lease(request.content_length or 0) as buffer:
+                    body = await unless_set(
+                        read_body(
+                            request,
+                            job.max_upload_bytes,
+                            fed.settings.idle_timeout_s,
+                            buffer,
+                            min_rate=fed.settings.min_upload_rate,
+                        ),
+                        round_over,
+                        closed,
+                    )
+                    fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
+                    result = await job.upload(session.node_id, round_, samples, node_metrics, body)
+                    del body  # folded (copied): the buffer goes back to the pool
     except FedavgError as exc:
         reason = exc.reason if isinstance(exc, ApiError) else type(exc).__name__
         fed.metrics.uploads_rejected.labels(reason=reason).inc()
         raise
-    return web.json_response(result)
+    return _json(result)
 
 
 def _metrics_query(request: web.Request) -> dict[str, float]:
-    """The node's own metrics for the round, from the query string (finite numbers only)."""
+    """The node's own metrics for the round, from the query string. A NaN or Inf (a node
+    whose local model diverged) is dropped: it is a reading, and no API answer may carry it."""
     values = {}
     for key in METRIC_KEYS:
         if key in request.query:
@@ -384,18 +429,40 @@ def _metrics_query(request: web.Request) -> dict[str, float]:
                 value = float(request.query[key])
             except ValueError:
                 raise BadRequest(f"{key}={request.query[key]!r} is not a number") from None
-            if not math.isfinite(value):
-                raise BadRequest(f"{key} must be finite")
-            values[key] = value
+            if math.isfinite(value):
+                values[key] = value
     return values
 
 
+async def unless_set(work: Awaitable[T], event: asyncio.Event, refusal: Exception) -> T:
+    """``work``'s result, or ``refusal`` raised (and ``work`` cancelled) once ``event`` is set."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise refusal
+    return task.result()
+
+
 async def read_body(
-    request: web.Request, limit: int, idle_timeout: float, into: bytearray | None = None
+    request: web.Request,
+    limit: int,
+    idle_timeout: float,
+    into: bytearray | None = None,
+    *,
+    min_rate: float | None = None,
 ) -> memoryview:
     """The request body, refusing (413) as soon as it is known to exceed ``limit``, and
-    (408) when no byte arrives for ``idle_timeout`` s — an idle limit, never a wall-clock
-    one, so a big model on a slow link is not cut off while it is still moving.
+    (408) when no byte arrives for ``idle_timeout`` s — an idle limit, so a big model on a
+    slow link is not cut off while it is still moving — or, with ``min_rate`` (bytes/s),
+    when the whole body takes longer than ``idle_timeout`` plus its size at that rate: a
+    body that trickles a byte now and then never goes idle, but cannot last for ever.
 
     Read into ``into`` when it is large enough for the declared length (a warm buffer from
     the job's pool), else into a fresh one, and returned as a view of exactly the body: the
@@ -409,10 +476,15 @@ async def read_body(
     buffer = into if into is not None and len(into) >= size else bytearray(size)
     view, filled = memoryview(buffer), 0
     loop = asyncio.get_running_loop()
+    end_by = math.inf
+    if min_rate is not None:
+        end_by = (
+            loop.time() + idle_timeout + (declared if declared is not None else limit) / min_rate
+        )
     try:
-        async with asyncio.timeout(idle_timeout) as idle:
+        async with asyncio.timeout(min(loop.time() + idle_timeout, end_by)) as idle:
             while chunk := await request.content.readany():
-                idle.reschedule(loop.time() + idle_timeout)
+                idle.reschedule(min(loop.time() + idle_timeout, end_by))
                 end = filled + len(chunk)
                 if end > limit:
                     raise TooLarge(f"body exceeds the {limit}-byte limit")
@@ -424,6 +496,10 @@ async def read_body(
                 filled = end
                 failpoints.reach("upload.mid_body")
     except TimeoutError:
+        if loop.time() >= end_by:
+            raise RequestTimeout(
+                f"upload too slow: under {min_rate:g} bytes/s on average"
+            ) from None
         raise RequestTimeout(f"no upload bytes for {idle_timeout:g} s") from None
     except ConnectionResetError:  # the client went away mid-body: nothing to answer
         raise BadRequest("the connection closed mid-upload", reason="disconnected") from None

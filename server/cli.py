@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import os
+import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import get_args
@@ -18,6 +21,7 @@ from node.logs import configure_logging
 from node.protocol import WireDtype
 from server import failpoints
 from server.app import create_app
+from server.connections import CONNECTIONS, LimitedSite, raise_fd_limit
 from server.settings import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
@@ -88,16 +92,52 @@ def main(argv: list[str] | None = None) -> None:
         aggregation=settings.aggregation,
         epoch_sync_timeout=settings.epoch_sync_timeout,
     )
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=_announce,
-        ssl_context=ssl_context,
+    fd_limit = raise_fd_limit()  # before create_app: the connection cap follows it
+    asyncio.run(serve(create_app(settings), settings, ssl_context, fd_limit))
+
+
+async def serve(
+    app: web.Application, settings: Settings, ssl_context: ssl.SSLContext | None, fd_limit: int
+) -> None:
+    """Run ``app`` until SIGINT/SIGTERM, as ``web.run_app`` would, but with every connection
+    passing the app's ``ConnectionLimiter`` first (run_app has no hook for that)."""
+    runner = web.AppRunner(
+        app,
         access_log=None,
-        backlog=1024,  # hundreds of nodes may (re)connect at once after a restart
+        # Also the wait for each request head after the first on a kept-alive connection.
+        keepalive_timeout=settings.header_timeout_s,
+        # Compressed bodies are refused (server/guard.py); never inflate one either.
+        auto_decompress=False,
         shutdown_timeout=10.0,
     )
+    await runner.setup()
+    try:
+        limiter = app[CONNECTIONS]
+        site = LimitedSite(
+            runner,
+            settings.host,
+            settings.port,
+            limiter,
+            ssl_context=ssl_context,
+            backlog=1024,  # hundreds of nodes may (re)connect at once after a restart
+        )
+        await site.start()
+        log.info(
+            "connection_limits",
+            fd_limit=fd_limit,
+            max_connections=limiter.max_total,
+            max_pending=limiter.max_pending,
+            max_pending_per_peer=limiter.max_pending_per_peer,
+            header_timeout=limiter.header_timeout_s,
+        )
+        _announce(f"======== Running on {site.name} ========\n(Press CTRL+C to quit)")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
@@ -116,7 +156,8 @@ def _return_big_frees_to_the_os() -> None:
 
 
 def _announce(message: str) -> None:
-    # aiohttp prints "======== Running on http://host:port ========"; tests and the demo read it.
+    # "======== Running on http://host:port ========", as aiohttp prints it; tests and the
+    # demo read it.
     print(message, flush=True)
 
 

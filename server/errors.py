@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from node.errors import FedavgError, ProtocolError, SpecError, WeightsError
+from server.aggregation import AggregationError
 from server.datasets import DatasetError, UnknownDataset
 
 
@@ -15,6 +16,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    MISDIRECTED_REQUEST = "misdirected_request"
     TIMEOUT = "timeout"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
@@ -55,6 +58,13 @@ class Conflict(ApiError):
     code = ErrorCode.CONFLICT
 
 
+class IdTaken(Conflict):
+    """A hello for a node id that is bound to another secret."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="id_taken")
+
+
 class RequestTimeout(ApiError):
     status = 408
     code = ErrorCode.TIMEOUT
@@ -65,6 +75,16 @@ class TooLarge(ApiError):
     code = ErrorCode.TOO_LARGE
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
+class MisdirectedRequest(ApiError):
+    status = 421
+    code = ErrorCode.MISDIRECTED_REQUEST
+
+
 def http_status(exc: BaseException) -> tuple[int, ErrorCode]:
     """Status and code for any exception; anything unknown is a 500 (and gets logged)."""
     if isinstance(exc, ApiError):
@@ -73,6 +93,6 @@ def http_status(exc: BaseException) -> tuple[int, ErrorCode]:
         return 404, ErrorCode.NOT_FOUND
     if isinstance(exc, DatasetError):
         return 503, ErrorCode.UNAVAILABLE
-    if isinstance(exc, ProtocolError | SpecError | WeightsError):
+    if isinstance(exc, ProtocolError | SpecError | WeightsError | AggregationError):
         return 400, ErrorCode.BAD_REQUEST
     return 500, ErrorCode.INTERNAL

@@ -8,13 +8,13 @@ reading must never delay a round.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from server import jsonsafe
 from server.store import Store
 
 log = structlog.get_logger(__name__)
@@ -69,7 +69,7 @@ class EventBus:
         """Record (when on the timeline) and broadcast; serialised once for all subscribers."""
         ts = self._clock()
         event_id = self._store.add_event(ts, kind, data, run_id, node_id) if timeline else None
-        text = json.dumps(
+        text = jsonsafe.dumps(
             {
                 "type": "event",
                 "id": event_id,

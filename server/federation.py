@@ -7,10 +7,11 @@ decode requests and encode answers.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,14 @@ from server.datasets import (
     load_split,
     prepare_mnist,
 )
-from server.errors import Conflict, NotFound
+from server.errors import Conflict, IdTaken, NotFound
 from server.events import EventBus
 from server.job import Checkpoint, Job, JobContext
 from server.metrics import Metrics
 from server.registry import NodeRegistry, NodeSession
 from server.settings import Settings
 from server.shard_files import ShardFile, plan_key, write_shards
-from server.shard_plan import plan_shards
+from server.shard_plan import bounded_capacities, plan_shards
 from server.store import Store
 from server.wandb_log import ServerWandb
 
@@ -57,8 +58,9 @@ class Federation:
         self.bus.listen(self.metrics.on_event)
         self.wandb = WandbSink(settings.wandb_mode, settings.wandb_project, settings.home / "wandb")
         self.bus.listen(ServerWandb(self.wandb).on_event)
-        self.registry = NodeRegistry()
+        self.registry = NodeRegistry(settings.max_offline_nodes)
         self.job: Job | None = None
+        self._last_run: dict[str, Any] | None = None  # the last job, when it ended before a restart
         self._dataset_lock = asyncio.Lock()
         self._job_lock = asyncio.Lock()
         self.started_at = clock()
@@ -67,6 +69,19 @@ class Federation:
     # -- nodes ---------------------------------------------------------------------------------
 
     def node_joined(self, hello: Hello) -> NodeSession:
+        """Admit a node, or raise IdTaken when its id is bound to another secret.
+
+        The id -> secret binding is what makes an id worth nothing to anyone else: ids are
+        public (``GET /nodes``), and the first secret seen for an id owns it from then on,
+        across server restarts. A refused hello leaves the live session alone.
+        """
+        digest = hashlib.sha256(hello.secret.encode()).hexdigest()
+        bound = self.store.node_secret_sha256(hello.node_id)
+        if bound is not None and not secrets.compare_digest(bound, digest):
+            self.metrics.hellos_refused.labels(reason="id_taken").inc()
+            log.warning("node_id_taken", claimed_id=hello.node_id, name=hello.name)
+            raise IdTaken(f"node id {hello.node_id!r} belongs to another node (wrong secret)")
+        self.store.bind_node_id(hello.node_id, digest, self.clock(), keep=self._ids_in_use())
         session, replaced = self.registry.join(hello, self.clock())
         if replaced is not None:
             replaced.send(
@@ -90,8 +105,31 @@ class Federation:
             self.bus.publish(
                 "node_left", {"name": session.name, "reason": reason}, node_id=session.node_id
             )
+            self.registry.prune_offline(keep=self._participants())
+            if self.job is not None:
+                self.job.node_gone(session.node_id)
 
-    def node_progress(self, session: NodeSession, progress: Progress) -> None:
+    def _participants(self) -> Collection[str]:
+        """The running job's shard holders: remembered even while offline."""
+        job = self.job
+        return job.shards.keys() if job is not None and not job.finished.is_set() else ()
+
+    def _ids_in_use(self) -> set[str]:
+        return {s.node_id for s in self.registry.connected()} | set(self._participants())
+
+    def node_progress(self, session: NodeSession, progress: Progress) -> bool:
+        """Apply a progress report to the node's row; False (dropped, counted) when it is not
+        about the job and round the node is training."""
+        job = self.job
+        if job is None or session.job_id != job.run_id or progress.job_id != job.run_id:
+            self.metrics.frames_dropped.labels(reason="wrong_job").inc()
+            return False
+        expected = session.training_round
+        if not 1 <= progress.round <= job.rounds or (
+            expected is not None and progress.round != expected
+        ):
+            self.metrics.frames_dropped.labels(reason="wrong_round").inc()
+            return False
         session.last_seen = self.clock()
         session.round, session.batch, session.batches = (
             progress.round,
@@ -111,9 +149,15 @@ class Federation:
             node_id=session.node_id,
             timeline=False,
         )
+        return True
 
-    def nodes(self) -> list[dict[str, Any]]:
-        return [s.view() for s in self.registry.nodes.values()]
+    def nodes(self, limit: int = 500, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """A page of the known nodes, connected ones first (in join order), then the offline
+        ones, most recently gone first; and how many there are in all."""
+        connected = self.registry.connected()
+        offline = self.registry.offline_newest_first()
+        page = (connected + offline)[offset : offset + limit]
+        return [s.view() for s in page], len(connected) + len(offline)
 
     # -- datasets ------------------------------------------------------------------------------
 
@@ -145,7 +189,10 @@ class Federation:
     async def plan(self, dataset_id: str) -> tuple[DatasetInfo, dict[str, ShardFile], str]:
         """Split the training set over the connected nodes and write their shards."""
         info = self._dataset(dataset_id)
-        capacities = {s.node_id: max(s.capacity, 1e-3) for s in self.registry.connected()}
+        capacities = bounded_capacities(
+            {s.node_id: s.capacity for s in self.registry.connected()},
+            self.settings.max_capacity_ratio,
+        )
         if not capacities:
             raise Conflict("no nodes are connected: start fedavg-node on the workers first")
         key = plan_key(
@@ -213,6 +260,9 @@ class Federation:
             deadline_s=self.settings.epoch_sync_timeout,
             metrics=self.metrics,
             upload_slots=self.settings.upload_slots,
+            max_upload_bytes=self.settings.max_upload_bytes,
+            max_update_ratio=self.settings.max_update_ratio,
+            max_missed_rounds=self.settings.max_missed_rounds,
             clock=self.clock,
         )
 
@@ -220,8 +270,11 @@ class Federation:
         """After a restart: carry on with the newest job that was running, from its last
         closed round; older unfinished runs are marked interrupted."""
         _remove_stale_temp_files(self.settings.runs_path, self.settings.models_path)
-        unfinished = [r for r in self.store.runs() if r["status"] in ("running", "starting")]
+        runs = self.store.runs()
+        unfinished = [r for r in runs if r["status"] in ("running", "starting")]
         if not unfinished:
+            if runs:  # the views show the last job, as they did before the restart
+                self._last_run = self._finished_view(runs[0])
             return
         self.bus.publish(
             "server_restarted",
@@ -244,6 +297,7 @@ class Federation:
             self.bus.publish(
                 "job_failed", {"status": "failed", "error": str(exc)}, run_id=run["run_id"]
             )
+            self._last_run = self._finished_view(self.store.runs(limit=1)[0])
             return
         self.job = job
         await job.resume()
@@ -261,24 +315,11 @@ class Federation:
             raise FileNotFoundError(f"shard files are gone: {missing}")
         initial = config["initial"]
         checkpoints = {0: Checkpoint(0, Path(initial["path"]), initial["sha256"])}
-        history: list[dict[str, Any]] = []
+        history = self._history(run)
         for row in self.store.rounds(run["run_id"]):
-            if row.round != len(history) + 1:
-                raise ValueError(f"round {row.round} recorded after round {len(history)}")
+            if row.round != len(checkpoints):
+                raise ValueError(f"round {row.round} recorded after round {len(checkpoints) - 1}")
             checkpoints[row.round] = Checkpoint(row.round, Path(row.checkpoint), row.sha256)
-            history.append(
-                {
-                    "round": row.round,
-                    "rounds": run["rounds"],
-                    "contributors": row.contributors,
-                    "samples": row.samples,
-                    "partial": row.partial,
-                    "missing": row.missing,
-                    "test_accuracy": row.test_accuracy,
-                    "test_loss": row.test_loss,
-                    "seconds": row.closed_at - row.opened_at,
-                }
-            )
         latest = checkpoints[max(checkpoints)]
         if sha256_hex(latest.path.read_bytes()) != latest.sha256:
             raise WeightsError(f"checkpoint {latest.path} does not match its recorded sha256")
@@ -298,6 +339,50 @@ class Federation:
             history=history,
             started_at=run["created"],
         )
+
+    def _history(self, run: dict[str, Any]) -> list[dict[str, Any]]:
+        """A run's closed rounds as the views show them (what ``Job.history`` holds)."""
+        return [
+            {
+                "round": row.round,
+                "rounds": run["rounds"],
+                "contributors": row.contributors,
+                "samples": row.samples,
+                "partial": row.partial,
+                "missing": row.missing,
+                "test_accuracy": row.test_accuracy,
+                "test_loss": row.test_loss,
+                "seconds": row.closed_at - row.opened_at,
+            }
+            for row in self.store.rounds(run["run_id"])
+        ]
+
+    def _finished_view(self, run: dict[str, Any]) -> dict[str, Any]:
+        """What ``Job.view`` said of a run that ended before this server started."""
+        history = self._history(run)
+        model = Path(run["model_path"]).name if run["model_path"] else None
+        return {
+            "run_id": run["run_id"],
+            "state": run["status"],
+            "dataset": run["dataset"],
+            "dataset_source": run["dataset_source"],
+            "round": len(history),
+            "rounds": run["rounds"],
+            "round_open": False,
+            "expected": [],
+            "received": [],
+            "not_waited_for": [],
+            "deadline_in_s": None,
+            "time_in_round_s": None,
+            "partial_rounds": sum(1 for h in history if h["partial"]),
+            "aggregation": run["aggregation"],
+            "started_at": run["created"],
+            "elapsed_s": (run["finished"] or run["created"]) - run["created"],
+            "history": history,
+            "error": run["error"],
+            "model_url": f"/models/{model}" if model else None,
+            "final_accuracy": run["final_accuracy"],
+        }
 
     async def stop_job(self) -> Job:
         if self.job is None or self.job.finished.is_set():
@@ -321,6 +406,8 @@ class Federation:
     def status(self) -> dict[str, Any]:
         nodes = self.registry.connected()
         base = {"nodes_connected": len(nodes), "server_started_at": self.started_at}
+        if self.job is None and self._last_run is not None:
+            return {**base, **self._last_run}
         if self.job is None:
             return {**base, "state": "idle", "round": 0, "rounds": 0, "run_id": None}
         return {**base, **self.job.view()}

@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +31,9 @@ from node.errors import WeightsError
 from node.model import ModelSpec, init_state
 from node.protocol import Done, Train, TrainConfig, WeightsReady
 from node.weights import (
+    MAX_HEADER_BYTES,
     WeightsMeta,
+    all_finite,
     decode_tensors,
     decode_weights,
     encode_weights,
@@ -40,7 +43,7 @@ from node.weights import (
     weights_buffer,
 )
 from server import failpoints
-from server.aggregation import Strategy, make_strategy
+from server.aggregation import AggregationError, Strategy, UpdateBound, make_strategy
 from server.buffers import BufferPool
 from server.datasets import DatasetInfo
 from server.errors import Conflict, Forbidden
@@ -103,6 +106,9 @@ class JobContext:
     deadline_s: float
     metrics: Metrics
     upload_slots: int = 4
+    max_upload_bytes: int = 512 << 20  # the operator's cap; a job's own limit is its model's size
+    max_update_ratio: float = 10.0
+    max_missed_rounds: int = 2
     clock: Callable[[], float] = time.time
 
 
@@ -146,7 +152,13 @@ class Job:
             total_rounds=rounds,
             participants=self.shards,
             deadline_s=ctx.deadline_s,
+            max_missed_rounds=ctx.max_missed_rounds,
             last_closed=len(self.history),
+        )
+        # An honest upload is the model's tensors plus a small header: anything bigger is
+        # refused before it is read, whatever the operator's FEDAVG_MAX_UPLOAD_MB allows.
+        self.max_upload_bytes = min(
+            ctx.max_upload_bytes, 8 + MAX_HEADER_BYTES + _tensor_bytes(self._wire_layout)
         )
         # One per job, reset per round; dropped with the job's other big buffers at its end.
         self._strategy: Strategy | None = make_strategy(ctx.aggregation, self._layout)
@@ -164,6 +176,10 @@ class Job:
         self._settling: list[asyncio.Task[float | None]] = []  # rounds still settling, oldest first
         self._unwritten: dict[int, bytearray] = {}  # published, checkpoint not on disk yet
         self._timer: asyncio.Task[None] | None = None
+        self._reference: Mapping[str, torch.Tensor] | None = None  # what this round started from
+        self._uploading: set[str] = set()  # nodes with an upload body being read
+        self._round_over = asyncio.Event()  # set when the open round closes (cuts its uploads)
+        self._departures: set[asyncio.Task[None]] = set()
         self._log = log.bind(run_id=run_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -174,6 +190,7 @@ class Job:
         await asyncio.to_thread(self._write_checkpoint, initial)
         checkpoint = self.checkpoints[0] = initial.checkpoint
         self._latest_bytes = (0, initial.data)
+        self._reference = initial.state
         self.ctx.store.create_run(
             run_id=self.run_id,
             dataset=self.dataset.dataset_id,
@@ -235,6 +252,9 @@ class Job:
                 await asyncio.to_thread(self._write_final_model, state)
                 self._finish("completed")
             else:
+                self._reference = await asyncio.to_thread(
+                    self._read_checkpoint, self.machine.last_closed
+                )
                 self._open_next_round(expected=self.shards)
 
     async def stop(self, reason: str) -> None:
@@ -245,15 +265,16 @@ class Job:
 
     @property
     def strategy(self) -> Strategy:
-        if self._strategy is None:
-            raise RuntimeError(f"job {self.run_id} is finished: it aggregates nothing more")
+        if self._strategy is None:  # an upload that raced the job's end (a stop, say)
+            raise Conflict(f"job {self.run_id} is finished", reason="finished")
         return self._strategy
 
     def _finish(self, status: str, error: str | None = None) -> None:
         self.status, self.error = status, error
         # The server keeps the last job for its views: not its accumulators, upload buffers
         # and served bytes (a few hundred MiB for a big model). Later downloads read disk.
-        self._strategy, self._latest_bytes = None, None
+        self._strategy, self._latest_bytes, self._reference = None, None, None
+        self._round_over.set()
         self._unwritten.clear()
         self.upload_buffers = BufferPool(keep=0)
         if self._timer is not None and self._timer is not asyncio.current_task():
@@ -304,9 +325,30 @@ class Job:
         )
 
     def node_rejoined(self, node_id: str) -> None:
-        """A participant came back: hand it the newest weights so it trains the open round."""
-        if node_id in self.shards and not self.finished.is_set() and self.machine.is_open:
+        """A participant came back: hand it the newest weights so it trains the open round,
+        and wait for it again from the next round on, whatever it missed before."""
+        if node_id not in self.shards or self.finished.is_set():
+            return
+        self.machine.forgive(node_id)
+        if self.machine.is_open:
             self._send_train(node_id)
+
+    def node_gone(self, node_id: str) -> None:
+        """A participant's socket closed: the open round stops waiting for it now, not at
+        its deadline (it closes at once if everybody else is in)."""
+        if node_id in self.shards and not self.finished.is_set() and self.machine.is_open:
+            task = asyncio.create_task(self._withdraw(node_id), name=f"withdraw-{node_id}")
+            self._departures.add(task)
+            task.add_done_callback(self._departures.discard)
+
+    async def _withdraw(self, node_id: str) -> None:
+        async with self._lock:
+            session = self.ctx.registry.nodes.get(node_id)
+            if self.finished.is_set() or (session is not None and session.connected):
+                return  # the job ended, or the node is back already
+            closed = self.machine.withdraw(node_id, self.ctx.clock())
+            if closed is not None:
+                await self._close_round(closed)
 
     def _send_train(self, node_id: str) -> None:
         session = self.ctx.registry.nodes.get(node_id)
@@ -334,6 +376,21 @@ class Job:
                 reason="bad_samples",
             )
 
+    @contextlib.contextmanager
+    def reading_upload(self, node_id: str) -> Iterator[asyncio.Event]:
+        """While a node's upload body is read: one at a time per node, so one node can
+        never hold more than one of the job's upload slots. Yields an event set when the
+        open round closes, since an upload for a closed round is only refused later."""
+        if node_id in self._uploading:
+            raise Conflict(
+                f"an upload from node {node_id} is already in flight", reason="in_flight"
+            )
+        self._uploading.add(node_id)
+        try:
+            yield self._round_over
+        finally:
+            self._uploading.discard(node_id)
+
     async def upload(
         self,
         node_id: str,
@@ -344,13 +401,22 @@ class Job:
     ) -> dict[str, Any]:
         """Validate and fold one node's weights; raises Conflict/Forbidden/WeightsError."""
         self.precheck(node_id, round_, samples)
-        tensors = await asyncio.to_thread(decode_tensors, body)
+        try:
+            tensors = await asyncio.to_thread(decode_tensors, body)
+        except WeightsError as exc:
+            async with self._lock:
+                await self._refused(node_id, round_, exc)
+            raise
         async with self._lock:
             self._refuse_unless_accepted(node_id, round_)  # the round may have closed meanwhile
-            await aio_time(
-                self.ctx.metrics.aggregation_duration,
-                asyncio.to_thread(self.strategy.add, node_id, tensors, samples),
-            )
+            try:
+                await aio_time(
+                    self.ctx.metrics.aggregation_duration,
+                    asyncio.to_thread(self.strategy.add, node_id, tensors, samples),
+                )
+            except (WeightsError, AggregationError) as exc:
+                await self._refused(node_id, round_, exc)
+                raise
             failpoints.reach("aggregation.after_fold")
             now = self.ctx.clock()
             closed = self.machine.record(node_id, round_, samples, now)
@@ -371,7 +437,19 @@ class Job:
             "received": len(self.machine.received) if self.machine.round == round_ else None,
         }
 
+    async def _refused(self, node_id: str, round_: int, exc: Exception) -> None:
+        """An upload that was read and refused (malformed, absurd): the node has had its
+        say for the round, so the round stops waiting for it. A corrected upload of its own
+        is still welcome while the round is open. Call with the lock held."""
+        self._publish("upload_refused", {"round": round_, "error": str(exc)}, node_id=node_id)
+        if self.machine.round == round_ and not self.finished.is_set():
+            closed = self.machine.withdraw(node_id, self.ctx.clock())
+            if closed is not None:
+                await self._close_round(closed)
+
     def _refuse_unless_accepted(self, node_id: str, round_: int) -> None:
+        if self.finished.is_set():  # stopped or failed: the machine may not know
+            raise Conflict(f"job {self.run_id} is {self.status}", reason="finished")
         verdict = self.machine.check(node_id, round_)
         if verdict is Verdict.ACCEPTED:
             return
@@ -395,13 +473,18 @@ class Job:
         if expected is None:
             expected = [s.node_id for s in self._connected_participants()]
         round_ = self.machine.open(expected, self.ctx.clock())
-        self.strategy.reset()
+        self._round_over = asyncio.Event()
+        bound = None
+        if self._reference is not None and self.ctx.max_update_ratio > 0:
+            bound = UpdateBound.around(self._reference, self.ctx.max_update_ratio)
+        self.strategy.reset(bound)
         self._timer = asyncio.create_task(self._expire_later(round_), name=f"deadline-{round_}")
         self._publish(
             "round_opened",
             {
                 "round": round_,
                 "expected": sorted(self._names(self.machine.expected)),
+                "not_waited_for": sorted(self._names(self.machine.not_waited_for)),
                 "deadline": self.machine.deadline,
             },
         )
@@ -458,12 +541,21 @@ class Job:
         """
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
+        self._round_over.set()
         await self._settled(backlog=SETTLE_BACKLOG - 1)
         if self.finished.is_set():  # an earlier round's after-work failed the job
             return
+        refused: list[bool] = []
         published = await asyncio.to_thread(
-            self._weights_file, closed.round, self.strategy.result_into
+            self._weights_file, closed.round, functools.partial(self._average_into, refused)
         )
+        if refused:
+            self._log.warning("average_refused", round=closed.round)
+            self._publish(
+                "average_refused",
+                {"round": closed.round, "reason": "the average is not finite; weights kept"},
+            )
+        self._reference = published.state
         self.checkpoints[closed.round] = published.checkpoint
         self._latest_bytes = (closed.round, published.data)
         self._unwritten[closed.round] = published.data
@@ -473,7 +565,8 @@ class Job:
             if accuracy is not None:
                 self.final_accuracy = accuracy
                 # From the float32 average, whatever the wire dtype of the published file.
-                await asyncio.to_thread(self._write_final_model, self.strategy.result())
+                final = published.state if refused else self.strategy.result()
+                await asyncio.to_thread(self._write_final_model, final)
                 failpoints.reach("final_model.before_commit")
                 self._finish("completed")
             return
@@ -495,6 +588,16 @@ class Job:
                 self._settle(closed, published, previous), name=f"settle-{closed.round}"
             )
         )
+
+    def _average_into(self, refused: list[bool], out: Mapping[str, torch.Tensor]) -> None:
+        """The round's aggregate into ``out``; a non-finite one (which per-update checks
+        should make impossible) is never a model: the round's starting weights are kept,
+        and ``refused`` says so."""
+        self.strategy.result_into(out)
+        if self._reference is not None and not all(all_finite(t) for t in out.values()):
+            for key, tensor in out.items():
+                tensor.copy_(self._reference[key])
+            refused.append(True)
 
     async def _settled(self, backlog: int = 0) -> None:
         """Wait until at most ``backlog`` rounds are still settling (settles never raise)."""
@@ -646,6 +749,7 @@ class Job:
             "round_open": self.machine.is_open,
             "expected": sorted(self._names(self.machine.expected)),
             "received": sorted(self._names(self.machine.received)),
+            "not_waited_for": sorted(self._names(self.machine.not_waited_for)),
             "deadline_in_s": None if deadline is None else max(0.0, deadline - now),
             "time_in_round_s": now - self.machine.opened_at if self.machine.is_open else None,
             "partial_rounds": sum(1 for h in self.history if h["partial"]),
@@ -665,6 +769,13 @@ def _copier(state: Mapping[str, torch.Tensor]) -> Callable[[Mapping[str, torch.T
             view.copy_(state[key])
 
     return fill
+
+
+def _tensor_bytes(layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
+    return sum(
+        math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        for shape, dtype in layout.values()
+    )
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:

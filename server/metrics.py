@@ -71,6 +71,31 @@ class Metrics:
             "fedavg_global_loss", "Test loss of the latest global model.", registry=r
         )
         self.current_round = Gauge("fedavg_current_round", "The open (or last) round.", registry=r)
+        self.connections_refused = Counter(
+            "fedavg_connections_refused",
+            "Connections closed at the door: a cap was reached, or the first request head "
+            "took longer than FEDAVG_HEADER_TIMEOUT.",
+            ["reason"],
+            registry=r,
+        )
+        self.hellos_refused = Counter(
+            "fedavg_node_hellos_refused",
+            "Node hellos refused, by reason (id_taken: the id is bound to another secret).",
+            ["reason"],
+            registry=r,
+        )
+        self.frames_dropped = Counter(
+            "fedavg_node_frames_dropped",
+            "Node frames dropped unread or unapplied, by reason (rate, wrong_job, wrong_round).",
+            ["reason"],
+            registry=r,
+        )
+        self.sockets_cut = Counter(
+            "fedavg_node_sockets_cut",
+            "Node sockets the server closed for misbehaving, by reason (flood).",
+            ["reason"],
+            registry=r,
+        )
 
     def on_event(self, event: Event) -> None:
         data = event.data
@@ -93,6 +118,9 @@ class Metrics:
                 self.global_loss.set(data["test_loss"])
                 if data["partial"]:
                     self.partial_rounds.inc()
+
+    def connection_refused(self, reason: str) -> None:
+        self.connections_refused.labels(reason=reason).inc()
 
     def render(self, *, nodes_connected: int, dashboard_clients: int) -> bytes:
         """The scrape; gauges of live connections are read at scrape time, not counted."""

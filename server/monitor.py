@@ -11,10 +11,12 @@ from typing import Any
 
 from server.federation import Federation
 
+NODES_MAX = 5000  # per-node detail rows at most: the registry is bounded, this bounds the page
+
 
 def overview(fed: Federation) -> dict[str, Any]:
     status = fed.status()
-    nodes = fed.nodes()
+    connected = len(fed.registry.connected())
     run: dict[str, Any] = {k: v for k, v in status.items() if k != "history"}
     history = status.get("history", [])
     rounds, closed = status.get("rounds", 0), len(history)
@@ -48,7 +50,7 @@ def overview(fed: Federation) -> dict[str, Any]:
             }
             for h in history
         ],
-        "nodes": {"connected": sum(1 for n in nodes if n["connected"]), "known": len(nodes)},
+        "nodes": {"connected": connected, "known": len(fed.registry.nodes)},
         "fastest_node": speeds[0] if speeds else None,
         "slowest_node": speeds[-1] if speeds else None,
     }
@@ -93,7 +95,7 @@ def node_details(fed: Federation) -> dict[str, Any]:
                 "history": history.get(view["node_id"], []),
                 "rounds_missed": missed.get(view["name"], 0),
             }
-            for view in fed.nodes()
+            for view in fed.nodes(limit=NODES_MAX)[0]
         ],
     }
 

@@ -1,7 +1,12 @@
-"""Connected nodes: who they are, what they are doing, and their outbound frame queue.
+"""Connected nodes: who they are, what they are doing, and their frame queues and budgets.
 
 Each node socket has one bounded outbound queue drained by one writer task, so a node that
-cannot keep up is disconnected instead of stalling whoever sends to it.
+cannot keep up is disconnected instead of stalling whoever sends to it; and one inbound
+frame budget, so a node that talks too much is muted and then cut off.
+
+The registry keeps every connected node, but only the newest ``max_offline`` of those that
+have gone (and every participant of the running job): anyone with the join token can make
+up new ids, and each one would otherwise be remembered for good.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +26,41 @@ from node.protocol import Frame, Hello, encode
 log = structlog.get_logger(__name__)
 
 OUTBOX_FRAMES = 64
+FLOOD_WINDOW_S = 10.0  # a socket that drops over FLOOD_DROPS frames within this is closed
+
+
+class FrameBudget:
+    """A token bucket over one socket's incoming frames: ``rate`` per second, bursts of
+    ``2 * rate``. Time comes in as an argument, so it is tested without a clock.
+
+    The honest node sends a progress frame at most every 0.25 s, far under any sane rate;
+    a frame over budget is dropped, and a socket that drops many within a window is flooding.
+    """
+
+    __slots__ = ("burst", "dropped", "flood_drops", "rate", "stamp", "tokens", "window")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate, self.burst = rate, 2 * rate
+        self.flood_drops = int(5 * self.burst)  # e.g. 200 at 20/s: never an honest burst
+        self.tokens, self.stamp = self.burst, now
+        self.dropped = 0  # in the current window
+        self.window = now
+
+    def allow(self, now: float) -> bool:
+        """Spend a token if there is one; False means drop this frame."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        if now - self.window > FLOOD_WINDOW_S:
+            self.window, self.dropped = now, 0
+        self.dropped += 1
+        return False
+
+    @property
+    def flooding(self) -> bool:
+        return self.dropped > self.flood_drops
 
 
 @dataclass(slots=True)
@@ -36,6 +77,9 @@ class NodeSession:
     connected: bool = True
     state: str = "idle"
     job_id: str | None = None
+    # The round this node was last told to train (train frame, or weights_ready + 1), set by
+    # the job; None: not known, so progress is checked against the job only.
+    training_round: int | None = None
     round: int = 0
     batch: int = 0
     batches: int = 0
@@ -87,15 +131,19 @@ class NodeSession:
 
 
 class NodeRegistry:
-    """Every node seen since start; ``connected`` holds those with a live socket."""
+    """The connected nodes and the newest offline ones; ``connected`` holds those with a
+    live socket."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_offline: int = 256) -> None:
         self.nodes: dict[str, NodeSession] = {}
+        self.max_offline = max_offline
         self._by_token: dict[str, NodeSession] = {}
+        self._offline: dict[str, None] = {}  # ids of gone nodes, oldest departure first
 
     def join(self, hello: Hello, now: float) -> tuple[NodeSession, NodeSession | None]:
         """Register a node; returns it and the older session of the same id it replaces."""
         previous = self.nodes.get(hello.node_id)
+        self._offline.pop(hello.node_id, None)
         if previous is not None:
             self._by_token.pop(previous.session_token, None)
         session = NodeSession(
@@ -117,7 +165,32 @@ class NodeRegistry:
         session.connected = False
         session.state = "offline"
         self._by_token.pop(session.session_token, None)
-        return self.nodes.get(session.node_id) is session
+        current = self.nodes.get(session.node_id) is session
+        if current:
+            self._offline[session.node_id] = None
+        return current
+
+    def prune_offline(self, keep: Collection[str]) -> list[str]:
+        """Forget the longest-gone nodes beyond ``max_offline``, never one in ``keep`` (the
+        running job's participants: the job still names them, and they do not count against
+        the bound); returns the ids forgotten."""
+        kept = sum(1 for node_id in keep if node_id in self._offline)
+        excess = len(self._offline) - kept - self.max_offline
+        if excess <= 0:
+            return []
+        gone = []
+        for node_id in self._offline:  # oldest first; skips only the few that are kept
+            if node_id not in keep:
+                gone.append(node_id)
+                if len(gone) == excess:
+                    break
+        for node_id in gone:
+            del self._offline[node_id]
+            del self.nodes[node_id]
+        return gone
+
+    def offline_newest_first(self) -> list[NodeSession]:
+        return [self.nodes[n] for n in reversed(self._offline)]
 
     def by_token(self, token: str) -> NodeSession | None:
         # The dict finds the candidate; compare_digest makes the final say constant-time.

@@ -83,8 +83,11 @@ class RoundMachine:
         "_failed",
         "_last_closed",
         "_max_empty",
+        "_max_missed",
+        "_missed",
         "_open",
         "_opened_at",
+        "_opened_expected",
         "_participants",
         "_received",
         "_round",
@@ -98,13 +101,20 @@ class RoundMachine:
         participants: Iterable[str],
         deadline_s: float,
         max_empty_deadlines: int = 3,
+        max_missed_rounds: int = 0,
         last_closed: int = 0,
     ) -> None:
         """Start before round ``last_closed + 1``; ``last_closed > 0`` resumes a job.
 
+        ``max_missed_rounds`` (0: never) is how many rounds in a row a participant may miss
+        before rounds stop waiting for it: a node that is connected but silent would
+        otherwise cost a whole deadline every round. It is still a participant, so an
+        upload of its own (or :meth:`forgive`, when it reconnects) brings it back.
+
         Raises:
             ValueError: ``total_rounds < 1``, ``last_closed`` outside ``[0, total_rounds]``,
-                ``deadline_s`` not finite and positive, or ``max_empty_deadlines < 1``.
+                ``deadline_s`` not finite and positive, ``max_empty_deadlines < 1`` or
+                ``max_missed_rounds < 0``.
         """
         if total_rounds < 1:
             raise ValueError(f"total_rounds must be >= 1, got {total_rounds}")
@@ -114,10 +124,14 @@ class RoundMachine:
             raise ValueError(f"deadline_s must be finite and > 0, got {deadline_s}")
         if max_empty_deadlines < 1:
             raise ValueError(f"max_empty_deadlines must be >= 1, got {max_empty_deadlines}")
+        if max_missed_rounds < 0:
+            raise ValueError(f"max_missed_rounds must be >= 0, got {max_missed_rounds}")
         self._total_rounds = total_rounds
         self._participants: set[str] = set(participants)
         self._deadline_s = deadline_s
         self._max_empty = max_empty_deadlines
+        self._max_missed = max_missed_rounds
+        self._missed: dict[str, int] = {}
         self._last_closed = last_closed
         self._round = last_closed
         self._open = False
@@ -126,6 +140,7 @@ class RoundMachine:
         self._opened_at = 0.0
         self._empty = 0
         self._expected: frozenset[str] = frozenset()
+        self._opened_expected: frozenset[str] = frozenset()
         self._received: dict[str, int] = {}
 
     @property
@@ -172,8 +187,16 @@ class RoundMachine:
 
     @property
     def expected(self) -> frozenset[str]:
-        """Nodes expected in the current (or last) round."""
+        """Nodes the current (or last) round still waits for, or waited for."""
         return self._expected
+
+    @property
+    def not_waited_for(self) -> frozenset[str]:
+        """Participants that missed ``max_missed_rounds`` rounds in a row: rounds open
+        without expecting them until they upload again or are forgiven."""
+        if not self._max_missed:
+            return frozenset()
+        return frozenset(n for n, m in self._missed.items() if m >= self._max_missed)
 
     @property
     def received(self) -> Mapping[str, int]:
@@ -204,7 +227,8 @@ class RoundMachine:
             raise ValueError(f"the job failed in round {self._round}")
         self._round = self._last_closed + 1
         self._open = True
-        self._expected = frozenset(expected) & self._participants
+        self._expected = (frozenset(expected) & self._participants) - self.not_waited_for
+        self._opened_expected = self._expected
         self._received = {}
         self._opened_at = now
         self._deadline = now + self._deadline_s
@@ -241,9 +265,30 @@ class RoundMachine:
         if samples < 0:
             raise ValueError(f"samples must be >= 0, got {samples}")
         self._received[node_id] = samples
+        self._missed.pop(node_id, None)  # it is back
         if self._expected <= self._received.keys():
             return self._close(now)
         return None
+
+    def withdraw(self, node_id: str, now: float) -> RoundClosed | None:
+        """Stop waiting for ``node_id`` in the open round: it has gone (its socket closed).
+
+        It still counts as missing the round. When everybody left is in (and someone is),
+        the round closes at once instead of waiting out the deadline.
+
+        Returns:
+            The :class:`RoundClosed` when this completed the round, else None.
+        """
+        if not self._open or node_id not in self._expected or node_id in self._received:
+            return None
+        self._expected = self._expected - {node_id}
+        if self._received and self._expected <= self._received.keys():
+            return self._close(now)
+        return None
+
+    def forgive(self, node_id: str) -> None:
+        """Forget ``node_id``'s missed rounds (it reconnected): the next round waits for it."""
+        self._missed.pop(node_id, None)
 
     def expire(self, now: float) -> RoundClosed | DeadlineExtended | JobFailed | None:
         """Apply the deadline at time ``now``.
@@ -275,7 +320,9 @@ class RoundMachine:
         )
 
     def _close(self, now: float) -> RoundClosed:
-        missing = tuple(sorted(self._expected - self._received.keys()))
+        missing = tuple(sorted(self._opened_expected - self._received.keys()))
+        for node_id in missing:
+            self._missed[node_id] = self._missed.get(node_id, 0) + 1
         closed = RoundClosed(
             round=self._round,
             contributors=tuple(sorted(self._received)),

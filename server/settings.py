@@ -5,11 +5,13 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import urlsplit
 
 from node.errors import FedavgError, SpecError
 from node.logs import LogFormat
@@ -49,12 +51,34 @@ class Settings:
     max_upload_bytes: int = 512 * MiB
     upload_slots: int = 4  # uploads read and folded at once: bounds server memory
     idle_timeout_s: float = 60.0  # an upload with no new bytes for this long is dropped
+    # An upload must also average this rate overall (after a grace of idle_timeout_s), so a
+    # body that trickles a byte at a time cannot hold an upload slot for ever.
+    min_upload_rate: int = 64 * 1024  # bytes/s
+    max_capacity_ratio: float = 2.0  # no node's planned share above this x the median's
+    max_update_ratio: float = 10.0  # ||upload - global|| above this x ||global||: refused
+    max_missed_rounds: int = 2  # a node that misses this many rounds in a row is not waited for
     log_format: LogFormat = "auto"
     wandb_mode: str | None = None  # None: W&B off (no WANDB_API_KEY / WANDB_MODE)
     wandb_project: str = "fedavg"
     failpoints: str = ""  # crash tests only: see server/failpoints.py
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Who may talk to us (server/guard.py): Host names beyond loopback and the bind host
+    # ("*" = any), and origins beyond our own whose pages may use the control API.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    # Connection limits (server/connections.py): seconds to deliver a request head, all
+    # connections at once (0 = derived from the file-descriptor limit), and connections per
+    # peer address that have not completed a request head yet.
+    header_timeout_s: float = 10.0
+    max_connections: int = 0
+    max_pending_per_peer: int = 64
+    # What a participant may cost the server (STYLE 19): frames per node socket, and how
+    # much the server remembers of nodes that have gone.
+    node_frame_rate: float = 20.0  # frames/s per node socket, with bursts of twice that
+    max_offline_nodes: int = 256  # disconnected nodes kept in the registry (and in /nodes)
+    max_node_ids: int = 10_000  # id -> secret bindings kept in SQLite, least recently seen go
+    max_events: int = 100_000  # timeline rows kept in SQLite, oldest go
 
     @property
     def datasets_path(self) -> Path:
@@ -127,6 +151,10 @@ class Settings:
                 "max_upload_bytes": int(env.get("FEDAVG_MAX_UPLOAD_MB", "512")) * MiB,
                 "upload_slots": int(env.get("FEDAVG_UPLOAD_SLOTS", "4")),
                 "idle_timeout_s": float(env.get("FEDAVG_IDLE_TIMEOUT", "60")),
+                "min_upload_rate": int(float(env.get("FEDAVG_MIN_UPLOAD_KBPS", "64")) * 1024),
+                "max_capacity_ratio": float(env.get("FEDAVG_MAX_CAPACITY_RATIO", "2")),
+                "max_update_ratio": float(env.get("FEDAVG_MAX_UPDATE_RATIO", "10")),
+                "max_missed_rounds": int(env.get("FEDAVG_MAX_MISSED_ROUNDS", "2")),
                 "log_format": _choice(
                     env.get("FEDAVG_LOG_FORMAT", "auto"),
                     ("auto", "json", "console"),
@@ -137,6 +165,17 @@ class Settings:
                 "failpoints": env.get("FEDAVG_FAILPOINTS", ""),
                 "tls_cert": _path(env.get("FEDAVG_TLS_CERT")),
                 "tls_key": _path(env.get("FEDAVG_TLS_KEY")),
+                "allowed_hosts": _csv(env.get("FEDAVG_ALLOWED_HOSTS", "")),
+                "allowed_origins": _csv(env.get("FEDAVG_ALLOWED_ORIGINS", "")),
+                "header_timeout_s": float(env.get("FEDAVG_HEADER_TIMEOUT", "10")),
+                "max_connections": _auto_int(
+                    env.get("FEDAVG_MAX_CONNECTIONS", "auto"), "FEDAVG_MAX_CONNECTIONS"
+                ),
+                "max_pending_per_peer": int(env.get("FEDAVG_MAX_PENDING_PER_PEER", "64")),
+                "node_frame_rate": float(env.get("FEDAVG_NODE_FRAME_RATE", "20")),
+                "max_offline_nodes": int(env.get("FEDAVG_MAX_OFFLINE_NODES", "256")),
+                "max_node_ids": int(env.get("FEDAVG_MAX_NODE_IDS", "10000")),
+                "max_events": int(env.get("FEDAVG_MAX_EVENTS", "100000")),
             }
         except (ValueError, SpecError) as exc:
             raise SettingsError(f"bad setting: {exc}") from exc
@@ -177,6 +216,14 @@ class Settings:
             )
         if not (math.isfinite(self.idle_timeout_s) and self.idle_timeout_s > 0):
             problems.append("FEDAVG_IDLE_TIMEOUT must be > 0 seconds")
+        if self.min_upload_rate < 1:
+            problems.append("FEDAVG_MIN_UPLOAD_KBPS must be > 0")
+        if not (math.isfinite(self.max_capacity_ratio) and self.max_capacity_ratio >= 1):
+            problems.append("FEDAVG_MAX_CAPACITY_RATIO must be a number >= 1")
+        if not (math.isfinite(self.max_update_ratio) and self.max_update_ratio >= 0):
+            problems.append("FEDAVG_MAX_UPDATE_RATIO must be >= 0 (0 turns the check off)")
+        if not 0 <= self.max_missed_rounds <= 1000:
+            problems.append("FEDAVG_MAX_MISSED_ROUNDS must be 0..1000 (0: always wait)")
         if not 1 <= self.upload_slots <= 256:
             problems.append("FEDAVG_UPLOAD_SLOTS must be 1..256")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -186,8 +233,39 @@ class Settings:
         for tls_file in (self.tls_cert, self.tls_key):
             if tls_file is not None and not tls_file.is_file():
                 problems.append(f"TLS file {tls_file} does not exist")
+        problems += self._connection_problems()
+        if not (math.isfinite(self.node_frame_rate) and 1 <= self.node_frame_rate <= 10_000):
+            problems.append("FEDAVG_NODE_FRAME_RATE must be 1..10000 frames/s")
+        if not 0 <= self.max_offline_nodes <= 1_000_000:
+            problems.append("FEDAVG_MAX_OFFLINE_NODES must be 0..1000000")
+        if not 1 <= self.max_node_ids <= 10_000_000:
+            problems.append("FEDAVG_MAX_NODE_IDS must be 1..10000000")
+        if not 10 <= self.max_events <= 100_000_000:
+            problems.append("FEDAVG_MAX_EVENTS must be 10..100000000")
         if problems:
             raise SettingsError("; ".join(problems))
+
+    def _connection_problems(self) -> list[str]:
+        problems = []
+        for name in self.allowed_hosts:
+            if name != "*" and not _HOST_NAME.fullmatch(name):
+                problems.append(
+                    f"FEDAVG_ALLOWED_HOSTS: {name!r} is not a host name (no scheme, port or "
+                    "path; '*' allows any)"
+                )
+        for origin in self.allowed_origins:
+            if origin_key(origin) is None:
+                problems.append(
+                    f"FEDAVG_ALLOWED_ORIGINS: {origin!r} is not an origin like "
+                    "https://dashboard.example:8443 (scheme, host and optional port only)"
+                )
+        if not (math.isfinite(self.header_timeout_s) and self.header_timeout_s > 0):
+            problems.append("FEDAVG_HEADER_TIMEOUT must be > 0 seconds")
+        if not 0 <= self.max_connections <= 1_000_000:
+            problems.append("FEDAVG_MAX_CONNECTIONS must be 'auto' (0) or 1..1000000")
+        if not 1 <= self.max_pending_per_peer <= 100_000:
+            problems.append("FEDAVG_MAX_PENDING_PER_PEER must be 1..100000")
+        return problems
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.tls_cert is None or self.tls_key is None:
@@ -226,6 +304,41 @@ def _train_config(**values: Any) -> TrainConfig:
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _auto_int(value: str, name: str) -> int:
+    if value.strip().lower() in ("", "auto"):
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a whole number or 'auto'") from None
+
+
+# A DNS name or IP literal as a Host header carries it, without the port ("[::1]" brackets ok).
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_key(origin: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of a browser Origin such as ``http://127.0.0.1:11999``, with
+    the default port filled in and the host lower-cased; None when it is not such an origin
+    (``null``, a path, a user, another scheme)."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname or parts.username is not None:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    return scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme]
 
 
 def _bool(value: str, name: str) -> bool:

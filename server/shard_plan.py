@@ -20,6 +20,9 @@ from fractions import Fraction
 import torch
 
 DEFAULT_OVERLAP = 0.15
+DEFAULT_MAX_CAPACITY_RATIO = 2.0
+CAPACITY_RANGE = (1e-3, 1e7)
+"""What a node may claim, in samples/s: a claim outside is clamped to the nearer end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,41 @@ class Shard:
     def overlap(self) -> int:
         """How many samples were borrowed from the neighbour's own part."""
         return len(self.indices) - self.own
+
+
+def bounded_capacities(
+    claimed: Mapping[str, float], max_ratio: float = DEFAULT_MAX_CAPACITY_RATIO
+) -> dict[str, float]:
+    """The capacities a shard plan may use: what nodes claim, clamped and capped.
+
+    A node measures its own capacity, so the figure is a hint, not a right: one node that
+    lies (``1e300``) must not take the whole training set and leave the honest nodes out.
+    Each claim is first clamped to :data:`CAPACITY_RANGE` (a NaN counts as the low end),
+    then capped at ``max_ratio`` times the *lower* median of the clamped claims. The lower
+    median is a value some node at or below the middle claimed, so liars that are fewer
+    than half the nodes cannot raise it above the fastest honest node; with two nodes it is
+    the smaller claim. So no node is planned more than ``max_ratio`` times the share of the
+    median node, whatever it says.
+
+    Args:
+        claimed: Node id -> the capacity it announced (any float).
+        max_ratio: The cap, as a multiple of the lower median; >= 1.
+
+    Returns:
+        Node id -> finite, positive capacity, keyed in sorted node order.
+
+    Raises:
+        ValueError: ``max_ratio`` is below 1 or not finite.
+    """
+    if not (math.isfinite(max_ratio) and max_ratio >= 1):
+        raise ValueError(f"max_ratio must be finite and >= 1, got {max_ratio}")
+    low, high = CAPACITY_RANGE
+    clamped = {n: min(max(c, low), high) if c == c else low for n, c in claimed.items()}
+    if not clamped:
+        return {}
+    ordered = sorted(clamped.values())
+    cap = max_ratio * ordered[(len(ordered) - 1) // 2]
+    return {n: min(clamped[n], cap) for n in sorted(clamped)}
 
 
 def proportional_sizes(total: int, weights: Mapping[str, float]) -> dict[str, int]:

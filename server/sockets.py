@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import weakref
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from node.errors import ProtocolError
-from node.protocol import MAX_FRAME_BYTES, Error, Hello, Left, Progress, decode, decode_as
+from node.protocol import (
+    ID_TAKEN,
+    MAX_FRAME_BYTES,
+    Error,
+    Hello,
+    Left,
+    Progress,
+    decode,
+    decode_as,
+    encode,
+)
+from server import jsonsafe
 from server.auth import check_node_join
+from server.errors import IdTaken
 from server.federation import Federation
-from server.registry import NodeSession
+from server.registry import FrameBudget, NodeSession
 
 log = structlog.get_logger(__name__)
 
 FEDERATION = web.AppKey("federation", Federation)
 OPEN_SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("open_sockets")
 HELLO_TIMEOUT_S = 15.0
+SNAPSHOT_NODES = 5000  # a dashboard snapshot's node rows: connected first, then newest offline
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -43,12 +57,32 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION)
         return ws
     structlog.contextvars.bind_contextvars(node_id=hello.node_id)  # this socket's task only
-    session = fed.node_joined(hello)
+    try:
+        session = fed.node_joined(hello)
+    except IdTaken as exc:
+        await ws.send_str(encode(Error(code=ID_TAKEN, message=str(exc))))
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION)
+        return ws
     log.info("node_connected", name=hello.name, device=hello.device, capacity=hello.capacity)
     writer = asyncio.create_task(_drain_outbox(ws, session), name=f"writer-{session.node_id}")
+    budget = FrameBudget(fed.settings.node_frame_rate, time.monotonic())
     reason = "disconnected"
     try:
         async for msg in ws:
+            # Counted before it is decoded: a flood must cost as little as possible.
+            if not budget.allow(time.monotonic()):
+                fed.metrics.frames_dropped.labels(reason="rate").inc()
+                if budget.flooding:
+                    log.warning("node_flooding", dropped=budget.dropped)
+                    fed.metrics.sockets_cut.labels(reason="flood").inc()
+                    limit = fed.settings.node_frame_rate
+                    session.send(
+                        Error(code="flood", message=f"more than {limit:g} frames/s: closing")
+                    )
+                    session.close(WSCloseCode.POLICY_VIOLATION)
+                    reason = "flooding"
+                    break
+                continue
             try:
                 if msg.type is not WSMsgType.TEXT:
                     raise ProtocolError(
@@ -109,11 +143,11 @@ async def dashboard_socket(request: web.Request) -> web.WebSocketResponse:
     request.app[OPEN_SOCKETS].add(ws)
     # Subscribe and take the snapshot with no await between: no event can fall in the gap.
     sub = fed.bus.subscribe()
-    snapshot = json.dumps(
+    snapshot = jsonsafe.dumps(
         {
             "type": "snapshot",
             "status": fed.status(),
-            "nodes": fed.nodes(),
+            "nodes": fed.nodes(limit=SNAPSHOT_NODES)[0],
             "timeline": fed.store.events(limit=50),
         }
     )

@@ -1,14 +1,20 @@
-"""Runs, rounds, per-node metrics and the event timeline in SQLite under FEDAVG_HOME.
+"""Runs, rounds, per-node metrics, node id bindings and the event timeline in SQLite under
+FEDAVG_HOME.
 
 Used from the event loop thread only; every write is one short transaction (WAL mode keeps
 them in the millisecond range), committed before the effect it records is announced.
+
+Two tables grow with what the network does, so both are bounded: the timeline keeps its
+newest ``max_events`` rows (older runs' events go first; runs, rounds and metrics are never
+trimmed), and the node id bindings keep the ``max_node_ids`` most recently seen. Both are
+trimmed every so often, not on each insert, so each may overshoot its cap by one batch.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +69,15 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
+CREATE TABLE IF NOT EXISTS node_ids (
+    node_id TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS node_ids_seen ON node_ids(last_seen);
 """
+TRIM_EVERY = 1000  # inserts between two trims of a bounded table (at most)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +97,14 @@ class RoundRow:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, max_events: int = 100_000, max_node_ids: int = 10_000
+    ) -> None:
+        self.max_events, self.max_node_ids = max_events, max_node_ids
+        # A trim every tenth of the cap (at most TRIM_EVERY): cheap, and a small cap holds.
+        self._trim_events_every = max(1, min(TRIM_EVERY, max_events // 10))
+        self._trim_ids_every = max(1, min(TRIM_EVERY, max_node_ids // 10))
+        self._events_since_trim = self._ids_since_trim = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -176,7 +197,55 @@ class Store:
             "INSERT INTO events (ts, kind, run_id, node_id, data) VALUES (?, ?, ?, ?, ?)",
             (ts, kind, run_id, node_id, json.dumps(dict(data))),
         )
-        return int(cur.lastrowid or 0)
+        event_id = int(cur.lastrowid or 0)
+        self._events_since_trim += 1
+        if self._events_since_trim >= self._trim_events_every:
+            self._events_since_trim = 0
+            # Ids only grow (AUTOINCREMENT), so the newest rows are the top ids: one range
+            # delete on the primary key, no count.
+            self._db.execute("DELETE FROM events WHERE id <= ?", (event_id - self.max_events,))
+        return event_id
+
+    def event_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    # -- node ids ------------------------------------------------------------------------------
+
+    def node_secret_sha256(self, node_id: str) -> str | None:
+        """The hash of the secret ``node_id`` is bound to, or None if it is free."""
+        row = self._db.execute(
+            "SELECT secret_sha256 FROM node_ids WHERE node_id = ?", (node_id,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def bind_node_id(
+        self, node_id: str, secret_sha256: str, now: float, keep: Collection[str] = ()
+    ) -> None:
+        """Bind a free id to a secret's hash, or note that a bound one was seen again.
+
+        Trimming drops the least recently seen bindings beyond ``max_node_ids``, except those
+        in ``keep`` (the connected nodes and the running job's participants): an id that is
+        in use must never become free for the next comer.
+        """
+        cur = self._db.execute(
+            "INSERT INTO node_ids VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(node_id) DO UPDATE SET last_seen = excluded.last_seen",
+            (node_id, secret_sha256, now, now),
+        )
+        self._ids_since_trim += cur.rowcount
+        if self._ids_since_trim >= self._trim_ids_every:
+            self._ids_since_trim = 0
+            self._db.executemany(
+                "UPDATE node_ids SET last_seen = ? WHERE node_id = ?", ((now, n) for n in keep)
+            )
+            self._db.execute(
+                "DELETE FROM node_ids WHERE node_id IN "
+                "(SELECT node_id FROM node_ids ORDER BY last_seen DESC LIMIT -1 OFFSET ?)",
+                (self.max_node_ids,),
+            )
+
+    def node_id_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM node_ids").fetchone()[0])
 
     def events(self, limit: int = 100, run_id: str | None = None) -> list[dict[str, Any]]:
         if run_id is None:

@@ -4,6 +4,9 @@
 
 const TIMELINE_MAX = 200;
 const NODE_POINTS_MAX = 1200;
+// Offline nodes kept, as the server's FEDAVG_MAX_OFFLINE_NODES default: made-up ids that
+// come and go must not grow the page for as long as it is open.
+const OFFLINE_NODES_MAX = 256;
 const FINISHED = { job_done: "completed", job_failed: "failed", job_stopped: "stopped" };
 
 export class DashboardState {
@@ -118,6 +121,19 @@ export class DashboardState {
   }
 }
 
+/** Drop the longest-known offline nodes beyond OFFLINE_NODES_MAX, never one of this run. */
+function forgetOldOffline(state) {
+  let excess = -OFFLINE_NODES_MAX;
+  for (const node of state.nodes.values()) if (!node.connected) excess += 1;
+  for (const [id, node] of state.nodes) {
+    if (excess <= 0) break;
+    if (node.connected || (state.run.run_id && node.job_id === state.run.run_id)) continue;
+    state.nodes.delete(id);
+    state.nodeLoss.delete(id);
+    excess -= 1;
+  }
+}
+
 function setDeadline(state, deadline, ts) {
   state.run.deadlineAt = typeof deadline === "number" ? state.now() + (deadline - ts) : null;
 }
@@ -129,6 +145,7 @@ const HANDLERS = {
   },
   node_left(state, ev, _data, node, changed) {
     if (node) Object.assign(node, { connected: false, state: "offline" });
+    forgetOldOffline(state);
     changed.nodes = true;
   },
   progress(state, ev, data, node, changed) {

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import secrets
 import signal
 import sys
 import time
@@ -85,7 +86,12 @@ class Pack:
         job: tuple[str, int] = ("", 0)
         try:
             hello = Hello(
-                node_id=name, name=name, capacity=1000.0, device="cpu", version=__version__
+                node_id=name,
+                name=name,
+                capacity=1000.0,
+                device="cpu",
+                version=__version__,
+                secret=secrets.token_urlsafe(32),  # each virtual node owns its id
             )
             await ws.send_str(encode(hello))
             msg = await ws.receive(timeout=60)

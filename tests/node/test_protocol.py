@@ -14,7 +14,9 @@ from node.errors import ProtocolError
 from node.protocol import (
     FRAME_TYPES,
     MAX_FRAME_BYTES,
+    MAX_SECRET,
     MAX_TEXT,
+    MIN_SECRET,
     PROTOCOL_VERSION,
     Done,
     Error,
@@ -35,7 +37,14 @@ FUZZ = settings(max_examples=200, deadline=None)
 FUZZ_JSON = settings(max_examples=100, deadline=None)  # structured inputs cost more to draw
 
 EXAMPLES: list[Frame] = [
-    Hello(node_id="n1", name="alpha", capacity=812.5, device="cpu", version="0.1.0"),
+    Hello(
+        node_id="n1",
+        name="alpha",
+        capacity=812.5,
+        device="cpu",
+        version="0.1.0",
+        secret="s" * MIN_SECRET,
+    ),
     Progress(job_id="mnist-1", round=3, batch=7, batches=20, loss=0.25),
     Left(reason="shutting down"),
     Left(),
@@ -81,6 +90,7 @@ def _hello(**changes: Any) -> dict[str, Any]:
         "capacity": 100.0,
         "device": "cpu",
         "version": "0.1.0",
+        "secret": "s" * 43,
     }
     data.update(changes)
     return data
@@ -314,3 +324,27 @@ def test_fuzz_one_field_of_a_valid_frame_replaced(frame: Frame, data: st.DataObj
         return
     obj[data.draw(st.sampled_from(fields))] = data.draw(_json)
     _decode_or_protocol_error(json.dumps(obj))
+
+
+@pytest.mark.parametrize("secret", ["s" * MIN_SECRET, "s" * MAX_SECRET])
+def test_a_hello_secret_at_either_bound_is_accepted(secret: str) -> None:
+    hello = decode(json.dumps(_hello(secret=secret)))
+    assert isinstance(hello, Hello) and hello.secret == secret
+
+
+@pytest.mark.parametrize("secret", ["", "s" * (MIN_SECRET - 1), "s" * (MAX_SECRET + 1), 43])
+def test_a_hello_secret_out_of_bounds_is_refused(secret: object) -> None:
+    with pytest.raises(ProtocolError, match="secret"):
+        decode(json.dumps(_hello(secret=secret)))
+
+
+def test_a_hello_without_a_secret_is_refused() -> None:
+    data = _hello()
+    del data["secret"]
+    with pytest.raises(ProtocolError, match="missing field 'secret'"):
+        decode(json.dumps(data))
+
+
+def test_a_hello_never_shows_its_secret() -> None:
+    hello = decode(json.dumps(_hello(secret="do-not-log-this-secret")))
+    assert "do-not-log-this-secret" not in repr(hello)

@@ -25,9 +25,15 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.log_format == "auto"
 
 
-def test_generated_node_ids_differ_between_starts() -> None:
+def test_a_generated_node_id_is_only_a_candidate() -> None:
+    # Settings read no files: the id a node keeps across starts is the one its identity file
+    # names (node/identity.py); this fresh one is used only the first time.
     env = {"HOME": "/h", "NODE_NAME": "alpha"}
-    assert NodeSettings.from_env(env).node_id != NodeSettings.from_env(env).node_id
+    first, second = NodeSettings.from_env(env), NodeSettings.from_env(env)
+    assert first.node_id != second.node_id
+    assert not first.explicit_node_id
+    assert NodeSettings.from_env({**env, "NODE_ID": "alpha-1"}).explicit_node_id
+    assert NodeSettings.from_env(env, node_id="alpha-2").explicit_node_id
 
 
 def test_env_values() -> None:

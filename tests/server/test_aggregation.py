@@ -28,6 +28,8 @@ from server.aggregation import (
     FedAvg,
     Strategy,
     TrimmedMean,
+    UpdateBound,
+    UpdateRefused,
     make_strategy,
     trim_count,
 )
@@ -520,3 +522,68 @@ def test_fold_across_chunk_boundaries_matches_float64(weighting: str) -> None:
     agg.result_into(out)
     _close(out, expected)
     _close(agg.result(), expected)
+
+
+# -- the update bound: how far one update may move the global model -------------------------------
+
+
+def _global_model() -> dict[str, torch.Tensor]:
+    return {"w": torch.full((2, 3), 2.0), "b": torch.full((3,), 2.0)}  # norm 6
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_an_absurdly_scaled_update_is_refused_and_changes_nothing(name: str) -> None:
+    strategy = make_strategy(name, LAYOUT)
+    strategy.reset(UpdateBound.around(_global_model(), max_ratio=10.0))
+    strategy.add("honest", _update(1.0), 5)
+    for scale in (1e30, 1e6, 100.0):
+        with pytest.raises(UpdateRefused, match="FEDAVG_MAX_UPDATE_RATIO"):
+            strategy.add("attacker", _update(2.0 * scale), 5)
+    assert strategy.count == 1
+    _close(strategy.result(), _update(1.0))
+
+
+def test_updates_within_the_bound_are_folded() -> None:
+    bound = UpdateBound.around(_global_model(), max_ratio=10.0)
+    assert bound.reference_norm == pytest.approx(6.0)
+    assert bound.limit == pytest.approx(60.0)
+    bound.check(_update(0.0))  # all zeros: exactly 1x the model's norm
+    bound.check(_update(-2.0))  # sign flipped: 2x
+    bound.check(_update(2.0 + 19.9))  # 9 values 19.9 away: 59.7, just inside
+    with pytest.raises(UpdateRefused):
+        bound.check(_update(2.0 + 20.1))
+
+
+def test_a_tiny_global_model_is_bounded_by_one_not_by_its_norm() -> None:
+    zeros = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
+    bound = UpdateBound.around(zeros, max_ratio=2.0)
+    assert bound.limit == 2.0
+    bound.check(_update(0.5))  # norm 1.5
+    with pytest.raises(UpdateRefused):
+        bound.check(_update(1.0))  # norm 3
+
+
+def test_a_zero_ratio_turns_the_bound_off() -> None:
+    UpdateBound.around(_global_model(), max_ratio=0.0).check(_update(1e30))
+
+
+def test_the_bound_reads_half_precision_uploads_and_references() -> None:
+    reference = {k: v.to(torch.bfloat16) for k, v in _global_model().items()}
+    bound = UpdateBound.around(reference, max_ratio=10.0)
+    bound.check({k: v.to(torch.float16) for k, v in _update(3.0).items()})
+    with pytest.raises(UpdateRefused):
+        bound.check({k: v.to(torch.float16) for k, v in _update(3e4).items()})
+
+
+def test_the_distance_is_exact_across_fold_chunks() -> None:
+    n = FOLD_CHUNK * 2 + 7
+    layout: Layout = {"big": ((n,), torch.float32)}
+    reference = {"big": torch.zeros(n)}
+    update = {"big": torch.ones(n)}
+    bound = UpdateBound.around(reference, max_ratio=math.sqrt(n) * 1.0001)
+    bound.check(update)  # distance sqrt(n), limit just above
+    with pytest.raises(UpdateRefused):
+        UpdateBound.around(reference, max_ratio=math.sqrt(n) * 0.9999).check(update)
+    strategy = FedAvg(layout)
+    strategy.reset(bound)
+    strategy.add("a", update, 1)

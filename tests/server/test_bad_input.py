@@ -70,6 +70,9 @@ async def client(aiohttp_client: AiohttpClient, tmp_path: Path, datasets_dir: Pa
         model_spec=SPEC,
         heartbeat_s=30.0,
         max_upload_bytes=UPLOAD_LIMIT,
+        # The hand-made updates here (w + 1, ...) move this tiny model far more than an
+        # epoch would: the update bound has tests of its own.
+        max_update_ratio=0.0,
     )
     made: Client = await aiohttp_client(create_app(settings_))
     return made
@@ -101,7 +104,12 @@ async def connect(client: Client, node_id: str) -> Node:
     await ws.send_str(
         encode(
             Hello(
-                node_id=node_id, name=f"name-{node_id}", capacity=100.0, device="cpu", version="t"
+                node_id=node_id,
+                name=f"name-{node_id}",
+                capacity=100.0,
+                device="cpu",
+                version="t",
+                secret=f"secret-of-{node_id}-0123456789",
             )
         )
     )
@@ -240,7 +248,7 @@ async def _read_answer(reader: asyncio.StreamReader) -> bytes:
 def upload_head(job: RunningJob, node: Node, *, headers: str) -> bytes:
     target = f"/sync/weights?job={job.job_id}&round=1&samples={job.shard[node.node_id]}"
     return (
-        f"POST {target} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {node.token}\r\n"
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {node.token}\r\n"
         f"Connection: close\r\n{headers}\r\n"
     ).encode()
 
@@ -375,11 +383,6 @@ async def test_an_upload_with_a_dead_session_token_is_unauthorized(job: RunningJ
         ({"samples": "0x10"}, "samples"),
         ({"samples": str(2**31 + 1)}, "samples"),
         ({"samples": "1e3"}, "samples"),
-        ({"train_loss": "nan"}, "train_loss"),
-        ({"val_loss": "NaN"}, "val_loss"),
-        ({"train_accuracy": "inf"}, "train_accuracy"),
-        ({"val_accuracy": "-Infinity"}, "val_accuracy"),
-        ({"seconds": "1e999"}, "seconds"),  # overflows to inf
         ({"seconds": "abc"}, "seconds"),
         ({"seconds": ""}, "seconds"),
     ],
@@ -390,6 +393,31 @@ async def test_bad_upload_query_values_are_refused(
     error = await error_of(await job.upload(job.a, job.body(job.state0), query=query), 400)
     assert name in error["message"]
     assert await job.received() == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"train_loss": "nan"},
+        {"val_loss": "NaN"},
+        {"train_accuracy": "inf"},
+        {"val_accuracy": "-Infinity"},
+        {"seconds": "1e999"},  # overflows to inf
+    ],
+)
+async def test_non_finite_upload_metrics_are_dropped_not_refused(
+    job: RunningJob, query: dict[str, str]
+) -> None:
+    # A reading, not a broken upload: the weights count, the NaN never reaches an answer.
+    resp = await job.upload(job.a, job.body(job.state0), query=query)
+    assert resp.status == 200, await resp.text()
+    assert await job.received() == ["a"]
+    answer = await job.client.get("/monitor/nodes")
+    json.loads(await answer.text(), parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> None:
+    raise AssertionError(f"an API answer holds {name}")
 
 
 async def test_unknown_query_parameters_are_ignored(client: Client) -> None:
@@ -536,7 +564,9 @@ async def test_unsafe_shard_paths_are_not_found(job: RunningJob, run_id: str, no
 
 
 async def test_a_non_ascii_session_token_is_unauthorized(job: RunningJob) -> None:
-    request = "GET /shards/x/a HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \u00e9t\u00e9\r\n\r\n"
+    request = (
+        "GET /shards/x/a HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \u00e9t\u00e9\r\n\r\n"
+    )
     answer = await raw_http(job.client, request.encode())
     assert status_line(answer) == b"HTTP/1.1 401 Unauthorized", answer
 
@@ -560,6 +590,7 @@ async def test_a_hello_with_wrong_field_types_is_refused(
     client: Client, fields: dict[str, Any]
 ) -> None:
     hello = {"type": "hello", "node_id": "n", "name": "n", "capacity": 1.0, "device": "cpu"}
+    hello["secret"] = "s" * 43
     ws = await client.ws_connect("/ws/node")
     await ws.send_str(json.dumps({**hello, "version": "t", **fields}))
     msg = await ws.receive(timeout=RECEIVE_S)
@@ -606,7 +637,6 @@ async def test_an_oversized_dashboard_frame_closes_with_1009(client: Client) -> 
         '{"type": 5}',
         "[1, 2]",
         '{"type": "progress", "job_id": "j", "round": "1", "batch": 1, "batches": 1, "loss": 0}',
-        '{"type": "progress", "job_id": "j", "round": 1, "batch": 1, "batches": 1, "loss": NaN}',
         '{"type": "left", "reason": "x", "extra": 1}',
         "\x00\xff garbage",
         "[" * 5000,
@@ -704,3 +734,83 @@ def test_fuzz_a_lying_header_length(length: int) -> None:
             decode_weights(data)
         with pytest.raises(WeightsError):
             decode_xy(data)
+
+
+# -- answers that were 500s -------------------------------------------------------------------------
+
+
+async def test_a_shape_whose_strides_overflow_is_a_400_and_counted(job: RunningJob) -> None:
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [0, 0]}}
+    ).encode()
+    body = struct.pack("<Q", len(header)) + header  # 67 bytes: an empty tensor of absurd shape
+    error = await error_of(await job.upload(job.a, body), 400)
+    assert "too large" in error["message"]
+    metrics = await (await job.client.get("/metrics")).text()
+    assert 'fedavg_uploads_rejected_total{reason="WeightsError"} 1.0' in metrics
+    await job.finish_round()  # the round carries on
+
+
+async def slow_body(chunks: list[bytes], started: asyncio.Event) -> Any:
+    for chunk in chunks:
+        yield chunk
+        started.set()
+        await asyncio.sleep(0.2)
+
+
+async def test_an_upload_in_flight_when_the_job_stops_gets_409(job: RunningJob) -> None:
+    body = job.body(job.state0)
+    started = asyncio.Event()
+    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    upload = asyncio.create_task(
+        job.client.post(
+            f"/sync/weights?job={job.job_id}&round=1&samples={job.shard['a']}",
+            data=slow_body(chunks, started),
+            headers={**job.a.auth, "Content-Length": str(len(body))},
+        )
+    )
+    await asyncio.wait_for(started.wait(), RECEIVE_S)
+    assert (await job.client.post("/jobs/stop")).status == 200
+    error = await error_of(await asyncio.wait_for(upload, RECEIVE_S), 409)
+    assert "closed" in error["message"] or "stopped" in error["message"]
+    # And one whose body arrives after the stop: 409, never a 500.
+    error = await error_of(await job.upload(job.b, job.body(job.state0)), 409)
+    assert "stopped" in error["message"]
+
+
+async def test_a_second_upload_of_a_node_while_its_first_is_read_is_409(job: RunningJob) -> None:
+    body = job.body(job.state0)
+    started = asyncio.Event()
+    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+    first = asyncio.create_task(
+        job.client.post(
+            f"/sync/weights?job={job.job_id}&round=1&samples={job.shard['a']}",
+            data=slow_body(chunks, started),
+            headers={**job.a.auth, "Content-Length": str(len(body))},
+        )
+    )
+    await asyncio.wait_for(started.wait(), RECEIVE_S)
+    error = await error_of(await job.upload(job.a, body), 409)
+    assert "in flight" in error["message"]
+    assert (await asyncio.wait_for(first, RECEIVE_S)).status == 200  # the first one counts
+
+
+async def test_the_upload_limit_follows_the_model_size(
+    aiohttp_client: AiohttpClient, tmp_path: Path, datasets_dir: Path
+) -> None:
+    settings_ = Settings(  # the default FEDAVG_MAX_UPLOAD_MB: 512 MiB
+        home=tmp_path, datasets_dir=datasets_dir, mnist_download=False, model_spec=SPEC
+    )
+    client: Client = await aiohttp_client(create_app(settings_))
+    a = await connect(client, "a")
+    assert (await client.post("/datasets/prepare-mnist")).status == 200
+    job_id = (await (await client.post("/train/mnist?epochs=1")).json())["job_id"]
+    await a.expect(Train)
+    head = (
+        f"POST /sync/weights?job={job_id}&round=1&samples=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {a.token}\r\nContent-Length: {4 << 20}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    answer = await raw_http(client, head)  # 4 MiB for a 26 KB model: refused unread
+    assert status_line(answer) == b"HTTP/1.1 413 Request Entity Too Large"
+    assert b"limit" in answer

@@ -256,7 +256,11 @@ async def _lived_in(client: Client) -> tuple[ClientWebSocketResponse, str]:
     """A completed one-round job with a saved model, then a second job left running."""
     ws = await client.ws_connect("/ws/node")
     await ws.send_str(
-        encode(Hello(node_id="n1", name="one", capacity=100.0, device="cpu", version="t"))
+        encode(
+            Hello(
+                node_id="n1", name="one", capacity=100.0, device="cpu", version="t", secret="s" * 43
+            )
+        )
     )
     welcome: Welcome = decode_as(await _text(ws), Welcome)
     auth = {"Authorization": f"Bearer {welcome.session_token}"}

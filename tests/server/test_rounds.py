@@ -302,3 +302,95 @@ class RoundsInvariants(RuleBasedStateMachine):
 
 TestRoundsInvariants = RoundsInvariants.TestCase
 TestRoundsInvariants.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+# -- nodes that leave, and nodes that stay silent ---------------------------------------------------
+
+
+def test_a_node_that_leaves_mid_round_is_not_waited_for() -> None:
+    m = _machine()
+    m.open(NODES, now=0.0)
+    assert m.record("a", 1, 10, now=1.0) is None
+    assert m.record("b", 1, 10, now=2.0) is None
+    closed = m.withdraw("c", now=3.0)  # everybody left is in: close now, not at the deadline
+    assert isinstance(closed, RoundClosed)
+    assert (closed.closed_at, closed.contributors, closed.missing) == (3.0, ("a", "b"), ("c",))
+    assert closed.partial
+
+
+def test_a_node_that_leaves_before_anyone_uploads_closes_nothing_yet() -> None:
+    m = _machine()
+    m.open(NODES, now=0.0)
+    assert m.withdraw("c", now=1.0) is None
+    assert m.expected == frozenset({"a", "b"})
+    assert m.record("a", 1, 10, now=2.0) is None
+    closed = m.record("b", 1, 10, now=3.0)
+    assert closed is not None and closed.missing == ("c",)
+
+
+def test_withdrawing_an_unexpected_or_finished_node_changes_nothing() -> None:
+    m = _machine()
+    m.open(["a", "b"], now=0.0)
+    assert m.record("a", 1, 10, now=1.0) is None
+    assert m.withdraw("a", now=2.0) is None  # already in: it counts
+    assert m.withdraw("c", now=2.0) is None  # never expected
+    assert m.withdraw("zz", now=2.0) is None
+    assert m.expected == frozenset({"a", "b"})
+
+
+def test_a_withdrawn_node_may_still_upload_if_it_comes_back() -> None:
+    m = _machine()
+    m.open(NODES, now=0.0)
+    m.withdraw("c", now=1.0)
+    assert m.check("c", 1) is Verdict.ACCEPTED
+    assert m.record("c", 1, 10, now=2.0) is None  # a and b are still expected
+    m.record("a", 1, 10, now=3.0)
+    closed = m.record("b", 1, 10, now=4.0)
+    assert closed is not None and not closed.partial and closed.contributors == NODES
+
+
+def test_a_silent_node_is_not_waited_for_after_k_missed_rounds_and_can_come_back() -> None:
+    m = _machine(total_rounds=6, max_missed_rounds=2)
+    for round_ in (1, 2):
+        m.open(NODES, now=10.0 * round_)
+        assert m.expected == frozenset(NODES)
+        m.record("a", round_, 1, now=10.0 * round_)
+        m.record("b", round_, 1, now=10.0 * round_)
+        closed = m.expire(now=10.0 * round_ + 10.0)  # "c" costs the deadline
+        assert isinstance(closed, RoundClosed) and closed.missing == ("c",)
+    assert m.not_waited_for == frozenset({"c"})
+    m.open(NODES, now=100.0)
+    assert m.expected == frozenset({"a", "b"})
+    m.record("a", 3, 1, now=100.0)
+    closed = m.record("b", 3, 1, now=101.0)  # closes without waiting for "c"
+    assert closed is not None and closed.missing == () and not closed.partial
+    m.open(NODES, now=110.0)
+    assert m.record("c", 4, 1, now=110.0) is None  # it uploads of its own accord: back
+    assert m.not_waited_for == frozenset()
+    m.record("a", 4, 1, now=111.0)
+    m.record("b", 4, 1, now=112.0)
+    m.open(NODES, now=120.0)
+    assert m.expected == frozenset(NODES)
+
+
+def test_forgive_makes_the_next_round_wait_for_a_node_again() -> None:
+    m = _machine(total_rounds=4, max_missed_rounds=1)
+    m.open(NODES, now=0.0)
+    m.record("a", 1, 1, now=1.0)
+    m.withdraw("b", now=1.0)
+    m.expire(now=10.0)
+    assert m.not_waited_for == frozenset({"b", "c"})
+    m.forgive("b")  # it reconnected
+    m.open(NODES, now=20.0)
+    assert m.expected == frozenset({"a", "b"})
+
+
+def test_zero_missed_rounds_means_always_wait_and_negative_is_refused() -> None:
+    m = _machine(total_rounds=5, max_missed_rounds=0)
+    for round_ in range(1, 4):
+        m.open(NODES, now=10.0 * round_)
+        m.record("a", round_, 1, now=10.0 * round_)
+        m.expire(now=10.0 * round_ + 10.0)
+    assert m.not_waited_for == frozenset()
+    with pytest.raises(ValueError, match="max_missed_rounds"):
+        _machine(max_missed_rounds=-1)

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.shard_plan import Shard, plan_shards, proportional_sizes
+from server.shard_plan import (
+    CAPACITY_RANGE,
+    Shard,
+    bounded_capacities,
+    plan_shards,
+    proportional_sizes,
+)
 
 SETTINGS = settings(max_examples=200, deadline=None)
 
@@ -175,3 +181,58 @@ def test_different_seeds_give_different_plans(
     assert plan_shards(num_samples, caps, seed=seed_a) != plan_shards(
         num_samples, caps, seed=seed_b
     )
+
+
+# -- claimed capacities are hints, bounded before they count -------------------------------------
+
+
+@pytest.mark.parametrize("lie", [1e300, 2e5, 10 * 800.0, math.inf, math.nan])
+def test_a_lying_node_gets_at_most_twice_the_median_share(lie: float) -> None:
+    honest = {"a": 800.0, "b": 900.0, "c": 1000.0}
+    bounded = bounded_capacities({**honest, "liar": lie}, max_ratio=2.0)
+    plan = plan_shards(4000, bounded, overlap=0.0)
+    own = {n: s.own for n, s in plan.items()}
+    assert all(own[n] > 0 for n in honest), own  # the honest nodes are in the job
+    assert own["liar"] <= 2 * sorted(own.values())[1] + 1
+
+
+def test_capacities_are_clamped_into_range_and_kept_when_honest() -> None:
+    low, high = CAPACITY_RANGE
+    assert bounded_capacities({"a": -5.0, "b": 0.0}) == {"a": low, "b": low}
+    assert bounded_capacities({"a": 1e300}) == {"a": high}
+    honest = {"a": 100.0, "b": 150.0, "c": 190.0}
+    assert bounded_capacities(honest, max_ratio=2.0) == honest  # nothing to cap
+
+
+def test_with_two_nodes_the_smaller_claim_sets_the_cap() -> None:
+    assert bounded_capacities({"a": 100.0, "liar": 1e9}, max_ratio=3.0) == {
+        "a": 100.0,
+        "liar": 300.0,
+    }
+
+
+@given(
+    st.dictionaries(
+        st.text("abcdefgh", min_size=1, max_size=3),
+        st.floats(allow_nan=True, allow_infinity=True),
+        min_size=1,
+        max_size=12,
+    ),
+    st.floats(1.0, 100.0),
+)
+@settings(max_examples=200, deadline=None)
+def test_bounded_capacities_are_always_plannable_and_capped(
+    claimed: dict[str, float], ratio: float
+) -> None:
+    bounded = bounded_capacities(claimed, ratio)
+    assert bounded.keys() == claimed.keys()
+    lower_median = sorted(bounded.values())[(len(bounded) - 1) // 2]
+    for value in bounded.values():
+        assert math.isfinite(value) and value > 0
+        assert value <= ratio * lower_median * (1 + 1e-12)
+    plan_shards(100, bounded)  # never raises
+
+
+def test_a_ratio_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_ratio"):
+        bounded_capacities({"a": 1.0}, max_ratio=0.5)

@@ -196,3 +196,43 @@ def test_everything_survives_a_reopen(path: Path) -> None:
         assert second.add_event(2.0, "job_resumed", {}, run_id="run-1") > event_id
     finally:
         second.close()
+
+
+def test_the_timeline_keeps_only_its_newest_rows(path: Path) -> None:
+    store = Store(path, max_events=100)  # trimmed every 10 inserts
+    try:
+        ids = [store.add_event(float(i), "node_joined", {"i": i}) for i in range(1000)]
+        assert store.event_count() <= 100 + 10
+        kept = [e["id"] for e in store.events(limit=1000)]
+        assert kept[:100] == ids[::-1][:100]  # the newest 100, all there
+        assert min(kept) > ids[-1] - 110
+    finally:
+        store.close()
+
+
+def test_a_node_id_is_bound_to_its_first_secret_and_survives_a_reopen(path: Path) -> None:
+    first = Store(path)
+    assert first.node_secret_sha256("n1") is None
+    first.bind_node_id("n1", "hash-one", 1.0)
+    first.bind_node_id("n1", "hash-two", 2.0)  # seen again: the binding does not move
+    assert first.node_secret_sha256("n1") == "hash-one"
+    first.close()
+    second = Store(path)
+    try:
+        assert second.node_secret_sha256("n1") == "hash-one"
+    finally:
+        second.close()
+
+
+def test_node_id_bindings_are_bounded_but_never_those_in_use(path: Path) -> None:
+    store = Store(path, max_node_ids=50)  # trimmed every 5 bindings
+    try:
+        store.bind_node_id("live", "h", 0.0)  # the oldest of all, but in use throughout
+        for i in range(500):
+            store.bind_node_id(f"fake-{i}", "h", 1.0 + i, keep={"live"})
+        assert store.node_id_count() <= 50 + 5
+        assert store.node_secret_sha256("live") == "h"
+        assert store.node_secret_sha256("fake-0") is None  # least recently seen: gone
+        assert store.node_secret_sha256("fake-499") == "h"
+    finally:
+        store.close()

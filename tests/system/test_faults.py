@@ -194,7 +194,16 @@ async def test_intruders_are_refused_and_no_secret_reaches_the_logs(make_cluster
             cluster.url + "/ws/node", headers={"Authorization": f"Bearer {join}"}
         )
         await ws.send_str(
-            encode(Hello(node_id="eve", name="eve", capacity=1.0, device="cpu", version="0"))
+            encode(
+                Hello(
+                    node_id="eve",
+                    name="eve",
+                    capacity=1.0,
+                    device="cpu",
+                    version="0",
+                    secret=secrets.token_urlsafe(32),
+                )
+            )
         )
         welcome = decode((await ws.receive()).data)
         assert isinstance(welcome, Welcome)

@@ -126,3 +126,22 @@ def test_crash_at_each_step_boundary_restarts_consistent_and_resumable(
     assert not list(cluster.home.rglob(".*.tmp"))
     _, meta = decode_weights(model.read_bytes())
     assert meta.extra["run_id"] == job["job_id"] and meta.extra["rounds"] == "3"
+
+
+def test_after_a_restart_the_views_show_the_last_job_not_idle(cluster: LocalCluster) -> None:
+    cluster.start_server()
+    cluster.wait_healthy()
+    start_nodes(cluster, 1)
+    job = cluster.request("POST", "/train/mnist?epochs=1")
+    done = cluster.wait_job(timeout=120)
+    assert done["state"] == "completed"
+    cluster.kill("server", signal.SIGTERM)
+    cluster.start_server()
+    cluster.wait_healthy()
+    status = cluster.request("GET", "/sync/status")
+    assert (status["state"], status["run_id"]) == ("completed", job["job_id"])
+    assert status["history"] == done["history"]
+    assert status["model_url"] == done["model_url"]
+    assert status["final_accuracy"] == done["final_accuracy"]
+    overview = cluster.request("GET", "/monitor/overview")
+    assert overview["progress"]["rounds_closed"] == 1
