@@ -130,9 +130,12 @@ def _squared_norm(tensor: torch.Tensor) -> float:
 def _squared_distance(update: torch.Tensor, reference: torch.Tensor) -> float:
     """``||update - reference||^2`` in cache-sized float32 chunks, summed in float64."""
     u, r = update.detach().reshape(-1), reference.detach().reshape(-1)
+    scratch = torch.empty(min(FOLD_CHUNK, u.numel()), dtype=torch.float32)
     total = 0.0
     for a, b in _chunks(u.numel()):
-        total += float(torch.linalg.vector_norm(u[a:b].float() - r[a:b].float()) ** 2)
+        diff = scratch[: b - a]
+        torch.sub(u[a:b], r[a:b], out=diff)  # upcasts a half-precision upload on the way
+        total += float(torch.dot(diff, diff))
     return total
 
 

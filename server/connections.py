@@ -8,7 +8,7 @@ capped per peer address and in total, and closed when their head has not arrived
 wait for every later head on the connection). All connections together stay below the
 file-descriptor limit, so a flood is refused at the door instead of starving the accept
 loop (EMFILE) and SQLite of descriptors. A node's WebSocket completes its head at once, so
-thousands of nodes behind one address are fine.
+it soon stops counting as pending; the machine's own address (127.0.0.1) has no per-peer cap.
 
 A refused connection is closed before aiohttp sees it, and counted by reason.
 """
@@ -33,6 +33,10 @@ from server.settings import Settings
 # the event loop's own.
 FD_HEADROOM = 64
 MIN_CONNECTIONS = 16
+# The address this machine's own programs connect from (nodes, the demo, the benchmark's
+# thousands of sockets). A burst of connects is all pending at once, so a per-peer cap
+# would refuse them; the total caps and the head deadline still bound them.
+OWN_MACHINE = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 CONNECTIONS: web.AppKey[ConnectionLimiter] = web.AppKey("connections")
 
@@ -96,7 +100,7 @@ class ConnectionLimiter:
             reason = "total"
         elif self._pending >= self.max_pending:
             reason = "pending"
-        elif self._pending_by_peer[peer] >= self.max_pending_per_peer:
+        elif peer not in OWN_MACHINE and self._pending_by_peer[peer] >= self.max_pending_per_peer:
             reason = "pending_per_peer"
         else:
             deadline = asyncio.get_running_loop().call_later(
@@ -118,6 +122,9 @@ class ConnectionLimiter:
     def closed(self, transport: asyncio.BaseTransport) -> None:
         conn = self._open.pop(transport, None)
         if conn is not None and conn.pending:
+            # aiohttp's own keep-alive timer (3.14+) may cut it first, at the same moment.
+            if conn.deadline.when() <= asyncio.get_running_loop().time():
+                self.on_refused("head_timeout")
             self._settle(conn)
 
     def _settle(self, conn: _Connection) -> None:
@@ -131,6 +138,7 @@ class ConnectionLimiter:
     def _head_overdue(self, transport: asyncio.BaseTransport) -> None:
         conn = self._open.get(transport)
         if conn is not None and conn.pending:
+            self._settle(conn)
             self.on_refused("head_timeout")
             # abort, not close: a TLS close would wait for a peer that is not answering.
             transport.abort()  # type: ignore[attr-defined]

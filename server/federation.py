@@ -81,7 +81,7 @@ class Federation:
             self.metrics.hellos_refused.labels(reason="id_taken").inc()
             log.warning("node_id_taken", claimed_id=hello.node_id, name=hello.name)
             raise IdTaken(f"node id {hello.node_id!r} belongs to another node (wrong secret)")
-        self.store.bind_node_id(hello.node_id, digest, self.clock(), keep=self._ids_in_use())
+        self.store.bind_node_id(hello.node_id, digest, self.clock(), keep=self._ids_in_use)
         session, replaced = self.registry.join(hello, self.clock())
         if replaced is not None:
             replaced.send(
@@ -121,7 +121,12 @@ class Federation:
         """Apply a progress report to the node's row; False (dropped, counted) when it is not
         about the job and round the node is training."""
         job = self.job
-        if job is None or session.job_id != job.run_id or progress.job_id != job.run_id:
+        if (
+            job is None
+            or job.finished.is_set()
+            or session.job_id != job.run_id
+            or progress.job_id != job.run_id
+        ):
             self.metrics.frames_dropped.labels(reason="wrong_job").inc()
             return False
         expected = session.training_round

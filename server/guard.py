@@ -49,6 +49,8 @@ class RequestGuard:
 
     def check(self, request: web.Request) -> None:
         host = request.headers.get(hdrs.HOST)
+        # 421 Misdirected Request (RFC 9110, 15.5.20), not 400: the request is well formed,
+        # it was just meant for another server (a rebound name), and says so to a client.
         if host is not None and not self.serves(host):
             raise MisdirectedRequest(
                 f"this server does not answer for Host {host[:100]!r}; add the name to "

@@ -301,7 +301,7 @@ class Job:
         )
         for session in self._connected_participants():
             session.send(Done(job_id=self.run_id, model_url=model_url, status=status))  # type: ignore[arg-type]
-            session.state = "idle"
+            session.state, session.training_round = "idle", None
         self.finished_at = self.ctx.clock()
         self.finished.set()
         self._log.info("job_finished", status=status, error=error, model=self.model_name)
@@ -325,12 +325,10 @@ class Job:
         )
 
     def node_rejoined(self, node_id: str) -> None:
-        """A participant came back: hand it the newest weights so it trains the open round,
-        and wait for it again from the next round on, whatever it missed before."""
-        if node_id not in self.shards or self.finished.is_set():
-            return
-        self.machine.forgive(node_id)
-        if self.machine.is_open:
+        """A participant came back: hand it the newest weights so it trains the open round.
+        Rounds wait for it again once it uploads (a reconnect alone does not count, or a
+        node could stall rounds by reconnecting before it has missed too many)."""
+        if node_id in self.shards and not self.finished.is_set() and self.machine.is_open:
             self._send_train(node_id)
 
     def node_gone(self, node_id: str) -> None:
@@ -353,8 +351,10 @@ class Job:
     def _send_train(self, node_id: str) -> None:
         session = self.ctx.registry.nodes.get(node_id)
         if session is not None and session.connected:
-            session.send(self.train_frame(node_id))
+            frame = self.train_frame(node_id)
+            session.send(frame)
             session.job_id, session.state = self.run_id, "training"
+            session.training_round = frame.round  # its progress frames must be about this one
             session.shard_samples = self.shards[node_id].samples
 
     def _connected_participants(self) -> list[Any]:
@@ -404,8 +404,7 @@ class Job:
         try:
             tensors = await asyncio.to_thread(decode_tensors, body)
         except WeightsError as exc:
-            async with self._lock:
-                await self._refused(node_id, round_, exc)
+            self._refused(node_id, round_, exc)
             raise
         async with self._lock:
             self._refuse_unless_accepted(node_id, round_)  # the round may have closed meanwhile
@@ -415,7 +414,7 @@ class Job:
                     asyncio.to_thread(self.strategy.add, node_id, tensors, samples),
                 )
             except (WeightsError, AggregationError) as exc:
-                await self._refused(node_id, round_, exc)
+                self._refused(node_id, round_, exc)
                 raise
             failpoints.reach("aggregation.after_fold")
             now = self.ctx.clock()
@@ -437,15 +436,11 @@ class Job:
             "received": len(self.machine.received) if self.machine.round == round_ else None,
         }
 
-    async def _refused(self, node_id: str, round_: int, exc: Exception) -> None:
-        """An upload that was read and refused (malformed, absurd): the node has had its
-        say for the round, so the round stops waiting for it. A corrected upload of its own
-        is still welcome while the round is open. Call with the lock held."""
+    def _refused(self, node_id: str, round_: int, exc: Exception) -> None:
+        """An upload that was read and refused (malformed, absurd) changes nothing in the
+        round, which still waits for a good one from that node: a node that keeps sending
+        junk costs deadlines only until it has missed FEDAVG_MAX_MISSED_ROUNDS rounds."""
         self._publish("upload_refused", {"round": round_, "error": str(exc)}, node_id=node_id)
-        if self.machine.round == round_ and not self.finished.is_set():
-            closed = self.machine.withdraw(node_id, self.ctx.clock())
-            if closed is not None:
-                await self._close_round(closed)
 
     def _refuse_unless_accepted(self, node_id: str, round_: int) -> None:
         if self.finished.is_set():  # stopped or failed: the machine may not know
@@ -500,14 +495,6 @@ class Job:
                     return
                 outcome = self.machine.expire(self.ctx.clock())
                 if isinstance(outcome, RoundClosed):
-                    self._publish(
-                        "partial_average",
-                        {
-                            "round": round_,
-                            "missing": sorted(self._names(outcome.missing)),
-                            "contributors": sorted(self._names(outcome.contributors)),
-                        },
-                    )
                     for node_id in outcome.missing:
                         self._publish("straggler", {"round": round_}, node_id=node_id)
                         session = self.ctx.registry.nodes.get(node_id)
@@ -542,6 +529,15 @@ class Job:
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
         self._round_over.set()
+        if closed.partial:  # by the deadline, or early because the missing nodes left
+            self._publish(
+                "partial_average",
+                {
+                    "round": closed.round,
+                    "missing": sorted(self._names(closed.missing)),
+                    "contributors": sorted(self._names(closed.contributors)),
+                },
+            )
         await self._settled(backlog=SETTLE_BACKLOG - 1)
         if self.finished.is_set():  # an earlier round's after-work failed the job
             return
@@ -580,7 +576,7 @@ class Job:
         for session in self._connected_participants():  # all expected: opened just now
             if session.job_id == self.run_id:
                 session.send(ready)
-                session.state = "training"
+                session.state, session.training_round = "training", closed.round + 1
             else:  # (re)joined while no round was open: it has not had its train frame yet
                 self._send_train(session.node_id)
         self._settling.append(

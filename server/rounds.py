@@ -109,7 +109,7 @@ class RoundMachine:
         ``max_missed_rounds`` (0: never) is how many rounds in a row a participant may miss
         before rounds stop waiting for it: a node that is connected but silent would
         otherwise cost a whole deadline every round. It is still a participant, so an
-        upload of its own (or :meth:`forgive`, when it reconnects) brings it back.
+        upload of its own brings it back.
 
         Raises:
             ValueError: ``total_rounds < 1``, ``last_closed`` outside ``[0, total_rounds]``,
@@ -193,7 +193,7 @@ class RoundMachine:
     @property
     def not_waited_for(self) -> frozenset[str]:
         """Participants that missed ``max_missed_rounds`` rounds in a row: rounds open
-        without expecting them until they upload again or are forgiven."""
+        without expecting them until they upload again."""
         if not self._max_missed:
             return frozenset()
         return frozenset(n for n, m in self._missed.items() if m >= self._max_missed)
@@ -285,10 +285,6 @@ class RoundMachine:
         if self._received and self._expected <= self._received.keys():
             return self._close(now)
         return None
-
-    def forgive(self, node_id: str) -> None:
-        """Forget ``node_id``'s missed rounds (it reconnected): the next round waits for it."""
-        self._missed.pop(node_id, None)
 
     def expire(self, now: float) -> RoundClosed | DeadlineExtended | JobFailed | None:
         """Apply the deadline at time ``now``.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,13 +219,17 @@ class Store:
         return str(row[0]) if row else None
 
     def bind_node_id(
-        self, node_id: str, secret_sha256: str, now: float, keep: Collection[str] = ()
+        self,
+        node_id: str,
+        secret_sha256: str,
+        now: float,
+        keep: Callable[[], Collection[str]] = tuple,
     ) -> None:
         """Bind a free id to a secret's hash, or note that a bound one was seen again.
 
         Trimming drops the least recently seen bindings beyond ``max_node_ids``, except those
-        in ``keep`` (the connected nodes and the running job's participants): an id that is
-        in use must never become free for the next comer.
+        ``keep()`` names (the connected nodes and the running job's participants; asked only
+        when trimming): an id that is in use must never become free for the next comer.
         """
         cur = self._db.execute(
             "INSERT INTO node_ids VALUES (?, ?, ?, ?) "
@@ -236,7 +240,7 @@ class Store:
         if self._ids_since_trim >= self._trim_ids_every:
             self._ids_since_trim = 0
             self._db.executemany(
-                "UPDATE node_ids SET last_seen = ? WHERE node_id = ?", ((now, n) for n in keep)
+                "UPDATE node_ids SET last_seen = ? WHERE node_id = ?", ((now, n) for n in keep())
             )
             self._db.execute(
                 "DELETE FROM node_ids WHERE node_id IN "

@@ -17,7 +17,11 @@ const DESCRIBE = {
     Object.entries(d.shards ?? {}).map(([n, s]) => `${n} ${int(s)}`).join(" · "),
   job_started: (d) =>
     `job started: ${d.rounds} rounds of ${d.dataset} on ${list(d.nodes)} (${d.aggregation} averaging)`,
-  round_opened: (d) => `round ${d.round} opened for ${list(d.expected)}`,
+  round_opened: (d) =>
+    `round ${d.round} opened for ${list(d.expected)}` +
+    ((d.not_waited_for ?? []).length ? `; not waiting for ${list(d.not_waited_for)} (missed rounds)` : ""),
+  upload_refused: (d, name) => `${name}'s upload for round ${d.round} was refused: ${d.error}`,
+  average_refused: (d) => `round ${d.round}: the average was not finite, the weights were kept`,
   upload_accepted: (d, name) =>
     `${name} uploaded round ${d.round}: ${int(d.samples)} samples, loss ${num(d.train_loss)}, ` +
     `val acc ${pct(d.val_accuracy)}, ${duration(d.seconds)}`,
@@ -36,6 +40,7 @@ const DESCRIBE = {
 
 const TONE = {
   node_left: "warn", straggler: "warn", partial_average: "warn", deadline_extended: "warn",
+  upload_refused: "bad", average_refused: "bad",
   job_failed: "bad", job_stopped: "warn", job_done: "good", round_closed: "good",
 };
 

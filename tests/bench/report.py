@@ -290,6 +290,17 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         ]
         out += [f"| `{k}` | {ms(v)} |" for k, v in units["seconds"].items()]
         out.append("")
+        secs = units["seconds"]
+        if "update_bound" in secs:
+            share = secs["update_bound"] / secs["fedavg_add"]
+            out += [
+                "**What the update bound costs.** Each upload is checked against the global "
+                "weights before it is folded (`FEDAVG_MAX_UPDATE_RATIO`): "
+                f"{ms(secs['update_bound'])} per upload, {share:.2f} x the fold itself, "
+                "on the server's fold thread, once per node and round. The rounds above "
+                "include it (it is on by default).",
+                "",
+            ]
     first = b["runs"][0]
     out += [
         f"Rounds of run 1 (`{first['run_id']}`; the last round's cycle includes its "

@@ -6,6 +6,8 @@ costs, against how many cores there are. Each one is a call the round path makes
 
 - ``check_state``: a node's or the server's validation of a state (keys, shapes, finite);
 - ``fedavg_add``: the server folding one upload into its float64 sum (validation included);
+- ``update_bound``: the server's check that an upload is not absurdly far from the global
+  weights (``FEDAVG_MAX_UPDATE_RATIO``), paid once per upload before its fold;
 - ``fedavg_result_into``: the average written into a weights file's tensor views
   (``weights_buffer``), as the server publishes the next global weights;
 - ``encode_weights`` / ``decode_weights``: a whole weights file built / parsed and checked;
@@ -51,7 +53,7 @@ def measure(hidden: tuple[int, ...], repeats: int = 3) -> dict[str, Any]:
         expected_layout,
         weights_buffer,
     )
-    from server.aggregation import FedAvg
+    from server.aggregation import FedAvg, UpdateBound
     from server.evaluate import evaluate
 
     spec = ModelSpec(hidden=hidden, dropout=(0.3, 0.2)[: len(hidden)])
@@ -76,6 +78,8 @@ def measure(hidden: tuple[int, ...], repeats: int = 3) -> dict[str, Any]:
         view = memoryview(warm)
         costs["check_state"] = _time(lambda: check_state(state, layout), repeats)
         costs["fedavg_add"] = _time(fold, repeats)
+        bound = UpdateBound.around(state, max_ratio=10.0)
+        costs["update_bound"] = _time(lambda: bound.check(state), repeats)
         costs["fedavg_result_into"] = _time(lambda: fedavg.result_into(views), repeats)
         costs["encode_weights"] = _time(lambda: encode_weights(state, meta), repeats)
         costs["decode_weights"] = _time(lambda: decode_weights(data), repeats)

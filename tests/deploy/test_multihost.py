@@ -51,7 +51,7 @@ BIN = Path(sys.executable).parent  # the venv's console scripts sit next to its 
 HTTP_CLIENT = r"""
 import json, sys, urllib.error, urllib.request
 method, url, token = sys.argv[1], sys.argv[2], sys.argv[3]
-req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+req = urllib.request.Request(url, method=method)  # a POST: Content-Length 0, no form type
 if token:
     req.add_header("Authorization", "Bearer " + token)
 try:

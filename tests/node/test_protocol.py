@@ -31,6 +31,7 @@ from node.protocol import (
     decode,
     decode_as,
     encode,
+    reading,
 )
 
 FUZZ = settings(max_examples=200, deadline=None)
@@ -192,7 +193,6 @@ def test_refuses_an_unknown_field() -> None:
         _progress(round=2**60),  # beyond what a JS dashboard can hold exactly
         _progress(loss=True),
         _progress(loss="0.5"),
-        _progress(loss=None),
         _hello(capacity=[1.0]),
         _hello(node_id=7),  # int for str
         _hello(name=None),
@@ -215,8 +215,21 @@ def test_refuses_wrong_types(data: dict[str, Any]) -> None:
         decode(json.dumps(data))
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, None])
+def test_a_non_finite_progress_loss_is_a_reading_not_an_error(value: float | None) -> None:
+    # A diverged model's loss: the frame decodes, its loss is "no number" (JSON's null).
+    frame = decode(json.dumps(_progress(loss=value)))
+    assert isinstance(frame, Progress) and frame.loss is None
+    assert json.loads(encode(frame))["loss"] is None  # and it goes out as valid JSON
+
+
+def test_reading_keeps_finite_numbers_and_drops_the_rest() -> None:
+    assert reading(0.25) == 0.25
+    assert [reading(v) for v in (math.nan, math.inf, -math.inf)] == [None, None, None]
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-@pytest.mark.parametrize("where", ["progress.loss", "hello.capacity", "train.config.lr"])
+@pytest.mark.parametrize("where", ["hello.capacity", "train.config.lr"])
 def test_refuses_non_finite_numbers(value: float, where: str) -> None:
     frame = {"progress": _progress, "hello": _hello, "train": _train}[where.split(".")[0]]()
     target = frame["config"] if "config" in where else frame

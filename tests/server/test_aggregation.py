@@ -524,7 +524,7 @@ def test_fold_across_chunk_boundaries_matches_float64(weighting: str) -> None:
     _close(agg.result(), expected)
 
 
-# -- the update bound: how far one update may move the global model -------------------------------
+# -- the update bound: how far one update may move the global model --------------------------
 
 
 def _global_model() -> dict[str, torch.Tensor]:

@@ -62,7 +62,7 @@ def make_client(aiohttp_client: AiohttpClient, tmp_path: Path) -> MakeClient:
             "model_spec": SPEC,
             "heartbeat_s": 30.0,
             # Hand-made updates move this tiny model far more than an epoch would; the
-            # update bound is tested on its own (test_aggregation, test_hostile).
+            # update bound is tested on its own (test_aggregation, test_hostile_jobs).
             "max_update_ratio": 0.0,
         }
         values.update(changes)
@@ -520,7 +520,7 @@ async def test_two_nodes_two_rounds(make_client: MakeClient) -> None:
     error = await error_of(await upload(client, b, job_id, 1, state0, samples_b + 1), 403)
     assert "samples" in error["message"]
     await error_of(await upload(client, b, job_id, 1, state0, 0), 400)
-    await error_of(await upload(client, b, job_id, 1, state0, samples_b, val_loss="nan"), 400)
+    await error_of(await upload(client, b, job_id, 1, state0, samples_b, val_loss="x"), 400)
     await error_of(await upload(client, b, job_id, 1, b"\0" * (65 * 1024), samples_b), 413)
 
     async def chunks() -> AsyncIterator[bytes]:

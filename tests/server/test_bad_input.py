@@ -411,7 +411,7 @@ async def test_non_finite_upload_metrics_are_dropped_not_refused(
     # A reading, not a broken upload: the weights count, the NaN never reaches an answer.
     resp = await job.upload(job.a, job.body(job.state0), query=query)
     assert resp.status == 200, await resp.text()
-    assert await job.received() == ["a"]
+    assert await job.received() == ["name-a"]
     answer = await job.client.get("/monitor/nodes")
     json.loads(await answer.text(), parse_constant=_refuse_constant)
 
@@ -736,7 +736,7 @@ def test_fuzz_a_lying_header_length(length: int) -> None:
             decode_xy(data)
 
 
-# -- answers that were 500s -------------------------------------------------------------------------
+# -- answers that were 500s ------------------------------------------------------------------
 
 
 async def test_a_shape_whose_strides_overflow_is_a_400_and_counted(job: RunningJob) -> None:

@@ -183,7 +183,7 @@ def test_different_seeds_give_different_plans(
     )
 
 
-# -- claimed capacities are hints, bounded before they count -------------------------------------
+# -- claimed capacities are hints, bounded before they count ---------------------------------
 
 
 @pytest.mark.parametrize("lie", [1e300, 2e5, 10 * 800.0, math.inf, math.nan])

@@ -229,7 +229,7 @@ def test_node_id_bindings_are_bounded_but_never_those_in_use(path: Path) -> None
     try:
         store.bind_node_id("live", "h", 0.0)  # the oldest of all, but in use throughout
         for i in range(500):
-            store.bind_node_id(f"fake-{i}", "h", 1.0 + i, keep={"live"})
+            store.bind_node_id(f"fake-{i}", "h", 1.0 + i, keep=lambda: {"live"})
         assert store.node_id_count() <= 50 + 5
         assert store.node_secret_sha256("live") == "h"
         assert store.node_secret_sha256("fake-0") is None  # least recently seen: gone

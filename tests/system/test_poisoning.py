@@ -58,7 +58,7 @@ def cluster(tmp_path: Path, strategy: str) -> Iterator[LocalCluster]:
         "FEDAVG_MNIST_DOWNLOAD": "false",
         "AGGREGATION": strategy,
         "EPOCH_SYNC_TIMEOUT": "60",  # every node uploads at once; a deadline means a bug
-        # The update bound would refuse this noise outright (test_hostile.py shows it): off
+        # The update bound would refuse this noise outright (test_hostile_jobs.py shows it): off
         # here, so that what is measured is what each strategy does with it.
         "FEDAVG_MAX_UPDATE_RATIO": "0",
     }
