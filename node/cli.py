@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="A fedavg worker: joins the orchestrator, trains its shard, uploads weights.",
         epilog="Environment: ORCHESTRATOR_URL, NODE_NAME, NODE_ID, FEDAVG_DEVICE, "
         "FEDAVG_TORCH_THREADS, VALIDATION_SPLIT, FEDAVG_NODE_TOKEN, FEDAVG_CA_CERT, "
-        "FEDAVG_CACHE_DIR, FEDAVG_RECONNECT_MAX. Flags win.",
+        "FEDAVG_CACHE_DIR, FEDAVG_RECONNECT_MAX, NODE_CAPACITY. Flags win.",
     )
     parser.add_argument("--orchestrator", help="URL, or several comma-separated for failover")
     parser.add_argument("--name", help="display name (NODE_NAME, default: host name)")
@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--device", choices=("auto", "cpu", "cuda"), help="FEDAVG_DEVICE (default auto)"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (FEDAVG_TORCH_THREADS)")
+    parser.add_argument(
+        "--capacity",
+        type=float,
+        help="samples/s to announce instead of measuring them at start-up (NODE_CAPACITY): "
+        "for a reproducible shard plan; the server bounds every claim",
+    )
     parser.add_argument("--ca-cert", help="CA bundle to trust for https:// (FEDAVG_CA_CERT)")
     parser.add_argument(
         "--cache-dir", help="where shards and the node's identity are kept (FEDAVG_CACHE_DIR)"
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             node_id=args.node_id,
             device=args.device,
             threads=args.threads,
+            capacity=args.capacity,
             exit_after_job=args.exit_after_job,
             log_format=args.log_format,
             ca_cert=None if args.ca_cert is None else Path(args.ca_cert),
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     torch.set_num_interop_threads(1)
-    capacity = measure_capacity(ModelSpec(), device)
+    capacity = settings.capacity or measure_capacity(ModelSpec(), device)
     log.info(
         "node_starting",
         node_id=settings.node_id,

@@ -33,6 +33,7 @@ class NodeSettings:
     explicit_node_id: bool = False  # --node-id or NODE_ID was given
     device: str = "auto"
     threads: int | None = None
+    capacity: float | None = None  # samples/s to announce; None: measure at start-up
     validation_split: float = 0.1
     cache_dir: Path = Path("fedavg-cache")
     node_token: str | None = None
@@ -66,6 +67,7 @@ class NodeSettings:
                 "threads": int(env["FEDAVG_TORCH_THREADS"])
                 if env.get("FEDAVG_TORCH_THREADS")
                 else None,
+                "capacity": float(env["NODE_CAPACITY"]) if env.get("NODE_CAPACITY") else None,
                 "validation_split": float(env.get("VALIDATION_SPLIT", "0.1")),
                 "cache_dir": Path(env["FEDAVG_CACHE_DIR"])
                 if env.get("FEDAVG_CACHE_DIR")
@@ -95,6 +97,8 @@ class NodeSettings:
             problems.append(f"device {self.device!r} must be auto, cpu or cuda")
         if self.threads is not None and self.threads < 1:
             problems.append("threads must be >= 1")
+        if self.capacity is not None and not (math.isfinite(self.capacity) and self.capacity > 0):
+            problems.append("NODE_CAPACITY must be a finite number of samples/s > 0")
         if self.max_backoff_s <= 0:
             problems.append("FEDAVG_RECONNECT_MAX must be > 0 seconds")
         if not 0 <= self.validation_split < 1:

@@ -54,7 +54,7 @@ class Settings:
     # An upload must also average this rate overall (after a grace of idle_timeout_s), so a
     # body that trickles a byte at a time cannot hold an upload slot for ever.
     min_upload_rate: int = 64 * 1024  # bytes/s
-    max_capacity_ratio: float = 2.0  # no node's planned share above this x the median's
+    max_capacity_ratio: float = 1.0  # no node's planned share above this x the median's
     max_update_ratio: float = 10.0  # ||upload - global|| above this x ||global||: refused
     max_missed_rounds: int = 2  # a node that misses this many rounds in a row is not waited for
     log_format: LogFormat = "auto"
@@ -152,7 +152,7 @@ class Settings:
                 "upload_slots": int(env.get("FEDAVG_UPLOAD_SLOTS", "4")),
                 "idle_timeout_s": float(env.get("FEDAVG_IDLE_TIMEOUT", "60")),
                 "min_upload_rate": int(float(env.get("FEDAVG_MIN_UPLOAD_KBPS", "64")) * 1024),
-                "max_capacity_ratio": float(env.get("FEDAVG_MAX_CAPACITY_RATIO", "2")),
+                "max_capacity_ratio": float(env.get("FEDAVG_MAX_CAPACITY_RATIO", "1")),
                 "max_update_ratio": float(env.get("FEDAVG_MAX_UPDATE_RATIO", "10")),
                 "max_missed_rounds": int(env.get("FEDAVG_MAX_MISSED_ROUNDS", "2")),
                 "log_format": _choice(

@@ -44,6 +44,7 @@ CONTRACT = {
         "NODE_ID",
         "FEDAVG_DEVICE",
         "FEDAVG_TORCH_THREADS",
+        "NODE_CAPACITY",
         "VALIDATION_SPLIT",
         "FEDAVG_NODE_TOKEN",
         "FEDAVG_CA_CERT",

@@ -160,7 +160,13 @@ async def test_a_stopped_node_is_a_straggler_then_catches_up(make_cluster) -> No
 async def test_a_node_in_a_long_epoch_is_never_declared_dead(make_cluster) -> None:  # type: ignore[no-untyped-def]
     # A 1 s heartbeat and a local epoch many times longer: liveness comes from ping/pong,
     # which keeps flowing while the epoch runs in its worker thread.
-    cluster = make_cluster(FEDAVG_HEARTBEAT="1", MODEL_HIDDEN_1="2048", FEDAVG_BATCH_SIZE="4")
+    # Two local epochs: one took under 5 s on a quiet machine.
+    cluster = make_cluster(
+        FEDAVG_HEARTBEAT="1",
+        MODEL_HIDDEN_1="2048",
+        FEDAVG_BATCH_SIZE="4",
+        FEDAVG_LOCAL_EPOCHS="2",
+    )
     prepare(cluster, "node-1")
     cluster.request("POST", "/train/mnist?epochs=1")
     status = cluster.wait_job(timeout=300)
