@@ -293,12 +293,16 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         secs = units["seconds"]
         if "update_bound" in secs:
             share = secs["update_bound"] / secs["fedavg_add"]
+            per_round = secs["update_bound"] * cfg["nodes"]
+            overhead = s["overhead"]["median"]
             out += [
                 "**What the update bound costs.** Each upload is checked against the global "
                 "weights before it is folded (`FEDAVG_MAX_UPDATE_RATIO`): "
                 f"{ms(secs['update_bound'])} per upload, {share:.2f} x the fold itself, "
-                "on the server's fold thread, once per node and round. The rounds above "
-                "include it (it is on by default).",
+                "on the server's fold thread. The rounds above include it (it is on by "
+                f"default): {cfg['nodes']} uploads a round make {ms(per_round)}, "
+                f"{per_round / overhead:.0%} of the measured overhead, at most (the folds of "
+                "a round overlap with other uploads' transfers).",
                 "",
             ]
     first = b["runs"][0]
