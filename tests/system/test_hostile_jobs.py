@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,33 @@ async def test_a_round_with_a_vanished_node_closes_as_soon_as_the_rest_are_in(ma
     first = status["history"][0]
     assert first["missing"] == ["ghost"] and first["contributors"] == ["node-1", "node-2"]
     assert first["seconds"] < 600
+
+
+async def test_a_stopped_node_dropped_by_the_heartbeat_holds_its_round_no_longer(
+    make_cluster,
+) -> None:  # type: ignore[no-untyped-def]
+    # The case: SIGSTOP (as if its network were cut), then the 1 s heartbeat drops
+    # it. The round must close then, not at the 600 s deadline.
+    cluster = make_cluster(3, FEDAVG_HEARTBEAT="1", EPOCH_SYNC_TIMEOUT="600")
+    await call(cluster, "POST", "/train/mnist?epochs=1000")
+    stopped = next(p for p in cluster.procs if p.name == "node-3")
+    try:
+        async with asyncio.timeout(120):
+            while (await call(cluster, "GET", "/sync/status"))["round"] < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        stopped.popen.send_signal(signal.SIGSTOP)
+        async with asyncio.timeout(120):
+            while True:
+                status = await call(cluster, "GET", "/sync/status")
+                short = [h for h in status["history"] if h["missing"] == ["node-3"]]
+                if short:
+                    break
+                await asyncio.sleep(0.2)
+        await call(cluster, "POST", "/jobs/stop")
+    finally:
+        stopped.expect_exit = True
+        stopped.popen.kill()
+    assert short[0]["contributors"] == ["node-1", "node-2"] and short[0]["seconds"] < 600
 
 
 async def test_a_silent_node_costs_a_deadline_only_until_it_has_missed_k_rounds(
