@@ -577,6 +577,8 @@ class Job:
             if session.job_id == self.run_id:
                 session.send(ready)
                 session.state, session.training_round = "training", closed.round + 1
+                if session.node_id in self.machine.not_waited_for:  # it may still upload
+                    session.state = "not_waited_for"
             else:  # (re)joined while no round was open: it has not had its train frame yet
                 self._send_train(session.node_id)
         self._settling.append(

@@ -5,6 +5,7 @@ import { ago, byId, h, int, num, pct, setText } from "./dom.js";
 
 const STATE_LABELS = {
   idle: "idle", training: "training", waiting: "waiting", straggler: "straggler", offline: "offline",
+  not_waited_for: "not waited for",
 };
 
 export class NodeTable {

@@ -190,6 +190,11 @@ const HANDLERS = {
       const node = state.nodeByName(name);
       if (node && node.connected) Object.assign(node, { state: "training", round: data.round, batch: 0 });
     }
+    // Missed too many rounds in a row: the round does not wait for them (until they upload).
+    for (const name of data.not_waited_for ?? []) {
+      const node = state.nodeByName(name);
+      if (node && node.connected) node.state = "not_waited_for";
+    }
     Object.assign(changed, { run: true, nodes: true });
   },
   deadline_extended(state, ev, data, _node, changed) {

@@ -365,6 +365,11 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
     expect(straggler.locator(".missed")).to_have_text("missed 1")
     expect(page.locator("#run-partial")).to_have_text("1")
     expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "2")
+    # Round 3 opens without waiting for c (it missed FEDAVG_MAX_MISSED_ROUNDS in a row).
+    opened = {"round": 3, "expected": ["a", "b"], "not_waited_for": ["c"], "deadline": None}
+    sockets[0].send(_event("round_opened", opened, None, None))
+    expect(straggler).to_have_attribute("data-state", "not_waited_for")
+    expect(straggler.locator(".badge")).to_have_text("not waited for")
     sockets[0].send(_event("node_left", {"name": "c", "reason": "socket error: reset"}, "c", 5))
     expect(straggler).to_have_attribute("data-state", "offline")
     expect(page.locator("#nodes-count")).to_have_text("2 connected · 1 offline")
