@@ -151,6 +151,7 @@ class Agent:
             join_token=self.settings.node_token,
             ca_cert=str(self.settings.ca_cert) if self.settings.ca_cert else None,
             idle_timeout_s=self.settings.idle_timeout_s,
+            heartbeat_s=self.settings.heartbeat_s,
         )
         try:
             try:

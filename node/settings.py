@@ -40,6 +40,7 @@ class NodeSettings:
     ca_cert: Path | None = None
     log_format: LogFormat = "auto"
     idle_timeout_s: float = 60.0
+    heartbeat_s: float = 10.0  # this end's WebSocket pings: a dead orchestrator is noticed
     max_backoff_s: float = 30.0
     progress_interval_s: float = 0.25
     exit_after_job: bool = False
@@ -76,6 +77,7 @@ class NodeSettings:
                 "ca_cert": Path(env["FEDAVG_CA_CERT"]) if env.get("FEDAVG_CA_CERT") else None,
                 "log_format": env.get("FEDAVG_LOG_FORMAT", "auto"),
                 "max_backoff_s": float(env.get("FEDAVG_RECONNECT_MAX", "30")),
+                "heartbeat_s": float(env.get("FEDAVG_HEARTBEAT", "10")),
                 "wandb_mode": wandb_mode(env),
                 "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
             }
@@ -105,7 +107,7 @@ class NodeSettings:
             problems.append("VALIDATION_SPLIT must be within [0, 1)")
         if not self.node_id or len(self.node_id) > 128 or not self.name or len(self.name) > 128:
             problems.append("node id and name must be 1..128 characters")
-        for name in ("idle_timeout_s", "max_backoff_s", "progress_interval_s"):
+        for name in ("idle_timeout_s", "heartbeat_s", "max_backoff_s", "progress_interval_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be a finite number of seconds > 0, got {value}")

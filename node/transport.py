@@ -1,6 +1,6 @@
 """The node's only door to the network: one aiohttp ClientSession per orchestrator connection.
 
-Training code sees the small ``Transport`` protocol. Transfers use idle timeouts (no bytes
+The agent's round pipeline calls :class:`HttpTransport`. Transfers use idle timeouts (no bytes
 for ``idle_timeout_s``), never wall-clock ones, so a big model on a slow link is not cut off
 while it is still moving.
 """
@@ -11,7 +11,7 @@ import hashlib
 import json
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
@@ -29,15 +29,6 @@ class TransferError(FedavgError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-class Transport(Protocol):
-    async def download(
-        self, path: str, sha256: str, into: bytearray | None = None
-    ) -> bytearray: ...
-    async def upload_weights(
-        self, path: str, parts: Sequence[bytes | memoryview]
-    ) -> dict[str, Any]: ...
 
 
 class HttpTransport:

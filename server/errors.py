@@ -7,6 +7,7 @@ from enum import StrEnum
 from node.errors import FedavgError, ProtocolError, SpecError, WeightsError
 from server.aggregation import AggregationError
 from server.datasets import DatasetError, UnknownDataset
+from server.settings import SettingsError
 
 
 class ErrorCode(StrEnum):
@@ -93,6 +94,7 @@ def http_status(exc: BaseException) -> tuple[int, ErrorCode]:
         return 404, ErrorCode.NOT_FOUND
     if isinstance(exc, DatasetError):
         return 503, ErrorCode.UNAVAILABLE
-    if isinstance(exc, ProtocolError | SpecError | WeightsError | AggregationError):
+    # A SettingsError in a request is a job setting the request asked for, out of range.
+    if isinstance(exc, ProtocolError | SpecError | WeightsError | AggregationError | SettingsError):
         return 400, ErrorCode.BAD_REQUEST
     return 500, ErrorCode.INTERNAL

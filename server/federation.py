@@ -34,7 +34,7 @@ from server.datasets import (
 )
 from server.errors import Conflict, IdTaken, NotFound
 from server.events import EventBus
-from server.job import Checkpoint, Job, JobContext
+from server.job import Checkpoint, Job, JobContext, background_executor
 from server.metrics import Metrics
 from server.registry import NodeRegistry, NodeSession
 from server.settings import Settings
@@ -59,6 +59,7 @@ class Federation:
         self.wandb = WandbSink(settings.wandb_mode, settings.wandb_project, settings.home / "wandb")
         self.bus.listen(ServerWandb(self.wandb).on_event)
         self.registry = NodeRegistry(settings.max_offline_nodes)
+        self.background = background_executor()
         self.job: Job | None = None
         self._last_run: dict[str, Any] | None = None  # the last job, when it ended before a restart
         self._dataset_lock = asyncio.Lock()
@@ -264,6 +265,7 @@ class Federation:
             aggregation=aggregation,
             deadline_s=self.settings.epoch_sync_timeout,
             metrics=self.metrics,
+            background=self.background,
             upload_slots=self.settings.upload_slots,
             max_upload_bytes=self.settings.max_upload_bytes,
             max_update_ratio=self.settings.max_update_ratio,
@@ -446,8 +448,13 @@ class Federation:
         return path
 
     async def close(self) -> None:
-        if self.job is not None and not self.job.finished.is_set():
-            self.job.status = "interrupted"
+        """Before the store closes: the job's timers and writes end first (a restart
+        resumes it), then the evaluation thread and W&B."""
+        if self.job is not None:
+            if not self.job.finished.is_set():
+                self.job.status = "interrupted"
+            await self.job.shutdown()
+        self.background.shutdown(wait=True, cancel_futures=True)
         await asyncio.to_thread(self.wandb.close)
 
 

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,10 +71,12 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
-# Evaluation of each round's model: off the critical path, and niced so it stays off it.
-_BACKGROUND = ThreadPoolExecutor(
-    max_workers=1, thread_name_prefix="fedavg-background", initializer=_lower_priority
-)
+def background_executor() -> ThreadPoolExecutor:
+    """The one thread that evaluates each round's model: off the critical path, and niced so
+    it stays off it. The federation owns it and shuts it down with the server."""
+    return ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="fedavg-background", initializer=_lower_priority
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,7 @@ class JobContext:
     aggregation: str
     deadline_s: float
     metrics: Metrics
+    background: Executor
     upload_slots: int = 4
     max_upload_bytes: int = 512 << 20  # the operator's cap; a job's own limit is its model's size
     max_update_ratio: float = 10.0
@@ -256,6 +259,16 @@ class Job:
                     self._read_checkpoint, self.machine.last_closed
                 )
                 self._open_next_round(expected=self.shards)
+
+    async def shutdown(self) -> None:
+        """The server is going down: after this returns, no deadline fires and nothing more
+        is written. The rounds still settling finish (their checkpoints and rows are worth
+        keeping); a round that was open resumes after the restart."""
+        pending = [t for t in (self._timer, *self._departures) if t is not None and not t.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self._settled()
 
     async def stop(self, reason: str) -> None:
         async with self._lock:
@@ -617,7 +630,7 @@ class Job:
         """
         try:
             evaluation = asyncio.get_running_loop().run_in_executor(
-                _BACKGROUND,
+                self.ctx.background,
                 functools.partial(evaluate, published.state, self.spec, self._test_x, self._test_y),
             )
             (accuracy, loss), _ = await asyncio.gather(

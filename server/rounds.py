@@ -72,7 +72,7 @@ class RoundMachine:
     """Rounds ``last_closed + 1 .. total_rounds`` of one job, one open at a time.
 
     The machine only changes through :meth:`open`, :meth:`record`, :meth:`expire` and
-    :meth:`add_participant`; everything else is a read-only view.
+    :meth:`withdraw`; everything else is a read-only view.
     """
 
     __slots__ = (
@@ -202,10 +202,6 @@ class RoundMachine:
     def received(self) -> Mapping[str, int]:
         """Node -> reported samples for the current (or last) round; a read-only view."""
         return MappingProxyType(self._received)
-
-    def add_participant(self, node_id: str) -> None:
-        """Let a node (new or rejoined) upload from now on; it is expected from the next open."""
-        self._participants.add(node_id)
 
     def open(self, expected: Iterable[str], now: float) -> int:
         """Open the next round, expecting those of ``expected`` that are participants.

@@ -279,10 +279,6 @@ class Settings:
         return context
 
     @property
-    def scheme(self) -> str:
-        return "https" if self.tls_cert else "http"
-
-    @property
     def is_loopback(self) -> bool:
         if self.host == "localhost":
             return True

@@ -133,10 +133,6 @@ class Store:
             f"UPDATE runs SET {sets} WHERE run_id = :run_id", {**fields, "run_id": run_id}
         )
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return _run_dict(row) if row else None
-
     def runs(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,))
         return [_run_dict(r) for r in rows]

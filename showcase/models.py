@@ -26,7 +26,7 @@ from torch import nn
 from node.errors import WeightsError
 from node.model import ModelSpec, build_model
 from node.weights import WeightsMeta, decode_weights, sha256_hex
-from showcase.errors import InvalidModelError, NoModelError
+from showcase.errors import InvalidModelError
 from showcase.preprocess import FRAME, ByteImage, model_input
 
 log = structlog.get_logger(__name__)
@@ -293,10 +293,3 @@ def no_model_message(source: ModelSource) -> str:
         f"No model yet in {source.description}. Train one with `fedavg-demo` "
         "(or a `fedavg-server` job), or upload a `.safetensors` model file."
     )
-
-
-def require_models(source: ModelSource) -> list[ModelInfo]:
-    models = source.list_models()
-    if not models:
-        raise NoModelError(no_model_message(source))
-    return models

@@ -45,6 +45,7 @@ CONTRACT = {
         "FEDAVG_DEVICE",
         "FEDAVG_TORCH_THREADS",
         "NODE_CAPACITY",
+        "FEDAVG_HEARTBEAT",
         "VALIDATION_SPLIT",
         "FEDAVG_NODE_TOKEN",
         "FEDAVG_CA_CERT",

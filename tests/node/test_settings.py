@@ -164,3 +164,13 @@ def test_timeouts_must_be_positive_and_finite(name: str, value: float) -> None:
     with pytest.raises(NodeSettingsError, match=name):
         NodeSettings.from_env(ENV, **{name: value})
     assert getattr(NodeSettings.from_env(ENV, **{name: 2.5}), name) == 2.5
+
+
+def test_the_heartbeat_and_a_pinned_capacity_come_from_the_environment() -> None:
+    env = {"FEDAVG_HEARTBEAT": "2.5", "NODE_CAPACITY": "750"}
+    settings = NodeSettings.from_env(env, name="n")
+    assert (settings.heartbeat_s, settings.capacity) == (2.5, 750.0)
+    assert NodeSettings.from_env({}, name="n").capacity is None  # measured at start-up
+    for bad in ({"FEDAVG_HEARTBEAT": "0"}, {"NODE_CAPACITY": "-1"}, {"NODE_CAPACITY": "nan"}):
+        with pytest.raises(NodeSettingsError):
+            NodeSettings.from_env(bad, name="n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from node.protocol import (
 from node.shards import decode_xy
 from node.weights import WIRE_DTYPES, WeightsMeta, decode_weights, encode_weights, sha256_hex
 from server import sockets
-from server.app import create_app
+from server.app import SETTINGS, create_app
 from server.evaluate import evaluate
 from server.job import SETTLE_BACKLOG
 from server.settings import Settings
@@ -723,3 +724,28 @@ async def test_a_half_precision_wire_halves_the_bytes_and_keeps_the_final_model_
     assert {v.dtype for v in final.values()} == {torch.float32}
     for key, value in final.items():  # the float32 average, not its rounded wire copy
         torch.testing.assert_close(value, update[key])
+
+
+async def test_shutdown_ends_the_jobs_timers_and_writes_before_the_store_closes(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(epoch_sync_timeout=600.0)
+    a = await connect(client, "a")
+    await prepare_mnist(client)
+    job_id = (await start(client, epochs=3))["job_id"]
+    train = await a.expect(Train)
+    state0 = await weights_of(client, train.weights_url)
+    resp = await upload(client, a, job_id, 1, state0, 1)  # round 1 closes; 2 opens, with a timer
+    assert resp.status == 200
+    assert (await a.expect(WeightsReady)).round == 1
+    await client.close()  # the app's cleanup: Federation.close, then the store
+    leftover = [
+        t.get_name()
+        for t in asyncio.all_tasks()
+        if t.get_name().startswith(("deadline-", "settle-", "withdraw-")) and not t.done()
+    ]
+    assert leftover == []
+    with sqlite3.connect(client.server.app[SETTINGS].db_path) as db:  # the round got its row
+        assert db.execute("SELECT round FROM rounds WHERE run_id = ?", (job_id,)).fetchall() == [
+            (1,)
+        ]

@@ -43,8 +43,10 @@ from node.protocol import (
 )
 from node.shards import decode_xy, encode_xy
 from node.weights import WeightsMeta, decode_weights, encode_weights
+from server.aggregation import AggregationError
 from server.app import create_app
-from server.settings import Settings
+from server.errors import http_status
+from server.settings import Settings, SettingsError
 
 SPEC = ModelSpec(hidden=(8,), dropout=())  # ~6k parameters: a weights file is ~26 KB
 UPLOAD_LIMIT = 64 * 1024
@@ -814,3 +816,15 @@ async def test_the_upload_limit_follows_the_model_size(
     answer = await raw_http(client, head)  # 4 MiB for a 26 KB model: refused unread
     assert status_line(answer) == b"HTTP/1.1 413 Request Entity Too Large"
     assert b"limit" in answer
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (AggregationError("node 'a' already contributed"), 400),
+        (SettingsError("bad setting: lr"), 400),
+        (RuntimeError("a bug"), 500),
+    ],
+)
+def test_errors_of_every_layer_map_to_a_status(exc: Exception, status: int) -> None:
+    assert http_status(exc)[0] == status

@@ -163,20 +163,13 @@ def test_resume_with_last_closed() -> None:
     assert _machine(total_rounds=5, last_closed=5).finished
 
 
-def test_participant_joining_later() -> None:
+def test_a_node_outside_the_participants_is_never_expected_nor_accepted() -> None:
     m = _machine()
     m.open(["a", "b", "newcomer"], now=0.0)
-    assert m.expected == frozenset({"a", "b"})  # not a participant yet: not expected
+    assert m.expected == frozenset({"a", "b"})  # not a participant: not expected
     assert m.check("newcomer", 1) is Verdict.NOT_PARTICIPANT
-    m.add_participant("newcomer")
-    assert m.expected == frozenset({"a", "b"})
-    assert m.record("newcomer", 1, samples=4, now=1.0) is None  # accepted, not expected
-    m.record("a", 1, samples=1, now=2.0)
-    closed = m.record("b", 1, samples=1, now=3.0)
-    assert closed is not None and closed.contributors == ("a", "b", "newcomer")
-    assert not closed.partial and closed.samples == 6
-    m.open(["a", "b", "newcomer"], now=4.0)
-    assert m.expected == frozenset({"a", "b", "newcomer"})
+    with pytest.raises(ValueError):
+        m.record("newcomer", 1, samples=4, now=1.0)
 
 
 def test_unexpected_participant_accepted() -> None:
@@ -256,10 +249,6 @@ class RoundsInvariants(RuleBasedStateMachine):
         before = self.m.last_closed
         assert self.m.open(expected, self.now) == before + 1
         assert self.m.expected <= self.m.participants
-
-    @rule(node=st.sampled_from(ALL_NODES))
-    def join(self, node: str) -> None:
-        self.m.add_participant(node)
 
     @rule(dt=st.floats(min_value=0.0, max_value=8.0))
     def tick(self, dt: float) -> None:

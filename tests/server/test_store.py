@@ -65,14 +65,13 @@ def test_creates_the_folder(path: Path, store: Store) -> None:
 
 def test_run_round_trip(store: Store) -> None:
     store.create_run(**_run())
-    run = store.run("run-1")
-    assert run is not None
+    (run,) = store.runs()
+    assert run["run_id"] == "run-1"
     assert run["model_spec"] == {"arch": "mlp", "hidden": [8]}
     assert run["config"] == {"train": {"lr": 0.001}, "seed": 0, "shards": {"n1": 10}}
     assert (run["status"], run["rounds"], run["created"]) == ("running", 3, 100.0)
     assert run["finished"] is None
     assert run["model_path"] is None
-    assert store.run("nope") is None
 
 
 def test_update_run(store: Store) -> None:
@@ -80,8 +79,7 @@ def test_update_run(store: Store) -> None:
     store.update_run(
         "run-1", status="completed", finished=130.0, model_path="/m.safetensors", final_accuracy=0.9
     )
-    run = store.run("run-1")
-    assert run is not None
+    (run,) = store.runs()
     assert (run["status"], run["finished"], run["model_path"], run["final_accuracy"]) == (
         "completed",
         130.0,
@@ -89,8 +87,7 @@ def test_update_run(store: Store) -> None:
         0.9,
     )
     store.update_run("run-1", error="boom")
-    run = store.run("run-1")
-    assert run is not None
+    (run,) = store.runs()
     assert run["error"] == "boom"
     assert run["status"] == "completed"
 
@@ -187,9 +184,8 @@ def test_everything_survives_a_reopen(path: Path) -> None:
 
     second = Store(path)  # the schema script runs again on an existing file
     try:
-        run = second.run("run-1")
-        assert run is not None
-        assert run["status"] == "interrupted"
+        (run,) = second.runs()
+        assert (run["run_id"], run["status"]) == ("run-1", "interrupted")
         assert second.rounds("run-1") == [_round(1)]
         assert second.node_metrics("run-1")[0]["metrics"] == {"train_loss": 0.1}
         assert [e["id"] for e in second.events()] == [event_id]
