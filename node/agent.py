@@ -211,8 +211,7 @@ class Agent:
             raise JoinRefused(f"{frame.message} (start with another --node-id)")
         if isinstance(frame, Error):
             raise ProtocolError(f"orchestrator said {frame.code}: {frame.message}")
-        welcome: Welcome = decode_as(msg.data, Welcome)
-        return welcome
+        return decode_as(msg.data, Welcome)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:

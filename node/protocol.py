@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, get_type_hints
 
 from node.errors import ProtocolError
 
@@ -153,6 +153,8 @@ NodeFrame = Hello | Progress | Left
 ServerFrame = Welcome | Train | WeightsReady | Done | Error
 Frame = NodeFrame | ServerFrame
 
+F = TypeVar("F", Hello, Progress, Left, Welcome, Train, WeightsReady, Done, Error)
+
 FRAME_TYPES: dict[str, type[Any]] = {
     cls.type: cls for cls in (Hello, Progress, Left, Welcome, Train, WeightsReady, Done, Error)
 }
@@ -182,7 +184,8 @@ def decode(text: str | bytes) -> Frame:
     return frame
 
 
-def decode_as(text: str | bytes, expected: type[Any]) -> Any:
+def decode_as(text: str | bytes, expected: type[F]) -> F:
+    """Parse one frame that must be of type ``expected`` (the caller keeps its type)."""
     frame = decode(text)
     if not isinstance(frame, expected):
         raise ProtocolError(f"expected a {expected.type!r} frame, got {frame.type!r}")

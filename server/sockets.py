@@ -49,7 +49,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         msg = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
         if msg.type is not WSMsgType.TEXT:
             raise ProtocolError("the first frame must be a 'hello' text frame")
-        hello: Hello = decode_as(msg.data, Hello)
+        hello = decode_as(msg.data, Hello)
     except (TimeoutError, ProtocolError) as exc:
         reason = str(exc) or "no hello within 15 s"
         if not ws.closed:  # an oversized frame has already closed it (1009)
