@@ -395,8 +395,7 @@ async def upload_weights(request: web.Request) -> web.Response:
             closed = Conflict(f"round {round_} closed during the upload", reason="late")
             # A few uploads are read and folded at a time; the rest wait with their bytes
             # still in the socket, so server memory does not grow with the number of nodes.
-            async with job.intake:
-                job.precheck(session.node_id, round_, samples)  # it may have closed meanwhile
+            async with job.intake:  # a round that closed meanwhile: unless_set refuses
                 with job.upload_buffers.lease(request.content_length or 0) as buffer:
                     body = await unless_set(
                         read_body(
@@ -435,7 +434,12 @@ def _metrics_query(request: web.Request) -> dict[str, float]:
 
 
 async def unless_set(work: Awaitable[T], event: asyncio.Event, refusal: Exception) -> T:
-    """``work``'s result, or ``refusal`` raised (and ``work`` cancelled) once ``event`` is set."""
+    """``work``'s result, or ``refusal`` raised (and ``work`` cancelled) once ``event`` is set;
+    when it is set already, ``work`` never starts."""
+    if event.is_set():
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise refusal
     task = asyncio.ensure_future(work)
     waiter = asyncio.ensure_future(event.wait())
     try:

@@ -760,18 +760,24 @@ async def slow_body(chunks: list[bytes], started: asyncio.Event) -> Any:
         await asyncio.sleep(0.2)
 
 
-async def test_an_upload_in_flight_when_the_job_stops_gets_409(job: RunningJob) -> None:
+async def slow_upload(job: RunningJob, node: Node) -> asyncio.Task[ClientResponse]:
+    """``node``'s honest upload, sent 4 KiB every 0.2 s; returns once its body has begun."""
     body = job.body(job.state0)
     started = asyncio.Event()
     chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
     upload = asyncio.create_task(
         job.client.post(
-            f"/sync/weights?job={job.job_id}&round=1&samples={job.shard['a']}",
+            f"/sync/weights?job={job.job_id}&round=1&samples={job.shard[node.node_id]}",
             data=slow_body(chunks, started),
-            headers={**job.a.auth, "Content-Length": str(len(body))},
+            headers={**node.auth, "Content-Length": str(len(body))},
         )
     )
     await asyncio.wait_for(started.wait(), RECEIVE_S)
+    return upload
+
+
+async def test_an_upload_in_flight_when_the_job_stops_gets_409(job: RunningJob) -> None:
+    upload = await slow_upload(job, job.a)
     assert (await job.client.post("/jobs/stop")).status == 200
     error = await error_of(await asyncio.wait_for(upload, RECEIVE_S), 409)
     assert "closed" in error["message"] or "stopped" in error["message"]
@@ -781,18 +787,8 @@ async def test_an_upload_in_flight_when_the_job_stops_gets_409(job: RunningJob) 
 
 
 async def test_a_second_upload_of_a_node_while_its_first_is_read_is_409(job: RunningJob) -> None:
-    body = job.body(job.state0)
-    started = asyncio.Event()
-    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
-    first = asyncio.create_task(
-        job.client.post(
-            f"/sync/weights?job={job.job_id}&round=1&samples={job.shard['a']}",
-            data=slow_body(chunks, started),
-            headers={**job.a.auth, "Content-Length": str(len(body))},
-        )
-    )
-    await asyncio.wait_for(started.wait(), RECEIVE_S)
-    error = await error_of(await job.upload(job.a, body), 409)
+    first = await slow_upload(job, job.a)
+    error = await error_of(await job.upload(job.a, job.body(job.state0)), 409)
     assert "in flight" in error["message"]
     assert (await asyncio.wait_for(first, RECEIVE_S)).status == 200  # the first one counts
 

@@ -8,8 +8,6 @@ import json
 import secrets
 import signal
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,35 +15,9 @@ import pytest
 
 from node.protocol import Hello, Welcome, decode, encode
 from server.local_cluster import LocalCluster, free_port
+from tests.system.clusters import prepare
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[object]:
-    clusters: list[LocalCluster] = []
-
-    def make(**env: str) -> LocalCluster:
-        cluster = LocalCluster(
-            home=tmp_path / f"home{len(clusters)}",
-            port=free_port(),
-            env={"FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_RECONNECT_MAX": "2", **env},
-        )
-        clusters.append(cluster)
-        cluster.start_server()
-        cluster.wait_healthy()
-        return cluster
-
-    yield make
-    for cluster in clusters:
-        cluster.stop()
-
-
-def prepare(cluster: LocalCluster, *names: str) -> None:
-    for name in names:
-        cluster.start_node(name, threads=1)
-    cluster.wait_nodes(len(names))
-    cluster.request("POST", "/datasets/prepare-mnist")
 
 
 def timeline(cluster: LocalCluster) -> list[dict[str, object]]:

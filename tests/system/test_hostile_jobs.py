@@ -12,8 +12,7 @@ import asyncio
 import json
 import math
 import signal
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,7 +22,8 @@ from node.model import ModelSpec
 from node.protocol import Done, Train, WeightsReady
 from node.shards import decode_xy
 from node.weights import WeightsMeta, decode_weights, encode_weights, expected_layout
-from server.local_cluster import LocalCluster, free_port
+from server.local_cluster import LocalCluster
+from tests.system.clusters import prepare
 from tests.system.hostile import FakeNode
 
 pytestmark = pytest.mark.slow
@@ -42,28 +42,11 @@ JSON_ROUTES = (
 )
 
 
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Any]:
-    clusters: list[LocalCluster] = []
-
-    def make(honest: int, *node_args: str, **env: str) -> LocalCluster:
-        cluster = LocalCluster(
-            home=tmp_path / f"home{len(clusters)}",
-            port=free_port(),
-            env={"FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_RECONNECT_MAX": "2", **env},
-        )
-        clusters.append(cluster)
-        cluster.start_server()
-        cluster.wait_healthy()
-        for i in range(1, honest + 1):
-            cluster.start_node(f"node-{i}", *node_args, threads=1)
-        cluster.wait_nodes(honest)
-        cluster.request("POST", "/datasets/prepare-mnist")
-        return cluster
-
-    yield make
-    for cluster in clusters:
-        cluster.stop()
+def federation(make_cluster: Any, honest: int, *node_args: str, **env: str) -> LocalCluster:
+    """A server with ``env`` and ``honest`` real nodes, node-1..node-N, MNIST prepared."""
+    cluster: LocalCluster = make_cluster(**env)
+    prepare(cluster, *(f"node-{i}" for i in range(1, honest + 1)), node_args=node_args)
+    return cluster
 
 
 def call(cluster: LocalCluster, method: str, path: str) -> Any:
@@ -126,7 +109,7 @@ async def shard_share(node: FakeNode, train: Train) -> int:
 
 
 async def test_a_capacity_lie_cannot_take_the_shards_from_the_honest_nodes(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    cluster = make_cluster(3)
+    cluster = federation(make_cluster, 3)
     nodes = (await call(cluster, "GET", "/nodes"))["nodes"]
     honest_max = max(n["capacity"] for n in nodes if n["connected"])
     for i, lie in enumerate((1e300, 2e5, 10 * honest_max)):
@@ -155,7 +138,9 @@ async def liar_uploading_zeros(liar: FakeNode) -> list[int]:
 async def test_a_zero_uploading_liar_under_the_median_costs_under_two_points(make_cluster) -> None:  # type: ignore[no-untyped-def]
     # Capacities pinned (all equal): the same shard plan every run, so the two runs differ
     # by the liar alone, not by what the nodes measured under load.
-    cluster = make_cluster(3, "--capacity", "1000", AGGREGATION="median", EPOCH_SYNC_TIMEOUT="60")
+    cluster = federation(
+        make_cluster, 3, "--capacity", "1000", AGGREGATION="median", EPOCH_SYNC_TIMEOUT="60"
+    )
     clean = await run_job(cluster, LIAR_ROUNDS)
     assert clean["state"] == "completed", clean
     async with FakeNode(cluster.url, "liar", capacity=1e300) as liar:
@@ -173,7 +158,7 @@ async def test_a_zero_uploading_liar_under_the_median_costs_under_two_points(mak
 
 
 async def test_an_absurd_upload_is_refused_and_no_answer_ever_holds_nan(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    cluster = make_cluster(2, AGGREGATION="weighted", EPOCH_SYNC_TIMEOUT="3")
+    cluster = federation(make_cluster, 2, AGGREGATION="weighted", EPOCH_SYNC_TIMEOUT="3")
     refusals: list[tuple[int, str]] = []
     async with FakeNode(cluster.url, "mallory") as mallory:
         await mallory.join()
@@ -216,7 +201,7 @@ async def trickle(seconds: float) -> AsyncIterator[bytes]:
 
 
 async def test_a_node_trickling_uploads_cannot_hold_the_slots(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    cluster = make_cluster(2, EPOCH_SYNC_TIMEOUT="4", FEDAVG_UPLOAD_SLOTS="2")
+    cluster = federation(make_cluster, 2, EPOCH_SYNC_TIMEOUT="4", FEDAVG_UPLOAD_SLOTS="2")
     answers: list[int] = []
     async with FakeNode(cluster.url, "hog") as hog:
         await hog.join()
@@ -253,7 +238,8 @@ async def test_a_node_trickling_uploads_cannot_hold_the_slots(make_cluster) -> N
 
 
 async def test_a_round_with_a_vanished_node_closes_as_soon_as_the_rest_are_in(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    cluster = make_cluster(2, EPOCH_SYNC_TIMEOUT="600")  # waiting out a deadline would time out
+    # A 600 s deadline: a round that waited it out would time the test out.
+    cluster = federation(make_cluster, 2, EPOCH_SYNC_TIMEOUT="600")
     ghost = FakeNode(cluster.url, "ghost")
     await ghost.join()
     await call(cluster, "POST", "/train/mnist?epochs=2")
@@ -272,7 +258,7 @@ async def test_a_stopped_node_dropped_by_the_heartbeat_holds_its_round_no_longer
 ) -> None:  # type: ignore[no-untyped-def]
     # The issue's case: SIGSTOP (as if its network were cut), then the 1 s heartbeat drops
     # it. The round must close then, not at the 600 s deadline.
-    cluster = make_cluster(3, FEDAVG_HEARTBEAT="1", EPOCH_SYNC_TIMEOUT="600")
+    cluster = federation(make_cluster, 3, FEDAVG_HEARTBEAT="1", EPOCH_SYNC_TIMEOUT="600")
     await call(cluster, "POST", "/train/mnist?epochs=1000")
     stopped = next(p for p in cluster.procs if p.name == "node-3")
     try:
@@ -297,7 +283,7 @@ async def test_a_stopped_node_dropped_by_the_heartbeat_holds_its_round_no_longer
 async def test_a_silent_node_costs_a_deadline_only_until_it_has_missed_k_rounds(
     make_cluster,
 ) -> None:  # type: ignore[no-untyped-def]
-    cluster = make_cluster(2, EPOCH_SYNC_TIMEOUT="3", FEDAVG_MAX_MISSED_ROUNDS="2")
+    cluster = federation(make_cluster, 2, EPOCH_SYNC_TIMEOUT="3", FEDAVG_MAX_MISSED_ROUNDS="2")
     async with FakeNode(cluster.url, "silent") as silent:
         await silent.join()  # connected, answers pings, never uploads
         status = await run_job(cluster, 5, within=120)

@@ -11,7 +11,6 @@ import re
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +19,12 @@ import pytest
 
 from node.logs import LOG_BURST
 from node.protocol import ID_TAKEN, Error, Progress, Welcome, encode
-from server.local_cluster import LocalCluster, free_port
+from server.local_cluster import LocalCluster
 from tests.system.hostile import FakeNode
 
 pytestmark = pytest.mark.slow
 
 FAST_JOB = {"FEDAVG_MAX_BATCHES": "20", "EPOCH_SYNC_TIMEOUT": "60"}
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Any]:
-    clusters: list[LocalCluster] = []
-
-    def make(**env: str) -> LocalCluster:
-        cluster = LocalCluster(
-            home=tmp_path / f"home{len(clusters)}",
-            port=free_port(),
-            env={"FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_RECONNECT_MAX": "2", **env},
-        )
-        clusters.append(cluster)
-        cluster.start_server()
-        cluster.wait_healthy()
-        return cluster
-
-    yield make
-    for cluster in clusters:
-        cluster.stop()
 
 
 async def get(cluster: LocalCluster, path: str) -> Any:
