@@ -1,3 +1,5 @@
-"""fedavg worker node, and the layer every part shares: model specs, wire protocol, weights."""
+"""The fedavg worker node: its socket to the orchestrator, round pipeline and trainer.
 
-__version__ = "0.1.0"
+``node.shared`` is the layer every part of fedavg imports (the server and showcase too);
+the rest of this package is the worker's alone.
+"""

@@ -22,11 +22,12 @@ import aiohttp
 import structlog
 import torch
 
-from node import __version__
-from node.atomic import atomic_write_bytes
-from node.errors import FedavgError, ProtocolError
-from node.model import ModelSpec
-from node.protocol import (
+from node.settings import NodeSettings
+from node.shared import __version__
+from node.shared.atomic import atomic_write_bytes
+from node.shared.errors import FedavgError, ProtocolError
+from node.shared.model import ModelSpec
+from node.shared.protocol import (
     ID_TAKEN,
     Done,
     Error,
@@ -43,12 +44,11 @@ from node.protocol import (
     encode,
     reading,
 )
-from node.settings import NodeSettings
-from node.shards import decode_xy
+from node.shared.shards import decode_xy
+from node.shared.wandb_sink import WandbSink
+from node.shared.weights import WIRE_DTYPES, WeightsMeta, decode_weights, sha256_hex, weights_parts
 from node.trainer import Aborted, split_validation, train_epoch
 from node.transport import HttpTransport, TransferError
-from node.wandb_sink import WandbSink
-from node.weights import WIRE_DTYPES, WeightsMeta, decode_weights, sha256_hex, weights_parts
 
 log = structlog.get_logger(__name__)
 

@@ -15,9 +15,9 @@ import torch
 
 from node.agent import Agent, JoinRefused
 from node.identity import IdentityError, load_or_create
-from node.logs import configure_logging
-from node.model import ModelSpec
 from node.settings import NodeSettings, NodeSettingsError
+from node.shared.logs import configure_logging
+from node.shared.model import ModelSpec
 from node.trainer import measure_capacity, resolve_device
 
 log = structlog.get_logger(__name__)

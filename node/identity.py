@@ -22,9 +22,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.atomic import atomic_write_bytes
-from node.errors import FedavgError
-from node.protocol import MAX_SECRET, MIN_SECRET
+from node.shared.atomic import atomic_write_bytes
+from node.shared.errors import FedavgError
+from node.shared.protocol import MAX_SECRET, MIN_SECRET
 
 DEFAULT_FILE = "identity.json"
 PER_ID_FOLDER = "identities"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import secrets
 import socket
 from collections.abc import Mapping
@@ -11,18 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.errors import FedavgError
-from node.logs import LogFormat
-from node.wandb_sink import wandb_mode
+from node.shared.errors import FedavgError
+from node.shared.logs import LogFormat
+from node.shared.paths import fedavg_home
+from node.shared.wandb_sink import wandb_mode
 
 
 class NodeSettingsError(FedavgError):
     """A node setting that makes no sense; raised at start-up."""
-
-
-def default_home(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/share")
-    return Path(base) / "fedavg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +52,7 @@ class NodeSettings:
         name = flags.pop("name", None) or env.get("NODE_NAME") or socket.gethostname()
         given_id = flags.pop("node_id", None) or env.get("NODE_ID")
         node_id = given_id or f"{name}-{secrets.token_hex(3)}"
-        home = Path(env["FEDAVG_HOME"]) if env.get("FEDAVG_HOME") else default_home(env)
+        home = fedavg_home(env)
         try:
             values: dict[str, Any] = {
                 "orchestrators": orchestrators,
@@ -115,7 +110,3 @@ class NodeSettings:
             problems.append("FEDAVG_LOG_FORMAT must be auto, json or console")
         if problems:
             raise NodeSettingsError("; ".join(problems))
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

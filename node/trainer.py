@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from node.model import ModelSpec, build_model, model_with_state, normalize
-from node.protocol import TrainConfig
+from node.shared.model import ModelSpec, build_model, model_with_state, normalize
+from node.shared.protocol import TrainConfig
 
 ProgressFn = Callable[[int, int, float], None]  # batch, batches, running loss
 

@@ -16,8 +16,8 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from node.errors import FedavgError
-from node.protocol import MAX_FRAME_BYTES
+from node.shared.errors import FedavgError
+from node.shared.protocol import MAX_FRAME_BYTES
 
 MAX_DOWNLOAD_BYTES = 4 << 30
 SEND_CHUNK = 1 << 20

@@ -17,12 +17,12 @@ import structlog
 import torch
 from aiohttp import web
 
-from node.logs import configure_logging
-from node.protocol import WireDtype
+from node.shared.logs import configure_logging
+from node.shared.protocol import WireDtype
 from server import failpoints
-from server.app import create_app
-from server.connections import CONNECTIONS, LimitedSite, raise_fd_limit
 from server.settings import Settings, SettingsError
+from server.web.app import create_app
+from server.web.connections import CONNECTIONS, LimitedSite, raise_fd_limit
 
 log = structlog.get_logger(__name__)
 

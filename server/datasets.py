@@ -32,10 +32,10 @@ import numpy as np
 import structlog
 import torch
 
-from node.atomic import atomic_write_bytes
-from node.errors import FedavgError
-from node.shards import ShardError, decode_xy, encode_xy
-from node.weights import sha256_hex
+from node.shared.atomic import atomic_write_bytes
+from node.shared.errors import FedavgError
+from node.shared.shards import ShardError, decode_xy, encode_xy
+from node.shared.weights import sha256_hex
 
 log = structlog.get_logger(__name__)
 
@@ -275,7 +275,7 @@ def _write(datasets_dir: Path, dataset_id: str, splits: _Splits) -> DatasetInfo:
         train_samples=int(splits.train_y.numel()),
         test_samples=int(splits.test_y.numel()),
         num_classes=10,
-        input_shape=(1, 28, 28),  # what node.model.ModelSpec expects; files hold [N, 28, 28]
+        input_shape=(1, 28, 28),  # what node.shared.model.ModelSpec expects; files hold [N, 28, 28]
         train_sha256=digests["train"],
         test_sha256=digests["test"],
         prepared_at=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from node.errors import FedavgError, ProtocolError, SpecError, WeightsError
-from server.aggregation import AggregationError
+from node.shared.errors import FedavgError, ProtocolError, SpecError, WeightsError
+from server.core.aggregation import AggregationError
 from server.datasets import DatasetError, UnknownDataset
 from server.settings import SettingsError
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import structlog
 
-from node import __version__
-from node.errors import FedavgError, WeightsError
-from node.model import ModelSpec
-from node.protocol import Error, Hello, Progress, TrainConfig, Welcome
-from node.wandb_sink import WandbSink
-from node.weights import read_metadata, sha256_hex
+from node.shared import __version__
+from node.shared.errors import FedavgError, WeightsError
+from node.shared.model import ModelSpec
+from node.shared.protocol import Error, Hello, Progress, TrainConfig, Welcome
+from node.shared.wandb_sink import WandbSink
+from node.shared.weights import read_metadata, sha256_hex
+from server.core.shard_plan import bounded_capacities, plan_shards
 from server.datasets import (
     DatasetError,
     DatasetInfo,
@@ -34,12 +35,11 @@ from server.datasets import (
 )
 from server.errors import Conflict, IdTaken, NotFound
 from server.events import EventBus
-from server.job import Checkpoint, Job, JobContext, background_executor
+from server.job.job import Checkpoint, Job, JobContext, background_executor
 from server.metrics import Metrics
 from server.registry import NodeRegistry, NodeSession
 from server.settings import Settings
 from server.shard_files import ShardFile, plan_key, write_shards
-from server.shard_plan import bounded_capacities, plan_shards
 from server.store import Store
 from server.wandb_log import ServerWandb
 

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import WSCloseCode
 
-from node.protocol import Frame, Hello, encode
+from node.shared.protocol import Frame, Hello, encode
 
 log = structlog.get_logger(__name__)
 

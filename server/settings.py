@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
-from node.errors import FedavgError, SpecError
-from node.logs import LogFormat
-from node.model import ModelSpec
-from node.protocol import TrainConfig, WireDtype
-from node.settings import default_home
-from node.wandb_sink import wandb_mode
+from node.shared.errors import FedavgError, SpecError
+from node.shared.logs import LogFormat
+from node.shared.model import ModelSpec
+from node.shared.paths import default_home, fedavg_home
+from node.shared.protocol import TrainConfig, WireDtype
+from node.shared.wandb_sink import wandb_mode
 
 AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
 MiB = 1024 * 1024
@@ -132,7 +132,7 @@ class Settings:
             values: dict[str, Any] = {
                 "host": env.get("FEDAVG_HOST", defaults.host),
                 "port": int(env.get("FEDAVG_PORT", str(defaults.port))),
-                "home": Path(env["FEDAVG_HOME"]) if env.get("FEDAVG_HOME") else default_home(env),
+                "home": fedavg_home(env),
                 "datasets_dir": _path(env.get("FEDAVG_DATASETS_DIR")),
                 "models_dir": _path(env.get("FEDAVG_MODELS_DIR")),
                 "epoch_sync_timeout": float(env.get("EPOCH_SYNC_TIMEOUT", "120")),

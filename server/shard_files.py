@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from node.atomic import atomic_write_bytes
-from node.shards import encode_xy
-from node.weights import sha256_hex
-from server.shard_plan import Shard
+from node.shared.atomic import atomic_write_bytes
+from node.shared.shards import encode_xy
+from node.shared.weights import sha256_hex
+from server.core.shard_plan import Shard
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.wandb_sink import WandbSink
+from node.shared.wandb_sink import WandbSink
 from server.events import Event
 
 

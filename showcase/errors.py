@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.errors import FedavgError
+from node.shared.errors import FedavgError
 
 
 class ShowcaseError(FedavgError):

@@ -2,7 +2,7 @@
 
 A model file is a safetensors state dict whose metadata carries the model spec, so the
 architecture is read from the file itself and no setting has to match the trainer's.
-Files are decoded with ``node.weights.decode_weights`` (safetensors only, never unpickled,
+Files are decoded with ``node.shared.weights.decode_weights`` (safetensors only, never unpickled,
 every tensor checked against the spec) and loaded models are cached by their sha256, so
 re-picking a model or many browser sessions on one model cost one decode.
 """
@@ -23,9 +23,9 @@ import structlog
 import torch
 from torch import nn
 
-from node.errors import WeightsError
-from node.model import ModelSpec, build_model
-from node.weights import WeightsMeta, decode_weights, sha256_hex
+from node.shared.errors import WeightsError
+from node.shared.model import ModelSpec, build_model
+from node.shared.weights import WeightsMeta, decode_weights, sha256_hex
 from showcase.errors import InvalidModelError
 from showcase.preprocess import FRAME, ByteImage, model_input
 

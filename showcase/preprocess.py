@@ -22,7 +22,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from node.model import ModelSpec, normalize
+from node.shared.model import ModelSpec, normalize
 from showcase.errors import BadImageError, EmptyCanvasError
 
 FRAME = 28

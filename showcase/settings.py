@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from node.settings import default_home
+from node.shared.paths import fedavg_home
 from showcase.errors import SettingsError
 from showcase.models import MAX_MODEL_BYTES
 
@@ -21,8 +21,7 @@ def default_models_dir(env: Mapping[str, str]) -> Path:
     ``<FEDAVG_HOME>/models`` with FEDAVG_HOME defaulting to the user's data directory."""
     if env.get("FEDAVG_MODELS_DIR"):
         return Path(env["FEDAVG_MODELS_DIR"]).expanduser()
-    home = Path(env["FEDAVG_HOME"]).expanduser() if env.get("FEDAVG_HOME") else default_home(env)
-    return home / "models"
+    return fedavg_home(env) / "models"
 
 
 def parse_urls(text: str) -> tuple[str, ...]:

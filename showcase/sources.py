@@ -20,8 +20,8 @@ from typing import Any
 
 import structlog
 
-from node.errors import WeightsError
-from node.weights import MAX_HEADER_BYTES, WeightsMeta, read_metadata, sha256_hex
+from node.shared.errors import WeightsError
+from node.shared.weights import MAX_HEADER_BYTES, WeightsMeta, read_metadata, sha256_hex
 from showcase.errors import InvalidModelError, NoModelError, SourceError
 from showcase.models import (
     MAX_MODEL_BYTES,

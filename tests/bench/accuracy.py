@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from server.local_cluster import free_port
+from server.demo.local_cluster import free_port
 from tests.bench.common import REPO, BenchError, loadavg, summary
 
 
@@ -108,7 +108,7 @@ def _federated(cfg: Config, home: Path, wire_dtype: str | None = None) -> dict[s
     argv = [
         sys.executable,
         "-m",
-        "server.demo",
+        "server.demo.demo",
         "--nodes",
         str(cfg.nodes),
         "--epochs",
@@ -212,10 +212,10 @@ def centralised(home: Path, epochs: int, threads: int | None = None) -> dict[str
     if threads is not None:
         torch.set_num_threads(threads)
 
-    from node.model import ModelSpec, build_model, init_state, normalize
-    from node.protocol import TrainConfig
+    from node.shared.model import ModelSpec, build_model, init_state, normalize
+    from node.shared.protocol import TrainConfig
+    from server.core.evaluate import evaluate
     from server.datasets import load_split
-    from server.evaluate import evaluate
 
     spec, config, seed = ModelSpec(), TrainConfig(), 0
     x, y = load_split(home / "datasets", "mnist", "train")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.local_cluster import LocalCluster, Proc
+from server.demo.local_cluster import LocalCluster, Proc
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -362,8 +362,8 @@ def cluster_env(hidden: tuple[int, ...], deadline_s: float, **extra: str) -> dic
 def weights_file_bytes(hidden: tuple[int, ...], wire_dtype: str = "float32") -> tuple[int, int]:
     """(size of a weights file, parameter count) of the MLP with these hidden widths, its
     floating tensors in ``wire_dtype`` (what the server publishes with ``--wire-dtype``)."""
-    from node.model import ModelSpec, init_state, parameter_count
-    from node.weights import WIRE_DTYPES, WeightsMeta, encode_weights
+    from node.shared.model import ModelSpec, init_state, parameter_count
+    from node.shared.weights import WIRE_DTYPES, WeightsMeta, encode_weights
 
     spec = ModelSpec(hidden=hidden, dropout=(0.3, 0.2)[: len(hidden)])
     dtype = WIRE_DTYPES[wire_dtype]

@@ -154,21 +154,21 @@ def _kind(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]
 Probe = tuple[str, str, Info | None, bool]
 
 SERVER_PROBES: list[Probe] = [
-    ("server.app:read_body", "read_body", _request_round, False),
-    ("server.app:_bytes_with_etag|server.app:_file_with_etag", "serve_file", _kind, False),
-    ("server.job:Job.upload", "job_upload", _job_upload, True),
-    ("server.job:decode_tensors", "decode", None, False),
-    ("server.aggregation:FedAvg.add", "fold", None, True),
-    ("server.aggregation:FedAvg.result_into", "result", None, False),
+    ("server.web.app:read_body", "read_body", _request_round, False),
+    ("server.web.app:_bytes_with_etag|server.web.app:_file_with_etag", "serve_file", _kind, False),
+    ("server.job.job:Job.upload", "job_upload", _job_upload, True),
+    ("server.job.job:decode_tensors", "decode", None, False),
+    ("server.core.aggregation:FedAvg.add", "fold", None, True),
+    ("server.core.aggregation:FedAvg.result_into", "result", None, False),
     # The next global weights: averaged straight into the file's bytes, then sha256.
-    ("server.job:Job._weights_file", "publish", _round_arg, True),
+    ("server.job.job:Job._weights_file", "publish", _round_arg, True),
     # A closed round's after-work (evaluate, checkpoint, record, ``round_closed``): off the
     # critical path except for the last round. The analysis attributes ``evaluate`` rows to
     # the round whose settle they ran inside, so this one is required.
-    ("server.job:Job._settle", "settle", _close, True),
-    ("server.job:evaluate", "evaluate", None, True),
-    ("server.job:Job._write_checkpoint", "checkpoint", _published, False),
-    ("server.job:Job._close_round", "close_round", _close, False),
+    ("server.job.job:Job._settle", "settle", _close, True),
+    ("server.job.job:evaluate", "evaluate", None, True),
+    ("server.job.job:Job._write_checkpoint", "checkpoint", _published, False),
+    ("server.job.job:Job._close_round", "close_round", _close, False),
 ]
 
 NODE_PROBES: list[Probe] = [

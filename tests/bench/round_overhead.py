@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from server.local_cluster import LocalCluster, free_port
+from server.demo.local_cluster import LocalCluster, free_port
 from tests.bench import profile, unit_costs
 from tests.bench.common import (
     BenchError,

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from server.local_cluster import ClusterError, LocalCluster, free_port
+from server.demo.local_cluster import ClusterError, LocalCluster, free_port
 from tests.bench import profile
 from tests.bench.common import (
     BenchError,

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from server.local_cluster import LocalCluster, free_port
+from server.demo.local_cluster import LocalCluster, free_port
 from tests.bench.common import (
     RoundTimes,
     Sampler,

@@ -44,8 +44,8 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def measure(hidden: tuple[int, ...], repeats: int = 3) -> dict[str, Any]:
-    from node.model import ModelSpec, init_state, parameter_count
-    from node.weights import (
+    from node.shared.model import ModelSpec, init_state, parameter_count
+    from node.shared.weights import (
         WeightsMeta,
         check_state,
         decode_weights,
@@ -53,8 +53,8 @@ def measure(hidden: tuple[int, ...], repeats: int = 3) -> dict[str, Any]:
         expected_layout,
         weights_buffer,
     )
-    from server.aggregation import FedAvg, UpdateBound
-    from server.evaluate import evaluate
+    from server.core.aggregation import FedAvg, UpdateBound
+    from server.core.evaluate import evaluate
 
     spec = ModelSpec(hidden=hidden, dropout=(0.3, 0.2)[: len(hidden)])
     state = init_state(spec, 0)

@@ -28,8 +28,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from node import __version__
-from node.protocol import (
+from node.shared import __version__
+from node.shared.protocol import (
     MAX_FRAME_BYTES,
     Done,
     Error,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, WebSocketRoute, expect
 
-from server.local_cluster import LocalCluster, free_port
+from server.demo.local_cluster import LocalCluster, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.model import ModelSpec, init_state
-from node.protocol import TrainConfig
+from node.shared.model import ModelSpec, init_state
+from node.shared.protocol import TrainConfig
+from node.shared.weights import check_state, expected_layout
 from node.trainer import measure_capacity, resolve_device, train_epoch
-from node.weights import check_state, expected_layout
 
 pytestmark = [
     pytest.mark.gpu,

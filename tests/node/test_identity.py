@@ -15,7 +15,7 @@ from node.identity import (
     identity_path,
     load_or_create,
 )
-from node.protocol import MAX_SECRET, MIN_SECRET
+from node.shared.protocol import MAX_SECRET, MIN_SECRET
 
 
 def mode(path: Path) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.settings import NodeSettings, NodeSettingsError, default_home
+from node.settings import NodeSettings, NodeSettingsError
 
 ENV = {"HOME": "/home/fed", "NODE_NAME": "alpha", "NODE_ID": "alpha-1"}
 
@@ -66,8 +66,6 @@ def test_home_places_the_cache() -> None:
     assert NodeSettings.from_env({**ENV, "FEDAVG_HOME": "/srv/fed"}).cache_dir == Path(
         "/srv/fed/node-cache"
     )
-    assert default_home({"XDG_DATA_HOME": "/xdg"}) == Path("/xdg/fedavg")
-    assert default_home({"HOME": "/home/u"}) == Path("/home/u/.local/share/fedavg")
 
 
 def test_empty_env_values_count_as_unset() -> None:

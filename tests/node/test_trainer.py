@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from node.model import ModelSpec, build_model, init_state, normalize
-from node.protocol import TrainConfig
+from node.shared.model import ModelSpec, build_model, init_state, normalize
+from node.shared.protocol import TrainConfig
 from node.trainer import (
     Aborted,
     LocalResult,

@@ -18,8 +18,8 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from node.atomic import atomic_write_bytes as real_write
-from node.shards import encode_xy
+from node.shared.atomic import atomic_write_bytes as real_write
+from node.shared.shards import encode_xy
 from server import datasets
 from server.datasets import (
     DatasetError,

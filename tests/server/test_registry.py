@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.protocol import Hello
+from node.shared.protocol import Hello
 from server.registry import FrameBudget, NodeRegistry
 
 

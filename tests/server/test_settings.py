@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from node.model import ModelSpec
-from node.protocol import TrainConfig
+from node.shared.model import ModelSpec
+from node.shared.protocol import TrainConfig
 from server.settings import AGGREGATIONS, MiB, Settings, SettingsError
 
 ENV = {"HOME": "/home/fed"}

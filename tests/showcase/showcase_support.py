@@ -22,8 +22,8 @@ import torch
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from node.model import ModelSpec, build_model, init_state, normalize
-from node.weights import WeightsMeta, encode_weights, read_metadata
+from node.shared.model import ModelSpec, build_model, init_state, normalize
+from node.shared.weights import WeightsMeta, encode_weights, read_metadata
 
 TRAIN = 4000
 EPOCHS = 6

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save as st_save
 from showcase_support import TrainedModel, model_bytes
 
-from node.model import ModelSpec, init_state
-from node.weights import WeightsMeta, encode_weights
+from node.shared.model import ModelSpec, init_state
+from node.shared.weights import WeightsMeta, encode_weights
 from showcase.errors import InvalidModelError
 from showcase.models import (
     ModelCache,

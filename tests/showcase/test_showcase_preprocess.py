@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 from showcase_support import Mnist, TrainedModel, accuracy
 
-from node.model import ModelSpec, build_model
+from node.shared.model import ModelSpec, build_model
 from showcase.errors import BadImageError, EmptyCanvasError
 from showcase.preprocess import (
     BOX,

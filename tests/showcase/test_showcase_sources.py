@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 from showcase_support import AiohttpServer, TrainedModel, fake_orchestrator, model_bytes, serve
 
-from node.model import ModelSpec, init_state
-from node.weights import WeightsMeta, encode_weights
+from node.shared.model import ModelSpec, init_state
+from node.shared.weights import WeightsMeta, encode_weights
 from showcase.errors import InvalidModelError, NoModelError, SourceError
 from showcase.models import ModelCache, load_model
 from showcase.sources import DirectorySource, OrchestratorSource

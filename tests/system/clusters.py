@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.local_cluster import LocalCluster
+from server.demo.local_cluster import LocalCluster
 
 
 def prepare(cluster: LocalCluster, *names: str, node_args: tuple[str, ...] = ()) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.local_cluster import LocalCluster, free_port
+from server.demo.local_cluster import LocalCluster, free_port
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from node import __version__
-from node.protocol import Frame, Hello, Train, WeightsReady, Welcome, decode, encode
+from node.shared import __version__
+from node.shared.protocol import Frame, Hello, Train, WeightsReady, Welcome, decode, encode
 
 
 class FakeNode:

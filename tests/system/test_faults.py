@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from node.protocol import Hello, Welcome, decode, encode
-from server.local_cluster import LocalCluster, free_port
+from node.shared.protocol import Hello, Welcome, decode, encode
+from server.demo.local_cluster import LocalCluster, free_port
 from tests.system.clusters import prepare
 
 pytestmark = pytest.mark.slow

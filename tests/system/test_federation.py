@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 import torch
 
-from node.model import ModelSpec
-from node.weights import decode_weights
+from node.shared.model import ModelSpec
+from node.shared.weights import decode_weights
+from server.core.evaluate import evaluate
 from server.datasets import load_split
-from server.evaluate import evaluate
-from server.local_cluster import LocalCluster, free_port
+from server.demo.local_cluster import LocalCluster, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ def test_demo_command_trains_and_prints_the_table(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "server.demo",
+            "server.demo.demo",
             "--home",
             str(home),
             "--port",
@@ -142,7 +142,7 @@ def test_demo_with_a_bfloat16_wire_trains_and_saves_a_float32_model(tmp_path: Pa
     home = tmp_path / "demo-home"
     args = ["--home", str(home), "--port", str(free_port()), "--nodes", "2", "--epochs", "3"]
     result = subprocess.run(
-        [sys.executable, "-m", "server.demo", *args, "--wire-dtype", "bfloat16"],
+        [sys.executable, "-m", "server.demo.demo", *args, "--wire-dtype", "bfloat16"],
         capture_output=True,
         text=True,
         timeout=600,

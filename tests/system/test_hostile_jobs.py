@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import torch
 
-from node.model import ModelSpec
-from node.protocol import Done, Train, WeightsReady
-from node.shards import decode_xy
-from node.weights import WeightsMeta, decode_weights, encode_weights, expected_layout
-from server.local_cluster import LocalCluster
+from node.shared.model import ModelSpec
+from node.shared.protocol import Done, Train, WeightsReady
+from node.shared.shards import decode_xy
+from node.shared.weights import WeightsMeta, decode_weights, encode_weights, expected_layout
+from server.demo.local_cluster import LocalCluster
 from tests.system.clusters import prepare
 from tests.system.hostile import FakeNode
 

@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from node.logs import LOG_BURST
-from node.protocol import ID_TAKEN, Error, Progress, Welcome, encode
-from server.local_cluster import LocalCluster
+from node.shared.logs import LOG_BURST
+from node.shared.protocol import ID_TAKEN, Error, Progress, Welcome, encode
+from server.demo.local_cluster import LocalCluster
 from tests.system.hostile import FakeNode
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from wandb_records import history, run_info
 
-from server.local_cluster import LocalCluster, free_port
+from server.demo.local_cluster import LocalCluster, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -26,8 +26,8 @@ import aiohttp
 import pytest
 import torch
 
-from node import __version__
-from node.protocol import (
+from node.shared import __version__
+from node.shared.protocol import (
     MAX_FRAME_BYTES,
     Done,
     Hello,
@@ -39,9 +39,9 @@ from node.protocol import (
     decode_as,
     encode,
 )
-from node.shards import decode_xy
-from node.weights import WeightsMeta, decode_weights, encode_weights, sha256_hex
-from server.local_cluster import LocalCluster, free_port
+from node.shared.shards import decode_xy
+from node.shared.weights import WeightsMeta, decode_weights, encode_weights, sha256_hex
+from server.demo.local_cluster import LocalCluster, free_port
 
 pytestmark = pytest.mark.slow
 

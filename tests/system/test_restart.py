@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node.weights import decode_weights
-from server.local_cluster import ClusterError, LocalCluster, free_port
+from node.shared.weights import decode_weights
+from server.demo.local_cluster import ClusterError, LocalCluster, free_port
 
 pytestmark = pytest.mark.slow
 

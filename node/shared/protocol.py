@@ -1,0 +1,276 @@
+"""The node <-> orchestrator WebSocket protocol: one frozen dataclass per frame, one codec.
+
+Frames are JSON text with a ``type`` field. ``encode``/``decode`` are the only places that
+touch the JSON shape; everything else works with typed frames. Bulk bytes (shards, weights)
+never ride the socket: frames carry URLs and sha256 digests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar, get_type_hints
+
+from node.shared.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024
+MAX_TEXT = 4096
+MIN_SECRET, MAX_SECRET = 16, 256  # a node's id secret: 32 random bytes, urlsafe, is 43
+ID_TAKEN = "id_taken"  # Error.code answering a hello whose secret is not its id's
+
+
+WireDtype = Literal["float32", "bfloat16", "float16"]
+"""How weights travel (both ways) and sit in checkpoints. Half-width types halve the bytes
+to send, receive, hash and fold, at a rounding cost measured in the benchmarks; training,
+the average and the final model stay float32."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Local-training hyper-parameters the server pushes with each job."""
+
+    lr: float = 1e-3
+    batch_size: int = 32
+    optimizer: Literal["adam", "sgd"] = "adam"
+    local_epochs: int = 1
+    max_batches: int | None = None  # cap on local steps per round (None: the whole epoch)
+    validation_split: float | None = None  # None: the node's own VALIDATION_SPLIT
+    seed: int = 0
+    wire_dtype: WireDtype = "float32"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append("lr must be a positive finite number")
+        if not 1 <= self.batch_size <= 1 << 16:
+            problems.append("batch_size must be 1..65536")
+        if not 1 <= self.local_epochs <= 1000:
+            problems.append("local_epochs must be 1..1000")
+        if self.max_batches is not None and self.max_batches < 1:
+            problems.append("max_batches must be >= 1")
+        if self.validation_split is not None and not 0 <= self.validation_split < 1:
+            problems.append("validation_split must be within [0, 1)")
+        if self.wire_dtype not in typing.get_args(WireDtype):
+            problems.append(f"wire_dtype must be one of {', '.join(typing.get_args(WireDtype))}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    type: ClassVar[str] = "hello"
+    node_id: str
+    name: str
+    capacity: float  # samples/s on the default model, measured by the node
+    device: str
+    version: str
+    # Proves the node owns ``node_id``: the server binds an id to the first secret it sees
+    # (stored hashed) and refuses a hello for that id with any other.
+    secret: str = dataclasses.field(repr=False)
+    protocol: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if not MIN_SECRET <= len(self.secret) <= MAX_SECRET:
+            raise ValueError(f"secret must be {MIN_SECRET}..{MAX_SECRET} characters")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    type: ClassVar[str] = "progress"
+    # A diverging model's loss is NaN or Inf: that is data about the node, not a broken
+    # frame, so it decodes as None ("no number") instead of closing the socket.
+    readings: ClassVar[frozenset[str]] = frozenset({"loss"})
+    job_id: str
+    round: int
+    batch: int
+    batches: int
+    loss: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    type: ClassVar[str] = "left"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    type: ClassVar[str] = "welcome"
+    node_id: str
+    session_token: str
+    server_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Train:
+    """Start (or resume) a job: train ``round`` from the global weights at ``weights_url``."""
+
+    type: ClassVar[str] = "train"
+    job_id: str
+    dataset: str
+    shard_url: str
+    shard_sha256: str
+    model_spec: dict[str, Any]
+    config: TrainConfig
+    rounds: int
+    round: int
+    weights_url: str
+    weights_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsReady:
+    """Global weights after ``round`` are published; train ``round + 1`` from them."""
+
+    type: ClassVar[str] = "weights_ready"
+    job_id: str
+    round: int
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    type: ClassVar[str] = "done"
+    job_id: str
+    model_url: str
+    status: Literal["completed", "stopped", "failed"] = "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+NodeFrame = Hello | Progress | Left
+ServerFrame = Welcome | Train | WeightsReady | Done | Error
+Frame = NodeFrame | ServerFrame
+
+F = TypeVar("F", Hello, Progress, Left, Welcome, Train, WeightsReady, Done, Error)
+
+FRAME_TYPES: dict[str, type[Any]] = {
+    cls.type: cls for cls in (Hello, Progress, Left, Welcome, Train, WeightsReady, Done, Error)
+}
+
+
+def encode(frame: Frame) -> str:
+    return json.dumps({"type": frame.type, **_to_json(frame)}, separators=(",", ":"))
+
+
+def decode(text: str | bytes) -> Frame:
+    """Parse one frame, or raise ProtocolError saying exactly what is wrong."""
+    if len(text) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame larger than {MAX_FRAME_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from exc
+    except RecursionError:  # small but deeply nested: json recurses once per level
+        raise ProtocolError("frame is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("frame must be a JSON object")
+    kind = data.pop("type", None)
+    cls = FRAME_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown frame type {kind!r}")
+    frame: Frame = _from_json(cls, data, kind)
+    return frame
+
+
+def decode_as(text: str | bytes, expected: type[F]) -> F:
+    """Parse one frame that must be of type ``expected`` (the caller keeps its type)."""
+    frame = decode(text)
+    if not isinstance(frame, expected):
+        raise ProtocolError(f"expected a {expected.type!r} frame, got {frame.type!r}")
+    return frame
+
+
+def _to_json(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = _to_json(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def _from_json(cls: type[Any], data: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ProtocolError(f"{where}: unknown fields {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProtocolError(f"{where}: missing field {name!r}")
+            continue
+        value = data[name]
+        if name in getattr(cls, "readings", ()) and _is_non_finite(value):
+            value = None
+        kwargs[name] = _check(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a frame whose values are out of range
+        raise ProtocolError(f"{where}: {exc}") from exc
+
+
+def _is_non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def reading(value: float) -> float | None:
+    """A measured number for a frame: None when it is NaN or Inf (JSON has no such value)."""
+    return value if math.isfinite(value) else None
+
+
+def _check(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _check(option, value, where)
+            except ProtocolError as exc:
+                errors.append(str(exc))
+        raise ProtocolError(errors[0])
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ProtocolError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise ProtocolError(f"{where}: expected null")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object")
+        return _from_json(typing.cast(type[Any], hint), value, where)
+    if hint is str:
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise ProtocolError(f"{where}: expected a string of at most {MAX_TEXT} characters")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**53:
+            raise ProtocolError(f"{where}: expected an integer")
+        return value
+    if hint is float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ProtocolError(f"{where}: expected a finite number")
+        return float(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected an object")
+        return value
+    raise ProtocolError(f"{where}: unsupported field type {hint!r}")  # pragma: no cover

@@ -1,0 +1,1 @@
+"""The orchestrator's HTTP and WebSocket face: routes, sockets, auth, guards and transfers."""

@@ -1,0 +1,513 @@
+"""The aiohttp application: routes, error answers, and the lifecycle of shared services.
+
+Handlers are thin: decode the request, call one ``Federation`` method, encode the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import math
+import sys
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp_jinja2
+import jinja2
+import structlog
+from aiohttp import WSCloseCode, web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from node.shared import __version__
+from node.shared.errors import FedavgError
+from server import failpoints, jsonsafe
+from server.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    NotFound,
+    RequestTimeout,
+    TooLarge,
+    http_status,
+)
+from server.federation import Federation
+from server.settings import Settings
+from server.store import Store
+from server.web import monitor
+from server.web.auth import node_session, require_admin
+from server.web.connections import CONNECTIONS, ConnectionLimiter, track_requests
+from server.web.guard import request_guard
+from server.web.sockets import FEDERATION, OPEN_SOCKETS, dashboard_socket, node_socket
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+SETTINGS = web.AppKey("settings", Settings)
+SEND_CHUNK = 1 << 20
+NODES_PAGE, NODES_PAGE_MAX = 500, 5000  # GET /nodes: the default and largest page
+METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
+    # The guard runs inside error_middleware, so its refusals get the one error shape.
+    app = web.Application(
+        middlewares=[track_requests, error_middleware, request_guard(settings)],
+        client_max_size=1 << 20,
+    )
+    app[SETTINGS] = settings
+    app[CONNECTIONS] = ConnectionLimiter.from_settings(settings)
+    app[OPEN_SOCKETS] = weakref.WeakSet()
+
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        for folder in (
+            settings.home,
+            settings.datasets_path,
+            settings.models_path,
+            settings.runs_path,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+        store = Store(
+            settings.db_path, max_events=settings.max_events, max_node_ids=settings.max_node_ids
+        )
+        app[FEDERATION] = Federation(settings, store, clock)
+        app[CONNECTIONS].on_refused = app[FEDERATION].metrics.connection_refused
+        await app[FEDERATION].resume_unfinished()
+        yield
+        await app[FEDERATION].close()
+        store.close()
+
+    async def close_sockets(app: web.Application) -> None:
+        open_sockets: weakref.WeakSet[web.WebSocketResponse] = app[OPEN_SOCKETS]
+        for ws in list(open_sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("server", "templates"))
+    app.router.add_static("/static/", static_dir(), name="static")
+    app.on_response_prepare.append(_revalidate_static)
+    app.cleanup_ctx.append(services)
+    app.on_shutdown.append(close_sockets)
+    app.add_routes(
+        [
+            web.get("/health", health),
+            web.get("/nodes", nodes),
+            web.get("/datasets", datasets),
+            web.post("/datasets/prepare-mnist", prepare_mnist),
+            web.post("/train/{dataset_id}/prepare", prepare_shards),
+            web.post("/train/{dataset_id}", start_training),
+            web.post("/jobs/stop", stop_training),
+            web.get("/sync/status", sync_status),
+            web.get("/sync/weights", download_weights),
+            web.post("/sync/weights", upload_weights),
+            web.get("/shards/{run_id}/{node_id}", download_shard),
+            web.get("/models", models),
+            web.get("/models/{name}", download_model),
+            web.get("/runs", runs),
+            web.get("/metrics", prometheus_metrics),
+            web.get("/monitor/overview", monitor_overview),
+            web.get("/monitor/nodes", monitor_nodes),
+            web.get("/monitor/timeline", monitor_timeline),
+            web.get("/openapi.json", openapi_document),
+            web.get("/", dashboard),
+            web.get("/ws/node", node_socket),
+            web.get("/ws/dashboard", dashboard_socket),
+        ]
+    )
+    return app
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """One error shape for every failure: ``{"error": {"code", "message"}}``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except Exception as exc:
+        status, code = http_status(exc)
+        if status >= 500:
+            log.exception("request_failed", path=request.path)
+            return _error(status, code, "internal error; see the server log")
+        return _error(status, code, str(exc))
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"error": {"code": code, "message": message}}, status=status)
+
+
+def _json(data: Any, *, status: int = 200) -> web.Response:
+    """Every JSON answer: NaN and Infinity are written as null (see server.jsonsafe)."""
+    return web.json_response(data, status=status, dumps=jsonsafe.dumps)
+
+
+def _fed(request: web.Request) -> Federation:
+    return request.app[FEDERATION]
+
+
+def int_query(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise BadRequest(f"query parameter {name!r} is required")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be within {lo}..{hi}, got {value}")
+    return value
+
+
+# -- read-only ---------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    fed = _fed(request)
+    return _json(
+        {
+            "status": "ok",
+            "version": __version__,
+            "nodes": len(fed.registry.connected()),
+            "job": fed.status()["state"],
+        }
+    )
+
+
+async def nodes(request: web.Request) -> web.Response:
+    # Public, ids included: an id is a name, not a credential. Saying hello with a listed id
+    # needs the secret that id is bound to (Federation.node_joined), so listing it gives
+    # nothing away. Paged, because anyone with the join token can add rows.
+    limit = int_query(request, "limit", NODES_PAGE, 1, NODES_PAGE_MAX)
+    offset = int_query(request, "offset", 0, 0, 2**31)
+    page, total = _fed(request).nodes(limit, offset)
+    return _json({"nodes": page, "total": total, "offset": offset, "limit": limit})
+
+
+async def datasets(request: web.Request) -> web.Response:
+    return _json({"datasets": [d.to_dict() for d in _fed(request).datasets()]})
+
+
+async def sync_status(request: web.Request) -> web.Response:
+    return _json(_fed(request).status())
+
+
+async def models(request: web.Request) -> web.Response:
+    return _json({"models": _fed(request).models()})
+
+
+async def runs(request: web.Request) -> web.Response:
+    return _json({"runs": _fed(request).store.runs()})
+
+
+async def download_model(request: web.Request) -> web.StreamResponse:
+    fed = _fed(request)
+    name = request.match_info["name"]
+    try:
+        path = fed.model_path(name)
+        size = path.stat().st_size
+    except OSError as exc:  # a name longer than the file system allows is no model either
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise NotFound(f"no model named {name[:80]!r}...") from None
+    fed.metrics.bytes_sent.labels(kind="model").inc(size)
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{path.name}"',
+        },
+    )
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    fed = _fed(request)
+    body = fed.metrics.render(
+        nodes_connected=len(fed.registry.connected()), dashboard_clients=fed.bus.subscriber_count
+    )
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    text = (resources.files("server") / "openapi.json").read_text()  # hand-kept, see tests
+    return web.Response(text=text, content_type="application/json")
+
+
+async def monitor_overview(request: web.Request) -> web.Response:
+    return _json(monitor.overview(_fed(request)))
+
+
+async def monitor_nodes(request: web.Request) -> web.Response:
+    return _json(monitor.node_details(_fed(request)))
+
+
+async def monitor_timeline(request: web.Request) -> web.Response:
+    limit = int_query(request, "limit", 100, 1, 1000)
+    return _json(monitor.timeline(_fed(request), limit))
+
+
+@aiohttp_jinja2.template("dashboard.html")
+async def dashboard(request: web.Request) -> dict[str, Any]:
+    settings = request.app[SETTINGS]
+    return {"version": __version__, "admin_token_required": settings.admin_token is not None}
+
+
+async def _revalidate_static(request: web.Request, response: web.StreamResponse) -> None:
+    """Browsers must re-check dashboard assets (cheap 304s), so an upgrade is never half-seen."""
+    if request.path.startswith("/static/"):
+        response.headers["Cache-Control"] = "no-cache"
+
+
+def static_dir() -> Path:
+    """The dashboard assets: the checkout's ``static/``, or where the wheel installed them."""
+    for candidate in (
+        Path(__file__).resolve().parents[2] / "static",
+        Path(sys.prefix) / "share" / "fedavg" / "static",
+    ):
+        if candidate.is_dir():
+            return candidate
+    raise RuntimeError("dashboard assets (static/) not found; reinstall fedavg")
+
+
+# -- control (admin) ---------------------------------------------------------------------------
+
+
+async def prepare_mnist(request: web.Request) -> web.Response:
+    require_admin(request, request.app[SETTINGS])
+    info = await _fed(request).prepare_mnist()
+    return _json(info.to_dict())
+
+
+async def prepare_shards(request: web.Request) -> web.Response:
+    require_admin(request, request.app[SETTINGS])
+    fed = _fed(request)
+    info, files, key = await fed.plan(request.match_info["dataset_id"])
+    shards = [
+        {
+            "node_id": n,
+            "name": fed.registry.nodes[n].name,
+            "samples": f.samples,
+            "own": f.own,
+            "sha256": f.sha256,
+        }
+        for n, f in files.items()
+    ]
+    return _json({"dataset": info.dataset_id, "plan": key, "shards": shards})
+
+
+async def start_training(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    require_admin(request, settings)
+    epochs = int_query(request, "epochs", settings.default_epochs, 1, settings.max_epochs)
+    job = await _fed(request).start_job(request.match_info["dataset_id"], epochs)
+    return _json(
+        {
+            "job_id": job.run_id,
+            "rounds": epochs,
+            "nodes": len(job.shards),
+            "status_url": "/sync/status",
+        },
+        status=202,
+    )
+
+
+async def stop_training(request: web.Request) -> web.Response:
+    require_admin(request, request.app[SETTINGS])
+    job = await _fed(request).stop_job()
+    return _json({"job_id": job.run_id, "state": job.status})
+
+
+# -- bulk transfer -----------------------------------------------------------------------------
+
+
+async def download_weights(request: web.Request) -> web.StreamResponse:
+    job = _fed(request).job_by_id(request.query.get("job"))
+    latest = max(job.checkpoints)
+    round_ = int_query(request, "round", latest, 0, job.rounds)
+    checkpoint = job.checkpoints.get(round_)
+    if checkpoint is None:
+        raise NotFound(f"round {round_} has no weights yet (latest: {latest})")
+    return await _bytes_with_etag(
+        request, lambda: job.checkpoint_bytes(round_), checkpoint.sha256, "weights"
+    )
+
+
+async def download_shard(request: web.Request) -> web.StreamResponse:
+    fed = _fed(request)
+    session = node_session(request, fed.registry)
+    shard = fed.shard_file(session, request.match_info["run_id"], request.match_info["node_id"])
+    return await _bytes_with_etag(
+        request, lambda: asyncio.to_thread(shard.path.read_bytes), shard.sha256, "shard"
+    )
+
+
+async def _bytes_with_etag(
+    request: web.Request, load: Callable[[], Awaitable[bytes | bytearray]], sha256: str, kind: str
+) -> web.StreamResponse:
+    """Serve bytes named by their sha256: a client holding them gets 304 and no body.
+
+    Not a ``web.FileResponse``: that one overwrites any ETag with its own mtime-size tag.
+    """
+    etag = f'"{sha256}"'
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    data = await load()
+    _fed(request).metrics.bytes_sent.labels(kind=kind).inc(len(data))
+    response = web.StreamResponse(
+        headers={
+            "ETag": etag,
+            "X-Content-SHA256": sha256,
+            "Content-Type": "application/octet-stream",
+        },
+    )
+    response.content_length = len(data)
+    await response.prepare(request)
+    # Slices, each awaited: the transport never holds its own copy of a whole model per
+    # connection, so serving N nodes costs O(model), not O(N x model).
+    view = memoryview(data)
+    for start in range(0, len(view), SEND_CHUNK):
+        await response.write(view[start : start + SEND_CHUNK])
+    await response.write_eof()
+    return response
+
+
+async def upload_weights(request: web.Request) -> web.Response:
+    fed = _fed(request)
+    try:
+        session = node_session(request, fed.registry)
+        job = fed.job_by_id(request.query.get("job"))
+        round_ = int_query(request, "round", None, 1, job.rounds)
+        samples = int_query(request, "samples", None, 1, 2**31)
+        structlog.contextvars.bind_contextvars(
+            node_id=session.node_id, run_id=job.run_id, round=round_
+        )
+        node_metrics = _metrics_query(request)
+        job.precheck(session.node_id, round_, samples)  # refuse before reading a byte
+        # One upload per node at a time, so no node holds more than one of the few slots
+        # below; and none outlives its round: a trickling body is cut when the round closes.
+        with job.reading_upload(session.node_id) as round_over:
+            closed = Conflict(f"round {round_} closed during the upload", reason="late")
+            # A few uploads are read and folded at a time; the rest wait with their bytes
+            # still in the socket, so server memory does not grow with the number of nodes.
+            async with job.intake:  # a round that closed meanwhile: unless_set refuses
+                with job.upload_buffers.lease(request.content_length or 0) as buffer:
+                    body = await unless_set(
+                        read_body(
+                            request,
+                            job.max_upload_bytes,
+                            fed.settings.idle_timeout_s,
+                            buffer,
+                            min_rate=fed.settings.min_upload_rate,
+                        ),
+                        round_over,
+                        closed,
+                    )
+                    fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
+                    result = await job.upload(session.node_id, round_, samples, node_metrics, body)
+                    del body  # folded (copied): the buffer goes back to the pool
+    except FedavgError as exc:
+        reason = exc.reason if isinstance(exc, ApiError) else type(exc).__name__
+        fed.metrics.uploads_rejected.labels(reason=reason).inc()
+        raise
+    return _json(result)
+
+
+def _metrics_query(request: web.Request) -> dict[str, float]:
+    """The node's own metrics for the round, from the query string. A NaN or Inf (a node
+    whose local model diverged) is dropped: it is a reading, and no API answer may carry it."""
+    values = {}
+    for key in METRIC_KEYS:
+        if key in request.query:
+            try:
+                value = float(request.query[key])
+            except ValueError:
+                raise BadRequest(f"{key}={request.query[key]!r} is not a number") from None
+            if math.isfinite(value):
+                values[key] = value
+    return values
+
+
+async def unless_set(work: Awaitable[T], event: asyncio.Event, refusal: Exception) -> T:
+    """``work``'s result, or ``refusal`` raised (and ``work`` cancelled) once ``event`` is set;
+    when it is set already, ``work`` never starts."""
+    if event.is_set():
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise refusal
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise refusal
+    return task.result()
+
+
+async def read_body(
+    request: web.Request,
+    limit: int,
+    idle_timeout: float,
+    into: bytearray | None = None,
+    *,
+    min_rate: float | None = None,
+) -> memoryview:
+    """The request body, refusing (413) as soon as it is known to exceed ``limit``, and
+    (408) when no byte arrives for ``idle_timeout`` s — an idle limit, so a big model on a
+    slow link is not cut off while it is still moving — or, with ``min_rate`` (bytes/s),
+    when the whole body takes longer than ``idle_timeout`` plus its size at that rate: a
+    body that trickles a byte now and then never goes idle, but cannot last for ever.
+
+    Read into ``into`` when it is large enough for the declared length (a warm buffer from
+    the job's pool), else into a fresh one, and returned as a view of exactly the body: the
+    safetensors decoder makes tensors that view it, so an upload is never copied after the
+    socket's own chunks.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise TooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
+    size = declared or 0
+    buffer = into if into is not None and len(into) >= size else bytearray(size)
+    view, filled = memoryview(buffer), 0
+    loop = asyncio.get_running_loop()
+    end_by = math.inf
+    if min_rate is not None:
+        end_by = (
+            loop.time() + idle_timeout + (declared if declared is not None else limit) / min_rate
+        )
+    try:
+        async with asyncio.timeout(min(loop.time() + idle_timeout, end_by)) as idle:
+            while chunk := await request.content.readany():
+                idle.reschedule(min(loop.time() + idle_timeout, end_by))
+                end = filled + len(chunk)
+                if end > limit:
+                    raise TooLarge(f"body exceeds the {limit}-byte limit")
+                if end > len(view):  # no (or a short) Content-Length: grow a private buffer
+                    view.release()
+                    buffer = buffer[:filled] + bytes(max(end - filled, filled))
+                    view = memoryview(buffer)
+                view[filled:end] = chunk
+                filled = end
+                failpoints.reach("upload.mid_body")
+    except TimeoutError:
+        if loop.time() >= end_by:
+            raise RequestTimeout(
+                f"upload too slow: under {min_rate:g} bytes/s on average"
+            ) from None
+        raise RequestTimeout(f"no upload bytes for {idle_timeout:g} s") from None
+    except ConnectionResetError:  # the client went away mid-body: nothing to answer
+        raise BadRequest("the connection closed mid-upload", reason="disconnected") from None
+    if declared is not None and filled != declared:
+        raise BadRequest(f"body ended after {filled} of {declared} declared bytes")
+    return view[:filled]
