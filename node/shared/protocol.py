@@ -12,7 +12,9 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlencode
 from typing import Any, ClassVar, Literal, TypeVar, get_type_hints
 
 from node.shared.errors import ProtocolError
@@ -190,6 +192,66 @@ def decode_as(text: str | bytes, expected: type[F]) -> F:
     if not isinstance(frame, expected):
         raise ProtocolError(f"expected a {expected.type!r} frame, got {frame.type!r}")
     return frame
+
+
+UPLOAD_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+MAX_COUNT = 2**31  # rounds and sample counts in an upload query
+
+
+@dataclass(frozen=True, slots=True)
+class UploadQuery:
+    """What an upload says besides its weights: the query of ``POST /sync/weights``.
+
+    ``job`` may be absent (the server's current job). ``metrics`` are the node's own readings
+    for the round; a non-finite one is left out both ways, since no API answer may carry it.
+    """
+
+    job_id: str | None
+    round: int
+    samples: int
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    def encode(self) -> str:
+        """The query string (without the ``?``)."""
+        fields: dict[str, str | int] = {"round": self.round, "samples": self.samples}
+        if self.job_id is not None:
+            fields = {"job": self.job_id, **fields}
+        for key, value in self.metrics.items():
+            if key in UPLOAD_METRICS and math.isfinite(value):
+                fields[key] = f"{value:.6g}"
+        return urlencode(fields)
+
+    @classmethod
+    def decode(cls, query: Mapping[str, str]) -> UploadQuery:
+        """Parse a query, or raise ProtocolError naming the bad parameter. Unknown keys are
+        ignored (older or newer nodes); whether the round and count fit the job is the job's
+        to say."""
+        job_id = query.get("job")
+        if job_id is not None and not 0 < len(job_id) <= MAX_TEXT:
+            raise ProtocolError(f"job must be 1..{MAX_TEXT} characters")
+        metrics = {}
+        for key in UPLOAD_METRICS:
+            if key in query:
+                try:
+                    value = float(query[key])
+                except ValueError:
+                    raise ProtocolError(f"{key}={query[key]!r} is not a number") from None
+                if math.isfinite(value):
+                    metrics[key] = value
+        return cls(job_id, _count(query, "round"), _count(query, "samples"), metrics)
+
+
+def _count(query: Mapping[str, str], name: str) -> int:
+    raw = query.get(name)
+    if raw is None:
+        raise ProtocolError(f"query parameter {name!r} is required")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ProtocolError(f"{name}={raw!r} is not an integer") from None
+    if not 1 <= value <= MAX_COUNT:
+        raise ProtocolError(f"{name} must be within 1..{MAX_COUNT}, got {value}")
+    return value
 
 
 def _to_json(obj: Any) -> dict[str, Any]:

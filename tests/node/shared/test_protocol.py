@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from hypothesis import given, settings
@@ -26,6 +27,7 @@ from node.shared.protocol import (
     Progress,
     Train,
     TrainConfig,
+    UploadQuery,
     WeightsReady,
     Welcome,
     decode,
@@ -361,3 +363,32 @@ def test_a_hello_without_a_secret_is_refused() -> None:
 def test_a_hello_never_shows_its_secret() -> None:
     hello = decode(json.dumps(_hello(secret="do-not-log-this-secret")))
     assert "do-not-log-this-secret" not in repr(hello)
+
+
+# -- the upload query ---------------------------------------------------------------------------
+
+
+def test_upload_query_round_trips_and_drops_non_finite_metrics() -> None:
+    query = UploadQuery(
+        "job-1", 3, 120, {"train_loss": 0.25, "val_accuracy": float("nan"), "seconds": 1.5}
+    )
+    decoded = UploadQuery.decode(dict(parse_qsl(query.encode())))
+    assert decoded == UploadQuery("job-1", 3, 120, {"train_loss": 0.25, "seconds": 1.5})
+    assert "job" not in UploadQuery(None, 1, 1).encode()
+    assert UploadQuery.decode({"round": "1", "samples": "2"}).job_id is None
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"samples": "2"}, "'round' is required"),
+        ({"round": "x", "samples": "2"}, "round='x' is not an integer"),
+        ({"round": "0", "samples": "2"}, "round must be within"),
+        ({"round": "1", "samples": str(2**31 + 1)}, "samples must be within"),
+        ({"round": "1", "samples": "2", "train_loss": "abc"}, "train_loss='abc' is not a number"),
+        ({"round": "1", "samples": "2", "job": ""}, "job must be"),
+    ],
+)
+def test_upload_query_refuses_bad_parameters(query: dict[str, str], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        UploadQuery.decode(query)
