@@ -36,7 +36,8 @@ def unit_root(tmp_path: Path) -> Path:
     unit_dir.mkdir(parents=True)
     for unit in UNITS:
         shutil.copy(UNIT_SRC / unit, unit_dir / unit)
-    return make_systemd_root(tmp_path)
+    root: Path = make_systemd_root(tmp_path)
+    return root
 
 
 def test_the_unit_set_is_complete() -> None:

@@ -81,7 +81,8 @@ def train(mnist: Mnist) -> tuple[ModelSpec, dict[str, torch.Tensor], float]:
             for start in range(0, len(x), 32):
                 batch = order[start : start + 32]
                 optimiser.zero_grad()
-                torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+                loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimiser.step()
     finally:
         torch.random.set_rng_state(rng_state)
@@ -133,7 +134,7 @@ def model_bytes(
     spec = spec or ModelSpec()
     state = state if state is not None else init_state(spec, seed=1)
     meta = WeightsMeta(spec, round=3, job_id="job-1", extra=metadata(created=created, **extra))
-    return encode_weights(state, meta)
+    return bytes(encode_weights(state, meta))
 
 
 # --- a stand-in for the orchestrator's public model routes --------------------------------

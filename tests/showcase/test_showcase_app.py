@@ -35,8 +35,10 @@ def png_url(image: Image.Image) -> str:
 def drawn_digit(mnist: Mnist, index: int, left: int = 30, top: int = 60, size: int = 150) -> str:
     """A real test digit drawn dark-on-white onto a canvas-sized image, as a data URL."""
     canvas = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
-    digit = Image.fromarray(255 - mnist.test_x[index]).resize((size, size), Image.BICUBIC)
-    alpha = Image.fromarray(mnist.test_x[index]).resize((size, size), Image.BICUBIC)
+    digit = Image.fromarray(255 - mnist.test_x[index]).resize(
+        (size, size), Image.Resampling.BICUBIC
+    )
+    alpha = Image.fromarray(mnist.test_x[index]).resize((size, size), Image.Resampling.BICUBIC)
     canvas.paste(Image.merge("RGBA", (digit, digit, digit, alpha)), (left, top))
     return png_url(canvas)
 

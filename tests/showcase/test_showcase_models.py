@@ -73,18 +73,18 @@ def no_fedavg_metadata() -> bytes:
 def wrong_shape() -> bytes:
     state = init_state(ModelSpec(), seed=1)
     state["1.weight"] = torch.zeros(10, 10)
-    return encode_weights(state, WeightsMeta(ModelSpec()))
+    return bytes(encode_weights(state, WeightsMeta(ModelSpec())))
 
 
 def non_finite() -> bytes:
     state = init_state(ModelSpec(), seed=1)
     state["1.bias"][0] = float("nan")
-    return encode_weights(state, WeightsMeta(ModelSpec()))
+    return bytes(encode_weights(state, WeightsMeta(ModelSpec())))
 
 
 def colour_images() -> bytes:
     spec = ModelSpec(input_shape=(3, 32, 32), hidden=(8,), dropout=())
-    return encode_weights(init_state(spec, seed=1), WeightsMeta(spec))
+    return bytes(encode_weights(init_state(spec, seed=1), WeightsMeta(spec)))
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,8 @@ def test_bad_or_missing_metadata_values_show_as_unknown_not_errors() -> None:
 
     assert m.label() == "m.safetensors · ?"
     assert set(m.details().values()) >= {"?"}
-    assert m.rounds is m.nodes is m.test_accuracy is m.created is None
+    assert m.rounds is None and m.nodes is None
+    assert m.test_accuracy is None and m.created is None
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +103,9 @@ async def test_serves_models_from_an_orchestrator(
     seen: list[str] = []
 
     @web.middleware
-    async def record(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    async def record(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         seen.append(request.path)
         return await handler(request)
 

@@ -8,6 +8,7 @@ import json
 import secrets
 import signal
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -61,8 +62,8 @@ async def wait_event(
 
 
 async def test_a_killed_node_restarted_with_its_id_rejoins_from_its_cached_shard(
-    make_cluster,
-) -> None:  # type: ignore[no-untyped-def]
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
     cluster = make_cluster(EPOCH_SYNC_TIMEOUT="3")
     prepare(cluster, "node-1", "node-2", "node-3")
     ws = await events(cluster)

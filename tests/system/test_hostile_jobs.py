@@ -12,7 +12,7 @@ import asyncio
 import json
 import math
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -254,8 +254,8 @@ async def test_a_round_with_a_vanished_node_closes_as_soon_as_the_rest_are_in(ma
 
 
 async def test_a_stopped_node_dropped_by_the_heartbeat_holds_its_round_no_longer(
-    make_cluster,
-) -> None:  # type: ignore[no-untyped-def]
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
     # The case: SIGSTOP (as if its network were cut), then the 1 s heartbeat drops
     # it. The round must close then, not at the 600 s deadline.
     cluster = federation(make_cluster, 3, FEDAVG_HEARTBEAT="1", EPOCH_SYNC_TIMEOUT="600")
@@ -281,8 +281,8 @@ async def test_a_stopped_node_dropped_by_the_heartbeat_holds_its_round_no_longer
 
 
 async def test_a_silent_node_costs_a_deadline_only_until_it_has_missed_k_rounds(
-    make_cluster,
-) -> None:  # type: ignore[no-untyped-def]
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
     cluster = federation(make_cluster, 2, EPOCH_SYNC_TIMEOUT="3", FEDAVG_MAX_MISSED_ROUNDS="2")
     async with FakeNode(cluster.url, "silent") as silent:
         await silent.join()  # connected, answers pings, never uploads

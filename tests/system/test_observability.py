@@ -40,7 +40,8 @@ def scrape(cluster: LocalCluster) -> str:
 
     with urllib.request.urlopen(cluster.url + "/metrics", timeout=10) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain")
-        return resp.read().decode()
+        text: str = resp.read().decode()
+        return text
 
 
 def value(text: str, name: str) -> float:

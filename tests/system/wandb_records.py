@@ -35,7 +35,7 @@ def records(path: Path) -> list[Any]:
             break
         pending = chunk if kind in (FULL, FIRST) else pending + chunk
         if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record()
+            record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]  # generated
             record.ParseFromString(pending)
             out.append(record)
             pending = b""
