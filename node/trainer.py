@@ -1,7 +1,7 @@
-"""Local training on a node: one epoch over its shard, validation, and a capacity benchmark.
+"""Local training on a node: a round's epochs over its shard, validation, a capacity benchmark.
 
-Plain synchronous torch; the agent runs it in a worker thread so the socket's heartbeat and
-the control frames keep flowing while a long epoch runs.
+Plain synchronous torch; the round pipeline runs it in a worker thread so the socket's
+heartbeat and the control frames keep flowing while a long round trains.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def split_validation(
     return x[train], y[train], x[val], y[val]
 
 
-def train_epoch(
+def train_locally(
     spec: ModelSpec,
     global_state: Mapping[str, torch.Tensor],
     x: torch.Tensor,
@@ -63,7 +63,8 @@ def train_epoch(
     should_abort: Callable[[], bool] = lambda: False,
     in_place: bool = False,
 ) -> LocalResult:
-    """Train one local epoch from ``global_state``; raises Aborted when ``should_abort`` says so.
+    """Train ``config.local_epochs`` epochs from ``global_state``; raises Aborted when
+    ``should_abort`` says so.
 
     With ``in_place``, a CPU model trains ``global_state``'s own tensors (the caller owns
     them, say a download nobody else reads) and the result's state is those tensors: no
@@ -75,23 +76,14 @@ def train_epoch(
     torch.manual_seed(seed)  # dropout masks too: a round is reproducible for its seed
     model = model_with_state(spec, global_state, device, share=in_place)
     model.train()
-    params = list(model.parameters())
-    # Fused kernels update all of a step's parameters in one pass per tensor (CPU and CUDA
-    # alike); the default per-tensor Adam costs more than the batch itself on a big MLP.
-    optimizer: torch.optim.Optimizer = (
-        torch.optim.Adam(params, lr=config.lr, fused=True)
-        if config.optimizer == "adam"
-        else torch.optim.SGD(params, lr=config.lr, fused=True)
-    )
+    optimizer = _optimizer(list(model.parameters()), config)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     x_dev, y_dev = x.to(device), y.to(device)
-    total_loss, correct, seen = 0.0, 0, 0
+    tally = _Tally()
+    batches = _batches_per_epoch(len(y), config)
     for _ in range(config.local_epochs):
         order = torch.randperm(len(y), generator=generator).to(device)
-        batches = max(1, -(-len(y) // config.batch_size))
-        if config.max_batches is not None:
-            batches = min(batches, config.max_batches)
         for i in range(batches):
             if should_abort():
                 raise Aborted
@@ -102,20 +94,59 @@ def train_epoch(
             loss = loss_fn(logits, yb)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(yb)
+            tally.add(loss, logits, yb)
             if on_progress is not None:
-                on_progress(i + 1, batches, total_loss / seen)
+                on_progress(i + 1, batches, tally.loss / tally.seen)
+    return _result(model, spec, tally, val, device=device, started=started, samples=len(y))
+
+
+def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    # Fused kernels update all of a step's parameters in one pass per tensor (CPU and CUDA
+    # alike); the default per-tensor Adam costs more than the batch itself on a big MLP.
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, fused=True)
+    return torch.optim.SGD(params, lr=config.lr, fused=True)
+
+
+def _batches_per_epoch(samples: int, config: TrainConfig) -> int:
+    batches = max(1, -(-samples // config.batch_size))
+    return batches if config.max_batches is None else min(batches, config.max_batches)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Running training loss (summed per sample) and accuracy over the batches so far."""
+
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, yb: torch.Tensor) -> None:
+        self.loss += loss.item() * len(yb)
+        self.correct += int((logits.argmax(1) == yb).sum())
+        self.seen += len(yb)
+
+
+def _result(
+    model: nn.Module,
+    spec: ModelSpec,
+    tally: _Tally,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    device: torch.device,
+    started: float,
+    samples: int,
+) -> LocalResult:
+    """Metrics (validation included) and the trained state, on the CPU."""
     metrics = {
-        "train_loss": total_loss / max(1, seen),
-        "train_accuracy": correct / max(1, seen),
+        "train_loss": tally.loss / max(1, tally.seen),
+        "train_accuracy": tally.correct / max(1, tally.seen),
     }
     if val is not None and len(val[1]) > 0:
         metrics["val_loss"], metrics["val_accuracy"] = _evaluate(model, spec, *val, device=device)
     metrics["seconds"] = time.perf_counter() - started
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return LocalResult(state=state, samples=len(y), metrics=metrics)
+    return LocalResult(state=state, samples=samples, metrics=metrics)
 
 
 def _evaluate(

@@ -1,14 +1,14 @@
 """The orchestrator's service layer: what REST and WebSocket handlers call.
 
 It owns the node registry, datasets, the current job and the event bus; handlers only
-decode requests and encode answers.
+decode requests and encode answers. Saved models are listed by ``server.catalog``, and jobs
+are rebuilt after a restart by ``server.job.restore``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -19,12 +19,11 @@ from typing import Any
 import structlog
 
 from node.shared import __version__
-from node.shared.errors import FedavgError, WeightsError
-from node.shared.model import ModelSpec
-from node.shared.protocol import Error, Hello, Progress, TrainConfig, Welcome
+from node.shared.errors import FedavgError
+from node.shared.protocol import Error, Hello, Progress, Welcome
 from node.shared.wandb_sink import WandbSink
-from node.shared.weights import read_metadata, sha256_hex
-from server.core.shard_plan import bounded_capacities, plan_shards
+from server.catalog import ModelCatalog
+from server.core.shard_plan import Shard, bounded_capacities, plan_shards
 from server.datasets import (
     DatasetError,
     DatasetInfo,
@@ -35,7 +34,8 @@ from server.datasets import (
 )
 from server.errors import Conflict, IdTaken, NotFound
 from server.events import EventBus
-from server.job.job import Checkpoint, Job, JobContext, background_executor
+from server.job.job import Job, JobContext, background_executor
+from server.job.restore import finished_view, remove_stale_temp_files, restore_job
 from server.metrics import Metrics
 from server.registry import NodeRegistry, NodeSession
 from server.settings import Settings
@@ -65,7 +65,7 @@ class Federation:
         self._dataset_lock = asyncio.Lock()
         self._job_lock = asyncio.Lock()
         self.started_at = clock()
-        self._model_entries: dict[tuple[str, int, int], dict[str, Any] | None] = {}
+        self.catalog = ModelCatalog(settings.models_path)
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -201,23 +201,8 @@ class Federation:
         )
         if not capacities:
             raise Conflict("no nodes are connected: start fedavg-node on the workers first")
-        key = plan_key(
-            info.train_sha256, capacities, self.settings.shard_overlap, self.settings.seed
-        )
-        planned = plan_shards(
-            info.train_samples,
-            capacities,
-            overlap=self.settings.shard_overlap,
-            seed=self.settings.seed,
-        )
-        # A node whose share rounds down to nothing sits this job out.
-        shard_plan = {node_id: shard for node_id, shard in planned.items() if shard.indices}
-
-        def write() -> dict[str, ShardFile]:
-            x, y = load_split(self.settings.datasets_path, dataset_id, "train")
-            return write_shards(shard_plan, x, y, self.settings.home / "shards" / dataset_id / key)
-
-        files = await asyncio.to_thread(write)
+        key, shard_plan = _shard_plan(self.settings, info, capacities)
+        files = await asyncio.to_thread(_write_shards, self.settings, dataset_id, key, shard_plan)
         self.bus.publish(
             "shards_planned",
             {
@@ -276,12 +261,12 @@ class Federation:
     async def resume_unfinished(self) -> None:
         """After a restart: carry on with the newest job that was running, from its last
         closed round; older unfinished runs are marked interrupted."""
-        _remove_stale_temp_files(self.settings.runs_path, self.settings.models_path)
+        remove_stale_temp_files(self.settings.runs_path, self.settings.models_path)
         runs = self.store.runs()
         unfinished = [r for r in runs if r["status"] in ("running", "starting")]
         if not unfinished:
             if runs:  # the views show the last job, as they did before the restart
-                self._last_run = self._finished_view(runs[0])
+                self._last_run = finished_view(self.store, runs[0])
             return
         self.bus.publish(
             "server_restarted",
@@ -292,7 +277,12 @@ class Federation:
             self.store.update_run(old["run_id"], status="interrupted", finished=self.clock())
         run = unfinished[0]
         try:
-            job = self._restore(run)  # small reads at start-up, before anyone is served
+            job = restore_job(  # small reads at start-up, before anyone is served
+                run,
+                self._job_context(run["aggregation"]),
+                self._dataset(run["dataset"]),
+                self.settings.datasets_path,
+            )
         except (FedavgError, OSError, KeyError, ValueError) as exc:
             log.exception("resume_failed", run_id=run["run_id"])
             self.store.update_run(
@@ -304,92 +294,10 @@ class Federation:
             self.bus.publish(
                 "job_failed", {"status": "failed", "error": str(exc)}, run_id=run["run_id"]
             )
-            self._last_run = self._finished_view(self.store.runs(limit=1)[0])
+            self._last_run = finished_view(self.store, self.store.runs(limit=1)[0])
             return
         self.job = job
         await job.resume()
-
-    def _restore(self, run: dict[str, Any]) -> Job:
-        """Rebuild a job from SQLite and the checkpoint files it names."""
-        info = self._dataset(run["dataset"])
-        config = run["config"]
-        shards = {
-            node_id: ShardFile(node_id, Path(d["path"]), d["sha256"], d["samples"], d["own"])
-            for node_id, d in config["shards"].items()
-        }
-        missing = [str(f.path) for f in shards.values() if not f.path.is_file()]
-        if missing:
-            raise FileNotFoundError(f"shard files are gone: {missing}")
-        initial = config["initial"]
-        checkpoints = {0: Checkpoint(0, Path(initial["path"]), initial["sha256"])}
-        history = self._history(run)
-        for row in self.store.rounds(run["run_id"]):
-            if row.round != len(checkpoints):
-                raise ValueError(f"round {row.round} recorded after round {len(checkpoints) - 1}")
-            checkpoints[row.round] = Checkpoint(row.round, Path(row.checkpoint), row.sha256)
-        latest = checkpoints[max(checkpoints)]
-        if sha256_hex(latest.path.read_bytes()) != latest.sha256:
-            raise WeightsError(f"checkpoint {latest.path} does not match its recorded sha256")
-        train = config["train"]
-        return Job(
-            self._job_context(run["aggregation"]),
-            run_id=run["run_id"],
-            dataset=info,
-            shards=shards,
-            spec=ModelSpec.from_dict(run["model_spec"]),
-            config=TrainConfig(**train),
-            rounds=run["rounds"],
-            seed=config["seed"],
-            test_split=load_split(self.settings.datasets_path, info.dataset_id, "test"),
-            names={node_id: d["name"] for node_id, d in config["shards"].items()},
-            checkpoints=checkpoints,
-            history=history,
-            started_at=run["created"],
-        )
-
-    def _history(self, run: dict[str, Any]) -> list[dict[str, Any]]:
-        """A run's closed rounds as the views show them (what ``Job.history`` holds)."""
-        return [
-            {
-                "round": row.round,
-                "rounds": run["rounds"],
-                "contributors": row.contributors,
-                "samples": row.samples,
-                "partial": row.partial,
-                "missing": row.missing,
-                "test_accuracy": row.test_accuracy,
-                "test_loss": row.test_loss,
-                "seconds": row.closed_at - row.opened_at,
-            }
-            for row in self.store.rounds(run["run_id"])
-        ]
-
-    def _finished_view(self, run: dict[str, Any]) -> dict[str, Any]:
-        """What ``Job.view`` said of a run that ended before this server started."""
-        history = self._history(run)
-        model = Path(run["model_path"]).name if run["model_path"] else None
-        return {
-            "run_id": run["run_id"],
-            "state": run["status"],
-            "dataset": run["dataset"],
-            "dataset_source": run["dataset_source"],
-            "round": len(history),
-            "rounds": run["rounds"],
-            "round_open": False,
-            "expected": [],
-            "received": [],
-            "not_waited_for": [],
-            "deadline_in_s": None,
-            "time_in_round_s": None,
-            "partial_rounds": sum(1 for h in history if h["partial"]),
-            "aggregation": run["aggregation"],
-            "started_at": run["created"],
-            "elapsed_s": (run["finished"] or run["created"]) - run["created"],
-            "history": history,
-            "error": run["error"],
-            "model_url": f"/models/{model}" if model else None,
-            "final_accuracy": run["final_accuracy"],
-        }
 
     async def stop_job(self) -> Job:
         if self.job is None or self.job.finished.is_set():
@@ -422,30 +330,10 @@ class Federation:
     # -- models --------------------------------------------------------------------------------
 
     def models(self) -> list[dict[str, Any]]:
-        """Saved models, newest first. Each file is read and hashed once per version (name,
-        size, mtime): the showcase and dashboards ask every few seconds."""
-        folder = self.settings.models_path
-        entries, seen = [], set()
-        for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
-            stat = path.stat()
-            key = (path.name, stat.st_size, stat.st_mtime_ns)
-            seen.add(key)
-            if key not in self._model_entries:
-                self._model_entries[key] = _model_entry(path)
-            entry = self._model_entries[key]
-            if entry is not None:
-                entries.append(entry)
-        for stale in set(self._model_entries) - seen:
-            del self._model_entries[stale]
-        return sorted(entries, key=lambda e: str(e["created"]), reverse=True)
+        return self.catalog.models()
 
     def model_path(self, name: str) -> Path:
-        if not _safe_name(name) or not name.endswith(".safetensors"):
-            raise NotFound(f"no model named {name!r}")
-        path = self.settings.models_path / name
-        if not path.is_file():
-            raise NotFound(f"no model named {name!r}")
-        return path
+        return self.catalog.model_path(name)
 
     async def close(self) -> None:
         """Before the store closes: the job's timers and writes end first (a restart
@@ -458,33 +346,20 @@ class Federation:
         await asyncio.to_thread(self.wandb.close)
 
 
-def _remove_stale_temp_files(*folders: Path) -> None:
-    """Temp files of writes a crash interrupted: never read as data, so just clear them."""
-    for folder in folders:
-        for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
-            tmp.unlink(missing_ok=True)
-            log.info("stale_temp_file_removed", path=str(tmp))
+def _shard_plan(
+    settings: Settings, info: DatasetInfo, capacities: Mapping[str, float]
+) -> tuple[str, dict[str, Shard]]:
+    """The plan's key (it names the folder of its shard files) and each node's shard."""
+    key = plan_key(info.train_sha256, capacities, settings.shard_overlap, settings.seed)
+    planned = plan_shards(
+        info.train_samples, capacities, overlap=settings.shard_overlap, seed=settings.seed
+    )
+    # A node whose share rounds down to nothing sits this job out.
+    return key, {node_id: shard for node_id, shard in planned.items() if shard.indices}
 
 
-def _safe_name(name: str) -> bool:
-    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
-
-
-def _model_entry(path: Path) -> dict[str, Any] | None:
-    try:
-        data = path.read_bytes()
-        meta: Mapping[str, str] = read_metadata(data)
-        spec = json.loads(meta.get("model_spec", "{}"))
-    except (OSError, WeightsError, ValueError):
-        log.warning("model_file_unreadable", path=str(path))
-        return None
-    stat = path.stat()
-    created = meta.get("created") or datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()
-    return {
-        "name": path.name,
-        "url": f"/models/{path.name}",
-        "size": stat.st_size,
-        "sha256": sha256_hex(data),
-        "created": created,
-        "metadata": {**meta, "model_spec": spec},
-    }
+def _write_shards(
+    settings: Settings, dataset_id: str, key: str, shard_plan: Mapping[str, Shard]
+) -> dict[str, ShardFile]:
+    x, y = load_split(settings.datasets_path, dataset_id, "train")
+    return write_shards(shard_plan, x, y, settings.home / "shards" / dataset_id / key)

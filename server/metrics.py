@@ -14,87 +14,80 @@ FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 
 
 class Metrics:
+    """The server's metric families, all in one registry (``render`` is the scrape)."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.nodes_connected = Gauge(
-            "fedavg_nodes_connected", "Nodes with a live socket.", registry=r
+        self.nodes_connected = _gauge(r, "fedavg_nodes_connected", "Nodes with a live socket.")
+        self.dashboard_clients = _gauge(
+            r, "fedavg_dashboard_clients", "Dashboard sockets subscribed to events."
         )
-        self.dashboard_clients = Gauge(
-            "fedavg_dashboard_clients", "Dashboard sockets subscribed to events.", registry=r
+        self.training_active = _gauge(r, "fedavg_training_active", "1 while a job is running.")
+        self.rounds_completed = _counter(
+            r, "fedavg_rounds_completed", "Rounds closed (all uploads in, or partial)."
         )
-        self.training_active = Gauge(
-            "fedavg_training_active", "1 while a job is running.", registry=r
+        self.partial_rounds = _counter(
+            r, "fedavg_partial_rounds", "Rounds closed at the deadline with a partial average."
         )
-        self.rounds_completed = Counter(
-            "fedavg_rounds_completed", "Rounds closed (all uploads in, or partial).", registry=r
+        self.stragglers = _counter(
+            r, "fedavg_stragglers", "Expected uploads missing when a round closed."
         )
-        self.partial_rounds = Counter(
-            "fedavg_partial_rounds",
-            "Rounds closed at the deadline with a partial average.",
-            registry=r,
+        self.uploads_accepted = _counter(r, "fedavg_uploads_accepted", "Uploads folded in.")
+        self.uploads_rejected = _counter(
+            r, "fedavg_uploads_rejected", "Uploads refused, by reason.", "reason"
         )
-        self.stragglers = Counter(
-            "fedavg_stragglers", "Expected uploads missing when a round closed.", registry=r
+        self.round_duration = _histogram(
+            r, "fedavg_round_duration_seconds", "Round open to close.", ROUND_BUCKETS
         )
-        self.uploads_accepted = Counter("fedavg_uploads_accepted", "Uploads folded in.", registry=r)
-        self.uploads_rejected = Counter(
-            "fedavg_uploads_rejected", "Uploads refused, by reason.", ["reason"], registry=r
-        )
-        self.round_duration = Histogram(
-            "fedavg_round_duration_seconds",
-            "Round open to close.",
-            buckets=ROUND_BUCKETS,
-            registry=r,
-        )
-        self.aggregation_duration = Histogram(
+        self.aggregation_duration = _histogram(
+            r,
             "fedavg_aggregation_duration_seconds",
             "Folding one upload into the running sum.",
-            buckets=FAST_BUCKETS,
-            registry=r,
+            FAST_BUCKETS,
         )
-        self.evaluation_duration = Histogram(
+        self.evaluation_duration = _histogram(
+            r,
             "fedavg_evaluation_duration_seconds",
             "Evaluating a global model on the test split.",
-            buckets=FAST_BUCKETS,
-            registry=r,
+            FAST_BUCKETS,
         )
-        self.bytes_received = Counter(
-            "fedavg_bytes_received", "Request bytes received, by kind.", ["kind"], registry=r
+        self.bytes_received = _counter(
+            r, "fedavg_bytes_received", "Request bytes received, by kind.", "kind"
         )
-        self.bytes_sent = Counter(
-            "fedavg_bytes_sent", "File bytes served, by kind.", ["kind"], registry=r
+        self.bytes_sent = _counter(r, "fedavg_bytes_sent", "File bytes served, by kind.", "kind")
+        self.global_accuracy = _gauge(
+            r, "fedavg_global_accuracy", "Test accuracy of the latest global model."
         )
-        self.global_accuracy = Gauge(
-            "fedavg_global_accuracy", "Test accuracy of the latest global model.", registry=r
-        )
-        self.global_loss = Gauge(
-            "fedavg_global_loss", "Test loss of the latest global model.", registry=r
-        )
-        self.current_round = Gauge("fedavg_current_round", "The open (or last) round.", registry=r)
-        self.connections_refused = Counter(
+        self.global_loss = _gauge(r, "fedavg_global_loss", "Test loss of the latest global model.")
+        self.current_round = _gauge(r, "fedavg_current_round", "The open (or last) round.")
+        self._add_refusals(r)
+
+    def _add_refusals(self, r: CollectorRegistry) -> None:
+        """The counters of what the server turned away, each by reason."""
+        self.connections_refused = _counter(
+            r,
             "fedavg_connections_refused",
             "Connections closed at the door: a cap was reached, or the first request head "
             "took longer than FEDAVG_HEADER_TIMEOUT.",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.hellos_refused = Counter(
+        self.hellos_refused = _counter(
+            r,
             "fedavg_node_hellos_refused",
             "Node hellos refused, by reason (id_taken: the id is bound to another secret).",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.frames_dropped = Counter(
+        self.frames_dropped = _counter(
+            r,
             "fedavg_node_frames_dropped",
             "Node frames dropped unread or unapplied, by reason (rate, wrong_job, wrong_round).",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.sockets_cut = Counter(
+        self.sockets_cut = _counter(
+            r,
             "fedavg_node_sockets_cut",
             "Node sockets the server closed for misbehaving, by reason (flood).",
-            ["reason"],
-            registry=r,
+            "reason",
         )
 
     def on_event(self, event: Event) -> None:
@@ -127,3 +120,17 @@ class Metrics:
         self.nodes_connected.set(nodes_connected)
         self.dashboard_clients.set(dashboard_clients)
         return generate_latest(self.registry)
+
+
+def _gauge(registry: CollectorRegistry, name: str, documentation: str) -> Gauge:
+    return Gauge(name, documentation, registry=registry)
+
+
+def _counter(registry: CollectorRegistry, name: str, documentation: str, *labels: str) -> Counter:
+    return Counter(name, documentation, labels, registry=registry)
+
+
+def _histogram(
+    registry: CollectorRegistry, name: str, documentation: str, buckets: tuple[float, ...]
+) -> Histogram:
+    return Histogram(name, documentation, buckets=buckets, registry=registry)

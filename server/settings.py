@@ -19,6 +19,7 @@ from node.shared.model import ModelSpec
 from node.shared.paths import default_home, fedavg_home
 from node.shared.protocol import TrainConfig, WireDtype
 from node.shared.wandb_sink import wandb_mode
+from server.core.shard_plan import MAX_SEED
 
 AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
 MiB = 1024 * 1024
@@ -102,80 +103,14 @@ class Settings:
     ) -> Settings:
         """Read every FEDAVG_* / seed variable; flags (``overrides``, None = unset) win."""
         defaults = cls()
-        spec_defaults = defaults.model_spec
         try:
-            hidden = tuple(
-                int(env.get(f"MODEL_HIDDEN_{i + 1}", str(h)))
-                for i, h in enumerate(spec_defaults.hidden)
-            )
-            dropout = tuple(
-                float(env.get(f"MODEL_DROPOUT_{i + 1}", str(p)))
-                for i, p in enumerate(spec_defaults.dropout)
-            )
-            spec = replace(spec_defaults, hidden=hidden, dropout=dropout)
-            train = _train_config(
-                lr=float(env.get("FEDAVG_LR", "1e-3")),
-                batch_size=int(env.get("FEDAVG_BATCH_SIZE", "32")),
-                local_epochs=int(env.get("FEDAVG_LOCAL_EPOCHS", "1")),
-                max_batches=int(env["FEDAVG_MAX_BATCHES"])
-                if env.get("FEDAVG_MAX_BATCHES")
-                else None,
-                optimizer=_choice(
-                    env.get("FEDAVG_OPTIMIZER", "adam"), ("adam", "sgd"), "FEDAVG_OPTIMIZER"
-                ),
-                wire_dtype=_choice(
-                    wire_dtype or env.get("FEDAVG_WIRE_DTYPE", "float32"),
-                    get_args(WireDtype),
-                    "FEDAVG_WIRE_DTYPE",
-                ),
-            )
+            # In this order, so the first bad value named is the one it has always been.
             values: dict[str, Any] = {
-                "host": env.get("FEDAVG_HOST", defaults.host),
-                "port": int(env.get("FEDAVG_PORT", str(defaults.port))),
-                "home": fedavg_home(env),
-                "datasets_dir": _path(env.get("FEDAVG_DATASETS_DIR")),
-                "models_dir": _path(env.get("FEDAVG_MODELS_DIR")),
-                "epoch_sync_timeout": float(env.get("EPOCH_SYNC_TIMEOUT", "120")),
-                "default_epochs": int(env.get("DEFAULT_EPOCHS", "5")),
-                "shard_overlap": float(env.get("SHARD_OVERLAP", "0.15")),
-                "aggregation": env.get("AGGREGATION", "weighted"),
-                "model_spec": spec,
-                "train_config": train,
-                "seed": int(env.get("FEDAVG_SEED", "0")),
-                "mnist_download": _bool(
-                    env.get("FEDAVG_MNIST_DOWNLOAD", "true"), "FEDAVG_MNIST_DOWNLOAD"
-                ),
-                "admin_token": env.get("FEDAVG_ADMIN_TOKEN") or None,
-                "node_token": env.get("FEDAVG_NODE_TOKEN") or None,
-                "heartbeat_s": float(env.get("FEDAVG_HEARTBEAT", "10")),
-                "max_upload_bytes": int(env.get("FEDAVG_MAX_UPLOAD_MB", "512")) * MiB,
-                "upload_slots": int(env.get("FEDAVG_UPLOAD_SLOTS", "4")),
-                "idle_timeout_s": float(env.get("FEDAVG_IDLE_TIMEOUT", "60")),
-                "min_upload_rate": int(float(env.get("FEDAVG_MIN_UPLOAD_KBPS", "64")) * 1024),
-                "max_capacity_ratio": float(env.get("FEDAVG_MAX_CAPACITY_RATIO", "1")),
-                "max_update_ratio": float(env.get("FEDAVG_MAX_UPDATE_RATIO", "10")),
-                "max_missed_rounds": int(env.get("FEDAVG_MAX_MISSED_ROUNDS", "2")),
-                "log_format": _choice(
-                    env.get("FEDAVG_LOG_FORMAT", "auto"),
-                    ("auto", "json", "console"),
-                    "FEDAVG_LOG_FORMAT",
-                ),
-                "wandb_mode": wandb_mode(env),
-                "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
-                "failpoints": env.get("FEDAVG_FAILPOINTS", ""),
-                "tls_cert": _path(env.get("FEDAVG_TLS_CERT")),
-                "tls_key": _path(env.get("FEDAVG_TLS_KEY")),
-                "allowed_hosts": _csv(env.get("FEDAVG_ALLOWED_HOSTS", "")),
-                "allowed_origins": _csv(env.get("FEDAVG_ALLOWED_ORIGINS", "")),
-                "header_timeout_s": float(env.get("FEDAVG_HEADER_TIMEOUT", "10")),
-                "max_connections": _auto_int(
-                    env.get("FEDAVG_MAX_CONNECTIONS", "auto"), "FEDAVG_MAX_CONNECTIONS"
-                ),
-                "max_pending_per_peer": int(env.get("FEDAVG_MAX_PENDING_PER_PEER", "64")),
-                "node_frame_rate": float(env.get("FEDAVG_NODE_FRAME_RATE", "20")),
-                "max_offline_nodes": int(env.get("FEDAVG_MAX_OFFLINE_NODES", "256")),
-                "max_node_ids": int(env.get("FEDAVG_MAX_NODE_IDS", "10000")),
-                "max_events": int(env.get("FEDAVG_MAX_EVENTS", "100000")),
+                **_model_values(env, defaults.model_spec, wire_dtype),
+                **_job_values(env, defaults),
+                **_upload_values(env),
+                **_output_values(env),
+                **_connection_values(env),
             }
         except (ValueError, SpecError) as exc:
             raise SettingsError(f"bad setting: {exc}") from exc
@@ -185,6 +120,19 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        """Raise :class:`SettingsError` naming every value that makes no sense, in one go."""
+        problems = [
+            *self._job_problems(),
+            *self._transport_problems(),
+            *self._round_problems(),
+            *self._tls_problems(),
+            *self._connection_problems(),
+            *self._participant_problems(),
+        ]
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    def _job_problems(self) -> list[str]:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port {self.port} is not 0..65535")
@@ -194,11 +142,17 @@ class Settings:
             problems.append(f"DEFAULT_EPOCHS must be 1..{self.max_epochs}")
         if not 0 <= self.shard_overlap <= 1:
             problems.append("SHARD_OVERLAP must be within [0, 1]")
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"FEDAVG_SEED must be 0..{MAX_SEED}")
         if self.aggregation not in AGGREGATIONS:
             problems.append(f"AGGREGATION must be one of {', '.join(AGGREGATIONS)}")
         lr = self.train_config.lr
         if not (math.isfinite(lr) and lr > 0) or self.train_config.batch_size < 1:
             problems.append("FEDAVG_LR must be > 0 and FEDAVG_BATCH_SIZE >= 1")
+        return problems
+
+    def _transport_problems(self) -> list[str]:
+        problems = []
         if (
             not (math.isfinite(self.heartbeat_s) and self.heartbeat_s > 0)
             or self.max_upload_bytes <= 0
@@ -218,6 +172,10 @@ class Settings:
             problems.append("FEDAVG_IDLE_TIMEOUT must be > 0 seconds")
         if self.min_upload_rate < 1:
             problems.append("FEDAVG_MIN_UPLOAD_KBPS must be > 0")
+        return problems
+
+    def _round_problems(self) -> list[str]:
+        problems = []
         if not (math.isfinite(self.max_capacity_ratio) and self.max_capacity_ratio >= 1):
             problems.append("FEDAVG_MAX_CAPACITY_RATIO must be a number >= 1")
         if not (math.isfinite(self.max_update_ratio) and self.max_update_ratio >= 0):
@@ -226,6 +184,10 @@ class Settings:
             problems.append("FEDAVG_MAX_MISSED_ROUNDS must be 0..1000 (0: always wait)")
         if not 1 <= self.upload_slots <= 256:
             problems.append("FEDAVG_UPLOAD_SLOTS must be 1..256")
+        return problems
+
+    def _tls_problems(self) -> list[str]:
+        problems = []
         if (self.tls_cert is None) != (self.tls_key is None):
             problems.append(
                 "TLS needs both FEDAVG_TLS_CERT and FEDAVG_TLS_KEY (--tls-cert/--tls-key)"
@@ -233,7 +195,10 @@ class Settings:
         for tls_file in (self.tls_cert, self.tls_key):
             if tls_file is not None and not tls_file.is_file():
                 problems.append(f"TLS file {tls_file} does not exist")
-        problems += self._connection_problems()
+        return problems
+
+    def _participant_problems(self) -> list[str]:
+        problems = []
         if not (math.isfinite(self.node_frame_rate) and 1 <= self.node_frame_rate <= 10_000):
             problems.append("FEDAVG_NODE_FRAME_RATE must be 1..10000 frames/s")
         if not 0 <= self.max_offline_nodes <= 1_000_000:
@@ -242,8 +207,7 @@ class Settings:
             problems.append("FEDAVG_MAX_NODE_IDS must be 1..10000000")
         if not 10 <= self.max_events <= 100_000_000:
             problems.append("FEDAVG_MAX_EVENTS must be 10..100000000")
-        if problems:
-            raise SettingsError("; ".join(problems))
+        return problems
 
     def _connection_problems(self) -> list[str]:
         problems = []
@@ -286,6 +250,97 @@ class Settings:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def _model_values(
+    env: Mapping[str, str], spec_defaults: ModelSpec, wire_dtype: str | None
+) -> dict[str, Any]:
+    """The model's layer sizes and dropout (MODEL_*) and the local training (FEDAVG_LR, ...)."""
+    hidden = tuple(
+        int(env.get(f"MODEL_HIDDEN_{i + 1}", str(h))) for i, h in enumerate(spec_defaults.hidden)
+    )
+    dropout = tuple(
+        float(env.get(f"MODEL_DROPOUT_{i + 1}", str(p)))
+        for i, p in enumerate(spec_defaults.dropout)
+    )
+    spec = replace(spec_defaults, hidden=hidden, dropout=dropout)
+    train = _train_config(
+        lr=float(env.get("FEDAVG_LR", "1e-3")),
+        batch_size=int(env.get("FEDAVG_BATCH_SIZE", "32")),
+        local_epochs=int(env.get("FEDAVG_LOCAL_EPOCHS", "1")),
+        max_batches=int(env["FEDAVG_MAX_BATCHES"]) if env.get("FEDAVG_MAX_BATCHES") else None,
+        optimizer=_choice(env.get("FEDAVG_OPTIMIZER", "adam"), ("adam", "sgd"), "FEDAVG_OPTIMIZER"),
+        wire_dtype=_choice(
+            wire_dtype or env.get("FEDAVG_WIRE_DTYPE", "float32"),
+            get_args(WireDtype),
+            "FEDAVG_WIRE_DTYPE",
+        ),
+    )
+    return {"model_spec": spec, "train_config": train}
+
+
+def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
+    """Where the server listens and keeps its files, how jobs run, and the tokens."""
+    return {
+        "host": env.get("FEDAVG_HOST", defaults.host),
+        "port": int(env.get("FEDAVG_PORT", str(defaults.port))),
+        "home": fedavg_home(env),
+        "datasets_dir": _path(env.get("FEDAVG_DATASETS_DIR")),
+        "models_dir": _path(env.get("FEDAVG_MODELS_DIR")),
+        "epoch_sync_timeout": float(env.get("EPOCH_SYNC_TIMEOUT", "120")),
+        "default_epochs": int(env.get("DEFAULT_EPOCHS", "5")),
+        "shard_overlap": float(env.get("SHARD_OVERLAP", "0.15")),
+        "aggregation": env.get("AGGREGATION", "weighted"),
+        "seed": int(env.get("FEDAVG_SEED", "0")),
+        "mnist_download": _bool(env.get("FEDAVG_MNIST_DOWNLOAD", "true"), "FEDAVG_MNIST_DOWNLOAD"),
+        "admin_token": env.get("FEDAVG_ADMIN_TOKEN") or None,
+        "node_token": env.get("FEDAVG_NODE_TOKEN") or None,
+    }
+
+
+def _upload_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """The heartbeat, what an upload may cost, and what a round accepts and waits for."""
+    return {
+        "heartbeat_s": float(env.get("FEDAVG_HEARTBEAT", "10")),
+        "max_upload_bytes": int(env.get("FEDAVG_MAX_UPLOAD_MB", "512")) * MiB,
+        "upload_slots": int(env.get("FEDAVG_UPLOAD_SLOTS", "4")),
+        "idle_timeout_s": float(env.get("FEDAVG_IDLE_TIMEOUT", "60")),
+        "min_upload_rate": int(float(env.get("FEDAVG_MIN_UPLOAD_KBPS", "64")) * 1024),
+        "max_capacity_ratio": float(env.get("FEDAVG_MAX_CAPACITY_RATIO", "1")),
+        "max_update_ratio": float(env.get("FEDAVG_MAX_UPDATE_RATIO", "10")),
+        "max_missed_rounds": int(env.get("FEDAVG_MAX_MISSED_ROUNDS", "2")),
+    }
+
+
+def _output_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """Logs, W&B, crash-test failpoints and the TLS files."""
+    return {
+        "log_format": _choice(
+            env.get("FEDAVG_LOG_FORMAT", "auto"), ("auto", "json", "console"), "FEDAVG_LOG_FORMAT"
+        ),
+        "wandb_mode": wandb_mode(env),
+        "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
+        "failpoints": env.get("FEDAVG_FAILPOINTS", ""),
+        "tls_cert": _path(env.get("FEDAVG_TLS_CERT")),
+        "tls_key": _path(env.get("FEDAVG_TLS_KEY")),
+    }
+
+
+def _connection_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """Who may talk to us, connection limits, and what a participant may cost the server."""
+    return {
+        "allowed_hosts": _csv(env.get("FEDAVG_ALLOWED_HOSTS", "")),
+        "allowed_origins": _csv(env.get("FEDAVG_ALLOWED_ORIGINS", "")),
+        "header_timeout_s": float(env.get("FEDAVG_HEADER_TIMEOUT", "10")),
+        "max_connections": _auto_int(
+            env.get("FEDAVG_MAX_CONNECTIONS", "auto"), "FEDAVG_MAX_CONNECTIONS"
+        ),
+        "max_pending_per_peer": int(env.get("FEDAVG_MAX_PENDING_PER_PEER", "64")),
+        "node_frame_rate": float(env.get("FEDAVG_NODE_FRAME_RATE", "20")),
+        "max_offline_nodes": int(env.get("FEDAVG_MAX_OFFLINE_NODES", "256")),
+        "max_node_ids": int(env.get("FEDAVG_MAX_NODE_IDS", "10000")),
+        "max_events": int(env.get("FEDAVG_MAX_EVENTS", "100000")),
+    }
 
 
 def _train_config(**values: Any) -> TrainConfig:

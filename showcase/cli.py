@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from node.shared.logs import configure_logging
 from showcase.errors import SettingsError
 from showcase.models import ModelCache, ModelSource
 from showcase.settings import Settings
 from showcase.sources import DirectorySource, OrchestratorSource
 
 log = structlog.get_logger(__name__)
-
-
-def configure_logging(stream: Any = None) -> None:
-    """structlog once per process: JSON lines when not a terminal, readable when it is."""
-    stream = stream or sys.stderr
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer() if stream.isatty() else structlog.processors.JSONRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=True,
-    )
 
 
 def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
@@ -120,8 +99,8 @@ def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    configure_logging()
     settings = parse_args(argv, os.environ)
+    configure_logging(settings.log_format)
     serve(settings)
 
 

@@ -6,7 +6,9 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast, get_args
 
+from node.shared.logs import LogFormat
 from node.shared.paths import fedavg_home
 from showcase.errors import SettingsError
 from showcase.models import MAX_MODEL_BYTES
@@ -44,6 +46,12 @@ def _port(text: str, source: str) -> int:
     return port
 
 
+def _log_format(text: str) -> LogFormat:
+    if text not in get_args(LogFormat):
+        raise SettingsError(f"FEDAVG_LOG_FORMAT must be auto, json or console, not {text!r}")
+    return cast(LogFormat, text)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the app needs to start; flags override the environment."""
@@ -57,6 +65,8 @@ class Settings:
     """Extra ``host:port`` origins the browser may use (e.g. the machine's LAN name)."""
     max_upload_bytes: int = MAX_MODEL_BYTES
     refresh_s: float = DEFAULT_REFRESH_S
+    log_format: LogFormat = "auto"
+    """JSON lines, a coloured console, or ``auto`` (console on a terminal), as everywhere."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -67,6 +77,8 @@ class Settings:
             raise SettingsError("max_upload_bytes must be positive")
         if not self.refresh_s > 0:
             raise SettingsError("refresh_s must be positive")
+        if self.log_format not in get_args(LogFormat):
+            raise SettingsError("log_format must be auto, json or console")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -89,6 +101,7 @@ class Settings:
             models_dir=default_models_dir(env),
             orchestrator_urls=urls,
             allow_origins=origins,
+            log_format=_log_format(env.get("FEDAVG_LOG_FORMAT", "auto")),
         )
 
     def with_overrides(

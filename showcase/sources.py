@@ -9,7 +9,6 @@ tensors); only the public REST API is used for an orchestrator (``GET /models`` 
 from __future__ import annotations
 
 import json
-import struct
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,7 +20,7 @@ from typing import Any
 import structlog
 
 from node.shared.errors import WeightsError
-from node.shared.weights import MAX_HEADER_BYTES, WeightsMeta, read_metadata, sha256_hex
+from node.shared.weights import WeightsMeta, header_length, read_metadata, sha256_hex
 from showcase.errors import InvalidModelError, NoModelError, SourceError
 from showcase.models import (
     MAX_MODEL_BYTES,
@@ -118,15 +117,10 @@ class DirectorySource:
 
 def _read_file_meta(file: Path) -> WeightsMeta:
     """A model file's metadata from its header alone, without reading the tensors."""
-    with file.open("rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise InvalidModelError("truncated: no safetensors header")
-        (length,) = struct.unpack("<Q", head)
-        if length > MAX_HEADER_BYTES:
-            raise InvalidModelError("safetensors header is too large")
-        data = head + handle.read(length)
     try:
+        with file.open("rb") as handle:
+            head = handle.read(8)
+            data = head + handle.read(header_length(head))
         meta = WeightsMeta.from_metadata(read_metadata(data))
     except WeightsError as exc:
         raise InvalidModelError(str(exc)) from exc

@@ -84,7 +84,7 @@ class ModelSpec:
                 norm_mean=float(data.get("norm_mean", 0.1307)),
                 norm_std=float(data.get("norm_std", 0.3081)),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # float() of a huge JSON int
             raise SpecError(f"bad model spec: {exc}") from exc
 
     @classmethod

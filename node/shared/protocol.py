@@ -14,12 +14,14 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlencode
 from typing import Any, ClassVar, Literal, TypeVar, get_type_hints
+from urllib.parse import urlencode
 
-from node.shared.errors import ProtocolError
+from node.shared.errors import ProtocolError, SpecError
+from node.shared.model import ModelSpec
 
 PROTOCOL_VERSION = 1
+FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
 MAX_FRAME_BYTES = 64 * 1024
 MAX_TEXT = 4096
 MIN_SECRET, MAX_SECRET = 16, 256  # a node's id secret: 32 random bytes, urlsafe, is 43
@@ -117,7 +119,7 @@ class Train:
     dataset: str
     shard_url: str
     shard_sha256: str
-    model_spec: dict[str, Any]
+    model_spec: ModelSpec
     config: TrainConfig
     rounds: int
     round: int
@@ -258,7 +260,11 @@ def _to_json(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        out[f.name] = _to_json(value) if dataclasses.is_dataclass(value) else value
+        if isinstance(value, ModelSpec):
+            value = value.to_dict()  # JSON-native: lists, not tuples
+        elif dataclasses.is_dataclass(value):
+            value = _to_json(value)
+        out[f.name] = value
     return out
 
 
@@ -311,6 +317,11 @@ def _check(hint: Any, value: Any, where: str) -> Any:
         if value is not None:
             raise ProtocolError(f"{where}: expected null")
         return value
+    if hint is ModelSpec:  # the spec checks itself, more strictly than a generic dataclass
+        try:
+            return ModelSpec.from_dict(value)
+        except SpecError as exc:
+            raise ProtocolError(f"{where}: {exc}") from exc
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ProtocolError(f"{where}: expected an object")
@@ -324,15 +335,13 @@ def _check(hint: Any, value: Any, where: str) -> Any:
             raise ProtocolError(f"{where}: expected an integer")
         return value
     if hint is float:
+        # An int too big for a float (10**400) is no finite number either.
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
+            or abs(value) > FLOAT_MAX
             or not math.isfinite(value)
         ):
             raise ProtocolError(f"{where}: expected a finite number")
         return float(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected an object")
-        return value
     raise ProtocolError(f"{where}: unsupported field type {hint!r}")  # pragma: no cover

@@ -180,20 +180,45 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def read_metadata(data: bytes | bytearray | memoryview) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors buffer, with the header's size checked first."""
-    if len(data) < 8:
+def header_length(prefix: bytes | bytearray | memoryview) -> int:
+    """The header length a safetensors file's first 8 bytes announce (little-endian), refused
+    past ``MAX_HEADER_BYTES`` before anyone reads that much."""
+    if len(prefix) < 8:
         raise WeightsError("truncated safetensors: no header length")
-    (header_len,) = struct.unpack("<Q", bytes(data[:8]))
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if length > MAX_HEADER_BYTES:
+        raise WeightsError("safetensors header length is out of bounds")
+    return int(length)
+
+
+def parse_header(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors buffer and the offset its data section starts at.
+
+    The one parser of the header: its size is checked before any JSON is read."""
+    view = _bytes_view(data)
+    length = header_length(view)
+    if 8 + length > len(view):
         raise WeightsError("safetensors header length is out of bounds")
     try:
-        header = json.loads(bytes(data[8 : 8 + header_len]))
+        header = json.loads(bytes(view[8 : 8 + length]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WeightsError(f"safetensors header is not JSON: {exc}") from exc
     except RecursionError:  # within the size bound but deeply nested
         raise WeightsError("safetensors header is nested too deeply") from None
-    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(header, dict):
+        raise WeightsError("safetensors header must be an object")
+    return header, 8 + length
+
+
+def _bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
+    view = memoryview(data)
+    return view if view.ndim == 1 and view.itemsize == 1 else view.cast("B")
+
+
+def read_metadata(data: bytes | bytearray | memoryview) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors buffer, with the header's size checked first."""
+    header, _ = parse_header(data)
+    metadata = header.get("__metadata__", {})
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -225,24 +250,11 @@ def decode_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tens
     shapes that match their byte ranges, ranges inside the buffer that tile the data
     section exactly, no overlaps. We parse it here only to avoid the library's copies.
     """
-    buffer = data if isinstance(data, bytearray | memoryview) else bytearray(data)
-    view = memoryview(buffer)
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
-    if len(view) < 8:
-        raise _invalid("truncated safetensors: no header length")
-    (header_len,) = struct.unpack("<Q", view[:8])
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(view):
-        raise _invalid("safetensors header length is out of bounds")
+    view = _bytes_view(data if isinstance(data, bytearray | memoryview) else bytearray(data))
     try:
-        header = json.loads(bytes(view[8 : 8 + header_len]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _invalid(f"safetensors header is not JSON: {exc}") from exc
-    except RecursionError:
-        raise _invalid("safetensors header is nested too deeply") from None
-    if not isinstance(header, dict):
-        raise _invalid("safetensors header must be an object")
-    start = 8 + header_len
+        header, start = parse_header(view)
+    except WeightsError as exc:
+        raise _invalid(str(exc)) from exc
     body_len = len(view) - start
     spans: list[tuple[int, int, str]] = []
     tensors: dict[str, torch.Tensor] = {}
@@ -259,22 +271,30 @@ def decode_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tens
         if (end - begin) != numel * itemsize:
             raise _invalid(f"{name}: {end - begin} bytes do not hold shape {shape} of {dtype}")
         spans.append((begin, end, name))
-        if numel == 0:
-            tensors[name] = torch.empty(shape, dtype=dtype)
-        else:
-            tensor = torch.frombuffer(view, dtype=dtype, count=numel, offset=start + begin)
-            if (start + begin) % itemsize:  # misaligned: a copy keeps kernels on the fast path
-                tensor = tensor.clone()
-            tensors[name] = tensor.view(shape)
-    spans.sort()
+        tensors[name] = _tensor_at(view, dtype, shape, start + begin)
+    _check_tiling(spans, body_len)
+    return tensors
+
+
+def _tensor_at(view: memoryview, dtype: torch.dtype, shape: list[int], offset: int) -> torch.Tensor:
+    numel = math.prod(shape)
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    tensor = torch.frombuffer(view, dtype=dtype, count=numel, offset=offset)
+    if offset % tensor.element_size():  # misaligned: a copy keeps kernels on the fast path
+        tensor = tensor.clone()
+    return tensor.view(shape)
+
+
+def _check_tiling(spans: list[tuple[int, int, str]], body_len: int) -> None:
+    """The tensors' byte ranges must cover the data section exactly once, in some order."""
     covered = 0
-    for begin, end, name in spans:
+    for begin, end, name in sorted(spans):
         if begin != covered:
             raise _invalid(f"{name}: tensors overlap or leave gaps in the data section")
         covered = end
     if covered != body_len:
         raise _invalid("trailing bytes after the last tensor")
-    return tensors
 
 
 def _entry(name: str, entry: object) -> tuple[torch.dtype, list[int], int, int]:

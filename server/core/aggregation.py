@@ -13,7 +13,9 @@ keep a float32 copy of each update until the round closes — memory O(nodes x m
 
 Strategies share one small interface (:class:`Strategy`) and one set of admission checks
 (:class:`UpdateGate`), so new ones (server-side optimisers, Krum) can be added beside these
-and registered in :data:`_FACTORIES` without touching the callers.
+and registered in :data:`_FACTORIES` without touching the callers. Who may contribute, and
+with what sample count, is the caller's to decide (:class:`server.core.rounds.RoundMachine`
+checks it under the job's lock before a fold): a strategy folds what it is given.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ TRIM_BETA = 0.2
 
 
 class AggregationError(FedavgError):
-    """An update the aggregator refuses for its state (duplicate node, bad sample count),
-    or a result asked for before any update arrived.
+    """An update the aggregator refuses (see :class:`UpdateRefused`), or a result asked for
+    before any update arrived.
 
     Updates whose tensors do not fit the model raise :class:`node.shared.errors.WeightsError`
     instead, so the caller can tell a malformed upload from one that came at the wrong time.
@@ -58,8 +60,9 @@ class Strategy(Protocol):
         """How many updates have been folded so far."""
         ...
 
-    def add(self, node_id: str, tensors: Mapping[str, torch.Tensor], samples: int) -> None:
-        """Validate one node's update and take it in; a refused update changes nothing."""
+    def add(self, tensors: Mapping[str, torch.Tensor], samples: int) -> None:
+        """Validate one node's update (``samples``: its count, >= 1, bounded by the caller)
+        and take it in; a refused update changes nothing."""
         ...
 
     def result(self) -> dict[str, torch.Tensor]:
@@ -140,46 +143,29 @@ def _squared_distance(update: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 class UpdateGate:
-    """The admission checks every strategy shares: fits the model, once per node, samples,
-    and (with a :class:`UpdateBound`) not absurdly far from the global weights.
+    """The admission checks every strategy shares: fits the model and (with a
+    :class:`UpdateBound`) not absurdly far from the global weights.
 
     Kept apart from the arithmetic so a new strategy gets identical refusals for free:
-    call :meth:`admit` before touching any state and :meth:`commit` once the update is in.
+    call :meth:`admit` before touching any state.
     """
 
-    __slots__ = ("_bound", "_layout", "_min_samples", "_seen")
+    __slots__ = ("_bound", "_layout")
 
-    def __init__(
-        self, layout: Layout, *, min_samples: int, bound: UpdateBound | None = None
-    ) -> None:
+    def __init__(self, layout: Layout, *, bound: UpdateBound | None = None) -> None:
         self._layout = layout
-        self._min_samples = min_samples
         self._bound = bound
-        self._seen: set[str] = set()
 
-    @property
-    def count(self) -> int:
-        return len(self._seen)
-
-    def admit(self, node_id: str, tensors: Mapping[str, torch.Tensor], samples: int) -> None:
+    def admit(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Raise unless the update may be folded; records nothing.
 
         Raises:
-            AggregationError: The node already contributed, or ``samples`` is too small.
             node.shared.errors.WeightsError: Wrong keys, shapes or dtypes, or NaN/Inf values.
+            UpdateRefused: Too far from the global weights.
         """
-        if node_id in self._seen:
-            raise AggregationError(f"node {node_id!r} already contributed to this aggregate")
-        if samples < self._min_samples:
-            raise AggregationError(
-                f"node {node_id!r}: samples must be >= {self._min_samples}, got {samples}"
-            )
         check_state(tensors, self._layout)
         if self._bound is not None:
             self._bound.check(tensors)
-
-    def commit(self, node_id: str) -> None:
-        self._seen.add(node_id)
 
 
 class FedAvg:
@@ -190,16 +176,7 @@ class FedAvg:
     ``(1/k) * sum(w_i)``, useful when sample counts are not trusted.
     """
 
-    __slots__ = (
-        "_acc",
-        "_gate",
-        "_layout",
-        "_min_samples",
-        "_scratch",
-        "_total",
-        "name",
-        "weighting",
-    )
+    __slots__ = ("_acc", "_count", "_gate", "_layout", "_scratch", "_total", "name", "weighting")
 
     def __init__(self, layout: Layout, *, weighting: Weighting = "weighted") -> None:
         if weighting not in get_args(Weighting):
@@ -207,30 +184,29 @@ class FedAvg:
         self.name: str = weighting
         self.weighting: Weighting = weighting
         self._layout = layout
-        # Uniform ignores the count but a negative one is still a broken upload.
-        self._min_samples = 1 if weighting == "weighted" else 0
-        self._gate = UpdateGate(layout, min_samples=self._min_samples)
+        self._gate = UpdateGate(layout)
         self._acc = {k: torch.zeros(shape, dtype=torch.float64) for k, (shape, _) in layout.items()}
         self._scratch = torch.empty(FOLD_CHUNK, dtype=torch.float64)
         self._total = 0
+        self._count = 0
 
     @property
     def count(self) -> int:
-        return self._gate.count
+        return self._count
 
     @property
     def total_weight(self) -> int:
         """The divisor so far: total samples (weighted) or number of updates (uniform)."""
         return self._total
 
-    def add(self, node_id: str, tensors: Mapping[str, torch.Tensor], samples: int) -> None:
+    def add(self, tensors: Mapping[str, torch.Tensor], samples: int) -> None:
         """Validate the whole update, then fold it in place (float16/bfloat16 are upcast).
 
         Raises:
-            AggregationError: Duplicate node or a sample count below the minimum.
+            UpdateRefused: Too far from the global weights.
             node.shared.errors.WeightsError: The tensors do not fit the layout or are not finite.
         """
-        self._gate.admit(node_id, tensors, samples)  # nothing below can fail: no half folds
+        self._gate.admit(tensors)  # nothing below can fail: no half folds
         weight = samples if self.weighting == "weighted" else 1
         for key, acc in self._acc.items():
             source = tensors[key].detach().to("cpu").reshape(-1)
@@ -239,7 +215,7 @@ class FedAvg:
                 converted = self._scratch[: stop - start].copy_(source[start:stop])
                 target[start:stop].add_(converted, alpha=weight)
         self._total += weight
-        self._gate.commit(node_id)
+        self._count += 1
 
     def result(self) -> dict[str, torch.Tensor]:
         """The weighted or plain mean so far, as fresh float32 tensors.
@@ -264,8 +240,9 @@ class FedAvg:
     def reset(self, bound: UpdateBound | None = None) -> None:
         for acc in self._acc.values():
             acc.zero_()  # warm pages: far cheaper than fresh zeroed memory every round
-        self._gate = UpdateGate(self._layout, min_samples=self._min_samples, bound=bound)
+        self._gate = UpdateGate(self._layout, bound=bound)
         self._total = 0
+        self._count = 0
 
 
 def _chunks(n: int) -> Iterator[tuple[int, int]]:
@@ -292,31 +269,31 @@ class _OrderStatistic:
     Robust statistics cannot stream: the median of a coordinate depends on all of its values
     at once. So each admitted update is copied (as float32, which holds float32, float16 and
     bfloat16 uploads exactly) and kept until :meth:`result`: memory is O(nodes x model) for
-    the round, where :class:`FedAvg` needs O(model). Sample counts are validated but not
-    used as weights: a node that lies about its count must not buy a bigger say.
+    the round, where :class:`FedAvg` needs O(model). Sample counts are not used as weights:
+    a node that lies about its count must not buy a bigger say.
     """
 
-    __slots__ = ("_gate", "_layout", "_updates", "name")
+    __slots__ = ("_count", "_gate", "_layout", "_updates", "name")
 
     def __init__(self, layout: Layout, *, name: str) -> None:
         self.name: str = name
         self._layout = layout
-        # As for uniform FedAvg: the count is ignored, but a negative one is a broken upload.
-        self._gate = UpdateGate(layout, min_samples=0)
+        self._gate = UpdateGate(layout)
         self._updates: dict[str, list[torch.Tensor]] = {key: [] for key in layout}
+        self._count = 0
 
     @property
     def count(self) -> int:
-        return self._gate.count
+        return self._count
 
-    def add(self, node_id: str, tensors: Mapping[str, torch.Tensor], samples: int) -> None:
+    def add(self, tensors: Mapping[str, torch.Tensor], samples: int) -> None:
         """Validate the whole update, then keep a private float32 copy of it.
 
         Raises:
-            AggregationError: Duplicate node or a negative sample count.
+            UpdateRefused: Too far from the global weights.
             node.shared.errors.WeightsError: The tensors do not fit the layout or are not finite.
         """
-        self._gate.admit(node_id, tensors, samples)
+        self._gate.admit(tensors)
         # Copy every tensor before keeping any, so a failure cannot leave half an update.
         copies = {
             key: tensors[key].detach().to(device="cpu", dtype=torch.float32, copy=True)
@@ -324,7 +301,7 @@ class _OrderStatistic:
         }
         for key, kept in self._updates.items():
             kept.append(copies[key])
-        self._gate.commit(node_id)
+        self._count += 1
 
     def result(self) -> dict[str, torch.Tensor]:
         """The statistic of every coordinate, as fresh float32 tensors.
@@ -345,8 +322,9 @@ class _OrderStatistic:
             out[key].copy_(self._reduce(ordered))
 
     def reset(self, bound: UpdateBound | None = None) -> None:
-        self._gate = UpdateGate(self._layout, min_samples=0, bound=bound)
+        self._gate = UpdateGate(self._layout, bound=bound)
         self._updates = {key: [] for key in self._layout}
+        self._count = 0
 
     def _reduce(self, ordered: torch.Tensor) -> torch.Tensor:
         """Collapse dim 0 of ``ordered`` (sorted ascending, float32) into one tensor."""

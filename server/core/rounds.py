@@ -1,8 +1,9 @@
 """The round state machine of one training job: who is expected, who is in, when it closes.
 
 Pure bookkeeping: no clock (every call that depends on time takes ``now``), no sockets and
-no tensors. The caller asks :meth:`RoundMachine.check` before it reads an upload's body,
-folds accepted updates into its aggregator, and acts on the values that
+no tensors. The caller asks :meth:`RoundMachine.check` before it reads an upload's body
+and again before it folds it (the machine is the one record of who is in, and the one
+bound on the sample counts uploads claim), and acts on the values that
 :meth:`RoundMachine.record` and :meth:`RoundMachine.expire` return (publish the aggregate,
 push a new deadline, fail the job). Keeping the decisions here means every straggler,
 duplicate and empty-deadline case is tested without a server.
@@ -25,6 +26,7 @@ class Verdict(StrEnum):
     DUPLICATE = "duplicate"
     EARLY = "early"
     NOT_PARTICIPANT = "not_participant"
+    BAD_SAMPLES = "bad_samples"
     FINISHED = "finished"
 
 
@@ -98,13 +100,14 @@ class RoundMachine:
         self,
         *,
         total_rounds: int,
-        participants: Iterable[str],
+        participants: Mapping[str, int],
         deadline_s: float,
         max_empty_deadlines: int = 3,
         max_missed_rounds: int = 0,
         last_closed: int = 0,
     ) -> None:
         """Start before round ``last_closed + 1``; ``last_closed > 0`` resumes a job.
+        ``participants`` maps each node to the most samples its upload may claim (its shard).
 
         ``max_missed_rounds`` (0: never) is how many rounds in a row a participant may miss
         before rounds stop waiting for it: a node that is connected but silent would
@@ -127,7 +130,7 @@ class RoundMachine:
         if max_missed_rounds < 0:
             raise ValueError(f"max_missed_rounds must be >= 0, got {max_missed_rounds}")
         self._total_rounds = total_rounds
-        self._participants: set[str] = set(participants)
+        self._participants: dict[str, int] = dict(participants)
         self._deadline_s = deadline_s
         self._max_empty = max_empty_deadlines
         self._max_missed = max_missed_rounds
@@ -185,6 +188,10 @@ class RoundMachine:
     def participants(self) -> frozenset[str]:
         return frozenset(self._participants)
 
+    def max_samples(self, node_id: str) -> int:
+        """The most samples an upload of participant ``node_id`` may claim."""
+        return self._participants[node_id]
+
     @property
     def expected(self) -> frozenset[str]:
         """Nodes the current (or last) round still waits for, or waited for."""
@@ -223,7 +230,7 @@ class RoundMachine:
             raise ValueError(f"the job failed in round {self._round}")
         self._round = self._last_closed + 1
         self._open = True
-        self._expected = (frozenset(expected) & self._participants) - self.not_waited_for
+        self._expected = (frozenset(expected) & self._participants.keys()) - self.not_waited_for
         self._opened_expected = self._expected
         self._received = {}
         self._opened_at = now
@@ -231,8 +238,9 @@ class RoundMachine:
         self._empty = 0
         return self._round
 
-    def check(self, node_id: str, round: int) -> Verdict:
-        """Whether an upload from ``node_id`` for ``round`` would be accepted (no state change)."""
+    def check(self, node_id: str, round: int, samples: int) -> Verdict:
+        """Whether an upload from ``node_id`` for ``round`` claiming ``samples`` would be
+        accepted (no state change)."""
         if self.finished:
             return Verdict.FINISHED
         if node_id not in self._participants:
@@ -243,6 +251,8 @@ class RoundMachine:
             return Verdict.EARLY
         if node_id in self._received:
             return Verdict.DUPLICATE
+        if not 1 <= samples <= self._participants[node_id]:
+            return Verdict.BAD_SAMPLES
         return Verdict.ACCEPTED
 
     def record(self, node_id: str, round: int, samples: int, now: float) -> RoundClosed | None:
@@ -253,13 +263,11 @@ class RoundMachine:
             round, else None.
 
         Raises:
-            ValueError: :meth:`check` does not say ACCEPTED, or ``samples`` is negative.
+            ValueError: :meth:`check` does not say ACCEPTED.
         """
-        verdict = self.check(node_id, round)
+        verdict = self.check(node_id, round, samples)
         if verdict is not Verdict.ACCEPTED:
             raise ValueError(f"upload from {node_id!r} for round {round} is {verdict}")
-        if samples < 0:
-            raise ValueError(f"samples must be >= 0, got {samples}")
         self._received[node_id] = samples
         self._missed.pop(node_id, None)  # it is back
         if self._expected <= self._received.keys():

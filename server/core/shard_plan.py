@@ -28,6 +28,9 @@ in tests/system/test_hostile_jobs.py.)"""
 CAPACITY_RANGE = (1e-3, 1e7)
 """What a node may claim, in samples/s: a claim outside is clamped to the nearer end."""
 
+MAX_SEED = 2**32 - 1
+"""The largest job seed: torch's CPU generator keeps 32 bits of a seed."""
+
 
 @dataclass(frozen=True, slots=True)
 class Shard:
@@ -139,15 +142,28 @@ def plan_shards(
             of ids matters for the order, not the mapping's iteration order.
         overlap: Fraction of its own part that each node borrows from its neighbour, in
             [0, 1].
-        seed: The job seed; the same seed and node set always give the same plan.
+        seed: The job seed, 0..MAX_SEED; the same seed and node set give the same plan.
 
     Returns:
         Node id -> :class:`Shard`, keyed in sorted node order.
 
     Raises:
         ValueError: No nodes, a capacity that is not finite and positive, a negative
-            ``num_samples`` or an ``overlap`` outside [0, 1].
+            ``num_samples``, an ``overlap`` outside [0, 1] or a seed outside 0..MAX_SEED.
     """
+    _check_plan(num_samples, capacities, overlap, seed)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = torch.randperm(num_samples, generator=generator).tolist()
+    own_parts = _own_parts(order, proportional_sizes(num_samples, capacities))
+    return _with_overlap(own_parts, overlap)
+
+
+def _check_plan(
+    num_samples: int, capacities: Mapping[str, float], overlap: float, seed: int
+) -> None:
+    """Raise the ValueError :func:`plan_shards` documents for arguments it cannot plan."""
+    if not 0 <= seed <= MAX_SEED:  # torch's CPU generator keeps 32 bits: 2**32 would be 0
+        raise ValueError(f"seed must be 0..{MAX_SEED}, got {seed}")
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     if not capacities:
@@ -158,17 +174,20 @@ def plan_shards(
     if not 0.0 <= overlap <= 1.0:  # also refuses NaN
         raise ValueError(f"overlap must be in [0, 1], got {overlap}")
 
-    generator = torch.Generator().manual_seed(seed)
-    order: list[int] = torch.randperm(num_samples, generator=generator).tolist()
 
-    sizes = proportional_sizes(num_samples, capacities)
-    ids = list(sizes)
+def _own_parts(order: list[int], sizes: Mapping[str, int]) -> dict[str, list[int]]:
+    """Cut the shuffled ``order`` into contiguous parts of ``sizes``, in the mapping's order."""
     own_parts: dict[str, list[int]] = {}
     start = 0
-    for node_id in ids:
-        own_parts[node_id] = order[start : start + sizes[node_id]]
-        start += sizes[node_id]
+    for node_id, size in sizes.items():
+        own_parts[node_id] = order[start : start + size]
+        start += size
+    return own_parts
 
+
+def _with_overlap(own_parts: Mapping[str, list[int]], overlap: float) -> dict[str, Shard]:
+    """Each own part, extended with the start of the next node's (wrapping; none when alone)."""
+    ids = list(own_parts)
     plan: dict[str, Shard] = {}
     for i, node_id in enumerate(ids):
         own = own_parts[node_id]

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import math
 import sys
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
@@ -23,17 +22,10 @@ from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from node.shared import __version__
-from node.shared.errors import FedavgError
-from server import failpoints, jsonsafe
-from server.errors import (
-    ApiError,
-    BadRequest,
-    Conflict,
-    NotFound,
-    RequestTimeout,
-    TooLarge,
-    http_status,
-)
+from node.shared.errors import FedavgError, ProtocolError
+from node.shared.protocol import UploadQuery
+from server import jsonsafe
+from server.errors import ApiError, BadRequest, NotFound, http_status
 from server.federation import Federation
 from server.settings import Settings
 from server.store import Store
@@ -42,14 +34,12 @@ from server.web.auth import node_session, require_admin
 from server.web.connections import CONNECTIONS, ConnectionLimiter, track_requests
 from server.web.guard import request_guard
 from server.web.sockets import FEDERATION, OPEN_SOCKETS, dashboard_socket, node_socket
+from server.web.transfer import bytes_with_etag, read_body
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 SETTINGS = web.AppKey("settings", Settings)
-SEND_CHUNK = 1 << 20
 NODES_PAGE, NODES_PAGE_MAX = 500, 5000  # GET /nodes: the default and largest page
-METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 
 
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
@@ -90,33 +80,36 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     app.on_response_prepare.append(_revalidate_static)
     app.cleanup_ctx.append(services)
     app.on_shutdown.append(close_sockets)
-    app.add_routes(
-        [
-            web.get("/health", health),
-            web.get("/nodes", nodes),
-            web.get("/datasets", datasets),
-            web.post("/datasets/prepare-mnist", prepare_mnist),
-            web.post("/train/{dataset_id}/prepare", prepare_shards),
-            web.post("/train/{dataset_id}", start_training),
-            web.post("/jobs/stop", stop_training),
-            web.get("/sync/status", sync_status),
-            web.get("/sync/weights", download_weights),
-            web.post("/sync/weights", upload_weights),
-            web.get("/shards/{run_id}/{node_id}", download_shard),
-            web.get("/models", models),
-            web.get("/models/{name}", download_model),
-            web.get("/runs", runs),
-            web.get("/metrics", prometheus_metrics),
-            web.get("/monitor/overview", monitor_overview),
-            web.get("/monitor/nodes", monitor_nodes),
-            web.get("/monitor/timeline", monitor_timeline),
-            web.get("/openapi.json", openapi_document),
-            web.get("/", dashboard),
-            web.get("/ws/node", node_socket),
-            web.get("/ws/dashboard", dashboard_socket),
-        ]
-    )
+    app.add_routes(routes())
     return app
+
+
+def routes() -> list[web.RouteDef]:
+    """Every HTTP and WebSocket route of the server."""
+    return [
+        web.get("/health", health),
+        web.get("/nodes", nodes),
+        web.get("/datasets", datasets),
+        web.post("/datasets/prepare-mnist", prepare_mnist),
+        web.post("/train/{dataset_id}/prepare", prepare_shards),
+        web.post("/train/{dataset_id}", start_training),
+        web.post("/jobs/stop", stop_training),
+        web.get("/sync/status", sync_status),
+        web.get("/sync/weights", download_weights),
+        web.post("/sync/weights", upload_weights),
+        web.get("/shards/{run_id}/{node_id}", download_shard),
+        web.get("/models", models),
+        web.get("/models/{name}", download_model),
+        web.get("/runs", runs),
+        web.get("/metrics", prometheus_metrics),
+        web.get("/monitor/overview", monitor_overview),
+        web.get("/monitor/nodes", monitor_nodes),
+        web.get("/monitor/timeline", monitor_timeline),
+        web.get("/openapi.json", openapi_document),
+        web.get("/", dashboard),
+        web.get("/ws/node", node_socket),
+        web.get("/ws/dashboard", dashboard_socket),
+    ]
 
 
 @web.middleware
@@ -334,7 +327,7 @@ async def download_weights(request: web.Request) -> web.StreamResponse:
     checkpoint = job.checkpoints.get(round_)
     if checkpoint is None:
         raise NotFound(f"round {round_} has no weights yet (latest: {latest})")
-    return await _bytes_with_etag(
+    return await bytes_with_etag(
         request, lambda: job.checkpoint_bytes(round_), checkpoint.sha256, "weights"
     )
 
@@ -343,171 +336,33 @@ async def download_shard(request: web.Request) -> web.StreamResponse:
     fed = _fed(request)
     session = node_session(request, fed.registry)
     shard = fed.shard_file(session, request.match_info["run_id"], request.match_info["node_id"])
-    return await _bytes_with_etag(
+    return await bytes_with_etag(
         request, lambda: asyncio.to_thread(shard.path.read_bytes), shard.sha256, "shard"
     )
 
 
-async def _bytes_with_etag(
-    request: web.Request, load: Callable[[], Awaitable[bytes | bytearray]], sha256: str, kind: str
-) -> web.StreamResponse:
-    """Serve bytes named by their sha256: a client holding them gets 304 and no body.
-
-    Not a ``web.FileResponse``: that one overwrites any ETag with its own mtime-size tag.
-    """
-    etag = f'"{sha256}"'
-    if request.headers.get("If-None-Match") == etag:
-        return web.Response(status=304, headers={"ETag": etag})
-    data = await load()
-    _fed(request).metrics.bytes_sent.labels(kind=kind).inc(len(data))
-    response = web.StreamResponse(
-        headers={
-            "ETag": etag,
-            "X-Content-SHA256": sha256,
-            "Content-Type": "application/octet-stream",
-        },
-    )
-    response.content_length = len(data)
-    await response.prepare(request)
-    # Slices, each awaited: the transport never holds its own copy of a whole model per
-    # connection, so serving N nodes costs O(model), not O(N x model).
-    view = memoryview(data)
-    for start in range(0, len(view), SEND_CHUNK):
-        await response.write(view[start : start + SEND_CHUNK])
-    await response.write_eof()
-    return response
-
-
 async def upload_weights(request: web.Request) -> web.Response:
     fed = _fed(request)
+    settings = fed.settings
     try:
         session = node_session(request, fed.registry)
         job = fed.job_by_id(request.query.get("job"))
-        round_ = int_query(request, "round", None, 1, job.rounds)
-        samples = int_query(request, "samples", None, 1, 2**31)
+        try:
+            query = UploadQuery.decode(request.query)
+        except ProtocolError as exc:  # a bad value in the query, like any other request's
+            raise BadRequest(str(exc)) from None
         structlog.contextvars.bind_contextvars(
-            node_id=session.node_id, run_id=job.run_id, round=round_
+            node_id=session.node_id, run_id=job.run_id, round=query.round
         )
-        node_metrics = _metrics_query(request)
-        job.precheck(session.node_id, round_, samples)  # refuse before reading a byte
-        # One upload per node at a time, so no node holds more than one of the few slots
-        # below; and none outlives its round: a trickling body is cut when the round closes.
-        with job.reading_upload(session.node_id) as round_over:
-            closed = Conflict(f"round {round_} closed during the upload", reason="late")
-            # A few uploads are read and folded at a time; the rest wait with their bytes
-            # still in the socket, so server memory does not grow with the number of nodes.
-            async with job.intake:  # a round that closed meanwhile: unless_set refuses
-                with job.upload_buffers.lease(request.content_length or 0) as buffer:
-                    body = await unless_set(
-                        read_body(
-                            request,
-                            job.max_upload_bytes,
-                            fed.settings.idle_timeout_s,
-                            buffer,
-                            min_rate=fed.settings.min_upload_rate,
-                        ),
-                        round_over,
-                        closed,
-                    )
-                    fed.metrics.bytes_received.labels(kind="weights").inc(len(body))
-                    result = await job.upload(session.node_id, round_, samples, node_metrics, body)
-                    del body  # folded (copied): the buffer goes back to the pool
+
+        def read(into: bytearray, limit: int) -> Awaitable[memoryview]:
+            return read_body(
+                request, limit, settings.idle_timeout_s, into, min_rate=settings.min_upload_rate
+            )
+
+        result = await job.intake.receive(session.node_id, query, request.content_length, read)
     except FedavgError as exc:
         reason = exc.reason if isinstance(exc, ApiError) else type(exc).__name__
         fed.metrics.uploads_rejected.labels(reason=reason).inc()
         raise
     return _json(result)
-
-
-def _metrics_query(request: web.Request) -> dict[str, float]:
-    """The node's own metrics for the round, from the query string. A NaN or Inf (a node
-    whose local model diverged) is dropped: it is a reading, and no API answer may carry it."""
-    values = {}
-    for key in METRIC_KEYS:
-        if key in request.query:
-            try:
-                value = float(request.query[key])
-            except ValueError:
-                raise BadRequest(f"{key}={request.query[key]!r} is not a number") from None
-            if math.isfinite(value):
-                values[key] = value
-    return values
-
-
-async def unless_set(work: Awaitable[T], event: asyncio.Event, refusal: Exception) -> T:
-    """``work``'s result, or ``refusal`` raised (and ``work`` cancelled) once ``event`` is set;
-    when it is set already, ``work`` never starts."""
-    if event.is_set():
-        if asyncio.iscoroutine(work):
-            work.close()
-        raise refusal
-    task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        raise refusal
-    return task.result()
-
-
-async def read_body(
-    request: web.Request,
-    limit: int,
-    idle_timeout: float,
-    into: bytearray | None = None,
-    *,
-    min_rate: float | None = None,
-) -> memoryview:
-    """The request body, refusing (413) as soon as it is known to exceed ``limit``, and
-    (408) when no byte arrives for ``idle_timeout`` s — an idle limit, so a big model on a
-    slow link is not cut off while it is still moving — or, with ``min_rate`` (bytes/s),
-    when the whole body takes longer than ``idle_timeout`` plus its size at that rate: a
-    body that trickles a byte now and then never goes idle, but cannot last for ever.
-
-    Read into ``into`` when it is large enough for the declared length (a warm buffer from
-    the job's pool), else into a fresh one, and returned as a view of exactly the body: the
-    safetensors decoder makes tensors that view it, so an upload is never copied after the
-    socket's own chunks.
-    """
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise TooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
-    size = declared or 0
-    buffer = into if into is not None and len(into) >= size else bytearray(size)
-    view, filled = memoryview(buffer), 0
-    loop = asyncio.get_running_loop()
-    end_by = math.inf
-    if min_rate is not None:
-        end_by = (
-            loop.time() + idle_timeout + (declared if declared is not None else limit) / min_rate
-        )
-    try:
-        async with asyncio.timeout(min(loop.time() + idle_timeout, end_by)) as idle:
-            while chunk := await request.content.readany():
-                idle.reschedule(min(loop.time() + idle_timeout, end_by))
-                end = filled + len(chunk)
-                if end > limit:
-                    raise TooLarge(f"body exceeds the {limit}-byte limit")
-                if end > len(view):  # no (or a short) Content-Length: grow a private buffer
-                    view.release()
-                    buffer = buffer[:filled] + bytes(max(end - filled, filled))
-                    view = memoryview(buffer)
-                view[filled:end] = chunk
-                filled = end
-                failpoints.reach("upload.mid_body")
-    except TimeoutError:
-        if loop.time() >= end_by:
-            raise RequestTimeout(
-                f"upload too slow: under {min_rate:g} bytes/s on average"
-            ) from None
-        raise RequestTimeout(f"no upload bytes for {idle_timeout:g} s") from None
-    except ConnectionResetError:  # the client went away mid-body: nothing to answer
-        raise BadRequest("the connection closed mid-upload", reason="disconnected") from None
-    if declared is not None and filled != declared:
-        raise BadRequest(f"body ended after {filled} of {declared} declared bytes")
-    return view[:filled]

@@ -8,7 +8,7 @@ import time
 import weakref
 
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from node.shared.errors import ProtocolError
 from node.shared.protocol import (
@@ -45,16 +45,8 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
     )
     await ws.prepare(request)
     request.app[OPEN_SOCKETS].add(ws)
-    try:
-        msg = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
-        if msg.type is not WSMsgType.TEXT:
-            raise ProtocolError("the first frame must be a 'hello' text frame")
-        hello = decode_as(msg.data, Hello)
-    except (TimeoutError, ProtocolError) as exc:
-        reason = str(exc) or "no hello within 15 s"
-        if not ws.closed:  # an oversized frame has already closed it (1009)
-            await ws.send_str(json.dumps({"type": "error", "code": "protocol", "message": reason}))
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION)
+    hello = await _receive_hello(ws)
+    if hello is None:
         return ws
     structlog.contextvars.bind_contextvars(node_id=hello.node_id)  # this socket's task only
     try:
@@ -65,47 +57,9 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         return ws
     log.info("node_connected", name=hello.name, device=hello.device, capacity=hello.capacity)
     writer = asyncio.create_task(_drain_outbox(ws, session), name=f"writer-{session.node_id}")
-    budget = FrameBudget(fed.settings.node_frame_rate, time.monotonic())
     reason = "disconnected"
     try:
-        async for msg in ws:
-            # Counted before it is decoded: a flood must cost as little as possible.
-            if not budget.allow(time.monotonic()):
-                fed.metrics.frames_dropped.labels(reason="rate").inc()
-                if budget.flooding:
-                    log.warning("node_flooding", dropped=budget.dropped)
-                    fed.metrics.sockets_cut.labels(reason="flood").inc()
-                    limit = fed.settings.node_frame_rate
-                    session.send(
-                        Error(code="flood", message=f"more than {limit:g} frames/s: closing")
-                    )
-                    session.close(WSCloseCode.POLICY_VIOLATION)
-                    reason = "flooding"
-                    break
-                continue
-            try:
-                if msg.type is not WSMsgType.TEXT:
-                    raise ProtocolError(
-                        f"only JSON text frames are spoken here, not {msg.type.name}"
-                    )
-                frame = decode(msg.data)
-            except ProtocolError as exc:
-                log.warning("node_frame_refused", error=str(exc))
-                session.send(Error(code="protocol", message=str(exc)))
-                session.close(WSCloseCode.POLICY_VIOLATION)
-                reason = "protocol error"
-                break
-            if isinstance(frame, Progress):
-                fed.node_progress(session, frame)
-            elif isinstance(frame, Left):
-                reason = frame.reason or "left"
-                break
-            else:
-                session.send(
-                    Error(code="protocol", message=f"a {frame.type!r} frame is not expected now")
-                )
-        if ws.exception() is not None:
-            reason = f"socket error: {ws.exception()}"
+        reason = await _read_frames(ws, fed, session)
     finally:
         # Book the departure before the first await: aiohttp may cancel this handler once
         # the peer hangs up (handler_cancellation), and a cancelled await skips the rest.
@@ -114,6 +68,74 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         log.info("node_disconnected", reason=reason)
         await writer
     return ws
+
+
+async def _receive_hello(ws: web.WebSocketResponse) -> Hello | None:
+    """The node's first frame, its hello; None when it sent none (answered, then closed)."""
+    try:
+        msg = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
+        if msg.type is not WSMsgType.TEXT:
+            raise ProtocolError("the first frame must be a 'hello' text frame")
+        return decode_as(msg.data, Hello)
+    except (TimeoutError, ProtocolError) as exc:
+        reason = str(exc) or "no hello within 15 s"
+        if not ws.closed:  # an oversized frame has already closed it (1009)
+            await ws.send_str(json.dumps({"type": "error", "code": "protocol", "message": reason}))
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION)
+        return None
+
+
+async def _read_frames(ws: web.WebSocketResponse, fed: Federation, session: NodeSession) -> str:
+    """Apply a joined node's frames until it leaves or is cut off; returns why it ended."""
+    budget = FrameBudget(fed.settings.node_frame_rate, time.monotonic())
+    reason = "disconnected"
+    async for msg in ws:
+        # Counted before it is decoded: a flood must cost as little as possible.
+        if not budget.allow(time.monotonic()):
+            if _cut_if_flooding(fed, session, budget):
+                reason = "flooding"
+                break
+            continue
+        ended = _apply_frame(fed, session, msg)
+        if ended is not None:
+            reason = ended
+            break
+    if ws.exception() is not None:
+        reason = f"socket error: {ws.exception()}"
+    return reason
+
+
+def _cut_if_flooding(fed: Federation, session: NodeSession, budget: FrameBudget) -> bool:
+    """Count a frame over the budget as dropped; True when the socket is closed for flooding."""
+    fed.metrics.frames_dropped.labels(reason="rate").inc()
+    if not budget.flooding:
+        return False
+    log.warning("node_flooding", dropped=budget.dropped)
+    fed.metrics.sockets_cut.labels(reason="flood").inc()
+    limit = fed.settings.node_frame_rate
+    session.send(Error(code="flood", message=f"more than {limit:g} frames/s: closing"))
+    session.close(WSCloseCode.POLICY_VIOLATION)
+    return True
+
+
+def _apply_frame(fed: Federation, session: NodeSession, msg: WSMessage) -> str | None:
+    """Decode and apply one frame; the reason the socket ends, or None to read on."""
+    try:
+        if msg.type is not WSMsgType.TEXT:
+            raise ProtocolError(f"only JSON text frames are spoken here, not {msg.type.name}")
+        frame = decode(msg.data)
+    except ProtocolError as exc:
+        log.warning("node_frame_refused", error=str(exc))
+        session.send(Error(code="protocol", message=str(exc)))
+        session.close(WSCloseCode.POLICY_VIOLATION)
+        return "protocol error"
+    if isinstance(frame, Progress):
+        fed.node_progress(session, frame)
+    elif isinstance(frame, Left):
+        return frame.reason or "left"
+    else:
+        session.send(Error(code="protocol", message=f"a {frame.type!r} frame is not expected now"))
+    return None
 
 
 async def _drain_outbox(ws: web.WebSocketResponse, session: NodeSession) -> None:

@@ -137,12 +137,12 @@ def _round_arg(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str,
 
 
 def _close(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
-    """``_close_round(closed)`` and ``_settle(closed, published)``: a ``RoundClosed``."""
+    """``_close_round(closed)`` and ``settle_round(closed, published)``: a ``RoundClosed``."""
     return {"round": args[1].round}
 
 
 def _published(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]:
-    """``_write_checkpoint(published)``: a ``Published`` round (round 0: the initial weights)."""
+    """``WeightsFiles.write(published)``: a ``Published`` round (round 0: the initial weights)."""
     return {"round": args[1].checkpoint.round}
 
 
@@ -154,20 +154,21 @@ def _kind(args: tuple[Any, ...], _kw: dict[str, Any], _r: Any) -> dict[str, Any]
 Probe = tuple[str, str, Info | None, bool]
 
 SERVER_PROBES: list[Probe] = [
-    ("server.web.app:read_body", "read_body", _request_round, False),
-    ("server.web.app:_bytes_with_etag|server.web.app:_file_with_etag", "serve_file", _kind, False),
-    ("server.job.job:Job.upload", "job_upload", _job_upload, True),
-    ("server.job.job:decode_tensors", "decode", None, False),
+    ("server.web.transfer:read_body", "read_body", _request_round, False),
+    ("server.web.transfer:bytes_with_etag", "serve_file", _kind, False),
+    # From the read body on (decode, then the fold under the lock): the body's read is "upload".
+    ("server.job.intake:Intake._decode", "job_upload", _job_upload, True),
+    ("server.job.intake:decode_tensors", "decode", None, False),
     ("server.core.aggregation:FedAvg.add", "fold", None, True),
     ("server.core.aggregation:FedAvg.result_into", "result", None, False),
     # The next global weights: averaged straight into the file's bytes, then sha256.
-    ("server.job.job:Job._weights_file", "publish", _round_arg, True),
+    ("server.job.checkpoints:WeightsFiles.build", "publish", _round_arg, True),
     # A closed round's after-work (evaluate, checkpoint, record, ``round_closed``): off the
     # critical path except for the last round. The analysis attributes ``evaluate`` rows to
     # the round whose settle they ran inside, so this one is required.
-    ("server.job.job:Job._settle", "settle", _close, True),
-    ("server.job.job:evaluate", "evaluate", None, True),
-    ("server.job.job:Job._write_checkpoint", "checkpoint", _published, False),
+    ("server.job.settle:Settler.settle_round", "settle", _close, True),
+    ("server.job.settle:evaluate", "evaluate", None, True),
+    ("server.job.checkpoints:WeightsFiles.write", "checkpoint", _published, False),
     ("server.job.job:Job._close_round", "close_round", _close, False),
 ]
 
@@ -175,10 +176,10 @@ NODE_PROBES: list[Probe] = [
     ("node.agent:Agent._handle", "frame", _frame, True),
     ("node.transport:HttpTransport.download", "download", _path_bytes, True),
     ("node.transport:HttpTransport.upload_weights", "upload", _path_body, True),
-    ("node.agent:decode_weights", "decode", None, True),
-    ("node.agent:train_epoch", "train", None, True),
-    ("node.agent:weights_parts", "encode", None, True),
-    # The model around the downloaded tensors, inside ``train_epoch``.
+    ("node.pipeline:decode_weights", "decode", None, True),
+    ("node.pipeline:train_locally", "train", None, True),
+    ("node.pipeline:weights_parts", "encode", None, True),
+    # The model around the downloaded tensors, inside ``train_locally``.
     ("node.trainer:model_with_state|node.trainer:build_model", "build_model", None, False),
     ("node.trainer:_evaluate", "validate", None, False),
 ]

@@ -211,7 +211,7 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         "evaluates, checkpoints and records round r after that, in the background "
         "(`round_closed`(r) comes after `round_opened`(r+1)), so that work is off the cycle; "
         "the last round has no next round and ends at its own `round_closed`, so its cycle "
-        "includes its evaluation and checkpoint. *compute* = the `train_epoch` wall time of "
+        "includes its evaluation and checkpoint. *compute* = the `train_locally` wall time of "
         "the node whose upload closed the round (the model around the downloaded tensors, "
         "the batch, validation). *overhead* = cycle - compute. *floor* = 2 x nodes weights "
         "files through one loopback TCP socket pair + one in-place weighted average of the "
@@ -253,7 +253,7 @@ def _overhead(b: dict[str, Any]) -> list[str]:
         "the test split |",
         f"| checkpoint | {span(s['checkpoint'])} | server, inside settle: atomic write of the "
         "published file |",
-        f"| node compute (max) | {span(s['compute_max'])} | slowest node's `train_epoch` |",
+        f"| node compute (max) | {span(s['compute_max'])} | slowest node's `train_locally` |",
         f"| of which model build | {span(s['build_model_max'])} | `model_with_state` inside it |",
         "",
         "**Critical path** of a round, cut at the timestamps of the node that closed it "

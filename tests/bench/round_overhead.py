@@ -17,7 +17,7 @@ Definitions (all timestamps are ``time.time()`` on this one machine):
   ``round_closed``, after its evaluation and checkpoint, which are in its cycle.
 - **cycle(r)** = end(r) - start(r): notification to the next global model out.
 - **critical node**: the node whose upload the server accepted last (it closed the round).
-- **compute(r)**: the critical node's ``train_epoch`` wall time (what it reports as
+- **compute(r)**: the critical node's ``train_locally`` wall time (what it reports as
   ``seconds``: the model around the downloaded tensors, one batch, validation).
 - **overhead(r)** = cycle(r) - compute(r).
 - **critical path**: cycle(r) split at the critical node's timestamps, with no gaps:

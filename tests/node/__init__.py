@@ -1,0 +1,1 @@
+"""Tests of the node: its agent's parts, trainer, transport, settings and identity."""

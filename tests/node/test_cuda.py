@@ -9,7 +9,7 @@ import torch
 from node.shared.model import ModelSpec, init_state
 from node.shared.protocol import TrainConfig
 from node.shared.weights import check_state, expected_layout
-from node.trainer import measure_capacity, resolve_device, train_epoch
+from node.trainer import measure_capacity, resolve_device, train_locally
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,7 +24,7 @@ def test_auto_picks_cuda_and_a_round_trains_there() -> None:
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (257, 28, 28), dtype=torch.uint8, generator=generator)
     y = (x.float().mean(dim=(1, 2)) > 127.5).long()  # learnable: bright vs dark
-    result = train_epoch(
+    result = train_locally(
         spec, init_state(spec, 0), x, y, TrainConfig(), device=device, seed=1, val=(x[:32], y[:32])
     )
     assert all(t.device.type == "cpu" for t in result.state.values())  # ready to upload

@@ -17,7 +17,7 @@ from node.trainer import (
     measure_capacity,
     resolve_device,
     split_validation,
-    train_epoch,
+    train_locally,
 )
 
 CPU = torch.device("cpu")
@@ -36,7 +36,7 @@ def _data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def _train(
     x: torch.Tensor, y: torch.Tensor, config: TrainConfig | None = None, **kwargs: object
 ) -> LocalResult:
-    return train_epoch(
+    return train_locally(
         SPEC,
         init_state(SPEC, 0),
         x,
@@ -86,17 +86,17 @@ def test_training_does_not_change_the_global_state_it_was_given() -> None:
     x, y = _data(16)
     start = init_state(SPEC, 0)
     copy = {k: v.clone() for k, v in start.items()}
-    train_epoch(SPEC, start, x, y, TrainConfig(batch_size=4), device=CPU, seed=1)
+    train_locally(SPEC, start, x, y, TrainConfig(batch_size=4), device=CPU, seed=1)
     assert all(torch.equal(start[k], copy[k]) for k in start)
 
 
 def test_in_place_training_trains_the_given_tensors_to_the_same_result() -> None:
     x, y = _data(16)
-    copied = train_epoch(
+    copied = train_locally(
         SPEC, init_state(SPEC, 0), x, y, TrainConfig(batch_size=4), device=CPU, seed=1
     )
     owned = init_state(SPEC, 0)
-    shared = train_epoch(
+    shared = train_locally(
         SPEC, owned, x, y, TrainConfig(batch_size=4), device=CPU, seed=1, in_place=True
     )
     for key, value in shared.state.items():
@@ -141,7 +141,7 @@ def test_split_validation_does_not_touch_the_global_rng() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_train_epoch_learns_an_easy_problem() -> None:
+def test_train_locally_learns_an_easy_problem() -> None:
     x, y = _data(128)
     vx, vy = _data(64, seed=9)
     model = build_model(SPEC).eval()
@@ -163,13 +163,13 @@ def test_no_validation_metrics_without_validation_samples() -> None:
     assert "val_loss" not in _train(x, y).metrics
 
 
-def test_train_epoch_without_dropout_is_deterministic_for_a_seed() -> None:
+def test_train_locally_without_dropout_is_deterministic_for_a_seed() -> None:
     # The batch order comes from ``seed``; dropout masks come from torch's global RNG.
     spec = ModelSpec(input_shape=(1, 4, 4), hidden=(16,), dropout=(), num_classes=2)
     x, y = _data(32)
     config = TrainConfig(batch_size=4)
     a, b = (
-        train_epoch(spec, init_state(spec, 0), x, y, config, device=CPU, seed=1) for _ in range(2)
+        train_locally(spec, init_state(spec, 0), x, y, config, device=CPU, seed=1) for _ in range(2)
     )
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
 

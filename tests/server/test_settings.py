@@ -189,6 +189,38 @@ def test_every_problem_is_reported_at_once() -> None:
     assert "AGGREGATION" in str(info.value)
 
 
+def test_the_problems_come_in_one_fixed_order() -> None:
+    env = {
+        **ENV,
+        "FEDAVG_MAX_EVENTS": "1",
+        "FEDAVG_HEADER_TIMEOUT": "0",
+        "FEDAVG_TLS_CERT": "/nonexistent/cert.pem",
+        "FEDAVG_UPLOAD_SLOTS": "0",
+        "FEDAVG_IDLE_TIMEOUT": "0",
+        "SHARD_OVERLAP": "2",
+    }
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    named = [problem.split()[0] for problem in str(info.value).split("; ")]
+    assert named == [
+        "SHARD_OVERLAP",
+        "FEDAVG_IDLE_TIMEOUT",
+        "FEDAVG_UPLOAD_SLOTS",
+        "TLS",
+        "TLS",
+        "FEDAVG_HEADER_TIMEOUT",
+        "FEDAVG_MAX_EVENTS",
+    ]
+
+
+def test_the_first_unreadable_value_is_the_one_named() -> None:
+    env = {**ENV, "MODEL_HIDDEN_1": "wide", "FEDAVG_PORT": "high", "FEDAVG_MAX_EVENTS": "many"}
+    with pytest.raises(SettingsError, match="'wide'"):
+        Settings.from_env(env)
+    with pytest.raises(SettingsError, match="'high'"):
+        Settings.from_env({**env, "MODEL_HIDDEN_1": "64"})
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.4", "::", "fed.example"])
 def test_a_public_host_needs_both_tokens_or_insecure(host: str) -> None:
     env = {**ENV, "FEDAVG_HOST": host}

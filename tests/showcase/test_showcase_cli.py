@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 
-from showcase.cli import build_source, configure_logging, parse_args
+from node.shared.logs import LOG_BURST, configure_logging
+from showcase import cli
+from showcase.cli import build_source, parse_args
 from showcase.errors import SettingsError
 from showcase.settings import Settings, default_models_dir, parse_urls
 from showcase.sources import DirectorySource, OrchestratorSource
@@ -24,6 +28,7 @@ def test_defaults() -> None:
     assert settings.models_dir == Path("/home/ada/.local/share/fedavg/models")
     assert settings.orchestrator_urls == ()
     assert settings.max_upload_bytes == 64 * 1024 * 1024
+    assert settings.log_format == "auto"
 
 
 @pytest.mark.parametrize(
@@ -131,15 +136,64 @@ def test_the_source_follows_the_settings(tmp_path: Path) -> None:
     assert isinstance(orchestrated, OrchestratorSource)
 
 
-def test_logs_are_json_lines_when_not_a_terminal() -> None:
-    stream = io.StringIO()
-    configure_logging(stream)
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
-        structlog.get_logger("showcase.test").info("model_selected", model="m.safetensors")
+        yield
     finally:
         structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
-    event = json.loads(stream.getvalue())
-    assert event["event"] == "model_selected"
-    assert event["model"] == "m.safetensors"
-    assert event["level"] == "info"
+
+@pytest.mark.usefixtures("restore_logging")
+def test_logs_are_json_lines_when_not_a_terminal() -> None:
+    stream = io.StringIO()
+    configure_logging(Settings.from_env(HOME).log_format, stream=stream)
+    structlog.get_logger("showcase.test").info("model_selected", model="m.safetensors")
+    logging.getLogger("bokeh.server").warning("Refusing websocket connection from %s", "x")
+
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["event"] == "model_selected"
+    assert first["model"] == "m.safetensors"
+    assert first["level"] == "info"
+    # Panel's and Bokeh's own records (the standard library's) are JSON lines too.
+    assert (second["logger"], second["level"]) == ("bokeh.server", "warning")
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_repeated_lines_are_capped_like_the_servers() -> None:
+    stream = io.StringIO()
+    configure_logging("json", stream=stream)
+    for i in range(LOG_BURST + 30):
+        structlog.get_logger("showcase.test").warning("model_unreadable", i=i)
+
+    assert len(stream.getvalue().splitlines()) == LOG_BURST
+
+
+@pytest.mark.parametrize(("value", "expected"), [("json", "json"), ("console", "console")])
+def test_the_log_format_comes_from_fedavg_log_format(value: str, expected: str) -> None:
+    assert parse_args([], {**HOME, "FEDAVG_LOG_FORMAT": value}).log_format == expected
+
+
+def test_a_bad_log_format_stops_startup(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([], {**HOME, "FEDAVG_LOG_FORMAT": "xml"})
+
+    assert exit_info.value.code == 2
+    assert "FEDAVG_LOG_FORMAT must be auto, json or console" in capsys.readouterr().err
+
+
+def test_main_sets_up_the_shared_logging_in_the_configured_format(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(cli, "configure_logging", lambda fmt: calls.append(("logging", fmt)))
+    monkeypatch.setattr(cli, "serve", lambda settings: calls.append(("serve", settings.port)))
+    monkeypatch.setenv("FEDAVG_LOG_FORMAT", "console")
+
+    cli.main(["--port", "7001"])
+
+    assert calls == [("logging", "console"), ("serve", 7001)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,10 +19,10 @@ from aiohttp import web
 from showcase_support import AiohttpServer, TrainedModel, fake_orchestrator, model_bytes, serve
 
 from node.shared.model import ModelSpec, init_state
-from node.shared.weights import WeightsMeta, encode_weights
+from node.shared.weights import MAX_HEADER_BYTES, WeightsMeta, encode_weights
 from showcase.errors import InvalidModelError, NoModelError, SourceError
 from showcase.models import ModelCache, load_model
-from showcase.sources import DirectorySource, OrchestratorSource
+from showcase.sources import DirectorySource, OrchestratorSource, _read_file_meta
 
 
 def when(day: int) -> datetime:
@@ -62,6 +63,24 @@ def test_folder_skips_files_that_are_not_models(
 
     assert [m.name for m in source.list_models()] == ["good.safetensors"]
     assert [m.name for m in source.list_models()] == ["good.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        (b"\x10\x00", "truncated safetensors"),
+        (struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{}", "header length is out of bounds"),
+        (struct.pack("<Q", 2) + b"[]", "header must be an object"),
+        (struct.pack("<Q", 3) + b"{x}", "header is not JSON"),
+    ],
+)
+def test_a_folder_file_with_a_bad_header_is_refused_by_the_shared_parser(
+    tmp_path: Path, head: bytes, message: str
+) -> None:
+    (tmp_path / "bad.safetensors").write_bytes(head)
+    with pytest.raises(InvalidModelError, match=message):
+        _read_file_meta(tmp_path / "bad.safetensors")
+    assert DirectorySource(tmp_path).list_models() == []
 
 
 def test_folder_without_created_metadata_falls_back_to_file_time(tmp_path: Path) -> None:

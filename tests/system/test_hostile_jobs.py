@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import torch
 
-from node.shared.model import ModelSpec
 from node.shared.protocol import Done, Train, WeightsReady
 from node.shared.shards import decode_xy
 from node.shared.weights import WeightsMeta, decode_weights, encode_weights, expected_layout
@@ -78,7 +77,7 @@ async def every_route_is_strict_json(node: FakeNode) -> None:
 
 
 def zeros_for(train: Train, round_: int) -> bytes:
-    spec = ModelSpec.from_dict(train.model_spec)
+    spec = train.model_spec
     state = {
         k: torch.zeros(shape, dtype=dtype) for k, (shape, dtype) in expected_layout(spec).items()
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.shared.errors import ProtocolError
+from node.shared.model import ModelSpec
 from node.shared.protocol import (
     FRAME_TYPES,
     MAX_FRAME_BYTES,
@@ -57,7 +59,7 @@ EXAMPLES: list[Frame] = [
         dataset="mnist",
         shard_url="/shards/mnist-1/n1",
         shard_sha256="ab" * 32,
-        model_spec={"arch": "mlp", "hidden": [8], "dropout": []},
+        model_spec=ModelSpec(hidden=(8,), dropout=()),
         config=TrainConfig(
             lr=0.01, batch_size=16, optimizer="sgd", local_epochs=2, seed=4, wire_dtype="bfloat16"
         ),
@@ -71,7 +73,7 @@ EXAMPLES: list[Frame] = [
         dataset="d",
         shard_url="/s",
         shard_sha256="",
-        model_spec={},
+        model_spec=ModelSpec(),
         config=TrainConfig(validation_split=0.2),
         rounds=1,
         round=1,
@@ -172,6 +174,40 @@ def test_refuses_malformed_frames(text: str | bytes, fragment: str) -> None:
         decode(text)
 
 
+def test_a_train_frame_carries_its_model_spec_as_an_object() -> None:
+    spec = ModelSpec(input_shape=(3, 32, 32), hidden=(64, 32), dropout=(0.1,), num_classes=4)
+    frame = dataclasses.replace(EXAMPLES[5], model_spec=spec)
+    text = encode(frame)
+    assert json.loads(text)["model_spec"] == spec.to_dict()
+    decoded = decode(text)
+    assert isinstance(decoded, Train) and decoded == frame
+    assert isinstance(decoded.model_spec, ModelSpec) and decoded.model_spec == spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ([], "must be an object"),
+        ("mlp", "must be an object"),
+        (None, "must be an object"),
+        ({"arch": "cnn"}, "unknown arch"),
+        ({"layers": 3}, "unknown model spec fields"),
+        ({"hidden": [0]}, "hidden layers"),
+        ({"hidden": [True]}, "bad model spec"),
+        ({"hidden": "8"}, "bad model spec"),
+        ({"dropout": [0.5, 0.5, 0.5, 0.5]}, "dropout"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"norm_std": 0}, "norm_std"),
+        ({"norm_mean": 10**400}, "bad model spec"),  # float() overflows
+    ],
+)
+def test_a_train_frame_with_a_malformed_model_spec_is_a_protocol_error(
+    spec: Any, fragment: str
+) -> None:
+    with pytest.raises(ProtocolError, match=f"train.model_spec: .*{fragment}"):
+        decode(json.dumps({**_train(), "model_spec": spec}))
+
+
 def test_refuses_a_missing_field() -> None:
     data = _hello()
     del data["capacity"]
@@ -230,14 +266,14 @@ def test_reading_keeps_finite_numbers_and_drops_the_rest() -> None:
     assert [reading(v) for v in (math.nan, math.inf, -math.inf)] == [None, None, None]
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 10**400, -(10**400)])
 @pytest.mark.parametrize("where", ["hello.capacity", "train.config.lr"])
 def test_refuses_non_finite_numbers(value: float, where: str) -> None:
     frame = {"progress": _progress, "hello": _hello, "train": _train}[where.split(".")[0]]()
     target = frame["config"] if "config" in where else frame
     target[where.rsplit(".", 1)[1]] = value
     text = json.dumps(frame)  # Python writes NaN/Infinity, and its json reads them back
-    assert "NaN" in text or "Infinity" in text
+    assert "NaN" in text or "Infinity" in text or "0" * 400 in text  # or an int too big
     with pytest.raises(ProtocolError, match="finite"):
         decode(text)
 

@@ -26,7 +26,9 @@ from node.shared.weights import (
     decode_weights,
     encode_weights,
     expected_layout,
+    header_length,
     on_the_wire,
+    parse_header,
     read_metadata,
     sha256_hex,
     weights_buffer,
@@ -300,6 +302,43 @@ def test_refuses_dtypes_torch_cannot_map(dtype: str) -> None:
 
 def test_read_metadata_of_a_file_without_metadata_is_empty() -> None:
     assert read_metadata(st_save({"w": torch.zeros(2)})) == {}
+
+
+def test_parse_header_returns_the_header_and_where_the_data_starts() -> None:
+    data = _file()
+    header, start = parse_header(data)
+    assert start == 8 + _header_len(data)
+    assert header["__metadata__"] == _meta().to_metadata()
+    assert parse_header(memoryview(bytearray(data))) == (header, start)
+    assert header_length(data[:8]) == _header_len(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "truncated safetensors: no header length"),
+        (b"\x01" * 7, "truncated safetensors: no header length"),
+        (_raw({}, length=MAX_HEADER_BYTES + 1), "header length is out of bounds"),
+        (_raw({}, length=64), "header length is out of bounds"),
+        (_raw(b"{not json"), "header is not JSON"),
+        (_raw(b"\xff\xfe"), "header is not JSON"),
+        (_raw(b"[" * 5000 + b"]" * 5000), "nested too deeply"),
+        (_raw([1, 2]), "header must be an object"),
+    ],
+)
+def test_the_one_header_parser_refuses_clearly(data: bytes, message: str) -> None:
+    with pytest.raises(WeightsError, match=message):
+        parse_header(data)
+    with pytest.raises(WeightsError, match=message):
+        read_metadata(data)
+    with pytest.raises(WeightsError, match=f"not a valid safetensors file: .*{message}"):
+        decode_tensors(data)
+
+
+def test_header_length_refuses_a_huge_length_before_reading_it() -> None:
+    assert header_length(struct.pack("<Q", MAX_HEADER_BYTES)) == MAX_HEADER_BYTES
+    with pytest.raises(WeightsError, match="out of bounds"):
+        header_length(struct.pack("<Q", 2**64 - 1))
 
 
 # -- labelled sets ------------------------------------------------------------------------------

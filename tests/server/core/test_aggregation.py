@@ -91,8 +91,8 @@ def _tensors(obj: object) -> Iterator[torch.Tensor]:
 
 def test_weighted_literal() -> None:
     agg = FedAvg(LAYOUT)
-    agg.add("a", _update(1.0), samples=1)
-    agg.add("b", _update(4.0), samples=3)
+    agg.add(_update(1.0), samples=1)
+    agg.add(_update(4.0), samples=3)
     assert agg.count == 2
     assert agg.total_weight == 4
     _close(agg.result(), _update((1.0 * 1 + 4.0 * 3) / 4))
@@ -100,15 +100,15 @@ def test_weighted_literal() -> None:
 
 def test_uniform_literal_ignores_samples() -> None:
     agg = FedAvg(LAYOUT, weighting="uniform")
-    agg.add("a", _update(1.0), samples=1)
-    agg.add("b", _update(4.0), samples=1000)
-    agg.add("c", _update(-2.0), samples=0)
+    agg.add(_update(1.0), samples=1)
+    agg.add(_update(4.0), samples=1000)
+    agg.add(_update(-2.0), samples=0)
     _close(agg.result(), _update(1.0))
 
 
 def test_result_is_repeatable_and_independent_of_state() -> None:
     agg = FedAvg(LAYOUT)
-    agg.add("a", _update(2.0), samples=5)
+    agg.add(_update(2.0), samples=5)
     first = agg.result()
     first["w"].fill_(99.0)
     _close(agg.result(), _update(2.0))
@@ -116,8 +116,8 @@ def test_result_is_repeatable_and_independent_of_state() -> None:
 
 def test_half_precision_uploads_are_upcast() -> None:
     agg = FedAvg(LAYOUT)
-    agg.add("a", {k: v.half() for k, v in _update(1.5).items()}, samples=1)
-    agg.add("b", {k: v.bfloat16() for k, v in _update(2.5).items()}, samples=1)
+    agg.add({k: v.half() for k, v in _update(1.5).items()}, samples=1)
+    agg.add({k: v.bfloat16() for k, v in _update(2.5).items()}, samples=1)
     _close(agg.result(), _update(2.0))
 
 
@@ -127,7 +127,7 @@ def test_real_model_layout() -> None:
     states = [init_state(spec, seed=s) for s in range(3)]
     agg = make_strategy("weighted", layout)
     for i, state in enumerate(states):
-        agg.add(f"n{i}", state, samples=i + 1)
+        agg.add(state, samples=i + 1)
     expected = {
         k: torch.stack([(i + 1) * s[k].double() for i, s in enumerate(states)]).sum(0) / 6
         for k in layout
@@ -161,35 +161,14 @@ def test_bad_tensors_refused_with_nothing_folded(
     why: str, bad: dict[str, torch.Tensor], name: str
 ) -> None:
     agg = make_strategy(name, LAYOUT)
-    agg.add("a", _update(2.0), samples=2)
+    agg.add(_update(2.0), samples=2)
     before = agg.result()
     with pytest.raises(WeightsError):
-        agg.add("bad", bad, samples=2)
+        agg.add(bad, samples=2)
     assert agg.count == 1
     _close(agg.result(), before)
-    agg.add("bad", _update(2.0), samples=2)  # the node may retry with a good update
+    agg.add(_update(2.0), samples=2)  # the node may retry with a good update
     assert agg.count == 2
-
-
-@pytest.mark.parametrize("name", STRATEGIES)
-def test_duplicate_node_refused(name: str) -> None:
-    agg = make_strategy(name, LAYOUT)
-    agg.add("a", _update(1.0), samples=1)
-    with pytest.raises(AggregationError, match="already"):
-        agg.add("a", _update(9.0), samples=1)
-    assert agg.count == 1
-    _close(agg.result(), _update(1.0))
-
-
-@pytest.mark.parametrize(
-    ("name", "samples"),
-    [("weighted", 0), ("weighted", -1), ("uniform", -1), ("median", -1), ("trimmed_mean", -1)],
-)
-def test_bad_sample_counts_refused(name: str, samples: int) -> None:
-    agg = make_strategy(name, LAYOUT)
-    with pytest.raises(AggregationError, match="samples"):
-        agg.add("a", _update(1.0), samples=samples)
-    assert agg.count == 0
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -243,8 +222,8 @@ def _as_state(flat: list[float]) -> dict[str, torch.Tensor]:
 @given(updates, st.sampled_from(["weighted", "uniform"]))
 def test_matches_reference_mean(ups: list[tuple[list[float], int]], weighting: str) -> None:
     agg = make_strategy(weighting, LAYOUT)
-    for i, (flat, samples) in enumerate(ups):
-        agg.add(f"n{i}", _as_state(flat), samples)
+    for flat, samples in ups:
+        agg.add(_as_state(flat), samples)
     weights = [float(s) if weighting == "weighted" else 1.0 for _, s in ups]
     stacked = torch.tensor([flat for flat, _ in ups], dtype=torch.float64)
     w = torch.tensor(weights, dtype=torch.float64)
@@ -258,14 +237,14 @@ def test_order_independent_and_streaming_equals_batch(
     ups: list[tuple[list[float], int]], rnd: random.Random
 ) -> None:
     batch = make_strategy("weighted", LAYOUT)
-    for i, (flat, samples) in enumerate(ups):
-        batch.add(f"n{i}", _as_state(flat), samples)
-    order = list(enumerate(ups))
+    for flat, samples in ups:
+        batch.add(_as_state(flat), samples)
+    order = list(ups)
     rnd.shuffle(order)
     streamed = make_strategy("weighted", LAYOUT)
     partials = []
-    for i, (flat, samples) in order:
-        streamed.add(f"n{i}", _as_state(flat), samples)
+    for flat, samples in order:
+        streamed.add(_as_state(flat), samples)
         partials.append(streamed.result())  # asking mid-stream must not disturb the sum
     _close(streamed.result(), batch.result())
     _close(partials[-1], batch.result())
@@ -283,7 +262,7 @@ def test_memory_is_one_accumulator_per_key() -> None:
         assert sum(t.numel() for t in held) == expected_numel
         for _round in range(2):
             for i in range(50):
-                agg.add(f"n{i}", init_state(spec, seed=i), samples=i + 1)
+                agg.add(init_state(spec, seed=i), samples=i + 1)
                 held = list(_tensors(agg))
                 assert len(held) == len(layout) + 1
                 assert sum(t.numel() for t in held) == expected_numel
@@ -300,7 +279,7 @@ def test_robust_strategies_hold_one_float32_copy_per_update(name: str) -> None:
     agg = make_strategy(name, layout)
     assert list(_tensors(agg)) == []
     for i in range(5):
-        agg.add(f"n{i}", {k: v.half() for k, v in init_state(spec, seed=i).items()}, samples=1)
+        agg.add({k: v.half() for k, v in init_state(spec, seed=i).items()}, samples=1)
         held = list(_tensors(agg))
         assert len(held) == (i + 1) * len(layout)
         assert sum(t.numel() for t in held) == (i + 1) * model_numel
@@ -313,7 +292,7 @@ def test_robust_strategies_hold_one_float32_copy_per_update(name: str) -> None:
 def _add_all(name: str, fills: list[float]) -> dict[str, torch.Tensor]:
     agg = make_strategy(name, LAYOUT)
     for i, fill in enumerate(fills):
-        agg.add(f"n{i}", _update(fill), samples=i + 1)
+        agg.add(_update(fill), samples=i + 1)
     return agg.result()
 
 
@@ -333,9 +312,9 @@ def test_median_literal_is_the_true_median(fills: list[float], expected: float) 
 
 def test_median_is_per_coordinate_and_ignores_samples() -> None:
     agg = CoordinateMedian(LAYOUT)
-    agg.add("a", {"w": torch.tensor([[0.0, 9.0, 1.0], [5.0, 5.0, 5.0]]), "b": torch.zeros(3)}, 1)
-    agg.add("b", {"w": torch.tensor([[1.0, 0.0, 2.0], [5.0, 6.0, 7.0]]), "b": torch.ones(3)}, 99)
-    agg.add("c", {"w": torch.tensor([[2.0, 1.0, 0.0], [5.0, 7.0, 6.0]]), "b": torch.ones(3)}, 1)
+    agg.add({"w": torch.tensor([[0.0, 9.0, 1.0], [5.0, 5.0, 5.0]]), "b": torch.zeros(3)}, 1)
+    agg.add({"w": torch.tensor([[1.0, 0.0, 2.0], [5.0, 6.0, 7.0]]), "b": torch.ones(3)}, 99)
+    agg.add({"w": torch.tensor([[2.0, 1.0, 0.0], [5.0, 7.0, 6.0]]), "b": torch.ones(3)}, 1)
     _close(
         agg.result(),
         {"w": torch.tensor([[1.0, 1.0, 1.0], [5.0, 6.0, 6.0]]), "b": torch.ones(3)},
@@ -381,8 +360,8 @@ def test_trimmed_mean_literal(fills: list[float], expected: float) -> None:
 
 def test_trimmed_mean_beta_zero_is_the_plain_mean() -> None:
     agg = TrimmedMean(LAYOUT, beta=0.0)
-    for i, fill in enumerate([0.0, 1.0, 2.0, 3.0, 100.0]):
-        agg.add(f"n{i}", _update(fill), samples=1)
+    for fill in [0.0, 1.0, 2.0, 3.0, 100.0]:
+        agg.add(_update(fill), samples=1)
     _close(agg.result(), _update(21.2))
 
 
@@ -403,7 +382,7 @@ def test_one_outlier_moves_fedavg_but_not_the_robust_statistics(name: str) -> No
 def test_robust_results_are_private_and_repeatable(name: str) -> None:
     agg = make_strategy(name, LAYOUT)
     mine = _update(2.0)
-    agg.add("a", mine, samples=1)
+    agg.add(mine, samples=1)
     mine["w"].fill_(-5.0)  # the caller reusing its buffer must not reach the kept copy
     first = agg.result()
     first["b"].fill_(99.0)
@@ -413,8 +392,8 @@ def test_robust_results_are_private_and_repeatable(name: str) -> None:
 @pytest.mark.parametrize("name", ROBUST)
 def test_robust_half_precision_and_real_layout(name: str) -> None:
     agg = make_strategy(name, LAYOUT)
-    agg.add("a", {k: v.half() for k, v in _update(1.5).items()}, samples=1)
-    agg.add("b", {k: v.bfloat16() for k, v in _update(2.5).items()}, samples=1)
+    agg.add({k: v.half() for k, v in _update(1.5).items()}, samples=1)
+    agg.add({k: v.bfloat16() for k, v in _update(2.5).items()}, samples=1)
     _close(agg.result(), _update(2.0))
 
     spec = ModelSpec(hidden=(8,), dropout=())
@@ -422,7 +401,7 @@ def test_robust_half_precision_and_real_layout(name: str) -> None:
     states = [init_state(spec, seed=s) for s in range(3)]
     agg = make_strategy(name, layout)
     for i, state in enumerate(states):
-        agg.add(f"n{i}", state, samples=i + 1)
+        agg.add(state, samples=i + 1)
     expected = {k: torch.stack([s[k] for s in states]).median(dim=0).values for k in layout}
     _close(agg.result(), expected)  # odd n: torch's median is the true one
 
@@ -446,11 +425,11 @@ def _reference(name: str, stacked: np.ndarray) -> np.ndarray:
 def test_robust_matches_numpy_reference_in_any_order(
     ups: list[tuple[list[float], int]], name: str, rnd: random.Random
 ) -> None:
-    order = list(enumerate(ups))
+    order = list(ups)
     rnd.shuffle(order)
     agg = make_strategy(name, LAYOUT)
-    for i, (flat, samples) in order:
-        agg.add(f"n{i}", _as_state(flat), samples)
+    for flat, samples in order:
+        agg.add(_as_state(flat), samples)
     stacked = np.array([flat for flat, _ in ups], dtype=np.float32).astype(np.float64)
     expected = torch.from_numpy(_reference(name, stacked))
     _close(agg.result(), {"w": expected[:6].reshape(2, 3), "b": expected[6:]})
@@ -477,10 +456,10 @@ def test_a_minority_cannot_leave_the_honest_range(
     n_bad = max(b for b in range(h) if tolerated(b))
     assert n_bad >= 1
     agg = make_strategy(name, LAYOUT)
-    for i, flat in enumerate(honest):
-        agg.add(f"h{i}", _as_state(flat), samples=1)
-    for i in range(n_bad):
-        agg.add(f"x{i}", _as_state([-size if negative else size] * 9), samples=10**6)
+    for flat in honest:
+        agg.add(_as_state(flat), samples=1)
+    for _ in range(n_bad):
+        agg.add(_as_state([-size if negative else size] * 9), samples=10**6)
     result = torch.cat([agg.result()["w"].flatten(), agg.result()["b"]])
     good = torch.tensor(honest, dtype=torch.float32)
     assert bool((result >= good.min(0).values).all() and (result <= good.max(0).values).all())
@@ -490,7 +469,7 @@ def test_a_minority_cannot_leave_the_honest_range(
 def test_reset_starts_a_round_like_a_fresh_strategy(name: str) -> None:
     reused = make_strategy(name, LAYOUT)
     for i in range(3):
-        reused.add(f"n{i}", _update(100.0 + i), samples=i + 1)
+        reused.add(_update(100.0 + i), samples=i + 1)
     reused.reset()
     assert reused.count == 0
     with pytest.raises(AggregationError):
@@ -498,7 +477,7 @@ def test_reset_starts_a_round_like_a_fresh_strategy(name: str) -> None:
     fresh = make_strategy(name, LAYOUT)
     for strategy in (reused, fresh):
         for i in range(3):
-            strategy.add(f"n{i}", _update(float(i)), samples=i + 1)  # same ids: a new round
+            strategy.add(_update(float(i)), samples=i + 1)  # a new round
     _close(reused.result(), fresh.result())
 
 
@@ -513,7 +492,7 @@ def test_fold_across_chunk_boundaries_matches_float64(weighting: str) -> None:
     ]
     agg = make_strategy(weighting, layout)
     for i, up in enumerate(ups):
-        agg.add(f"n{i}", up, samples=10 * (i + 1))
+        agg.add(up, samples=10 * (i + 1))
     w = [10.0 * (i + 1) if weighting == "weighted" else 1.0 for i in range(3)]
     expected = {
         k: sum(wi * up[k].double() for wi, up in zip(w, ups, strict=True)) / sum(w) for k in layout
@@ -535,10 +514,10 @@ def _global_model() -> dict[str, torch.Tensor]:
 def test_an_absurdly_scaled_update_is_refused_and_changes_nothing(name: str) -> None:
     strategy = make_strategy(name, LAYOUT)
     strategy.reset(UpdateBound.around(_global_model(), max_ratio=10.0))
-    strategy.add("honest", _update(1.0), 5)
+    strategy.add(_update(1.0), 5)
     for scale in (1e30, 1e6, 100.0):
         with pytest.raises(UpdateRefused, match="FEDAVG_MAX_UPDATE_RATIO"):
-            strategy.add("attacker", _update(2.0 * scale), 5)
+            strategy.add(_update(2.0 * scale), 5)
     assert strategy.count == 1
     _close(strategy.result(), _update(1.0))
 
@@ -586,4 +565,4 @@ def test_the_distance_is_exact_across_fold_chunks() -> None:
         UpdateBound.around(reference, max_ratio=math.sqrt(n) * 0.9999).check(update)
     strategy = FedAvg(layout)
     strategy.reset(bound)
-    strategy.add("a", update, 1)
+    strategy.add(update, 1)

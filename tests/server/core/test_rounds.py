@@ -12,10 +12,15 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from server.core.rounds import DeadlineExtended, JobFailed, RoundClosed, RoundMachine, Verdict
 
 NODES = ("a", "b", "c")
+SHARD = 100  # the most samples each of NODES may claim
 
 
 def _machine(**kwargs: object) -> RoundMachine:
-    args: dict[str, object] = {"total_rounds": 3, "participants": NODES, "deadline_s": 10.0}
+    args: dict[str, object] = {
+        "total_rounds": 3,
+        "participants": dict.fromkeys(NODES, SHARD),
+        "deadline_s": 10.0,
+    }
     args.update(kwargs)
     return RoundMachine(**args)  # type: ignore[arg-type]
 
@@ -25,7 +30,7 @@ def test_starts_closed_before_round_one() -> None:
     assert (m.round, m.last_closed, m.is_open, m.finished, m.failed) == (0, 0, False, False, False)
     assert m.deadline is None
     assert m.participants == frozenset(NODES)
-    assert m.check("a", 1) is Verdict.EARLY
+    assert m.check("a", 1, 1) is Verdict.EARLY
 
 
 def test_all_in_closes() -> None:
@@ -66,28 +71,30 @@ def test_late_upload_is_refused_and_straggler_moves_on() -> None:
     m.open(NODES, now=0.0)
     m.record("a", 1, samples=5, now=1.0)
     m.expire(10.0)
-    assert m.check("b", 1) is Verdict.LATE
+    assert m.check("b", 1, 1) is Verdict.LATE
     with pytest.raises(ValueError, match="late"):
         m.record("b", 1, samples=5, now=11.0)
     m.open(NODES, now=12.0)
-    assert m.check("b", 1) is Verdict.LATE
-    assert m.check("b", 2) is Verdict.ACCEPTED
+    assert m.check("b", 1, 1) is Verdict.LATE
+    assert m.check("b", 2, 1) is Verdict.ACCEPTED
 
 
-def test_duplicate_upload() -> None:
+@pytest.mark.parametrize("samples", [1, 5, SHARD])
+def test_duplicate_upload(samples: int) -> None:
+    """The machine is the one record of who is in: the strategy folds what passes here."""
     m = _machine()
     m.open(NODES, now=0.0)
     m.record("a", 1, samples=5, now=1.0)
-    assert m.check("a", 1) is Verdict.DUPLICATE
+    assert m.check("a", 1, samples) is Verdict.DUPLICATE
     with pytest.raises(ValueError, match="duplicate"):
-        m.record("a", 1, samples=7, now=2.0)
-    assert m.received["a"] == 5
+        m.record("a", 1, samples=samples, now=2.0)
+    assert dict(m.received) == {"a": 5}
 
 
 def test_early_upload() -> None:
     m = _machine()
     m.open(NODES, now=0.0)
-    assert m.check("a", 2) is Verdict.EARLY
+    assert m.check("a", 2, 1) is Verdict.EARLY
     with pytest.raises(ValueError, match="early"):
         m.record("a", 2, samples=1, now=1.0)
 
@@ -95,7 +102,7 @@ def test_early_upload() -> None:
 def test_not_participant() -> None:
     m = _machine()
     m.open(NODES, now=0.0)
-    assert m.check("zed", 1) is Verdict.NOT_PARTICIPANT
+    assert m.check("zed", 1, 1) is Verdict.NOT_PARTICIPANT
     with pytest.raises(ValueError):
         m.record("zed", 1, samples=1, now=1.0)
 
@@ -104,7 +111,7 @@ def test_checks_change_nothing() -> None:
     m = _machine()
     m.open(NODES, now=0.0)
     for node, r in [("a", 0), ("a", 1), ("a", 2), ("zed", 1)]:
-        m.check(node, r)
+        m.check(node, r, 1)
     assert m.received == {} and m.is_open and m.round == 1
 
 
@@ -119,7 +126,7 @@ def test_no_uploads_extends_then_fails() -> None:
     assert isinstance(failed, JobFailed) and failed.round == 1 and "no uploads" in failed.reason
     assert not m.is_open and m.failed and not m.finished and m.deadline is None
     assert m.expire(100.0) is None
-    assert m.check("a", 1) is Verdict.LATE
+    assert m.check("a", 1, 1) is Verdict.LATE
     with pytest.raises(ValueError, match="failed"):
         m.open(NODES, now=101.0)
 
@@ -149,8 +156,8 @@ def test_finishes_after_total_rounds() -> None:
         for node in NODES:
             m.record(node, r, samples=1, now=float(r))
     assert m.finished and m.round == 2 and not m.is_open
-    assert m.check("a", 2) is Verdict.FINISHED
-    assert m.check("a", 3) is Verdict.FINISHED
+    assert m.check("a", 2, 1) is Verdict.FINISHED
+    assert m.check("a", 3, 1) is Verdict.FINISHED
     with pytest.raises(ValueError, match="done"):
         m.open(NODES, now=10.0)
 
@@ -158,7 +165,7 @@ def test_finishes_after_total_rounds() -> None:
 def test_resume_with_last_closed() -> None:
     m = _machine(total_rounds=5, last_closed=3)
     assert m.round == 3 and m.last_closed == 3 and not m.finished
-    assert m.check("a", 3) is Verdict.LATE
+    assert m.check("a", 3, 1) is Verdict.LATE
     assert m.open(NODES, now=0.0) == 4
     assert _machine(total_rounds=5, last_closed=5).finished
 
@@ -167,7 +174,7 @@ def test_a_node_outside_the_participants_is_never_expected_nor_accepted() -> Non
     m = _machine()
     m.open(["a", "b", "newcomer"], now=0.0)
     assert m.expected == frozenset({"a", "b"})  # not a participant: not expected
-    assert m.check("newcomer", 1) is Verdict.NOT_PARTICIPANT
+    assert m.check("newcomer", 1, 1) is Verdict.NOT_PARTICIPANT
     with pytest.raises(ValueError):
         m.record("newcomer", 1, samples=4, now=1.0)
 
@@ -194,12 +201,28 @@ def test_open_while_open_refused() -> None:
         m.open(NODES, now=1.0)
 
 
-def test_negative_samples_refused() -> None:
+@pytest.mark.parametrize("samples", [-1, 0, SHARD + 1, 2**31])
+def test_sample_counts_outside_the_shard_are_refused(samples: int) -> None:
+    m = _machine(participants={"a": SHARD, "b": 7})
+    m.open(["a", "b"], now=0.0)
+    assert m.check("a", 1, samples) is Verdict.BAD_SAMPLES
+    with pytest.raises(ValueError, match="samples"):
+        m.record("a", 1, samples=samples, now=1.0)
+    assert m.received == {}
+    assert m.check("a", 1, 1) is Verdict.ACCEPTED
+    assert m.max_samples("b") == 7
+    assert m.check("b", 1, 8) is Verdict.BAD_SAMPLES  # each node by its own shard
+    assert m.record("b", 1, samples=7, now=2.0) is None
+    assert m.record("a", 1, samples=SHARD, now=3.0) is not None  # both bounds are inclusive
+
+
+def test_the_round_verdicts_come_before_the_sample_count() -> None:
     m = _machine()
     m.open(NODES, now=0.0)
-    with pytest.raises(ValueError, match="samples"):
-        m.record("a", 1, samples=-1, now=1.0)
-    assert m.check("a", 1) is Verdict.ACCEPTED
+    m.record("a", 1, samples=5, now=1.0)
+    assert m.check("a", 1, 0) is Verdict.DUPLICATE
+    assert m.check("b", 2, 0) is Verdict.EARLY
+    assert m.check("zed", 1, 0) is Verdict.NOT_PARTICIPANT
 
 
 @pytest.mark.parametrize(
@@ -233,7 +256,7 @@ class RoundsInvariants(RuleBasedStateMachine):
         self.total = 4
         self.m = RoundMachine(
             total_rounds=self.total,
-            participants=("a", "b"),
+            participants={"a": 30, "b": 40},
             deadline_s=5.0,
             max_empty_deadlines=2,
             max_missed_rounds=1,
@@ -264,7 +287,7 @@ class RoundsInvariants(RuleBasedStateMachine):
     @rule(node=st.sampled_from(ALL_NODES), offset=st.integers(-2, 2), samples=st.integers(0, 50))
     def upload(self, node: str, offset: int, samples: int) -> None:
         r = self.m.round + offset
-        verdict = self.m.check(node, r)
+        verdict = self.m.check(node, r, samples)
         if verdict is not Verdict.ACCEPTED:
             with pytest.raises(ValueError):
                 self.m.record(node, r, samples, self.now)
@@ -300,6 +323,7 @@ class RoundsInvariants(RuleBasedStateMachine):
         if m.is_open:
             assert m.round == m.last_closed + 1
             assert m.received.keys() <= m.participants
+            assert all(1 <= n <= m.max_samples(node) for node, n in m.received.items())
             assert not m.expected & (m.not_waited_for - m.received.keys())
 
 
@@ -345,7 +369,7 @@ def test_a_withdrawn_node_may_still_upload_if_it_comes_back() -> None:
     m = _machine()
     m.open(NODES, now=0.0)
     m.withdraw("c", now=1.0)
-    assert m.check("c", 1) is Verdict.ACCEPTED
+    assert m.check("c", 1, 1) is Verdict.ACCEPTED
     assert m.record("c", 1, 10, now=2.0) is None  # a and b are still expected
     m.record("a", 1, 10, now=3.0)
     closed = m.record("b", 1, 10, now=4.0)

@@ -41,7 +41,7 @@ from node.shared.protocol import (
 from node.shared.shards import decode_xy
 from node.shared.weights import WIRE_DTYPES, WeightsMeta, decode_weights, encode_weights, sha256_hex
 from server.core.evaluate import evaluate
-from server.job.job import SETTLE_BACKLOG
+from server.job.settle import SETTLE_BACKLOG
 from server.settings import Settings
 from server.web import sockets
 from server.web.app import SETTINGS, create_app
@@ -464,7 +464,7 @@ async def test_two_nodes_two_rounds(make_client: MakeClient) -> None:
     train_a, train_b = await a.expect(Train), await b.expect(Train)
     for train in (train_a, train_b):
         assert (train.job_id, train.dataset, train.round, train.rounds) == (job_id, "mnist", 1, 2)
-        assert ModelSpec.from_dict(train.model_spec) == SPEC
+        assert train.model_spec == SPEC
         assert train.weights_sha256 == train_a.weights_sha256
 
     error = await error_of(await client.post("/train/mnist?epochs=1"), 409)
@@ -657,7 +657,7 @@ async def test_a_slow_evaluation_never_holds_up_the_next_round(
         assert release.wait(30), "the test never released evaluation"
         return evaluate(*args)
 
-    monkeypatch.setattr("server.job.job.evaluate", held_evaluate)
+    monkeypatch.setattr("server.job.settle.evaluate", held_evaluate)
     client = await make_client()
     a = await connect(client, "a")
     await prepare_mnist(client)

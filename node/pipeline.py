@@ -1,0 +1,215 @@
+"""One training round on a node: its shard, the global weights in, local training, weights out.
+
+The agent owns the socket and decides what to train; :class:`RoundPipeline` does the work of
+a round over the connection's :class:`HttpTransport`, and keeps what outlives a connection:
+the decoded shard and the buffer each round's download refills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import torch
+
+from node.settings import NodeSettings
+from node.shared.atomic import atomic_write_bytes
+from node.shared.errors import ProtocolError
+from node.shared.model import ModelSpec
+from node.shared.protocol import Progress, TrainConfig, UploadQuery, encode, reading
+from node.shared.shards import decode_xy
+from node.shared.wandb_sink import WandbSink
+from node.shared.weights import WIRE_DTYPES, WeightsMeta, decode_weights, sha256_hex, weights_parts
+from node.trainer import Aborted, LocalResult, split_validation, train_locally
+from node.transport import HttpTransport, TransferError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    job_id: str
+    shard_url: str
+    shard_sha256: str
+    spec: ModelSpec
+    config: TrainConfig
+    rounds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The next round to train and the global weights to start it from."""
+
+    job_id: str
+    round: int
+    weights_url: str
+    weights_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class LocalData:
+    sha256: str
+    x: torch.Tensor
+    y: torch.Tensor
+    val: tuple[torch.Tensor, torch.Tensor]
+
+
+class RoundPipeline:
+    """Trains and uploads one round at a time for the agent."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        device: torch.device,
+        wandb: WandbSink,
+        *,
+        is_stale: Callable[[Target], bool],
+    ) -> None:
+        self.settings = settings
+        self.device = device
+        self.wandb = wandb
+        self.rounds_trained = 0
+        self._is_stale = is_stale  # thread-safe: the training thread polls it
+        self._data: LocalData | None = None
+        self._weights_buffer: bytearray | None = None  # reused by each round's download
+        self._log = log.bind(node_id=settings.node_id)
+
+    async def run(
+        self, transport: HttpTransport, outbox: asyncio.Queue[str], job: Assignment, target: Target
+    ) -> bool:
+        """Train ``target`` and upload the result; False if newer weights made it stale first."""
+        data = await self._local_data(transport, job)
+        state = await self._global_weights(transport, job, target)
+        try:
+            result = await asyncio.to_thread(
+                train_locally,
+                job.spec,
+                state,
+                data.x,
+                data.y,
+                job.config,
+                device=self.device,
+                seed=job.config.seed * 100_003 + target.round,
+                val=data.val,
+                on_progress=self._progress_reporter(target, outbox),
+                should_abort=functools.partial(self._is_stale, target),
+                in_place=True,  # the download is ours alone: train its tensors, no copy
+            )
+        except Aborted:
+            self._log.info("round_abandoned", round=target.round, reason="newer weights arrived")
+            return False
+        await self._upload(transport, job, target, result)
+        return True
+
+    async def _global_weights(
+        self, transport: HttpTransport, job: Assignment, target: Target
+    ) -> dict[str, torch.Tensor]:
+        # The last round's buffer is free again (trained, uploaded): refill it in place.
+        weights = self._weights_buffer = await transport.download(
+            target.weights_url, target.weights_sha256, into=self._weights_buffer
+        )
+        state, meta = await asyncio.to_thread(decode_weights, weights)
+        if meta.spec != job.spec:
+            raise ProtocolError("global weights do not match the job's model spec")
+        return state
+
+    async def _upload(
+        self, transport: HttpTransport, job: Assignment, target: Target, result: LocalResult
+    ) -> None:
+        """Send the trained weights; a refusal (4xx) is logged, a server failure raised."""
+        # The header and views of the trained tensors, streamed as they lie: no copy.
+        wire = WIRE_DTYPES[job.config.wire_dtype]
+        body = weights_parts(
+            {k: v.to(wire) for k, v in result.state.items()},  # no copy for float32
+            WeightsMeta(spec=job.spec, round=target.round, job_id=job.job_id),
+        )
+        query = UploadQuery(job.job_id, target.round, result.samples, result.metrics)
+        try:
+            await transport.upload_weights(f"/sync/weights?{query.encode()}", body)
+        except TransferError as exc:
+            if exc.status is None or exc.status >= 500:
+                raise
+            # 409: the round closed without us (we straggled); the newest weights come next.
+            self._log.warning(
+                "upload_refused", round=target.round, status=exc.status, error=str(exc)
+            )
+            return
+        self.rounds_trained += 1
+        self.wandb.log({f"local/{k}": v for k, v in result.metrics.items()}, step=target.round)
+        self._log.info("round_uploaded", round=target.round, **result.metrics)
+
+    def _progress_reporter(
+        self, target: Target, outbox: asyncio.Queue[str]
+    ) -> Callable[[int, int, float], None]:
+        loop = asyncio.get_running_loop()
+        interval = self.settings.progress_interval_s
+        last = [0.0]
+        tty = sys.stderr.isatty()
+
+        def report(batch: int, batches: int, loss: float) -> None:  # runs in the training thread
+            now = time.monotonic()
+            if batch != batches and now - last[0] < interval:
+                return
+            last[0] = now
+            text = encode(
+                Progress(
+                    job_id=target.job_id,
+                    round=target.round,
+                    batch=batch,
+                    batches=batches,
+                    loss=reading(loss),
+                )
+            )
+            loop.call_soon_threadsafe(_offer, outbox, text)
+            if tty:
+                draw_progress_bar(target.round, batch, batches, loss)
+
+        return report
+
+    async def _local_data(self, transport: HttpTransport, job: Assignment) -> LocalData:
+        """This job's shard: from memory, else the disk cache (by sha256), else downloaded once."""
+        if self._data is not None and self._data.sha256 == job.shard_sha256:
+            return self._data
+        path = self.settings.cache_dir / "shards" / f"{job.shard_sha256}.safetensors"
+        raw = await asyncio.to_thread(_read_if_matches, path, job.shard_sha256)
+        if raw is None:
+            raw = await transport.download(job.shard_url, job.shard_sha256)
+            await asyncio.to_thread(atomic_write_bytes, path, raw)
+            self._log.info("shard_downloaded", bytes=len(raw), sha256=job.shard_sha256[:12])
+        else:
+            self._log.info("shard_from_cache", sha256=job.shard_sha256[:12])
+        x, y = decode_xy(raw, input_shape=job.spec.input_shape, num_classes=job.spec.num_classes)
+        split = job.config.validation_split
+        fraction = self.settings.validation_split if split is None else split
+        train_x, train_y, val_x, val_y = split_validation(x, y, fraction, job.config.seed)
+        self._data = LocalData(job.shard_sha256, train_x, train_y, (val_x, val_y))
+        return self._data
+
+
+def draw_progress_bar(round_: int, batch: int, batches: int, loss: float, width: int = 30) -> None:
+    """The local epoch on a terminal: one line, redrawn in place, ended when the epoch is."""
+    filled = width * batch // max(1, batches)
+    bar = "#" * filled + "." * (width - filled)
+    end = "\n" if batch >= batches else ""
+    sys.stderr.write(f"\r  round {round_:>3} [{bar}] {batch}/{batches}  loss {loss:.4f}{end}")
+    sys.stderr.flush()
+
+
+def _offer(outbox: asyncio.Queue[str], text: str) -> None:
+    # Progress is a sample, not a log: dropping one under pressure is fine.
+    with contextlib.suppress(asyncio.QueueFull):
+        outbox.put_nowait(text)
+
+
+def _read_if_matches(path: Path, sha256: str) -> bytes | bytearray | None:
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    return data if sha256_hex(data) == sha256 else None

@@ -1,0 +1,34 @@
+"""The long-lived services a job works with, handed to it (and its parts) by the federation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.events import EventBus
+from server.metrics import Metrics
+from server.registry import NodeRegistry
+from server.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """The long-lived services a job works with."""
+
+    store: Store
+    bus: EventBus
+    registry: NodeRegistry
+    runs_dir: Path
+    models_dir: Path
+    aggregation: str
+    deadline_s: float
+    metrics: Metrics
+    background: Executor
+    upload_slots: int = 4
+    max_upload_bytes: int = 512 << 20  # the operator's cap; a job's own limit is its model's size
+    max_update_ratio: float = 10.0
+    max_missed_rounds: int = 2
+    clock: Callable[[], float] = time.time

@@ -1,0 +1,116 @@
+"""Rebuilding jobs after an orchestrator restart: from SQLite rows and the files they name.
+
+Plain functions over the store: ``Federation.resume_unfinished`` decides which run to resume
+and what to do when it cannot be.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from node.shared.errors import WeightsError
+from node.shared.model import ModelSpec
+from node.shared.protocol import TrainConfig
+from node.shared.weights import sha256_hex
+from server.datasets import DatasetInfo, load_split
+from server.job.job import Checkpoint, Job, JobContext
+from server.shard_files import ShardFile
+from server.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+def restore_job(
+    run: dict[str, Any], ctx: JobContext, dataset: DatasetInfo, datasets_path: Path
+) -> Job:
+    """Rebuild a job from SQLite (``ctx.store``) and the checkpoint files it names."""
+    config = run["config"]
+    shards = {
+        node_id: ShardFile(node_id, Path(d["path"]), d["sha256"], d["samples"], d["own"])
+        for node_id, d in config["shards"].items()
+    }
+    missing = [str(f.path) for f in shards.values() if not f.path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"shard files are gone: {missing}")
+    initial = config["initial"]
+    checkpoints = {0: Checkpoint(0, Path(initial["path"]), initial["sha256"])}
+    history = run_history(ctx.store, run)
+    for row in ctx.store.rounds(run["run_id"]):
+        if row.round != len(checkpoints):
+            raise ValueError(f"round {row.round} recorded after round {len(checkpoints) - 1}")
+        checkpoints[row.round] = Checkpoint(row.round, Path(row.checkpoint), row.sha256)
+    latest = checkpoints[max(checkpoints)]
+    if sha256_hex(latest.path.read_bytes()) != latest.sha256:
+        raise WeightsError(f"checkpoint {latest.path} does not match its recorded sha256")
+    return Job(
+        ctx,
+        run_id=run["run_id"],
+        dataset=dataset,
+        shards=shards,
+        spec=ModelSpec.from_dict(run["model_spec"]),
+        config=TrainConfig(**config["train"]),
+        rounds=run["rounds"],
+        seed=config["seed"],
+        test_split=load_split(datasets_path, dataset.dataset_id, "test"),
+        names={node_id: d["name"] for node_id, d in config["shards"].items()},
+        checkpoints=checkpoints,
+        history=history,
+        started_at=run["created"],
+    )
+
+
+def run_history(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's closed rounds as the views show them (what ``Job.history`` holds)."""
+    return [
+        {
+            "round": row.round,
+            "rounds": run["rounds"],
+            "contributors": row.contributors,
+            "samples": row.samples,
+            "partial": row.partial,
+            "missing": row.missing,
+            "test_accuracy": row.test_accuracy,
+            "test_loss": row.test_loss,
+            "seconds": row.closed_at - row.opened_at,
+        }
+        for row in store.rounds(run["run_id"])
+    ]
+
+
+def finished_view(store: Store, run: dict[str, Any]) -> dict[str, Any]:
+    """What ``Job.view`` said of a run that ended before this server started."""
+    history = run_history(store, run)
+    model = Path(run["model_path"]).name if run["model_path"] else None
+    return {
+        "run_id": run["run_id"],
+        "state": run["status"],
+        "dataset": run["dataset"],
+        "dataset_source": run["dataset_source"],
+        "round": len(history),
+        "rounds": run["rounds"],
+        "round_open": False,
+        "expected": [],
+        "received": [],
+        "not_waited_for": [],
+        "deadline_in_s": None,
+        "time_in_round_s": None,
+        "partial_rounds": sum(1 for h in history if h["partial"]),
+        "aggregation": run["aggregation"],
+        "started_at": run["created"],
+        "elapsed_s": (run["finished"] or run["created"]) - run["created"],
+        "history": history,
+        "error": run["error"],
+        "model_url": f"/models/{model}" if model else None,
+        "final_accuracy": run["final_accuracy"],
+    }
+
+
+def remove_stale_temp_files(*folders: Path) -> None:
+    """Temp files of writes a crash interrupted: never read as data, so just clear them."""
+    for folder in folders:
+        for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+            log.info("stale_temp_file_removed", path=str(tmp))
