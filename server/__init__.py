@@ -1,1 +1,1 @@
-"""fedavg orchestrator: the pure core (shard plans, rounds, aggregation) and the aiohttp app."""
+"""The fedavg orchestrator: the service layer here, with ``core``, ``job``, ``web`` and ``demo``."""

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         home=str(settings.home),
         aggregation=settings.aggregation,
-        epoch_sync_timeout=settings.epoch_sync_timeout,
+        epoch_sync_timeout=settings.round_deadline_s,
     )
     fd_limit = raise_fd_limit()  # before create_app: the connection cap follows it
     asyncio.run(serve(create_app(settings), settings, ssl_context, fd_limit))

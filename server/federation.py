@@ -125,8 +125,8 @@ class Federation:
         if (
             job is None
             or job.finished.is_set()
-            or session.job_id != job.run_id
-            or progress.job_id != job.run_id
+            or session.job_id != job.job_id
+            or progress.job_id != job.job_id
         ):
             self.metrics.frames_dropped.labels(reason="wrong_job").inc()
             return False
@@ -213,11 +213,11 @@ class Federation:
         )
         return info, files, key
 
-    async def start_job(self, dataset_id: str, epochs: int) -> Job:
+    async def start_job(self, dataset_id: str, rounds: int) -> Job:
         async with self._job_lock:
             if self.job is not None and not self.job.finished.is_set():
                 raise Conflict(
-                    f"job {self.job.run_id} is still running (round {self.job.machine.round})"
+                    f"job {self.job.job_id} is still running (round {self.job.machine.round})"
                 )
             info, files, _ = await self.plan(dataset_id)
             test_split = await asyncio.to_thread(
@@ -226,12 +226,12 @@ class Federation:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             job = Job(
                 self._job_context(self.settings.aggregation),
-                run_id=f"{dataset_id}-{stamp}-{secrets.token_hex(2)}",
+                job_id=f"{dataset_id}-{stamp}-{secrets.token_hex(2)}",
                 dataset=info,
                 shards=files,
                 spec=self.settings.model_spec,
                 config=self.settings.train_config,
-                rounds=epochs,
+                rounds=rounds,
                 seed=self.settings.seed,
                 test_split=test_split,
                 names={n: self.registry.nodes[n].name for n in files},
@@ -248,7 +248,7 @@ class Federation:
             runs_dir=self.settings.runs_path,
             models_dir=self.settings.models_path,
             aggregation=aggregation,
-            deadline_s=self.settings.epoch_sync_timeout,
+            deadline_s=self.settings.round_deadline_s,
             metrics=self.metrics,
             background=self.background,
             upload_slots=self.settings.upload_slots,
@@ -305,15 +305,15 @@ class Federation:
         await self.job.stop("stopped by the operator")
         return self.job
 
-    def job_by_id(self, run_id: str | None) -> Job:
-        if self.job is None or (run_id is not None and run_id != self.job.run_id):
+    def job_by_id(self, job_id: str | None) -> Job:
+        if self.job is None or (job_id is not None and job_id != self.job.job_id):
             raise NotFound(
-                f"no job {run_id!r} on this orchestrator" if run_id else "no job has run yet"
+                f"no job {job_id!r} on this orchestrator" if job_id else "no job has run yet"
             )
         return self.job
 
-    def shard_file(self, session: NodeSession, run_id: str, node_id: str) -> ShardFile:
-        job = self.job_by_id(run_id)
+    def shard_file(self, session: NodeSession, job_id: str, node_id: str) -> ShardFile:
+        job = self.job_by_id(job_id)
         if node_id != session.node_id or node_id not in job.shards:
             raise NotFound("no such shard for this node")
         return job.shards[node_id]

@@ -36,9 +36,9 @@ class Settings:
     home: Path = field(default_factory=lambda: default_home(os.environ))
     datasets_dir: Path | None = None
     models_dir: Path | None = None
-    epoch_sync_timeout: float = 120.0
-    default_epochs: int = 5
-    max_epochs: int = 1000
+    round_deadline_s: float = 120.0
+    default_rounds: int = 5
+    max_rounds: int = 1000
     shard_overlap: float = 0.15
     aggregation: str = "weighted"
     model_spec: ModelSpec = field(default_factory=ModelSpec)
@@ -136,10 +136,10 @@ class Settings:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port {self.port} is not 0..65535")
-        if not (math.isfinite(self.epoch_sync_timeout) and self.epoch_sync_timeout > 0):
+        if not (math.isfinite(self.round_deadline_s) and self.round_deadline_s > 0):
             problems.append("EPOCH_SYNC_TIMEOUT must be > 0 seconds")
-        if not 1 <= self.default_epochs <= self.max_epochs:
-            problems.append(f"DEFAULT_EPOCHS must be 1..{self.max_epochs}")
+        if not 1 <= self.default_rounds <= self.max_rounds:
+            problems.append(f"DEFAULT_EPOCHS must be 1..{self.max_rounds}")
         if not 0 <= self.shard_overlap <= 1:
             problems.append("SHARD_OVERLAP must be within [0, 1]")
         if not 0 <= self.seed <= MAX_SEED:
@@ -287,8 +287,8 @@ def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
         "home": fedavg_home(env),
         "datasets_dir": _path(env.get("FEDAVG_DATASETS_DIR")),
         "models_dir": _path(env.get("FEDAVG_MODELS_DIR")),
-        "epoch_sync_timeout": float(env.get("EPOCH_SYNC_TIMEOUT", "120")),
-        "default_epochs": int(env.get("DEFAULT_EPOCHS", "5")),
+        "round_deadline_s": float(env.get("EPOCH_SYNC_TIMEOUT", "120")),
+        "default_rounds": int(env.get("DEFAULT_EPOCHS", "5")),
         "shard_overlap": float(env.get("SHARD_OVERLAP", "0.15")),
         "aggregation": env.get("AGGREGATION", "weighted"),
         "seed": int(env.get("FEDAVG_SEED", "0")),

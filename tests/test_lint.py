@@ -1,5 +1,5 @@
-"""The code stays as STYLE.md asks: ruff-clean and formatted, mypy --strict over the packages,
-and the import rules (``[tool.importlinter]`` in pyproject.toml) kept."""
+"""The code stays as STYLE.md asks: ruff-clean and formatted, mypy --strict over the packages
+and their tests, and the import rules (``[tool.importlinter]`` in pyproject.toml) kept."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_ruff_finds_nothing() -> None:
 
 
 def test_ruff_format_is_stable() -> None:
-    result = run("ruff", "format", "--check", "server", "node", "showcase")
+    result = run("ruff", "format", "--check", "server", "node", "showcase", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run a whole federation here: orchestrator + nodes + MNIST + FedAvg.",
     )
     parser.add_argument("--nodes", type=int, default=3, help="worker processes (default 3)")
-    parser.add_argument("--epochs", type=int, default=5, help="federated rounds (default 5)")
+    parser.add_argument(
+        "--epochs", dest="rounds", type=int, default=5, help="federated rounds (default 5)"
+    )
     parser.add_argument("--port", type=int, default=11999, help="orchestrator port (default 11999)")
     parser.add_argument("--home", type=Path, help="data directory (FEDAVG_HOME; default per user)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keep the federation up afterwards, until Ctrl-C (dashboard stays live)",
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.nodes <= 64 or not 1 <= args.epochs <= 1000:
+    if not 1 <= args.nodes <= 64 or not 1 <= args.rounds <= 1000:
         parser.error("--nodes must be 1..64 and --epochs 1..1000")
     return args
 
@@ -79,7 +81,7 @@ def _raise_interrupt() -> None:
 
 
 async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) -> int:
-    print(f"fedavg demo: {args.nodes} nodes, {args.epochs} rounds, data in {cluster.home}")
+    print(f"fedavg demo: {args.nodes} nodes, {args.rounds} rounds, data in {cluster.home}")
     # Server and nodes start together (both import torch, which takes seconds); the nodes
     # retry every second until the server answers.
     cluster.start_server()
@@ -102,7 +104,7 @@ async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) 
         http.ws_connect(cluster.url + "/ws/dashboard") as ws,
     ):
         await ws.receive()  # the snapshot
-        job = await asyncio.to_thread(cluster.request, "POST", f"/train/mnist?epochs={args.epochs}")
+        job = await asyncio.to_thread(cluster.request, "POST", f"/train/mnist?epochs={args.rounds}")
         print(f"job {job['job_id']} started\n")
         print(
             f"{'round':>5}  {'nodes':>5}  {'test acc':>8}  {'test loss':>9}  {'seconds':>7}  note"
@@ -114,7 +116,7 @@ async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) 
         return 1
     model = cluster.home / "models" / str(result["data"]["model_name"])
     print(
-        f"\nfinal test accuracy {result['data']['final_accuracy']:.4f} after {args.epochs} rounds; "
+        f"\nfinal test accuracy {result['data']['final_accuracy']:.4f} after {args.rounds} rounds; "
         f"wall time {elapsed:.1f} s"
     )
     print(f"saved model: {model}")

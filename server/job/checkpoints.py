@@ -47,13 +47,13 @@ class WeightsFiles:
     def __init__(
         self,
         run_dir: Path,
-        run_id: str,
+        job_id: str,
         spec: ModelSpec,
         layout: Layout,
         checkpoints: Mapping[int, Checkpoint] | None = None,
     ) -> None:
         self._run_dir = run_dir
-        self._run_id = run_id
+        self._job_id = job_id
         self._spec = spec
         self._layout = layout  # on the wire: what the files hold
         self.checkpoints: dict[int, Checkpoint] = dict(checkpoints or {})
@@ -62,7 +62,7 @@ class WeightsFiles:
 
     def build(self, round_: int, fill: Fill) -> Published:
         """A round's weights file, its tensors written in place by ``fill``, and its sha256."""
-        meta = WeightsMeta(spec=self._spec, round=round_, job_id=self._run_id)
+        meta = WeightsMeta(spec=self._spec, round=round_, job_id=self._job_id)
         data, state = weights_buffer(self._layout, meta)
         fill(state)
         path = self._run_dir / f"round-{round_:04d}.safetensors"

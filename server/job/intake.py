@@ -44,7 +44,7 @@ class Intake:
         self,
         ctx: JobContext,
         *,
-        run_id: str,
+        job_id: str,
         machine: RoundMachine,
         lock: asyncio.Lock,
         checkpoints: Mapping[int, Checkpoint],
@@ -54,7 +54,7 @@ class Intake:
         close_round: Callable[[RoundClosed], Awaitable[None]],
     ) -> None:
         self._ctx = ctx
-        self._run_id = run_id
+        self._job_id = job_id
         self._machine = machine
         self._lock = lock  # the job's: a fold and a deadline never close the same round twice
         self._checkpoints = checkpoints  # the job's, live: a late upload is told the newest
@@ -76,7 +76,7 @@ class Intake:
     @property
     def strategy(self) -> Strategy:
         if self._strategy is None:  # an upload that raced the job's end (a stop, say)
-            raise Conflict(f"job {self._run_id} is finished", reason="finished")
+            raise Conflict(f"job {self._job_id} is finished", reason="finished")
         return self._strategy
 
     def average_into(
@@ -179,7 +179,7 @@ class Intake:
             closed = self._machine.record(node_id, round_, samples, now)
             name = self._participants.names_of([node_id])[0]
             self._ctx.store.record_node_metrics(
-                self._run_id, round_, node_id, name, samples, metrics, now
+                self._job_id, round_, node_id, name, samples, metrics, now
             )
             self._publish(
                 "upload_accepted", {"round": round_, "samples": samples, **metrics}, node_id
@@ -200,13 +200,13 @@ class Intake:
         if not 1 <= round_ <= rounds:
             raise BadRequest(f"round must be within 1..{rounds}, got {round_}")
         if self._ended is not None:  # stopped or failed: the machine may not know
-            raise Conflict(f"job {self._run_id} is {self._ended}", reason="finished")
+            raise Conflict(f"job {self._job_id} is {self._ended}", reason="finished")
         verdict = self._machine.check(node_id, round_, query.samples)
         if verdict is Verdict.ACCEPTED:
             return
         if verdict is Verdict.NOT_PARTICIPANT:
             raise Forbidden(
-                f"node {node_id} holds no shard in job {self._run_id}", reason="not_participant"
+                f"node {node_id} holds no shard in job {self._job_id}", reason="not_participant"
             )
         if verdict is Verdict.BAD_SAMPLES:
             raise Forbidden(
@@ -219,12 +219,12 @@ class Intake:
             f"{max(self._checkpoints)} weights",
             Verdict.DUPLICATE: f"round {round_} already has this node's upload",
             Verdict.EARLY: f"round {round_} is not open yet (open: {self._machine.round})",
-            Verdict.FINISHED: f"job {self._run_id} is finished",
+            Verdict.FINISHED: f"job {self._job_id} is finished",
         }
         raise Conflict(messages[verdict], reason=verdict.value)
 
     def _publish(self, kind: str, data: dict[str, Any], node_id: str) -> None:
-        self._ctx.bus.publish(kind, data, run_id=self._run_id, node_id=node_id)
+        self._ctx.bus.publish(kind, data, run_id=self._job_id, node_id=node_id)
 
 
 async def unless_set(work: Awaitable[T], event: asyncio.Event, refusal: Exception) -> T:

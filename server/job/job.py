@@ -36,8 +36,8 @@ __all__ = ["Checkpoint", "Job", "JobContext", "background_executor", "weights_ur
 log = structlog.get_logger(__name__)
 
 
-def weights_url(run_id: str, round_: int) -> str:
-    return f"/sync/weights?job={run_id}&round={round_}"
+def weights_url(job_id: str, round_: int) -> str:
+    return f"/sync/weights?job={job_id}&round={round_}"
 
 
 class Job:
@@ -45,7 +45,7 @@ class Job:
         self,
         ctx: JobContext,
         *,
-        run_id: str,
+        job_id: str,
         dataset: DatasetInfo,
         shards: Mapping[str, ShardFile],
         spec: ModelSpec,
@@ -59,7 +59,7 @@ class Job:
         started_at: float | None = None,
     ) -> None:
         self.ctx = ctx
-        self.run_id, self.dataset, self.shards = run_id, dataset, dict(shards)
+        self.job_id, self.dataset, self.shards = job_id, dataset, dict(shards)
         self.spec, self.config, self.rounds, self.seed = spec, config, rounds, seed
         layout = expected_layout(spec)
         wire_layout = on_the_wire(layout, config.wire_dtype)  # what files hold
@@ -79,9 +79,9 @@ class Job:
         self.finished = asyncio.Event()
         self.finished_at: float | None = None
         self._lock = asyncio.Lock()
-        self.participants = Participants(ctx.registry, run_id, self.shards, names, self.train_frame)
+        self.participants = Participants(ctx.registry, job_id, self.shards, names, self.train_frame)
         self.names = self.participants.names
-        self.files = WeightsFiles(ctx.runs_dir / run_id, run_id, spec, wire_layout, checkpoints)
+        self.files = WeightsFiles(ctx.runs_dir / job_id, job_id, spec, wire_layout, checkpoints)
         self.checkpoints = self.files.checkpoints  # the same dict: the files keep it current
         self.intake = _intake(self, layout, wire_layout)
         self.max_upload_bytes = self.intake.max_bytes
@@ -89,7 +89,7 @@ class Job:
         self._timer: asyncio.Task[None] | None = None
         self._reference: Mapping[str, torch.Tensor] | None = None  # what this round started from
         self._departures: set[asyncio.Task[None]] = set()
-        self._log = log.bind(run_id=run_id)
+        self._log = log.bind(run_id=job_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class Job:
             self._timer.cancel()
         model_url = f"/models/{self.model_name}" if self.model_name else ""
         self.settler.record_end(status, error, self.model_name, self.final_accuracy)
-        self.participants.send_done(Done(job_id=self.run_id, model_url=model_url, status=status))  # type: ignore[arg-type]
+        self.participants.send_done(Done(job_id=self.job_id, model_url=model_url, status=status))  # type: ignore[arg-type]
         self.finished_at = self.ctx.clock()
         self.finished.set()
         self._log.info("job_finished", status=status, error=error, model=self.model_name)
@@ -177,15 +177,15 @@ class Job:
         shard = self.shards[node_id]
         latest = self.checkpoints[max(self.checkpoints)]
         return Train(
-            job_id=self.run_id,
+            job_id=self.job_id,
             dataset=self.dataset.dataset_id,
-            shard_url=f"/shards/{self.run_id}/{node_id}",
+            shard_url=f"/shards/{self.job_id}/{node_id}",
             shard_sha256=shard.sha256,
             model_spec=self.spec,
             config=self.config,
             rounds=self.rounds,
             round=latest.round + 1,
-            weights_url=weights_url(self.run_id, latest.round),
+            weights_url=weights_url(self.job_id, latest.round),
             weights_sha256=latest.sha256,
         )
 
@@ -295,9 +295,9 @@ class Job:
             return
         self._open_next_round()
         ready = WeightsReady(
-            job_id=self.run_id,
+            job_id=self.job_id,
             round=closed.round,
-            url=weights_url(self.run_id, closed.round),
+            url=weights_url(self.job_id, closed.round),
             sha256=published.checkpoint.sha256,
         )
         self.participants.push_ready(ready, self.machine.not_waited_for)
@@ -334,7 +334,7 @@ class Job:
     # -- views ---------------------------------------------------------------------------------
 
     def _publish(self, kind: str, data: dict[str, Any], node_id: str | None = None) -> None:
-        self.ctx.bus.publish(kind, data, run_id=self.run_id, node_id=node_id)
+        self.ctx.bus.publish(kind, data, run_id=self.job_id, node_id=node_id)
 
     def view(self) -> dict[str, Any]:
         return _view(self)
@@ -346,7 +346,7 @@ def _view(job: Job) -> dict[str, Any]:
     machine, names_of = job.machine, job.participants.names_of
     deadline = machine.deadline if machine.is_open else None
     return {
-        "run_id": job.run_id,
+        "run_id": job.job_id,
         "state": job.status,
         "dataset": job.dataset.dataset_id,
         "dataset_source": job.dataset.source,
@@ -372,7 +372,7 @@ def _view(job: Job) -> dict[str, Any]:
 def _run_row(job: Job, initial: Checkpoint) -> dict[str, Any]:
     """A new run's row: what a restart needs to rebuild the job."""
     return {
-        "run_id": job.run_id,
+        "run_id": job.job_id,
         "dataset": job.dataset.dataset_id,
         "dataset_source": job.dataset.source,
         "status": "running",
@@ -405,7 +405,7 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
 def _intake(job: Job, layout: Layout, wire_layout: Layout) -> Intake:
     return Intake(
         job.ctx,
-        run_id=job.run_id,
+        job_id=job.job_id,
         machine=job.machine,
         lock=job._lock,
         checkpoints=job.checkpoints,
@@ -419,7 +419,7 @@ def _intake(job: Job, layout: Layout, wire_layout: Layout) -> Intake:
 def _settler(job: Job, test_split: tuple[torch.Tensor, torch.Tensor]) -> Settler:
     return Settler(
         job.ctx,
-        run_id=job.run_id,
+        job_id=job.job_id,
         rounds=job.rounds,
         dataset=job.dataset,
         spec=job.spec,

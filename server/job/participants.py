@@ -19,13 +19,13 @@ class Participants:
     def __init__(
         self,
         registry: NodeRegistry,
-        run_id: str,
+        job_id: str,
         shards: Mapping[str, ShardFile],
         names: Mapping[str, str],
         train_frame: Callable[[str], Train],
     ) -> None:
         self._registry = registry
-        self._run_id = run_id
+        self._job_id = job_id
         self._shards = shards
         self.names = dict(names)  # node names at the start: the registry forgets after a restart
         self._train_frame = train_frame
@@ -46,14 +46,14 @@ class Participants:
         if session is not None and session.connected:
             frame = self._train_frame(node_id)
             session.send(frame)
-            session.job_id, session.state = self._run_id, "training"
+            session.job_id, session.state = self._job_id, "training"
             session.training_round = frame.round  # its progress frames must be about this one
             session.shard_samples = self._shards[node_id].samples
 
     def push_ready(self, ready: WeightsReady, not_waited_for: Collection[str]) -> None:
         """Tell every connected participant the next round's weights are out."""
         for session in self.connected():  # all expected: opened just now
-            if session.job_id == self._run_id:
+            if session.job_id == self._job_id:
                 session.send(ready)
                 session.state, session.training_round = "training", ready.round + 1
                 if session.node_id in not_waited_for:  # it may still upload

@@ -47,7 +47,7 @@ def restore_job(
         raise WeightsError(f"checkpoint {latest.path} does not match its recorded sha256")
     return Job(
         ctx,
-        run_id=run["run_id"],
+        job_id=run["run_id"],
         dataset=dataset,
         shards=shards,
         spec=ModelSpec.from_dict(run["model_spec"]),

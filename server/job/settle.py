@@ -68,7 +68,7 @@ class Settler:
         self,
         ctx: JobContext,
         *,
-        run_id: str,
+        job_id: str,
         rounds: int,
         dataset: DatasetInfo,
         spec: ModelSpec,
@@ -80,7 +80,7 @@ class Settler:
         fail: Callable[[str], None],
     ) -> None:
         self._ctx = ctx
-        self._run_id = run_id
+        self._job_id = job_id
         self._rounds = rounds
         self._dataset = dataset
         self._spec = spec
@@ -91,7 +91,7 @@ class Settler:
         self._finished = finished  # the job's
         self._fail = fail  # ends the job as failed
         self._settling: list[asyncio.Task[float | None]] = []  # rounds still settling, oldest first
-        self._log = log.bind(run_id=run_id)
+        self._log = log.bind(run_id=job_id)
 
     def settle_later(self, closed: RoundClosed, published: Published) -> None:
         """Settle a round in the background, after the rounds settling before it."""
@@ -161,7 +161,7 @@ class Settler:
         missing = self._participants.names_of(closed.missing)
         self._ctx.store.record_round(
             RoundRow(
-                run_id=self._run_id,
+                run_id=self._job_id,
                 round=closed.round,
                 opened_at=closed.opened_at,
                 closed_at=closed.closed_at,
@@ -187,7 +187,7 @@ class Settler:
             "seconds": closed.closed_at - closed.opened_at,
         }
         self._history.append(summary)
-        self._ctx.bus.publish("round_closed", summary, run_id=self._run_id)
+        self._ctx.bus.publish("round_closed", summary, run_id=self._job_id)
         self._log.info("round_closed", **summary)
 
     def record_end(
@@ -196,7 +196,7 @@ class Settler:
         """The run's row and event once it has ended (``status``): completed, stopped, failed."""
         model_url = f"/models/{model_name}" if model_name else ""
         self._ctx.store.update_run(
-            self._run_id,
+            self._job_id,
             status=status,
             finished=self._ctx.clock(),
             error=error,
@@ -213,7 +213,7 @@ class Settler:
                 "model_name": model_name,
                 "final_accuracy": accuracy,
             },
-            run_id=self._run_id,
+            run_id=self._job_id,
         )
 
     def write_final_model(self, state: Mapping[str, torch.Tensor]) -> str:
@@ -228,15 +228,15 @@ class Settler:
             "contributors": json.dumps([h["contributors"] for h in self._history]),
             "test_accuracy": f"{last['test_accuracy']:.6f}",
             "test_loss": f"{last['test_loss']:.6f}",
-            "run_id": self._run_id,
+            "run_id": self._job_id,
             "aggregation": self._ctx.aggregation,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         data = encode_weights(
             {k: v.float() for k, v in state.items()},  # a checkpoint may be in a half type
-            WeightsMeta(spec=self._spec, round=self._rounds, job_id=self._run_id, extra=extra),
+            WeightsMeta(spec=self._spec, round=self._rounds, job_id=self._job_id, extra=extra),
         )
-        name = f"{self._run_id}.safetensors"
+        name = f"{self._job_id}.safetensors"
         atomic_write_bytes(
             self._ctx.models_dir / name, data, lambda: failpoints.reach("final_model.before_rename")
         )

@@ -298,12 +298,13 @@ async def prepare_shards(request: web.Request) -> web.Response:
 async def start_training(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     require_admin(request, settings)
-    epochs = int_query(request, "epochs", settings.default_epochs, 1, settings.max_epochs)
-    job = await _fed(request).start_job(request.match_info["dataset_id"], epochs)
+    # The seed's REST name: ?epochs= counts federated rounds.
+    rounds = int_query(request, "epochs", settings.default_rounds, 1, settings.max_rounds)
+    job = await _fed(request).start_job(request.match_info["dataset_id"], rounds)
     return _json(
         {
-            "job_id": job.run_id,
-            "rounds": epochs,
+            "job_id": job.job_id,
+            "rounds": rounds,
             "nodes": len(job.shards),
             "status_url": "/sync/status",
         },
@@ -314,7 +315,7 @@ async def start_training(request: web.Request) -> web.Response:
 async def stop_training(request: web.Request) -> web.Response:
     require_admin(request, request.app[SETTINGS])
     job = await _fed(request).stop_job()
-    return _json({"job_id": job.run_id, "state": job.status})
+    return _json({"job_id": job.job_id, "state": job.status})
 
 
 # -- bulk transfer -----------------------------------------------------------------------------
@@ -352,7 +353,7 @@ async def upload_weights(request: web.Request) -> web.Response:
         except ProtocolError as exc:  # a bad value in the query, like any other request's
             raise BadRequest(str(exc)) from None
         structlog.contextvars.bind_contextvars(
-            node_id=session.node_id, run_id=job.run_id, round=query.round
+            node_id=session.node_id, run_id=job.job_id, round=query.round
         )
 
         def read(into: bytearray, limit: int) -> Awaitable[memoryview]:

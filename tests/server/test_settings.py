@@ -22,8 +22,8 @@ def test_defaults() -> None:
     assert settings.models_path == settings.home / "models"
     assert settings.runs_path == settings.home / "runs"
     assert settings.db_path == settings.home / "fedavg.sqlite3"
-    assert settings.epoch_sync_timeout == 120.0
-    assert settings.default_epochs == 5
+    assert settings.round_deadline_s == 120.0
+    assert settings.default_rounds == 5
     assert settings.shard_overlap == 0.15
     assert settings.aggregation == "weighted"
     assert settings.model_spec == ModelSpec()
@@ -69,8 +69,8 @@ def test_env_values() -> None:
     assert settings.datasets_path == Path("/data/sets")
     assert settings.models_path == Path("/data/models")
     assert settings.runs_path == Path("/srv/fed/runs")
-    assert settings.epoch_sync_timeout == 30.5
-    assert settings.default_epochs == 7
+    assert settings.round_deadline_s == 30.5
+    assert settings.default_rounds == 7
     assert settings.shard_overlap == 0.0
     assert settings.aggregation == "uniform"
     assert settings.train_config == TrainConfig(lr=0.05, batch_size=64, optimizer="sgd")

@@ -8,6 +8,7 @@ contract (``GET /models``, ``GET /models/<name>``), never the server's code.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import struct
@@ -116,7 +117,7 @@ def test_folder_fetch_reads_the_file_and_refuses_odd_names(tmp_path: Path) -> No
         source.fetch(info)
     for name in ("../m.safetensors", "m.txt", ".hidden.safetensors"):
         with pytest.raises(NoModelError):
-            source.fetch(info.__class__(**{**_fields(info), "name": name}))
+            source.fetch(dataclasses.replace(info, name=name))
 
 
 def test_folder_refuses_files_over_the_limit(tmp_path: Path) -> None:
@@ -137,10 +138,6 @@ def test_loading_through_the_cache_decodes_once(models_dir: Path) -> None:
 
     assert load_model(source, cache, info) is load_model(source, cache, info)
     assert len(cache) == 1
-
-
-def _fields(info: object) -> dict[str, object]:
-    return {name: getattr(info, name) for name in info.__slots__}  # type: ignore[attr-defined]
 
 
 # --- an orchestrator ---------------------------------------------------------------------

@@ -115,7 +115,7 @@ def _progress(**changes: Any) -> dict[str, Any]:
 
 
 def _train(**config: Any) -> dict[str, Any]:
-    frame = json.loads(encode(EXAMPLES[5]))
+    frame: dict[str, Any] = json.loads(encode(EXAMPLES[5]))
     frame["config"].update(config)
     return frame
 
@@ -176,7 +176,9 @@ def test_refuses_malformed_frames(text: str | bytes, fragment: str) -> None:
 
 def test_a_train_frame_carries_its_model_spec_as_an_object() -> None:
     spec = ModelSpec(input_shape=(3, 32, 32), hidden=(64, 32), dropout=(0.1,), num_classes=4)
-    frame = dataclasses.replace(EXAMPLES[5], model_spec=spec)
+    train = EXAMPLES[5]
+    assert isinstance(train, Train)
+    frame = dataclasses.replace(train, model_spec=spec)
     text = encode(frame)
     assert json.loads(text)["model_spec"] == spec.to_dict()
     decoded = decode(text)
@@ -325,7 +327,9 @@ _json = st.recursive(
     ),
     max_leaves=8,
 )
-_field_values = _json_scalars | st.lists(_json_scalars, max_size=3) | st.just({})
+_field_values: st.SearchStrategy[Any] = (
+    _json_scalars | st.lists(_json_scalars, max_size=3) | st.just({})
+)
 _field_names = st.sampled_from(
     sorted(
         {"node_id", "name", "capacity", "device", "version", "protocol", "job_id", "round"}

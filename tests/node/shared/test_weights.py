@@ -50,7 +50,7 @@ def _meta(**changes: Any) -> WeightsMeta:
 
 
 def _file() -> bytes:
-    return encode_weights(_state(), _meta())
+    return bytes(encode_weights(_state(), _meta()))
 
 
 def _raw(header: Any, payload: bytes = b"", *, length: int | None = None) -> bytes:

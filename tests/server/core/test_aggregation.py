@@ -495,7 +495,8 @@ def test_fold_across_chunk_boundaries_matches_float64(weighting: str) -> None:
         agg.add(up, samples=10 * (i + 1))
     w = [10.0 * (i + 1) if weighting == "weighted" else 1.0 for i in range(3)]
     expected = {
-        k: sum(wi * up[k].double() for wi, up in zip(w, ups, strict=True)) / sum(w) for k in layout
+        k: torch.stack([wi * up[k].double() for wi, up in zip(w, ups, strict=True)]).sum(0) / sum(w)
+        for k in layout
     }
     out = {k: torch.full(shape, float("nan")) for k, (shape, _) in layout.items()}
     agg.result_into(out)

@@ -48,7 +48,7 @@ async def job(tmp_path: Path) -> AsyncIterator[Job]:
     test_split = (torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64))
     job = Job(
         ctx,
-        run_id="run",
+        job_id="run",
         dataset=info,
         shards=shards,
         spec=SPEC,

@@ -235,7 +235,7 @@ def test_a_restored_job_carries_on_from_its_last_recorded_round(
 
     job = restore_job(run, ctx, dataset(tmp_path / "datasets"), tmp_path / "datasets")
 
-    assert (job.run_id, job.rounds, job.seed, job.started_at) == (RUN_ID, 4, 7, 100.0)
+    assert (job.job_id, job.rounds, job.seed, job.started_at) == (RUN_ID, 4, 7, 100.0)
     assert job.spec == SPEC
     assert job.config == TrainConfig(lr=0.01, batch_size=8)
     assert sorted(job.checkpoints) == [0, 1, 2]

@@ -13,28 +13,21 @@ import math
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from aiohttp import ClientResponse, ClientWebSocketResponse, WSMsgType, WSServerHandshakeError
-from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from node.shared.model import ModelSpec
 from node.shared.protocol import (
     Done,
     Error,
-    Frame,
-    Hello,
     Progress,
     Train,
     TrainConfig,
     WeightsReady,
-    Welcome,
-    decode,
     decode_as,
     encode,
 )
@@ -45,10 +38,8 @@ from server.job.settle import SETTLE_BACKLOG
 from server.settings import Settings
 from server.web import sockets
 from server.web.app import SETTINGS, create_app
+from tests.server.web.conftest import RECEIVE_S, SPEC, Client, FakeNode, connect, error_of
 
-SPEC = ModelSpec(hidden=(8,), dropout=())  # ~6k parameters: a weights file is ~26 KB
-RECEIVE_S = 20.0
-Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
 
 
@@ -78,64 +69,6 @@ async def client(make_client: MakeClient) -> Client:
     return await make_client()
 
 
-@dataclass
-class Node:
-    """A hand-made node: one WebSocket and the session token its Welcome carried."""
-
-    node_id: str
-    ws: ClientWebSocketResponse
-    welcome: Welcome
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.welcome.session_token}"}
-
-    async def frame(self) -> Frame:
-        msg = await self.ws.receive(timeout=RECEIVE_S)
-        assert msg.type is WSMsgType.TEXT, msg
-        return decode(msg.data)
-
-    async def expect(self, kind: type[Any]) -> Any:
-        frame = await self.frame()
-        assert isinstance(frame, kind), frame
-        return frame
-
-
-async def connect(
-    client: Client,
-    node_id: str,
-    *,
-    capacity: float = 100.0,
-    headers: dict[str, str] | None = None,
-) -> Node:
-    ws = await client.ws_connect("/ws/node", headers=headers)
-    hello = Hello(
-        node_id=node_id,
-        name=f"name-{node_id}",
-        capacity=capacity,
-        device="cpu",
-        version="t",
-        secret=f"secret-of-{node_id}-0123456789",  # the same per id: a reconnect is that node
-    )
-    await ws.send_str(encode(hello))
-    msg = await ws.receive(timeout=RECEIVE_S)
-    welcome: Welcome = decode_as(msg.data, Welcome)
-    assert welcome.node_id == node_id
-    assert welcome.session_token
-    return Node(node_id, ws, welcome)
-
-
-async def error_of(resp: ClientResponse, status: int) -> dict[str, str]:
-    """Assert the status and the one error shape; return the error object."""
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    body = await resp.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
-    assert body["error"]["message"]
-    return dict(body["error"])
-
-
 async def prepare_mnist(client: Client, headers: dict[str, str] | None = None) -> dict[str, Any]:
     resp = await client.post("/datasets/prepare-mnist", headers=headers)
     assert resp.status == 200, await resp.text()
@@ -157,7 +90,7 @@ async def weights_of(client: Client, url: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-async def shard_size(client: Client, node: Node, train: Train) -> int:
+async def shard_size(client: Client, node: FakeNode, train: Train) -> int:
     resp = await client.get(train.shard_url, headers=node.auth)
     assert resp.status == 200, await resp.text()
     _, y = decode_xy(await resp.read())
@@ -166,7 +99,7 @@ async def shard_size(client: Client, node: Node, train: Train) -> int:
 
 async def upload(
     client: Client,
-    node: Node,
+    node: FakeNode,
     job_id: str,
     round_: int,
     state: dict[str, torch.Tensor] | bytes,
@@ -615,7 +548,7 @@ async def test_two_nodes_two_rounds(make_client: MakeClient) -> None:
 
 async def test_a_missing_upload_closes_the_round_at_the_deadline(make_client: MakeClient) -> None:
     # Three empty deadlines fail a job: 1 s each leaves a slow machine time to upload.
-    client = await make_client(epoch_sync_timeout=1.0)
+    client = await make_client(round_deadline_s=1.0)
     a, b = await connect(client, "a"), await connect(client, "b")
     await prepare_mnist(client)
     job_id = (await start(client, epochs=2))["job_id"]
@@ -729,7 +662,7 @@ async def test_a_half_precision_wire_halves_the_bytes_and_keeps_the_final_model_
 async def test_shutdown_ends_the_jobs_timers_and_writes_before_the_store_closes(
     make_client: MakeClient,
 ) -> None:
-    client = await make_client(epoch_sync_timeout=600.0)
+    client = await make_client(round_deadline_s=600.0)
     a = await connect(client, "a")
     await prepare_mnist(client)
     job_id = (await start(client, epochs=3))["job_id"]
@@ -745,7 +678,7 @@ async def test_shutdown_ends_the_jobs_timers_and_writes_before_the_store_closes(
         if t.get_name().startswith(("deadline-", "settle-", "withdraw-")) and not t.done()
     ]
     assert leftover == []
-    with sqlite3.connect(client.server.app[SETTINGS].db_path) as db:  # the round got its row
+    with sqlite3.connect(client.app[SETTINGS].db_path) as db:  # the round got its row
         assert db.execute("SELECT round FROM rounds WHERE run_id = ?", (job_id,)).fetchall() == [
             (1,)
         ]

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import torch
 from aiohttp import ClientResponse, ClientWebSocketResponse, WSCloseCode, WSMsgType
-from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpClient
@@ -32,11 +31,9 @@ from node.shared.model import ModelSpec, init_state
 from node.shared.protocol import (
     MAX_FRAME_BYTES,
     Error,
-    Hello,
     Progress,
     Train,
     WeightsReady,
-    Welcome,
     decode,
     decode_as,
     encode,
@@ -47,12 +44,10 @@ from server.core.aggregation import AggregationError
 from server.errors import http_status
 from server.settings import Settings, SettingsError
 from server.web.app import create_app
+from tests.server.web.conftest import RECEIVE_S, SPEC, Client, FakeNode, connect, error_of
 
-SPEC = ModelSpec(hidden=(8,), dropout=())  # ~6k parameters: a weights file is ~26 KB
 UPLOAD_LIMIT = 64 * 1024
-RECEIVE_S = 20.0
 QUIET_S = 1.0  # how long "no answer" is waited for
-Client = TestClient[Any, Any]
 State = dict[str, torch.Tensor]
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -84,60 +79,25 @@ async def client(aiohttp_client: AiohttpClient, tmp_path: Path, datasets_dir: Pa
 
 
 @dataclass
-class Node:
-    node_id: str
-    ws: ClientWebSocketResponse
-    token: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    async def expect(self, kind: type[Any]) -> Any:
-        msg = await self.ws.receive(timeout=RECEIVE_S)
-        assert msg.type is WSMsgType.TEXT, msg
-        frame = decode(msg.data)
-        assert isinstance(frame, kind), frame
-        return frame
-
-
-async def connect(client: Client, node_id: str) -> Node:
-    ws = await client.ws_connect("/ws/node")
-    await ws.send_str(
-        encode(
-            Hello(
-                node_id=node_id,
-                name=f"name-{node_id}",
-                capacity=100.0,
-                device="cpu",
-                version="t",
-                secret=f"secret-of-{node_id}-0123456789",
-            )
-        )
-    )
-    msg = await ws.receive(timeout=RECEIVE_S)
-    welcome: Welcome = decode_as(msg.data, Welcome)
-    return Node(node_id, ws, welcome.session_token)
-
-
-@dataclass
 class RunningJob:
     """A two-round job with honest nodes ``a`` and ``b``, round 1 open, nothing uploaded."""
 
     client: Client
-    a: Node
-    b: Node
+    a: FakeNode
+    b: FakeNode
     job_id: str
     state0: State
     shard: dict[str, int]  # shard sizes by node id
 
     def body(self, state: State, round_: int = 1) -> bytes:
-        return encode_weights(state, WeightsMeta(spec=SPEC, round=round_, job_id=self.job_id))
+        return bytes(
+            encode_weights(state, WeightsMeta(spec=SPEC, round=round_, job_id=self.job_id))
+        )
 
     async def upload(
         self,
-        node: Node,
-        body: bytes,
+        node: FakeNode,
+        body: bytes | bytearray,
         *,
         samples: int | None = None,
         query: dict[str, str] | None = None,
@@ -205,15 +165,6 @@ async def job(client: Client) -> RunningJob:
     return RunningJob(client, a, b, job_id, state0, shard)
 
 
-async def error_of(resp: ClientResponse, status: int) -> dict[str, str]:
-    """Assert the status and the one error shape; return the error object."""
-    assert resp.status == status, await resp.text()
-    body = await resp.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
-    return dict(body["error"])
-
-
 async def raw_http(client: Client, data: bytes, *, close_after: float | None = None) -> bytes:
     """Send bytes on a fresh connection; the first answer's status line, headers and body.
 
@@ -247,7 +198,7 @@ async def _read_answer(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
-def upload_head(job: RunningJob, node: Node, *, headers: str) -> bytes:
+def upload_head(job: RunningJob, node: FakeNode, *, headers: str) -> bytes:
     target = f"/sync/weights?job={job.job_id}&round=1&samples={job.shard[node.node_id]}"
     return (
         f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {node.token}\r\n"
@@ -272,7 +223,7 @@ async def closed_with(ws: ClientWebSocketResponse) -> int | None:
 # -- weights files that lie -------------------------------------------------------------------
 
 
-def _replace_length(data: bytes, length: int) -> bytes:
+def _replace_length(data: bytes | bytearray, length: int) -> bytes:
     return struct.pack("<Q", length) + data[8:]
 
 
@@ -760,7 +711,7 @@ async def slow_body(chunks: list[bytes], started: asyncio.Event) -> Any:
         await asyncio.sleep(0.2)
 
 
-async def slow_upload(job: RunningJob, node: Node) -> asyncio.Task[ClientResponse]:
+async def slow_upload(job: RunningJob, node: FakeNode) -> asyncio.Task[ClientResponse]:
     """``node``'s honest upload, sent 4 KiB every 0.2 s; returns once its body has begun."""
     body = job.body(job.state0)
     started = asyncio.Event()

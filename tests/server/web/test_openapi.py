@@ -130,8 +130,8 @@ def test_documented_bounds_are_the_settings_defaults() -> None:
     defaults = Settings()
     assert (epochs["minimum"], epochs["maximum"], epochs["default"]) == (
         1,
-        defaults.max_epochs,
-        defaults.default_epochs,
+        defaults.max_rounds,
+        defaults.default_rounds,
     )
     limit = _query_parameter("/monitor/timeline", "get", "limit")["schema"]
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 1000, 100)
