@@ -11,28 +11,32 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from node.shared import __version__
-from node.shared.errors import FedavgError
+from node.shared.errors import FedavgError, SpecError
 from node.shared.protocol import Error, Hello, Progress, Welcome
 from node.shared.wandb_sink import WandbSink
 from server.catalog import ModelCatalog
 from server.core.shard_plan import Shard, bounded_capacities, plan_shards
 from server.datasets import (
+    CATALOG,
+    MNIST_ID,
     DatasetError,
     DatasetInfo,
+    Throttled,
     dataset_info,
     list_datasets,
     load_split,
-    prepare_mnist,
+    prepare_dataset,
 )
-from server.errors import Conflict, IdTaken, NotFound
+from server.errors import BadRequest, Conflict, IdTaken, NotFound
 from server.events import EventBus
 from server.job.job import Job, JobContext, background_executor
 from server.job.restore import finished_view, remove_stale_temp_files, restore_job
@@ -44,6 +48,8 @@ from server.store import Store
 from server.wandb_log import ServerWandb
 
 log = structlog.get_logger(__name__)
+
+DATASET_PROGRESS_INTERVAL_S = 0.25  # dataset_progress events: at most four a second per stage
 
 
 class Federation:
@@ -167,15 +173,14 @@ class Federation:
 
     # -- datasets ------------------------------------------------------------------------------
 
-    async def prepare_mnist(self) -> DatasetInfo:
+    async def prepare_dataset(self, dataset_id: str) -> DatasetInfo:
         async with self._dataset_lock:
-            info = await asyncio.to_thread(
-                prepare_mnist,
-                self.settings.datasets_path,
-                allow_download=self.settings.mnist_download,
-            )
+            info = await _prepare_in_thread(self.settings, self.bus, dataset_id)
         self.bus.publish("dataset_prepared", info.to_dict())
         return info
+
+    async def prepare_mnist(self) -> DatasetInfo:  # the seed's name
+        return await self.prepare_dataset(MNIST_ID)
 
     def datasets(self) -> list[DatasetInfo]:
         return list_datasets(self.settings.datasets_path)
@@ -186,8 +191,7 @@ class Federation:
         except DatasetError as exc:
             raise NotFound(str(exc)) from exc
         if info is None:
-            hint = " (POST /datasets/prepare-mnist first)" if dataset_id == "mnist" else ""
-            raise NotFound(f"dataset {dataset_id!r} is not prepared{hint}")
+            raise NotFound(f"dataset {dataset_id!r} is not prepared{_prepare_hint(dataset_id)}")
         return info
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -219,6 +223,7 @@ class Federation:
                 raise Conflict(
                     f"job {self.job.job_id} is still running (round {self.job.machine.round})"
                 )
+            _admit_spec(self.settings, self._dataset(dataset_id))
             info, files, _ = await self.plan(dataset_id)
             test_split = await asyncio.to_thread(
                 load_split, self.settings.datasets_path, dataset_id, "test"
@@ -344,6 +349,45 @@ class Federation:
             await self.job.shutdown()
         self.background.shutdown(wait=True, cancel_futures=True)
         await asyncio.to_thread(self.wandb.close)
+
+
+def _prepare_in_thread(
+    settings: Settings, bus: EventBus, dataset_id: str
+) -> Awaitable[DatasetInfo]:
+    """Run ``prepare_dataset`` in a thread; its progress reaches the bus (as ``dataset_progress``,
+    a few a second at most, off the timeline) and the log, through the event loop."""
+    loop = asyncio.get_running_loop()
+
+    def publish(stage: str, done: int, total: int) -> None:  # called in the worker thread
+        data = {"dataset": dataset_id, "stage": stage, "done": done, "total": total}
+        log.info("dataset_progress", **data)
+        if not loop.is_closed():  # closed: the server is shutting down, nobody is listening
+            loop.call_soon_threadsafe(
+                partial(bus.publish, "dataset_progress", data, timeline=False)
+            )
+
+    return asyncio.to_thread(
+        prepare_dataset,
+        settings.datasets_path,
+        dataset_id,
+        allow_download=settings.mnist_download,
+        progress=Throttled(publish, DATASET_PROGRESS_INTERVAL_S),
+    )
+
+
+def _prepare_hint(dataset_id: str) -> str:
+    if dataset_id == MNIST_ID:
+        return " (POST /datasets/mnist/prepare, or the seed's /datasets/prepare-mnist, first)"
+    return f" (POST /datasets/{dataset_id}/prepare first)" if dataset_id in CATALOG else ""
+
+
+def _admit_spec(settings: Settings, info: DatasetInfo) -> None:
+    """A job's model must take the dataset's samples and fit FEDAVG_MAX_PARAMS (400 if not)."""
+    try:
+        settings.model_spec.check_input(info.input_shape)
+        settings.model_spec.check_budget(settings.max_params)
+    except SpecError as exc:
+        raise BadRequest(f"model_spec: {exc} (FEDAVG_MAX_PARAMS={settings.max_params})") from exc
 
 
 def _shard_plan(

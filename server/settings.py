@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from node.shared.errors import FedavgError, SpecError
 from node.shared.logs import LogFormat
-from node.shared.model import ModelSpec
+from node.shared.model import MAX_PARAMS, ModelSpec, parameter_count
 from node.shared.paths import default_home, fedavg_home
 from node.shared.protocol import TrainConfig, WireDtype
 from node.shared.wandb_sink import wandb_mode
@@ -23,6 +23,7 @@ from server.core.shard_plan import MAX_SEED
 
 AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
 MiB = 1024 * 1024
+DEFAULT_MAX_PARAMS = 20_000_000
 
 
 class SettingsError(FedavgError):
@@ -42,6 +43,7 @@ class Settings:
     shard_overlap: float = 0.15
     aggregation: str = "weighted"
     model_spec: ModelSpec = field(default_factory=ModelSpec)
+    max_params: int = DEFAULT_MAX_PARAMS  # a job's model may have at most this many parameters
     train_config: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     mnist_download: bool = True
@@ -149,7 +151,18 @@ class Settings:
         lr = self.train_config.lr
         if not (math.isfinite(lr) and lr > 0) or self.train_config.batch_size < 1:
             problems.append("FEDAVG_LR must be > 0 and FEDAVG_BATCH_SIZE >= 1")
-        return problems
+        return [*problems, *self._model_problems()]
+
+    def _model_problems(self) -> list[str]:
+        if not 1 <= self.max_params <= MAX_PARAMS:
+            return [f"FEDAVG_MAX_PARAMS must be 1..{MAX_PARAMS}"]
+        count = parameter_count(self.model_spec)
+        if count > self.max_params:
+            return [
+                f"the model (MODEL_HIDDEN_*) has {count:,} parameters, "
+                f"over FEDAVG_MAX_PARAMS={self.max_params}"
+            ]
+        return []
 
     def _transport_problems(self) -> list[str]:
         problems = []
@@ -276,7 +289,8 @@ def _model_values(
             "FEDAVG_WIRE_DTYPE",
         ),
     )
-    return {"model_spec": spec, "train_config": train}
+    max_params = int(env.get("FEDAVG_MAX_PARAMS", str(DEFAULT_MAX_PARAMS)))
+    return {"model_spec": spec, "max_params": max_params, "train_config": train}
 
 
 def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:

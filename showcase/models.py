@@ -124,8 +124,10 @@ class LoadedModel:
 
 
 def check_drawable(spec: ModelSpec) -> None:
-    """The app draws 28x28 greyscale digits; refuse models that expect anything else."""
-    if spec.input_size != FRAME * FRAME:
+    """The app draws 28x28 greyscale digits; refuse models that expect anything else (an
+    MLP flattens, so any 784 inputs do; a convolution needs the image itself)."""
+    image = spec.input_shape == (1, FRAME, FRAME)
+    if spec.input_size != FRAME * FRAME or (spec.arch != "mlp" and not image):
         raise InvalidModelError(
             f"this model expects {list(spec.input_shape)} inputs; the app draws 28x28 digits"
         )

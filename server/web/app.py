@@ -25,7 +25,8 @@ from node.shared import __version__
 from node.shared.errors import FedavgError, ProtocolError
 from node.shared.protocol import UploadQuery
 from server import jsonsafe
-from server.errors import ApiError, BadRequest, NotFound, http_status
+from server.datasets import DatasetError, DatasetInfo, UnknownDataset
+from server.errors import ApiError, BadRequest, ErrorCode, NotFound, http_status
 from server.federation import Federation
 from server.settings import Settings
 from server.store import Store
@@ -91,6 +92,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/nodes", nodes),
         web.get("/datasets", datasets),
         web.post("/datasets/prepare-mnist", prepare_mnist),
+        web.post("/datasets/{dataset_id}/prepare", prepare_dataset),
         web.post("/train/{dataset_id}/prepare", prepare_shards),
         web.post("/train/{dataset_id}", start_training),
         web.post("/jobs/stop", stop_training),
@@ -272,9 +274,27 @@ def static_dir() -> Path:
 # -- control (admin) ---------------------------------------------------------------------------
 
 
-async def prepare_mnist(request: web.Request) -> web.Response:
+async def prepare_dataset(request: web.Request) -> web.Response:
     require_admin(request, request.app[SETTINGS])
-    info = await _fed(request).prepare_mnist()
+    return await _prepared(_fed(request).prepare_dataset(request.match_info["dataset_id"]))
+
+
+async def prepare_mnist(request: web.Request) -> web.Response:
+    """The seed's route, kept: ``POST /datasets/mnist/prepare``."""
+    require_admin(request, request.app[SETTINGS])
+    return await _prepared(_fed(request).prepare_mnist())
+
+
+async def _prepared(preparing: Awaitable[DatasetInfo]) -> web.Response:
+    """The info, or a 503 that keeps its message: the operator needs the fix it names (which
+    files in which folder), where the middleware would answer any 5xx with "internal"."""
+    try:
+        info = await preparing
+    except UnknownDataset:
+        raise  # a 404, as everywhere
+    except DatasetError as exc:
+        log.warning("dataset_unavailable", error=str(exc))
+        return _error(503, ErrorCode.UNAVAILABLE, str(exc))
     return _json(info.to_dict())
 
 

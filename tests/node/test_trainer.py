@@ -224,3 +224,75 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             resolve_device("cuda")
+
+
+def _images(n: int, shape: tuple[int, int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes a convolution must find by place: ink on the left half, or on the right."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    channels, height, width = shape
+    x = torch.randint(0, 60, (n, channels, height, width), generator=gen)
+    left = x[y == 0]
+    left[..., : width // 2] += 150
+    right = x[y == 1]
+    right[..., width // 2 :] += 150
+    x[y == 0], x[y == 1] = left, right
+    return x.clamp(0, 255).to(torch.uint8), y.to(torch.int64)
+
+
+CONV_SPECS = {
+    "cnn": ModelSpec(
+        arch="cnn", input_shape=(1, 8, 8), channels=(4, 8), kernel=3, hidden=(16,), num_classes=2
+    ),
+    "lenet5": ModelSpec(
+        arch="lenet5", input_shape=(1, 12, 12), channels=(4, 8), hidden=(16,), num_classes=2
+    ),
+    "resnet-group": ModelSpec(
+        arch="resnet",
+        input_shape=(3, 8, 8),
+        channels=(4, 8),
+        depth=6,
+        norm="group",
+        num_classes=2,
+        norm_mean=(0.2, 0.3, 0.4),
+        norm_std=0.3,
+    ),
+}
+
+
+@pytest.mark.parametrize("spec", CONV_SPECS.values(), ids=CONV_SPECS.keys())
+def test_conv_archs_learn_an_easy_problem(spec: ModelSpec) -> None:
+    shape = (spec.input_shape[0], spec.input_shape[1], spec.input_shape[2])
+    x, y = _images(128, shape, seed=0)
+    vx, vy = _images(64, shape, seed=9)
+    model = build_model(spec).eval()
+    model.load_state_dict(init_state(spec, 0))
+    with torch.inference_mode():
+        before = float(nn.functional.cross_entropy(model(normalize(vx, spec)), vy))
+    started = time.perf_counter()
+    result = train_locally(
+        spec,
+        init_state(spec, 0),
+        x,
+        y,
+        TrainConfig(lr=1e-2, batch_size=16, local_epochs=3),
+        device=CPU,
+        seed=1,
+        val=(vx, vy),
+    )
+    assert time.perf_counter() - started < 5
+    assert result.metrics["val_loss"] < before / 2
+    assert result.metrics["val_accuracy"] >= 0.9
+    assert result.state.keys() == init_state(spec, 0).keys()
+
+
+def test_a_conv_model_trains_its_download_in_place() -> None:
+    spec = CONV_SPECS["resnet-group"]
+    state = init_state(spec, 0)
+    before = {k: v.clone() for k, v in state.items()}
+    x, y = _images(32, (3, 8, 8), seed=2)
+    result = train_locally(
+        spec, state, x, y, TrainConfig(batch_size=8), device=CPU, seed=1, in_place=True
+    )
+    assert all(result.state[k].data_ptr() == state[k].data_ptr() for k in state)
+    assert not all(torch.equal(before[k], state[k]) for k in state)

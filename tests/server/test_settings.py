@@ -251,3 +251,22 @@ def test_wire_dtype_from_env_and_the_flag_wins() -> None:
     assert from_env.train_config.wire_dtype == "float16"
     flagged = Settings.from_env({**ENV, "FEDAVG_WIRE_DTYPE": "float16"}, wire_dtype="bfloat16")
     assert flagged.train_config.wire_dtype == "bfloat16"
+
+
+def test_the_parameter_budget_defaults_to_20m_and_is_read_from_the_env() -> None:
+    assert Settings.from_env(ENV).max_params == 20_000_000
+    assert Settings.from_env({**ENV, "FEDAVG_MAX_PARAMS": "300000"}).max_params == 300_000
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"FEDAVG_MAX_PARAMS": "0"}, "FEDAVG_MAX_PARAMS must be 1..100000000"),
+        ({"FEDAVG_MAX_PARAMS": "100000001"}, "FEDAVG_MAX_PARAMS must be 1..100000000"),
+        ({"FEDAVG_MAX_PARAMS": "2e7"}, "bad setting"),
+        ({"FEDAVG_MAX_PARAMS": "200000"}, "242,762 parameters, over FEDAVG_MAX_PARAMS=200000"),
+    ],
+)
+def test_a_bad_parameter_budget_is_refused_at_start_up(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        Settings.from_env({**ENV, **env})

@@ -225,3 +225,23 @@ def test_api_metadata_with_an_object_spec_becomes_weights_metadata() -> None:
 def test_api_metadata_with_a_bad_spec_is_refused() -> None:
     with pytest.raises(InvalidModelError):
         meta_from_api({"model_spec": {"arch": "transformer"}})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec(arch="cnn", channels=(4, 8), hidden=(16,)), ModelSpec(arch="lenet5")],
+    ids=["cnn", "lenet5"],
+)
+def test_conv_models_of_28x28_digits_load_and_predict(spec: ModelSpec) -> None:
+    model = load_model_bytes(model_bytes(init_state(spec, seed=3), spec))
+
+    assert model.spec == spec
+    prediction = model.predict(np.full((28, 28), 255, np.uint8))
+    assert len(prediction.probabilities) == 10
+    assert sum(prediction.probabilities) == pytest.approx(1.0)
+
+
+def test_a_conv_model_of_other_images_is_refused_even_with_784_inputs() -> None:
+    spec = ModelSpec(arch="cnn", input_shape=(4, 14, 14), kernel=3)
+    with pytest.raises(InvalidModelError, match="28x28"):
+        load_model_bytes(model_bytes(init_state(spec, seed=1), spec))

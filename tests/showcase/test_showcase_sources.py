@@ -218,7 +218,7 @@ async def test_bad_listings_and_entries_are_handled(aiohttp_server: AiohttpServe
                 "models": [
                     "junk",
                     {"name": "../evil", "metadata": {"model_spec": spec}},
-                    {"name": "bad-spec", "metadata": {"model_spec": {"arch": "cnn"}}},
+                    {"name": "bad-spec", "metadata": {"model_spec": {"arch": "vit"}}},
                     {
                         "name": "ok",
                         "sha256": "x",

@@ -1,4 +1,6 @@
-"""Model specs: bounds, JSON round trips, stable parameter names, deterministic initial weights."""
+"""Model specs: bounds, JSON round trips, stable parameter names, deterministic initial weights.
+
+The zoo's other archs are tested in ``test_zoo.py``."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def test_default_spec_is_the_mnist_mlp() -> None:
 @pytest.mark.parametrize(
     "changes",
     [
-        {"arch": "cnn"},
+        {"arch": "transformer"},
         {"input_shape": ()},
         {"input_shape": (1, 0, 28)},
         {"input_shape": (1, -28, 28)},
@@ -95,7 +97,7 @@ def test_from_dict_fills_defaults() -> None:
         ([], "must be an object"),
         ("mlp", "must be an object"),
         (None, "must be an object"),
-        ({"hidden": [8], "depth": 2}, r"unknown model spec fields: \['depth'\]"),
+        ({"hidden": [8], "layers": 2}, r"unknown model spec fields: \['layers'\]"),
         ({"hidden": [True]}, "bad model spec"),
         ({"hidden": [8.0]}, "bad model spec"),
         ({"hidden": "256"}, "bad model spec"),
@@ -141,7 +143,7 @@ def test_zero_dropout_adds_no_layer() -> None:
     with_zero = replace(SMALL, dropout=(0.0, 0.0))
     without = replace(SMALL, dropout=())
     assert list(build_model(with_zero).state_dict()) == list(build_model(without).state_dict())
-    assert not any(isinstance(m, nn.Dropout) for m in build_model(with_zero))
+    assert not any(isinstance(m, nn.Dropout) for m in build_model(with_zero).modules())
 
 
 @pytest.mark.parametrize("spec", [ModelSpec(), SMALL, ModelSpec(hidden=(), dropout=())])
@@ -185,3 +187,73 @@ def test_normalize_matches_the_training_transform() -> None:
     expected = torch.tensor([[(0 - 0.1307) / 0.3081, (1 - 0.1307) / 0.3081]])
     assert torch.allclose(out, expected)
     assert out.dtype == torch.float32
+
+
+def test_normalize_broadcasts_one_value_per_channel() -> None:
+    spec = ModelSpec(
+        arch="cnn",
+        input_shape=(3, 8, 8),
+        kernel=3,
+        norm_mean=(0.0, 0.5, 1.0),
+        norm_std=(1.0, 0.5, 0.25),
+    )
+    out = normalize(torch.full((2, 3, 8, 8), 255, dtype=torch.uint8), spec)
+    assert out.shape == (2, 3, 8, 8)
+    assert out[:, 0].eq(1.0).all() and out[:, 1].eq(1.0).all() and out[:, 2].eq(0.0).all()
+    single = normalize(torch.full((3, 8, 8), 255, dtype=torch.uint8), spec)
+    assert torch.equal(single, out[0])
+
+
+def test_one_norm_value_applies_to_every_shape_as_before() -> None:
+    pixels = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    flat = normalize(pixels, ModelSpec())
+    assert torch.equal(
+        normalize(pixels.reshape(5, 1, 28, 28), ModelSpec()), flat.reshape(5, 1, 28, 28)
+    )
+    assert torch.equal(flat, (pixels.float() / 255.0 - 0.1307) / 0.3081)
+
+
+# init_state(ModelSpec(), 0) as recorded before the zoo: saved models and tests rely on it.
+SEED0 = {
+    "1.weight": ((256, 784), (-0.00026739, 0.0191587, -0.02939447), 11.015339755864801),
+    "1.bias": ((256,), (-0.01171778, 0.01326992, -0.00246868), -0.5794029836688424),
+    "4.weight": ((128, 256), (-0.01537146, 0.00967591, 0.04445958), 0.49172674864530563),
+    "4.bias": ((128,), (-0.06006207, 0.0447931, -0.05434553), -0.545873612165451),
+    "7.weight": ((64, 128), (0.06040414, -0.01350754, 0.07773482), -3.853666709902427),
+    "7.bias": ((64,), (-0.00758462, -0.03468986, -0.04793349), 0.3268890893086791),
+    "9.weight": ((10, 64), (-0.10873851, -0.06948712, 0.01215559), -3.7696986943483353),
+    "9.bias": ((10,), (0.04265395, -0.11192454, -0.04116544), 0.4230286777019501),
+}
+
+
+def test_the_default_mlp_starts_from_the_same_weights_as_before_the_zoo() -> None:
+    state = init_state(ModelSpec(), 0)
+    assert list(state) == list(SEED0)
+    for name, (shape, first, total) in SEED0.items():
+        assert tuple(state[name].shape) == shape
+        assert state[name].reshape(-1)[:3].tolist() == pytest.approx(first, abs=1e-8)
+        assert float(state[name].double().sum()) == pytest.approx(total, rel=1e-9)
+
+
+OLD_DICT = {
+    "arch": "mlp",
+    "input_shape": [1, 28, 28],
+    "hidden": [256, 128, 64],
+    "dropout": [0.3, 0.2],
+    "num_classes": 10,
+    "norm_mean": 0.1307,
+    "norm_std": 0.3081,
+}
+
+
+def test_a_spec_saved_before_the_zoo_loads_and_is_written_the_same() -> None:
+    spec = ModelSpec.from_dict(OLD_DICT)
+    assert spec == ModelSpec()
+    assert spec.norm_mean == (0.1307,) and spec.norm_std == (0.3081,)
+    assert spec.to_dict() == OLD_DICT  # older nodes and files read it unchanged
+    assert ModelSpec(norm_mean=0.5) == ModelSpec(norm_mean=(0.5,))
+
+
+def test_a_float_norm_of_an_old_file_loads_for_any_arch() -> None:
+    spec = ModelSpec.from_dict({"arch": "cnn", "norm_mean": 0.5, "norm_std": [0.25]})
+    assert (spec.norm_mean, spec.norm_std) == ((0.5,), (0.25,))

@@ -192,7 +192,7 @@ def test_a_train_frame_carries_its_model_spec_as_an_object() -> None:
         ([], "must be an object"),
         ("mlp", "must be an object"),
         (None, "must be an object"),
-        ({"arch": "cnn"}, "unknown arch"),
+        ({"arch": "vit"}, "arch: unknown"),
         ({"layers": 3}, "unknown model spec fields"),
         ({"hidden": [0]}, "hidden layers"),
         ({"hidden": [True]}, "bad model spec"),

@@ -234,7 +234,7 @@ def test_refuses_metadata_that_is_not_a_string_map(header: Any) -> None:
         ({"model_spec": None}, "bad weights metadata"),
         ({"model_spec": "not json"}, "bad weights metadata"),
         ({"model_spec": "[]"}, "bad weights metadata"),
-        ({"model_spec": '{"arch": "cnn"}'}, "bad weights metadata"),
+        ({"model_spec": '{"arch": "vit"}'}, "bad weights metadata"),
         ({"model_spec": '{"hidden": [0]}'}, "bad weights metadata"),
         ({"model_spec": '{"hidden": [true]}'}, "bad weights metadata"),
         ({"model_spec": '{"layers": 3}'}, "bad weights metadata"),

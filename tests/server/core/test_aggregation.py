@@ -567,3 +567,14 @@ def test_the_distance_is_exact_across_fold_chunks() -> None:
     strategy = FedAvg(layout)
     strategy.reset(bound)
     strategy.add(update, 1)
+
+
+def test_fedavg_over_two_group_norm_resnets_is_the_sample_weighted_mean() -> None:
+    spec = ModelSpec(arch="resnet", input_shape=(3, 8, 8), channels=(4, 8), depth=6)
+    layout = expected_layout(spec)
+    assert any(".norm" in k for k in layout)  # GroupNorm's affine weights travel like any other
+    a, b = init_state(spec, seed=1), init_state(spec, seed=2)
+    agg = make_strategy("weighted", layout)
+    agg.add(a, samples=3)
+    agg.add(b, samples=1)
+    _close(agg.result(), {k: (3 * a[k].double() + b[k].double()) / 4 for k in layout})

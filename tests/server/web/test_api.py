@@ -34,10 +34,13 @@ from node.shared.protocol import (
 from node.shared.shards import decode_xy
 from node.shared.weights import WIRE_DTYPES, WeightsMeta, decode_weights, encode_weights, sha256_hex
 from server.core.evaluate import evaluate
+from server.datasets import CATALOG
+from server.events import Event
 from server.job.settle import SETTLE_BACKLOG
 from server.settings import Settings
 from server.web import sockets
 from server.web.app import SETTINGS, create_app
+from tests.server.datasets.files import write_entry_idx
 from tests.server.web.conftest import RECEIVE_S, SPEC, Client, FakeNode, connect, error_of
 
 MakeClient = Callable[..., Awaitable[Client]]
@@ -174,6 +177,69 @@ async def test_prepare_mnist_offline_then_listed(client: Client) -> None:
     assert [d["dataset_id"] for d in listed] == ["mnist"]
     assert listed[0]["train_sha256"] == info["train_sha256"]
     assert (await prepare_mnist(client))["train_sha256"] == info["train_sha256"]  # idempotent
+
+
+async def test_prepare_a_catalogue_dataset_then_listed(client: Client, tmp_path: Path) -> None:
+    entry = CATALOG["fashion-mnist"]
+    write_entry_idx(tmp_path / "datasets", entry)  # as torchvision leaves it: FashionMNIST/raw
+    events: list[Event] = []
+    client.app[sockets.FEDERATION].bus.listen(events.append)
+    resp = await client.post("/datasets/fashion-mnist/prepare")
+    assert resp.status == 200, await resp.text()
+    info = await resp.json()
+    assert (info["dataset_id"], info["source"], info["train_samples"]) == (
+        "fashion-mnist",
+        "idx-files",
+        20,
+    )
+    assert (info["input_shape"], info["num_classes"]) == ([1, 28, 28], 10)
+    assert info["class_names"] == list(entry.class_names)
+    listed = (await (await client.get("/datasets")).json())["datasets"]
+    assert listed == [info]
+
+    # Progress first (each stage's start and end at least, a few in all), then the result.
+    assert [e.kind for e in events][-1] == "dataset_prepared"
+    progress = [e.data for e in events if e.kind == "dataset_progress"]
+    assert [e.kind for e in events[: len(progress)]] == ["dataset_progress"] * len(progress)
+    for stage, total in (("read", 4), ("write", 2)):
+        for done in (0, total):
+            assert {"dataset": "fashion-mnist", "stage": stage, "done": done, "total": total} in (
+                progress
+            )
+    assert len(progress) <= 2 * 4 + 3
+
+    events.clear()
+    again = await client.post("/datasets/fashion-mnist/prepare")
+    assert (await again.json())["train_sha256"] == info["train_sha256"]  # idempotent
+    assert [e.kind for e in events] == ["dataset_prepared"]
+
+
+async def test_prepare_an_unknown_or_unavailable_dataset(client: Client) -> None:
+    error = await error_of(await client.post("/datasets/imagenet/prepare"), 404)
+    assert error["code"] == "not_found" and "'imagenet'" in error["message"]
+    assert all(dataset_id in error["message"] for dataset_id in CATALOG)
+    await error_of(await client.post("/datasets/..%2Fetc/prepare"), 404)
+    await error_of(await client.post("/datasets/UPPER/prepare"), 404)
+    # No files and no download (the test settings): a 503 that says what to do.
+    error = await error_of(await client.post("/datasets/cifar10/prepare"), 503)
+    assert "no offline fallback" in error["message"] and "cifar-10-batches-py" in error["message"]
+    error = await error_of(await client.post("/train/kmnist"), 404)
+    assert "POST /datasets/kmnist/prepare first" in error["message"]
+
+
+async def test_preparing_a_dataset_needs_the_admin_token(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    client = await make_client(admin_token="adm")
+    write_entry_idx(tmp_path / "datasets", CATALOG["kmnist"])
+    for headers in (None, {"Authorization": "Bearer nope"}, {"Authorization": "Basic adm"}):
+        resp = await client.post("/datasets/kmnist/prepare", headers=headers)
+        assert (await error_of(resp, 401))["code"] == "unauthorized"
+    await error_of(await client.post("/datasets/imagenet/prepare"), 401)  # 401 before 404
+    assert (await (await client.get("/datasets")).json())["datasets"] == []
+    resp = await client.post("/datasets/kmnist/prepare", headers={"Authorization": "Bearer adm"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["class_names"][:2] == ["o", "ki"]
 
 
 async def test_train_with_no_nodes_is_a_conflict(client: Client) -> None:
