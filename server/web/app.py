@@ -280,7 +280,7 @@ async def prepare_dataset(request: web.Request) -> web.Response:
 
 
 async def prepare_mnist(request: web.Request) -> web.Response:
-    """The seed's route, kept: ``POST /datasets/mnist/prepare``."""
+    """The seed's route, kept as the name of ``POST /datasets/mnist/prepare``."""
     require_admin(request, request.app[SETTINGS])
     return await _prepared(_fed(request).prepare_mnist())
 
