@@ -180,6 +180,11 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def layout_bytes(layout: Layout) -> int:
+    """How many bytes the tensors of ``layout`` take, headers aside."""
+    return sum(math.prod(shape) * _itemsize(dtype) for shape, dtype in layout.values())
+
+
 def header_length(prefix: bytes | bytearray | memoryview) -> int:
     """The header length a safetensors file's first 8 bytes announce (little-endian), refused
     past ``MAX_HEADER_BYTES`` before anyone reads that much."""
@@ -267,8 +272,7 @@ def decode_tensors(data: bytes | bytearray | memoryview) -> dict[str, torch.Tens
         numel = math.prod(shape)
         if math.prod(d for d in shape if d) >= 2**62:  # an empty tensor's shape still has strides
             raise _invalid(f"{name}: shape {shape} is too large to describe a tensor")
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if (end - begin) != numel * itemsize:
+        if (end - begin) != numel * _itemsize(dtype):
             raise _invalid(f"{name}: {end - begin} bytes do not hold shape {shape} of {dtype}")
         spans.append((begin, end, name))
         tensors[name] = _tensor_at(view, dtype, shape, start + begin)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -20,7 +19,13 @@ from prometheus_async.aio import time as aio_time
 
 from node.shared.errors import WeightsError
 from node.shared.protocol import UploadQuery
-from node.shared.weights import MAX_HEADER_BYTES, Layout, all_finite, decode_tensors
+from node.shared.weights import (
+    MAX_HEADER_BYTES,
+    Layout,
+    all_finite,
+    decode_tensors,
+    layout_bytes,
+)
 from server import failpoints
 from server.core.aggregation import AggregationError, Strategy, UpdateBound, make_strategy
 from server.core.rounds import RoundClosed, RoundMachine, Verdict
@@ -62,9 +67,7 @@ class Intake:
         self._close_round = close_round
         # An honest upload is the model's tensors plus a small header: anything bigger is
         # refused before it is read, whatever the operator's FEDAVG_MAX_UPLOAD_MB allows.
-        self.max_bytes = min(
-            ctx.max_upload_bytes, 8 + MAX_HEADER_BYTES + _tensor_bytes(wire_layout)
-        )
+        self.max_bytes = min(ctx.max_upload_bytes, 8 + MAX_HEADER_BYTES + layout_bytes(wire_layout))
         # One per job, reset per round; dropped with the job's other big buffers at its end.
         self._strategy: Strategy | None = make_strategy(ctx.aggregation, layout)
         self._slots = asyncio.Semaphore(ctx.upload_slots)
@@ -246,10 +249,3 @@ async def unless_set(work: Awaitable[T], event: asyncio.Event, refusal: Exceptio
     if task.cancelled():
         raise refusal
     return task.result()
-
-
-def _tensor_bytes(layout: Layout) -> int:
-    return sum(
-        math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        for shape, dtype in layout.values()
-    )

@@ -84,7 +84,6 @@ class Job:
         self.files = WeightsFiles(ctx.runs_dir / job_id, job_id, spec, wire_layout, checkpoints)
         self.checkpoints = self.files.checkpoints  # the same dict: the files keep it current
         self.intake = _intake(self, layout, wire_layout)
-        self.max_upload_bytes = self.intake.max_bytes
         self.settler = _settler(self, test_split)
         self._timer: asyncio.Task[None] | None = None
         self._reference: Mapping[str, torch.Tensor] | None = None  # what this round started from

@@ -5,44 +5,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from node.shared.model import ModelSpec, init_state
+from node.shared.model import init_state
 from node.shared.protocol import TrainConfig, UploadQuery
 from node.shared.weights import WeightsMeta, encode_weights
 from server.datasets import DatasetInfo
 from server.errors import BadRequest, Conflict, Forbidden
-from server.events import EventBus
 from server.job.intake import unless_set
 from server.job.job import Job, JobContext
-from server.metrics import Metrics
-from server.registry import NodeRegistry
 from server.shard_files import ShardFile
-from server.store import Store
+from tests.server.job.conftest import SPEC
 
-SPEC = ModelSpec(input_shape=(1, 4, 4), hidden=(5,), dropout=(), num_classes=3)
 SHARD = 10
 
 
 @pytest.fixture
-async def job(tmp_path: Path) -> AsyncIterator[Job]:
-    store = Store(tmp_path / "db.sqlite3")
-    background = ThreadPoolExecutor(max_workers=1)
-    ctx = JobContext(
-        store=store,
-        bus=EventBus(store, clock=lambda: 0.0),
-        registry=NodeRegistry(),
-        runs_dir=tmp_path / "runs",
-        models_dir=tmp_path / "models",
-        aggregation="weighted",
-        deadline_s=60.0,
-        metrics=Metrics(),
-        background=background,
-    )
+async def job(tmp_path: Path, ctx: JobContext) -> AsyncIterator[Job]:
     info = DatasetInfo("d", "test", "", 20, 4, 3, (1, 4, 4), "0" * 64, "0" * 64, "now")
     shards = {n: ShardFile(n, tmp_path / f"{n}.st", "0" * 64, SHARD, SHARD) for n in "ab"}
     test_split = (torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64))
@@ -61,8 +43,6 @@ async def job(tmp_path: Path) -> AsyncIterator[Job]:
     await job.start()
     yield job
     await job.stop("test over")
-    background.shutdown()
-    store.close()
 
 
 def body() -> bytearray:

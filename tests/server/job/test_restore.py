@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,45 +10,17 @@ import pytest
 import torch
 
 from node.shared.errors import WeightsError
-from node.shared.model import ModelSpec, init_state
+from node.shared.model import init_state
 from node.shared.protocol import TrainConfig
 from node.shared.shards import encode_xy
 from node.shared.weights import WeightsMeta, encode_weights, sha256_hex
 from server.datasets import DatasetInfo, split_path
-from server.events import EventBus
 from server.job.job import Checkpoint, JobContext
 from server.job.restore import finished_view, remove_stale_temp_files, restore_job, run_history
-from server.metrics import Metrics
-from server.registry import NodeRegistry
 from server.store import RoundRow, Store
+from tests.server.job.conftest import SPEC
 
-SPEC = ModelSpec(input_shape=(1, 4, 4), hidden=(5,), dropout=(), num_classes=3)
 RUN_ID = "tiny-20240101T000000Z-abcd"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "fedavg.sqlite3")
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def ctx(tmp_path: Path, store: Store) -> Iterator[JobContext]:
-    background = ThreadPoolExecutor(max_workers=1)
-    yield JobContext(
-        store=store,
-        bus=EventBus(store, lambda: 500.0),
-        registry=NodeRegistry(),
-        runs_dir=tmp_path / "runs",
-        models_dir=tmp_path / "models",
-        aggregation="weighted",
-        deadline_s=30.0,
-        metrics=Metrics(),
-        background=background,
-        clock=lambda: 500.0,
-    )
-    background.shutdown()
 
 
 def dataset(folder: Path) -> DatasetInfo:
