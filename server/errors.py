@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from node.shared.errors import FedavgError, ProtocolError, SpecError, WeightsError
+from node.shared.errors import DataError, FedavgError, ProtocolError, SpecError, WeightsError
 from server.core.aggregation import AggregationError
-from server.datasets import DatasetError, UnknownDataset
+from server.datasets import DatasetError, DatasetExists, OutsideImportRoots, UnknownDataset
 from server.settings import SettingsError
 
 
@@ -92,6 +92,13 @@ def http_status(exc: BaseException) -> tuple[int, ErrorCode]:
         return exc.status, exc.code
     if isinstance(exc, UnknownDataset):
         return 404, ErrorCode.NOT_FOUND
+    # The user's data (an import): a path outside the roots, an id taken, a bad file or field.
+    if isinstance(exc, OutsideImportRoots):
+        return 403, ErrorCode.FORBIDDEN
+    if isinstance(exc, DatasetExists):
+        return 409, ErrorCode.CONFLICT
+    if isinstance(exc, DataError):
+        return 400, ErrorCode.BAD_REQUEST
     if isinstance(exc, DatasetError):
         return 503, ErrorCode.UNAVAILABLE
     # A SettingsError in a request is a job setting the request asked for, out of range.

@@ -11,31 +11,28 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from node.shared import __version__
-from node.shared.errors import FedavgError, SpecError
+from node.shared.errors import FedavgError
 from node.shared.protocol import Error, Hello, Progress, Welcome
 from node.shared.wandb_sink import WandbSink
 from server.catalog import ModelCatalog
-from server.core.shard_plan import Shard, bounded_capacities, plan_shards
-from server.datasets import (
-    CATALOG,
-    MNIST_ID,
-    DatasetError,
-    DatasetInfo,
-    Throttled,
-    dataset_info,
-    list_datasets,
-    load_split,
-    prepare_dataset,
+from server.core.job_request import (
+    DataSchema,
+    JobDefaults,
+    JobRequest,
+    JobRequestError,
+    job_request,
 )
+from server.core.shard_plan import Shard, bounded_capacities, plan_shards
+from server.dataset_shelf import DatasetShelf
+from server.datasets import DatasetInfo, load_split
 from server.errors import BadRequest, Conflict, IdTaken, NotFound
 from server.events import EventBus
 from server.job.job import Job, JobContext, background_executor
@@ -48,8 +45,6 @@ from server.store import Store
 from server.wandb_log import ServerWandb
 
 log = structlog.get_logger(__name__)
-
-DATASET_PROGRESS_INTERVAL_S = 0.25  # dataset_progress events: at most four a second per stage
 
 
 class Federation:
@@ -68,7 +63,7 @@ class Federation:
         self.background = background_executor()
         self.job: Job | None = None
         self._last_run: dict[str, Any] | None = None  # the last job, when it ended before a restart
-        self._dataset_lock = asyncio.Lock()
+        self.shelf = DatasetShelf(settings, self.bus)
         self._job_lock = asyncio.Lock()
         self.started_at = clock()
         self.catalog = ModelCatalog(settings.models_path)
@@ -173,32 +168,11 @@ class Federation:
 
     # -- datasets ------------------------------------------------------------------------------
 
-    async def prepare_dataset(self, dataset_id: str) -> DatasetInfo:
-        async with self._dataset_lock:
-            info = await _prepare_in_thread(self.settings, self.bus, dataset_id)
-        self.bus.publish("dataset_prepared", info.to_dict())
-        return info
-
-    async def prepare_mnist(self) -> DatasetInfo:  # the seed's name
-        return await self.prepare_dataset(MNIST_ID)
-
-    def datasets(self) -> list[DatasetInfo]:
-        return list_datasets(self.settings.datasets_path)
-
-    def _dataset(self, dataset_id: str) -> DatasetInfo:
-        try:
-            info = dataset_info(self.settings.datasets_path, dataset_id)
-        except DatasetError as exc:
-            raise NotFound(str(exc)) from exc
-        if info is None:
-            raise NotFound(f"dataset {dataset_id!r} is not prepared{_prepare_hint(dataset_id)}")
-        return info
-
     # -- jobs ----------------------------------------------------------------------------------
 
     async def plan(self, dataset_id: str) -> tuple[DatasetInfo, dict[str, ShardFile], str]:
         """Split the training set over the connected nodes and write their shards."""
-        info = self._dataset(dataset_id)
+        info = self.shelf.get(dataset_id)
         capacities = bounded_capacities(
             {s.node_id: s.capacity for s in self.registry.connected()},
             self.settings.max_capacity_ratio,
@@ -217,13 +191,20 @@ class Federation:
         )
         return info, files, key
 
-    async def start_job(self, dataset_id: str, rounds: int) -> Job:
+    async def start_job(
+        self,
+        dataset_id: str,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Start a job on ``dataset_id``: its rounds, model and training settings are the
+        request's (see :mod:`server.core.job_request`), else the server's settings."""
         async with self._job_lock:
             if self.job is not None and not self.job.finished.is_set():
                 raise Conflict(
                     f"job {self.job.job_id} is still running (round {self.job.machine.round})"
                 )
-            _admit_spec(self.settings, self._dataset(dataset_id))
+            request = _job_request(self.settings, self.shelf.get(dataset_id), query or {}, body)
             info, files, _ = await self.plan(dataset_id)
             test_split = await asyncio.to_thread(
                 load_split, self.settings.datasets_path, dataset_id, "test"
@@ -234,9 +215,9 @@ class Federation:
                 job_id=f"{dataset_id}-{stamp}-{secrets.token_hex(2)}",
                 dataset=info,
                 shards=files,
-                spec=self.settings.model_spec,
-                config=self.settings.train_config,
-                rounds=rounds,
+                spec=request.spec,
+                config=request.train,
+                rounds=request.rounds,
                 seed=self.settings.seed,
                 test_split=test_split,
                 names={n: self.registry.nodes[n].name for n in files},
@@ -285,7 +266,7 @@ class Federation:
             job = restore_job(  # small reads at start-up, before anyone is served
                 run,
                 self._job_context(run["aggregation"]),
-                self._dataset(run["dataset"]),
+                self.shelf.get(run["dataset"]),
                 self.settings.datasets_path,
             )
         except (FedavgError, OSError, KeyError, ValueError) as exc:
@@ -303,6 +284,11 @@ class Federation:
             return
         self.job = job
         await job.resume()
+
+    def running_dataset(self) -> str | None:
+        """The dataset the running job trains on, if one runs."""
+        job = self.job
+        return job.dataset.dataset_id if job is not None and not job.finished.is_set() else None
 
     async def stop_job(self) -> Job:
         if self.job is None or self.job.finished.is_set():
@@ -351,43 +337,22 @@ class Federation:
         await asyncio.to_thread(self.wandb.close)
 
 
-def _prepare_in_thread(
-    settings: Settings, bus: EventBus, dataset_id: str
-) -> Awaitable[DatasetInfo]:
-    """Run ``prepare_dataset`` in a thread; its progress reaches the bus (as ``dataset_progress``,
-    a few a second at most, off the timeline) and the log, through the event loop."""
-    loop = asyncio.get_running_loop()
-
-    def publish(stage: str, done: int, total: int) -> None:  # called in the worker thread
-        data = {"dataset": dataset_id, "stage": stage, "done": done, "total": total}
-        log.info("dataset_progress", **data)
-        if not loop.is_closed():  # closed: the server is shutting down, nobody is listening
-            loop.call_soon_threadsafe(
-                partial(bus.publish, "dataset_progress", data, timeline=False)
-            )
-
-    return asyncio.to_thread(
-        prepare_dataset,
-        settings.datasets_path,
-        dataset_id,
-        allow_download=settings.mnist_download,
-        progress=Throttled(publish, DATASET_PROGRESS_INTERVAL_S),
+def _job_request(
+    settings: Settings, info: DatasetInfo, query: Mapping[str, str], body: Mapping[str, Any] | None
+) -> JobRequest:
+    """What the request asks for, over the settings' defaults and the dataset's shape."""
+    defaults = JobDefaults(
+        spec=settings.model_spec,
+        train=settings.train_config,
+        rounds=settings.default_rounds,
+        max_rounds=settings.max_rounds,
+        max_params=settings.max_params,
     )
-
-
-def _prepare_hint(dataset_id: str) -> str:
-    if dataset_id == MNIST_ID:
-        return " (POST /datasets/mnist/prepare, or the seed's /datasets/prepare-mnist, first)"
-    return f" (POST /datasets/{dataset_id}/prepare first)" if dataset_id in CATALOG else ""
-
-
-def _admit_spec(settings: Settings, info: DatasetInfo) -> None:
-    """A job's model must take the dataset's samples and fit FEDAVG_MAX_PARAMS (400 if not)."""
+    schema = DataSchema(info.input_shape, info.num_classes, info.norm_mean, info.norm_std)
     try:
-        settings.model_spec.check_input(info.input_shape)
-        settings.model_spec.check_budget(settings.max_params)
-    except SpecError as exc:
-        raise BadRequest(f"model_spec: {exc} (FEDAVG_MAX_PARAMS={settings.max_params})") from exc
+        return job_request(defaults, schema, query, body)
+    except JobRequestError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 def _shard_plan(

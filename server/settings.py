@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from node.shared.errors import FedavgError, SpecError
 from node.shared.logs import LogFormat
-from node.shared.model import MAX_PARAMS, ModelSpec, parameter_count
+from node.shared.model import ARCHS, MAX_PARAMS, ModelSpec, parameter_count
 from node.shared.paths import default_home, fedavg_home
 from node.shared.protocol import TrainConfig, WireDtype
 from node.shared.wandb_sink import wandb_mode
@@ -24,6 +24,7 @@ from server.core.shard_plan import MAX_SEED
 AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
 MiB = 1024 * 1024
 DEFAULT_MAX_PARAMS = 20_000_000
+MAX_IMPORT_MB, MAX_IMPORT_SAMPLES = 1 << 20, 100_000_000  # ceilings of the import limits
 
 
 class SettingsError(FedavgError):
@@ -82,6 +83,11 @@ class Settings:
     max_offline_nodes: int = 256  # disconnected nodes kept in the registry (and in /nodes)
     max_node_ids: int = 10_000  # id -> secret bindings kept in SQLite, least recently seen go
     max_events: int = 100_000  # timeline rows kept in SQLite, oldest go
+    # POST /datasets/import: the folders data may be imported from (none: <home>/imports),
+    # and what one import may read (server/datasets/imports.py, node/shared/local_data.py).
+    import_roots: tuple[Path, ...] = ()
+    import_max_bytes: int = 2048 * MiB
+    import_max_samples: int = 1_000_000
 
     @property
     def datasets_path(self) -> Path:
@@ -94,6 +100,10 @@ class Settings:
     @property
     def runs_path(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def import_root_paths(self) -> tuple[Path, ...]:
+        return self.import_roots or (self.home / "imports",)
 
     @property
     def db_path(self) -> Path:
@@ -113,6 +123,7 @@ class Settings:
                 **_upload_values(env),
                 **_output_values(env),
                 **_connection_values(env),
+                **_import_values(env),
             }
         except (ValueError, SpecError) as exc:
             raise SettingsError(f"bad setting: {exc}") from exc
@@ -130,6 +141,7 @@ class Settings:
             *self._tls_problems(),
             *self._connection_problems(),
             *self._participant_problems(),
+            *self._import_problems(),
         ]
         if problems:
             raise SettingsError("; ".join(problems))
@@ -222,6 +234,18 @@ class Settings:
             problems.append("FEDAVG_MAX_EVENTS must be 10..100000000")
         return problems
 
+    def _import_problems(self) -> list[str]:
+        problems = [
+            f"FEDAVG_IMPORT_ROOTS: {str(root)!r} is not an absolute path"
+            for root in self.import_roots
+            if not root.is_absolute()
+        ]
+        if not MiB <= self.import_max_bytes <= MAX_IMPORT_MB * MiB:
+            problems.append(f"FEDAVG_IMPORT_MAX_MB must be 1..{MAX_IMPORT_MB}")
+        if not 1 <= self.import_max_samples <= MAX_IMPORT_SAMPLES:
+            problems.append(f"FEDAVG_IMPORT_MAX_SAMPLES must be 1..{MAX_IMPORT_SAMPLES}")
+        return problems
+
     def _connection_problems(self) -> list[str]:
         problems = []
         for name in self.allowed_hosts:
@@ -268,7 +292,12 @@ class Settings:
 def _model_values(
     env: Mapping[str, str], spec_defaults: ModelSpec, wire_dtype: str | None
 ) -> dict[str, Any]:
-    """The model's layer sizes and dropout (MODEL_*) and the local training (FEDAVG_LR, ...)."""
+    """The model's arch, layer sizes and dropout (MODEL_*) and the local training (FEDAVG_LR,
+    ...). A job may choose its own; these are the defaults. Input shape, classes and
+    normalisation come from each job's dataset."""
+    arch = _choice(env.get("MODEL_ARCH", spec_defaults.arch), ARCHS, "MODEL_ARCH")
+    if arch != spec_defaults.arch:
+        spec_defaults = ModelSpec(arch=arch)
     hidden = tuple(
         int(env.get(f"MODEL_HIDDEN_{i + 1}", str(h))) for i, h in enumerate(spec_defaults.hidden)
     )
@@ -357,6 +386,20 @@ def _connection_values(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _import_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """Where imported data may come from, and what one import may read."""
+    roots = re.split(r"[,:]", env.get("FEDAVG_IMPORT_ROOTS", ""))  # either separator
+    max_mb = _whole(env.get("FEDAVG_IMPORT_MAX_MB", "2048"), "FEDAVG_IMPORT_MAX_MB")
+    max_samples = _whole(
+        env.get("FEDAVG_IMPORT_MAX_SAMPLES", "1000000"), "FEDAVG_IMPORT_MAX_SAMPLES"
+    )
+    return {
+        "import_roots": tuple(Path(root.strip()) for root in roots if root.strip()),
+        "import_max_bytes": max_mb * MiB,
+        "import_max_samples": max_samples,
+    }
+
+
 def _train_config(**values: Any) -> TrainConfig:
     try:
         return TrainConfig(**values)
@@ -373,6 +416,13 @@ def _path(value: str | None) -> Path | None:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _whole(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a whole number") from None
 
 
 def _auto_int(value: str, name: str) -> int:

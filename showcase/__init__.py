@@ -1,1 +1,2 @@
-"""The drawing showcase: draw a digit in the browser and see what a saved model predicts."""
+"""The showcase: draw a digit (or upload an image) in the browser and see what a saved model
+predicts."""

@@ -1,11 +1,13 @@
 # Panel's constructors take **params and carry no annotations; calling them is not an error.
 # mypy: disable-error-code="no-untyped-call"
-"""The Panel page: draw a digit, see the picked model's prediction.
+"""The Panel page: draw a digit (or upload an image), see the picked model's prediction.
 
-One ``ShowcaseApp`` per browser session holds its widgets and its picked model; the model
-source and the cache of loaded models are shared by all sessions and passed in, so nothing
-lives in module globals. Its methods are plain and synchronous, so tests drive the page
-without a browser; only the periodic refresh runs I/O in a thread.
+The picked model decides the mode: a 28x28 greyscale model is drawn on, any other image
+model takes an uploaded PNG/JPEG (``showcase.upload``), and a model that cannot be served
+says why. One ``ShowcaseApp`` per browser session holds its widgets and its picked model;
+the model source and the cache of loaded models are shared by all sessions and passed in,
+so nothing lives in module globals. Its methods are plain and synchronous, so tests drive
+the page without a browser; only the periodic refresh runs I/O in a thread.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import html
-from typing import Any, Literal
+from typing import Literal
 
 import panel as pn
 import structlog
 
+from showcase import render
 from showcase.components import DrawCanvas, ModelUpload
 from showcase.errors import InvalidModelError, ShowcaseError, SourceError
 from showcase.models import (
@@ -29,36 +31,21 @@ from showcase.models import (
     Prediction,
     load_model,
     no_model_message,
+    too_large,
     upload_info,
 )
-from showcase.preprocess import decode_data_url, preprocess_image, to_png
+from showcase.preprocess import decode_data_url, preprocess_image
+from showcase.render import CSS, hint, sentence
+from showcase.serving import shape_text
 from showcase.settings import Settings
+from showcase.upload import ACCEPT, MAX_IMAGE_BYTES, prepare_upload, preview_data_url
 
 log = structlog.get_logger(__name__)
 
 AlertKind = Literal["info", "warning", "danger"]
 
 HINT = "Draw a digit in the box: the prediction follows your pen."
-
-CSS = """
-.prediction { display:flex; align-items:baseline; gap:16px; font-family:system-ui,sans-serif; }
-.prediction .digit { font-size:72px; font-weight:700; line-height:1; color:#1f4e8c; }
-.prediction .confidence { font-size:18px; color:#333; }
-.hint { font-size:15px; color:#555; font-family:system-ui,sans-serif; }
-.bars { font-family:ui-monospace,monospace; font-size:13px; width:300px; }
-.prob-row { display:flex; align-items:center; gap:6px; margin:2px 0; }
-.prob-row .label { width:14px; text-align:right; }
-.prob-row .track { flex:1; height:14px; background:#eceff3; border-radius:3px; }
-.prob-row .fill { height:100%; background:#8aa9cf; border-radius:3px; }
-.prob-row.top .fill { background:#1f4e8c; }
-.prob-row .pct { width:52px; text-align:right; }
-.seen { font-family:system-ui,sans-serif; font-size:13px; color:#555; }
-.seen img { width:112px; height:112px; image-rendering:pixelated; border:1px solid #8a8f98;
-  display:block; margin-top:4px; }
-.details { font-family:system-ui,sans-serif; font-size:13px; border-collapse:collapse; }
-.details td { padding:1px 8px 1px 0; vertical-align:top; }
-.details td:first-child { color:#666; white-space:nowrap; }
-"""
+IMAGE_HINT = "Upload a PNG or JPEG: the model sees it centre-cropped and resized to its input."
 
 
 class ShowcaseApp:
@@ -79,28 +66,37 @@ class ShowcaseApp:
         self.canvas = DrawCanvas(width=290, height=290)
         self.clear_button = pn.widgets.Button(label="Clear", width=90)
         self.predict_button = pn.widgets.Button(label="Predict", color="primary", width=90)
+        self.image_input = pn.widgets.FileInput(accept=ACCEPT, multiple=False, width=290)
         self.picker = pn.widgets.Select(label="Model", options={}, width=380)
         self.upload = ModelUpload(max_bytes=max_upload_bytes, width=380, height=50)
         self.model_status = pn.pane.Alert("", alert_type="info", visible=False, width=380)
         self.details = pn.pane.HTML("", stylesheets=[CSS], width=380)
-        self.result = pn.pane.HTML(_hint(HINT), stylesheets=[CSS], width=320, min_height=80)
+        self.unservable = pn.pane.HTML("", stylesheets=[CSS], width=380)
+        self.result = pn.pane.HTML(hint(HINT), stylesheets=[CSS], width=320, min_height=80)
         self.bars = pn.pane.HTML("", stylesheets=[CSS], width=320)
         self.seen = pn.pane.HTML("", stylesheets=[CSS], width=320)
+        self.drawing = pn.Column(
+            pn.pane.Markdown("## Draw a digit", margin=(0, 10)),
+            self.canvas,
+            pn.Row(self.clear_button, self.predict_button),
+        )
+        self.imaging = pn.Column(
+            pn.pane.Markdown("## Upload an image", margin=(0, 10)),
+            pn.pane.HTML(render.help_text(IMAGE_HINT), stylesheets=[CSS], width=290),
+            self.image_input,
+            visible=False,
+        )
 
         self.canvas.param.watch(lambda _: self.predict(), "value")
         self.clear_button.on_click(lambda _: self.clear())
         self.predict_button.on_click(lambda _: self.predict(on_demand=True))
+        self.image_input.param.watch(lambda _: self.classify_image(), "value")
         self.picker.param.watch(lambda event: self.select(event.new), "value")
         self.upload.param.watch(lambda _: self._on_upload(), "nonce")
 
     # --- layout ---------------------------------------------------------------------------
 
     def view(self) -> pn.viewable.Viewable:
-        drawing = pn.Column(
-            pn.pane.Markdown("## Draw a digit", margin=(0, 10)),
-            self.canvas,
-            pn.Row(self.clear_button, self.predict_button),
-        )
         answer = pn.Column(
             pn.pane.Markdown("## The model thinks", margin=(0, 10)),
             self.result,
@@ -113,8 +109,9 @@ class ShowcaseApp:
             self.details,
             self.upload,
             self.model_status,
+            self.unservable,
         )
-        return pn.FlexBox(drawing, answer, model, gap="24px", margin=10)
+        return pn.FlexBox(self.drawing, self.imaging, answer, model, gap="24px", margin=10)
 
     # --- models ---------------------------------------------------------------------------
 
@@ -144,7 +141,8 @@ class ShowcaseApp:
             self._model_message(message, "danger")
 
     def apply_listing(self, models: list[ModelInfo]) -> None:
-        """New options for the picker (uploads first, then newest first), keeping the pick."""
+        """New options for the picker (uploads first, then newest first), keeping the pick;
+        models it cannot serve stay listed, marked, with a line each saying why."""
         self._last_error = None
         self._listed = models
         ordered = [info for info, _ in self._uploads.values()] + models
@@ -157,38 +155,42 @@ class ShowcaseApp:
         previous, self._infos = self._infos, infos
         current = self.picker.value
         self.picker.options = _labelled(ordered)
+        self.unservable.object = render.unservable_html(ordered)
         if not ordered:
             self.model = None
             self.details.object = ""
-            self._show_result()
+            self._show_mode()
             return
         if current not in infos:
-            # Nothing picked yet, or the picked file is gone: take the newest.
+            # Nothing picked yet, or the picked file is gone: take the newest it can serve.
             self._model_message("", "info")
-            self.picker.value = ordered[0].key
+            servable = [info for info in ordered if info.problem is None]
+            self.picker.value = (servable or ordered)[0].key
         if self.picker.value == current and infos.get(current) != previous.get(current):
             self.select(current)  # same name, new content: reload it
 
     def select(self, key: str | None) -> None:
-        """Load the picked model and re-classify the current drawing with it."""
+        """Load the picked model and ask it again about the current drawing or image."""
         if key is None or key not in self._infos:
             return
         info = self._infos[key]
         try:
+            if info.problem is not None:
+                raise InvalidModelError(info.problem)
             if key in self._uploads:
                 self.model = self._uploads[key][1]
             else:
                 self.model = load_model(self.source, self.cache, info)
         except ShowcaseError as exc:
             self.model = None
-            self.details.object = ""
+            self.details.object = render.details_html(info)
             self._model_message(f"Cannot use {info.name}: {exc}", "danger")
-            self._show_result()
+            self._show_mode()
             return
-        self.details.object = _details_html(info)
+        self.details.object = render.details_html(info)
         self._model_message("", "info")
-        log.info("model_selected", model=info.name, origin=info.origin)
-        self.predict()
+        log.info("model_selected", model=info.name, origin=info.origin, mode=self.model.mode)
+        self._show_mode()
 
     def _on_upload(self) -> None:
         if self.upload.rejected:
@@ -204,10 +206,7 @@ class ShowcaseApp:
     def add_upload(self, filename: str, data: bytes) -> ModelInfo:
         """Validate an uploaded model file, offer it in the picker and pick it."""
         if len(data) > self.max_upload_bytes:
-            raise InvalidModelError(
-                f"the file is {len(data) / 2**20:.1f} MiB; models may be at most "
-                f"{self.max_upload_bytes / 2**20:.0f} MiB"
-            )
+            raise InvalidModelError(too_large(len(data), self.max_upload_bytes))
         model = self.cache.load(data)
         info = upload_info(filename, model, len(data))
         self._uploads[info.key] = (info, model)
@@ -219,7 +218,18 @@ class ShowcaseApp:
             self.picker.value = info.key
         return info
 
-    # --- drawing --------------------------------------------------------------------------
+    # --- drawing and images ---------------------------------------------------------------
+
+    def _show_mode(self) -> None:
+        """The canvas for a drawn model (and while none is loaded), the image upload for an
+        image model; then the answer for what is already drawn or uploaded."""
+        upload = self.model is not None and self.model.mode == "upload"
+        self.drawing.visible = not upload
+        self.imaging.visible = upload
+        if upload:
+            self.classify_image()
+        else:
+            self.predict()
 
     def clear(self) -> None:
         self.canvas.clear_token += 1
@@ -229,42 +239,58 @@ class ShowcaseApp:
 
     def predict(self, on_demand: bool = False) -> None:
         """Classify the drawing with the picked model, or say why not."""
+        if self.model is not None and self.model.mode != "draw":
+            return  # the canvas is hidden: an image model is not drawn on
         self.prediction = None
         if not self.canvas.value:
             self._show_result(
-                _hint("The canvas is empty: draw a digit first.") if on_demand else None
+                hint("The canvas is empty: draw a digit first.") if on_demand else None
             )
             return
         if self.model is None:
-            self._show_result(_hint("No model is loaded yet, so there is nothing to ask."))
+            self._show_result(hint("No model is loaded yet, so there is nothing to ask."))
             return
         try:
             digit = preprocess_image(decode_data_url(self.canvas.value))
             self.prediction = self.model.predict(digit.pixels)
         except ShowcaseError as exc:
-            self._show_result(_hint(_sentence(str(exc))))
+            self._show_result(hint(sentence(str(exc))))
             return
-        self._show_result(seen=digit.pixels)
+        self._show_result(seen=render.drawn_input_html(digit.pixels))
 
-    def _show_result(self, message: str | None = None, seen: Any = None) -> None:
-        prediction = self.prediction
-        if prediction is None:
-            self.result.object = message or _hint(HINT)
+    def classify_image(self) -> None:
+        """Classify the uploaded image (the file input holds the one copy) with the picked
+        model, or say why not: a file too large, damaged or not a PNG/JPEG gets a message."""
+        self.prediction = None
+        data = self.image_input.value
+        if self.model is None:
+            self._show_result(hint("No model is loaded yet, so there is nothing to ask."))
+            return
+        if not isinstance(data, bytes):
+            self._show_result(hint(IMAGE_HINT))
+            return
+        try:
+            prepared = prepare_upload(data, self.model.spec, MAX_IMAGE_BYTES)
+            self.prediction = self.model.classify(prepared.batch)
+        except ShowcaseError as exc:
+            name = self.image_input.filename or "the image"
+            self._show_result(hint(f"{name}: {sentence(str(exc))}"))
+            return
+        shape = shape_text(self.model.spec)
+        self._show_result(seen=render.uploaded_input_html(preview_data_url(prepared.pixels), shape))
+
+    def _show_result(self, message: str | None = None, seen: str | None = None) -> None:
+        prediction, model = self.prediction, self.model
+        if prediction is None or model is None:
+            idle = IMAGE_HINT if model is not None and model.mode == "upload" else HINT
+            self.result.object = message or hint(idle)
             self.bars.object = ""
             self.seen.object = ""
             return
-        self.result.object = (
-            f'<div class="prediction" id="prediction"><span class="digit" id="predicted-digit">'
-            f'{prediction.digit}</span><span class="confidence" id="confidence">'
-            f"{prediction.confidence:.1%} confident</span></div>"
-        )
-        self.bars.object = _bars_html(prediction)
+        self.result.object = render.result_html(prediction, model.mode)
+        self.bars.object = render.bars_html(prediction, model.mode)
         if seen is not None:
-            png = base64.b64encode(to_png(seen)).decode("ascii")
-            self.seen.object = (
-                '<div class="seen">What the model saw (28x28, centred like MNIST):'
-                f'<img id="model-input" alt="28x28 input" src="data:image/png;base64,{png}"></div>'
-            )
+            self.seen.object = seen
 
     def _model_message(self, text: str, kind: AlertKind) -> None:
         self.model_status.object = text
@@ -286,34 +312,6 @@ def _b64decode(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidModelError(f"the upload arrived damaged: {exc}") from exc
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
-
-
-def _hint(text: str) -> str:
-    return f'<div class="hint" id="hint">{html.escape(text)}</div>'
-
-
-def _bars_html(prediction: Prediction) -> str:
-    rows = []
-    for label, p in enumerate(prediction.probabilities):
-        top = " top" if label == prediction.digit else ""
-        rows.append(
-            f'<div class="prob-row{top}" data-digit="{label}"><span class="label">{label}</span>'
-            f'<div class="track"><div class="fill" style="width:{p * 100:.1f}%"></div></div>'
-            f'<span class="pct">{p:.1%}</span></div>'
-        )
-    return '<div class="bars" id="prob-bars">' + "".join(rows) + "</div>"
-
-
-def _details_html(info: ModelInfo) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
-        for k, v in info.details().items()
-    )
-    return f'<table class="details" id="model-details">{rows}</table>'
 
 
 def create_page(settings: Settings, source: ModelSource, cache: ModelCache) -> pn.viewable.Viewable:

@@ -23,7 +23,8 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
     """Settings from the environment with command-line flags on top."""
     parser = argparse.ArgumentParser(
         prog="fedavg-showcase",
-        description="Draw a digit in the browser and see what a saved federated model predicts.",
+        description="Draw a digit (or upload an image) in the browser and see what a saved "
+        "federated model predicts.",
     )
     parser.add_argument("--host", help="address to listen on (SHOWCASE_HOST; 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (SHOWCASE_PORT; 7860)")

@@ -31,3 +31,7 @@ class InvalidModelError(ShowcaseError):
 
 class SourceError(ShowcaseError):
     """The models folder or the orchestrator's REST API could not be read."""
+
+
+class CannotServeError(InvalidModelError):
+    """A valid model the showcase has no way to feed (say, a 5-channel or a flat input)."""

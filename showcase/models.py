@@ -14,7 +14,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -26,8 +26,17 @@ from torch import nn
 from node.shared.errors import WeightsError
 from node.shared.model import ModelSpec, build_model
 from node.shared.weights import WeightsMeta, decode_weights, sha256_hex
-from showcase.errors import InvalidModelError
-from showcase.preprocess import FRAME, ByteImage, model_input
+from showcase.errors import CannotServeError, InvalidModelError
+from showcase.preprocess import ByteImage, model_input
+from showcase.serving import (
+    Mode,
+    Ranked,
+    class_names,
+    fallback_names,
+    serve_mode,
+    shape_text,
+    top_k,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -39,51 +48,67 @@ SUFFIX = ".safetensors"
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """One model a person can pick: where it is and what its metadata says about it."""
+    """One model on offer: where it is, what its metadata says, and why it cannot be served
+    if it cannot (such a model stays listed, with ``problem`` saying why)."""
 
     key: str
     """Unique among the models on offer: the file name, or ``upload:<sha256>`` for uploads."""
     name: str
     origin: str
     """``folder``, ``orchestrator`` or ``upload``."""
-    meta: WeightsMeta
+    meta: WeightsMeta | None
+    """None when the metadata does not describe a model this install can build."""
     size: int
     created: datetime | None = None
     sha256: str | None = None
+    problem: str | None = None
+    """Why the showcase cannot serve this model; None when it can."""
+    unparsed: Mapping[str, str] = field(default_factory=dict)
+    """The raw metadata when ``meta`` is None, so the listing can still name its dataset."""
+
+    @property
+    def extra(self) -> Mapping[str, str]:
+        return self.meta.extra if self.meta is not None else self.unparsed
 
     @property
     def dataset(self) -> str:
-        return self.meta.extra.get("dataset", "") or "?"
+        return self.extra.get("dataset", "") or "?"
 
     @property
     def rounds(self) -> int | None:
-        return _int_or_none(self.meta.extra.get("rounds"))
+        return _int_or_none(self.extra.get("rounds"))
 
     @property
     def nodes(self) -> int | None:
         """How many distinct nodes contributed, over all rounds."""
-        return count_contributors(self.meta.extra.get("contributors"))
+        return count_contributors(self.extra.get("contributors"))
 
     @property
     def test_accuracy(self) -> float | None:
-        return _fraction_or_none(self.meta.extra.get("test_accuracy"))
+        return _fraction_or_none(self.extra.get("test_accuracy"))
 
     def label(self) -> str:
-        """One line for the picker: date, dataset, rounds, nodes, accuracy."""
-        parts = [self.created.strftime("%Y-%m-%d %H:%M") if self.created else self.name]
+        """One line for the picker: date, dataset, arch, input, rounds, nodes, accuracy."""
+        dated = self.created is not None and self.problem is None
+        parts = [self.created.strftime("%Y-%m-%d %H:%M") if dated and self.created else self.name]
         parts.append(self.dataset)
+        if self.meta is not None:
+            parts += [self.meta.spec.arch, shape_text(self.meta.spec)]
         if self.rounds is not None:
             parts.append(f"{self.rounds} rounds")
         if self.nodes is not None:
             parts.append(f"{self.nodes} nodes")
         if self.test_accuracy is not None:
-            parts.append(f"{self.test_accuracy:.1%}")
+            parts.append(f"acc {self.test_accuracy:.1%}")
         if self.origin == "upload":
             parts.insert(0, "uploaded")
+        if self.problem is not None:
+            parts.append("cannot serve")
         return " · ".join(parts)
 
     def details(self) -> dict[str, str]:
         """The metadata a person cares about, formatted for display."""
+        spec = self.meta.spec if self.meta is not None else None
         return {
             "file": self.name,
             "dataset": self.dataset,
@@ -91,63 +116,90 @@ class ModelInfo:
             "nodes": "?" if self.nodes is None else str(self.nodes),
             "test accuracy": "?" if self.test_accuracy is None else f"{self.test_accuracy:.2%}",
             "created": self.created.strftime("%Y-%m-%d %H:%M:%S UTC") if self.created else "?",
-            "model": f"{self.meta.spec.arch} {list(self.meta.spec.hidden)}",
+            "model": "?" if spec is None else describe_arch(spec),
+            "input": "?" if spec is None else shape_text(spec),
+            "classes": "?" if spec is None else _classes_text(spec, self.extra),
             "size": f"{self.size / 1024:.0f} KiB",
         }
+
+
+def describe_arch(spec: ModelSpec) -> str:
+    """The arch and the sizes that tell its variants apart: ``cnn [32, 64] → [512]``."""
+    if spec.arch == "mlp":
+        return f"mlp {list(spec.hidden)}"
+    if spec.arch == "resnet":
+        return f"resnet-{spec.depth} {list(spec.channels)} ({spec.norm} norm)"
+    return f"{spec.arch} {list(spec.channels)} → {list(spec.hidden)}"
+
+
+def _classes_text(spec: ModelSpec, extra: Mapping[str, str]) -> str:
+    names = class_names(extra, spec.num_classes)
+    if names == fallback_names(spec.num_classes):
+        return f"{spec.num_classes} (no names in the file)"
+    shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+    return f"{spec.num_classes} ({shown})"
 
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
     digit: int
+    """The most probable class's index (the digit, for MNIST)."""
     confidence: float
     probabilities: tuple[float, ...]
+    names: tuple[str, ...]
+    """One name per class, from the metadata or ``class N``."""
+
+    @property
+    def name(self) -> str:
+        return self.names[self.digit]
+
+    def top(self, k: int = 5) -> list[Ranked]:
+        return top_k(self.probabilities, self.names, k)
 
 
 class LoadedModel:
-    """A validated model in eval mode, ready to classify one drawing at a time."""
+    """A validated model in eval mode, ready to classify one input at a time."""
 
     def __init__(self, sha256: str, meta: WeightsMeta, module: nn.Module) -> None:
         self.sha256 = sha256
         self.meta = meta
         self.spec: ModelSpec = meta.spec
+        self.mode: Mode = serve_mode(meta.spec)
+        self.class_names = class_names(meta.extra, meta.spec.num_classes)
         self._module = module.eval()
         self._lock = threading.Lock()
 
     def predict(self, pixels: ByteImage) -> Prediction:
-        """Class probabilities for a uint8 28x28 digit, normalised as in training."""
-        batch = model_input(pixels, self.spec)
+        """Class probabilities for uint8 pixels of the model's input size (a 28x28 digit),
+        normalised as in training."""
+        return self.classify(model_input(pixels, self.spec))
+
+    def classify(self, batch: torch.Tensor) -> Prediction:
+        """Class probabilities for a normalised batch of one."""
         with self._lock, torch.inference_mode():
             logits = self._module(batch)[0]
         probs = torch.softmax(logits.to(torch.float64), dim=0)
-        digit = int(torch.argmax(probs))
-        return Prediction(digit, float(probs[digit]), tuple(float(p) for p in probs))
-
-
-def check_drawable(spec: ModelSpec) -> None:
-    """The app draws 28x28 greyscale digits; refuse models that expect anything else (an
-    MLP flattens, so any 784 inputs do; a convolution needs the image itself)."""
-    image = spec.input_shape == (1, FRAME, FRAME)
-    if spec.input_size != FRAME * FRAME or (spec.arch != "mlp" and not image):
-        raise InvalidModelError(
-            f"this model expects {list(spec.input_shape)} inputs; the app draws 28x28 digits"
-        )
+        best = int(torch.argmax(probs))
+        values = tuple(float(p) for p in probs)
+        return Prediction(best, values[best], values, self.class_names)
 
 
 def load_model_bytes(data: bytes, max_bytes: int = MAX_MODEL_BYTES) -> LoadedModel:
     """Validate a model file completely and build the network it describes."""
     if len(data) > max_bytes:
-        raise InvalidModelError(
-            f"the file is {len(data) / 2**20:.1f} MiB; models may be at most "
-            f"{max_bytes / 2**20:.0f} MiB"
-        )
+        raise InvalidModelError(too_large(len(data), max_bytes))
     try:
         tensors, meta = decode_weights(data)
     except WeightsError as exc:
         raise InvalidModelError(f"not a valid fedavg model file: {exc}") from exc
-    check_drawable(meta.spec)
+    serve_mode(meta.spec)  # raises CannotServeError before anything is built
     module = build_model(meta.spec)
     module.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
     return LoadedModel(sha256_hex(data), meta, module)
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    return f"the file is {size / 2**20:.1f} MiB; models may be at most {max_bytes / 2**20:.0f} MiB"
 
 
 class ModelCache:
@@ -260,8 +312,8 @@ def count_contributors(text: str | None) -> int | None:
     return len(names)
 
 
-def meta_from_api(metadata: Mapping[str, object]) -> WeightsMeta:
-    """The REST API's metadata object (``model_spec`` as an object) as a ``WeightsMeta``."""
+def api_metadata(metadata: Mapping[str, object]) -> dict[str, str]:
+    """The REST API's metadata object (``model_spec`` as an object) as a file's str -> str."""
     flat = {
         k: v if isinstance(v, str) else json.dumps(v)
         for k, v in metadata.items()
@@ -269,10 +321,30 @@ def meta_from_api(metadata: Mapping[str, object]) -> WeightsMeta:
     }
     flat["model_spec"] = json.dumps(metadata.get("model_spec"))
     flat.setdefault("format", "fedavg.weights/1")
+    return flat
+
+
+def meta_from_api(metadata: Mapping[str, object]) -> WeightsMeta:
+    """The REST API's metadata object as a ``WeightsMeta``."""
     try:
-        return WeightsMeta.from_metadata(flat)
+        return WeightsMeta.from_metadata(api_metadata(metadata))
     except WeightsError as exc:
         raise InvalidModelError(str(exc)) from exc
+
+
+def read_listing(metadata: Mapping[str, str]) -> tuple[WeightsMeta | None, str | None]:
+    """A listed file's metadata, and why the showcase cannot serve it (None when it can):
+    an arch this install does not know, a spec that fails its checks, an input with no mode.
+    """
+    try:
+        meta = WeightsMeta.from_metadata(metadata)
+    except WeightsError as exc:
+        return None, str(exc)
+    try:
+        serve_mode(meta.spec)
+    except CannotServeError as exc:
+        return meta, str(exc)
+    return meta, None
 
 
 def _int_or_none(text: str | None) -> int | None:

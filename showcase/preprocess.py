@@ -67,24 +67,31 @@ def decode_data_url(url: str) -> Image.Image:
     return open_image(raw)
 
 
-def open_image(raw: bytes) -> Image.Image:
-    """Open PNG/JPEG/WebP bytes, checking the size before any pixel is decoded."""
+def open_image(
+    raw: bytes, *, what: str = "the drawing", formats: tuple[str, ...] = IMAGE_FORMATS
+) -> Image.Image:
+    """Open image bytes in one of ``formats``, checking the size its header claims before any
+    pixel is decoded (so a small file claiming a huge image costs nothing)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
-        width, height = image.size
-        if not (0 < width <= MAX_IMAGE_SIDE and 0 < height <= MAX_IMAGE_SIDE):
-            raise BadImageError(f"the drawing is {width}x{height}; at most {MAX_IMAGE_SIDE}")
-        image.load()
+            image = Image.open(io.BytesIO(raw), formats=formats)
+            width, height = image.size
+            if not (0 < width <= MAX_IMAGE_SIDE and 0 < height <= MAX_IMAGE_SIDE):
+                raise BadImageError(f"{what} is {width}x{height}; at most {MAX_IMAGE_SIDE}")
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(
+            f"{what} claims an enormous size; images may be at most "
+            f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
+        ) from exc
     except (
         UnidentifiedImageError,
         OSError,
         ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
+        SyntaxError,  # Pillow's PNG reader raises it for some damaged chunks
     ) as exc:
-        raise BadImageError(f"the drawing is not a readable image: {exc}") from exc
+        raise BadImageError(f"{what} is not a readable image: {exc}") from exc
     return image
 
 

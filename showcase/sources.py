@@ -3,7 +3,9 @@
 Both are listed afresh on every refresh, so a model saved while the app runs shows up
 without a restart. Only metadata is read to list a folder (the safetensors header, not the
 tensors); only the public REST API is used for an orchestrator (``GET /models`` and
-``GET /models/<name>``), never the server's code.
+``GET /models/<name>``), never the server's code. A model the showcase cannot serve (a file
+that does not decode, an arch this install does not know, an input it has no mode for) is
+listed all the same, with ``ModelInfo.problem`` saying why.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,11 @@ from showcase.models import (
     MAX_MODEL_BYTES,
     SUFFIX,
     ModelInfo,
-    check_drawable,
-    meta_from_api,
+    api_metadata,
     newest_first,
     parse_created,
+    read_listing,
+    too_large,
 )
 
 log = structlog.get_logger(__name__)
@@ -62,9 +65,13 @@ class DirectorySource:
             if file.name.startswith(".") or not file.is_file():
                 continue
             try:
-                models.append(self._describe(file))
-            except (OSError, InvalidModelError) as exc:
-                self._report_once(file, exc)
+                info = self._describe(file)
+            except OSError as exc:  # gone or unreadable between the glob and now
+                self._report_once(file, str(exc))
+                continue
+            if info.problem is not None:
+                self._report_once(file, info.problem)
+            models.append(info)
         return newest_first(models)
 
     def fetch(self, info: ModelInfo) -> bytes:
@@ -89,12 +96,19 @@ class DirectorySource:
 
     def _describe(self, file: Path) -> ModelInfo:
         stat = file.stat()
+        metadata: Mapping[str, str] = {}
+        meta: WeightsMeta | None
+        problem: str | None
+        try:
+            metadata = read_file_metadata(file)
+        except InvalidModelError as exc:
+            meta, problem = None, f"not a readable model file: {exc}"
+        else:
+            meta, problem = read_listing(metadata)
         if stat.st_size > self.max_bytes:
-            raise InvalidModelError(f"larger than {self.max_bytes} bytes")
-        meta = _read_file_meta(file)
-        created = parse_created(meta.extra.get("created")) or datetime.fromtimestamp(
-            stat.st_mtime, UTC
-        )
+            problem = too_large(stat.st_size, self.max_bytes)
+        extra = meta.extra if meta is not None else metadata
+        created = parse_created(extra.get("created")) or datetime.fromtimestamp(stat.st_mtime, UTC)
         return ModelInfo(
             key=file.name,
             name=file.name,
@@ -102,9 +116,11 @@ class DirectorySource:
             meta=meta,
             size=stat.st_size,
             created=created,
+            problem=problem,
+            unparsed={} if meta is not None else metadata,
         )
 
-    def _report_once(self, file: Path, exc: Exception) -> None:
+    def _report_once(self, file: Path, reason: str) -> None:
         """Log an unusable file once per version, not on every refresh."""
         try:
             mark = (file.name, file.stat().st_mtime_ns)
@@ -112,20 +128,18 @@ class DirectorySource:
             mark = (file.name, 0)
         if mark not in self._reported:
             self._reported.add(mark)
-            log.warning("model_file_skipped", file=str(file), reason=str(exc))
+            log.warning("model_file_unusable", file=str(file), reason=reason)
 
 
-def _read_file_meta(file: Path) -> WeightsMeta:
+def read_file_metadata(file: Path) -> dict[str, str]:
     """A model file's metadata from its header alone, without reading the tensors."""
     try:
         with file.open("rb") as handle:
             head = handle.read(8)
             data = head + handle.read(header_length(head))
-        meta = WeightsMeta.from_metadata(read_metadata(data))
+        return read_metadata(data)
     except WeightsError as exc:
         raise InvalidModelError(str(exc)) from exc
-    check_drawable(meta.spec)
-    return meta
 
 
 class OrchestratorSource:
@@ -161,8 +175,8 @@ class OrchestratorSource:
         models = []
         for entry in entries:
             try:
-                models.append(_info_from_entry(entry))
-            except (InvalidModelError, KeyError, TypeError, ValueError) as exc:
+                models.append(_info_from_entry(entry, self.max_bytes))
+            except (KeyError, TypeError, ValueError) as exc:  # no name to list it under
                 log.warning("model_entry_skipped", entry=str(entry)[:200], reason=str(exc))
         return newest_first(models)
 
@@ -198,7 +212,7 @@ class OrchestratorSource:
         return data
 
 
-def _info_from_entry(entry: Any) -> ModelInfo:
+def _info_from_entry(entry: Any, max_bytes: int) -> ModelInfo:
     if not isinstance(entry, dict):
         raise TypeError("a model entry is not an object")
     name = entry["name"]
@@ -207,16 +221,22 @@ def _info_from_entry(entry: Any) -> ModelInfo:
     metadata = entry.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise TypeError("metadata is not an object")
-    meta = meta_from_api(metadata)
-    check_drawable(meta.spec)
+    flat = api_metadata(metadata)
+    meta, problem = read_listing(flat)
     sha = entry.get("sha256")
     size = entry.get("size", 0)
+    size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
+    if size > max_bytes:
+        problem = too_large(size, max_bytes)
+    created = entry.get("created") or flat.get("created")
     return ModelInfo(
         key=name,
         name=name,
         origin="orchestrator",
         meta=meta,
-        size=size if isinstance(size, int) and size >= 0 else 0,
-        created=parse_created(entry.get("created") or meta.extra.get("created")),
+        size=size,
+        created=parse_created(created if isinstance(created, str) else None),
         sha256=sha if isinstance(sha, str) and len(sha) == 64 else None,
+        problem=problem,
+        unparsed={} if meta is not None else flat,
     )

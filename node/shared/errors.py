@@ -15,3 +15,8 @@ class SpecError(FedavgError):
 
 class WeightsError(FedavgError):
     """A weights file that is not valid safetensors or does not fit the model."""
+
+
+class DataError(FedavgError):
+    """Local data (an image folder, a .safetensors or .npz file) that cannot be read as a
+    labelled set, or breaks a limit; the message names the file or field."""

@@ -68,14 +68,13 @@ class ModelSpec:
     :meth:`to_dict`, and a field left at its default gets that arch's default. Conv archs take
     ``input_shape`` as (C, H, W).
 
-    ``norm`` is a ResNet's normalisation layer: ``group`` (the default) or ``none``.
-    ``batch`` is refused. FedAvg would treat BatchNorm's running mean and variance like any
+    ``norm`` is a ResNet's normalisation layer: ``group`` (the default), ``batch`` or
+    ``none``. Under FedAvg, BatchNorm's running mean and variance are treated like any
     weight: each node updates them on its own batches, and the server averages them,
-    weighted by samples, into statistics of no node's data (under non-IID data the main
-    reason GroupNorm is preferred). But BatchNorm also keeps an int64 ``num_batches_tracked``,
-    and the weights path is float-only: :func:`node.shared.weights.check_state` accepts float
-    dtypes only, and aggregation hands back float32. Until that path carries integer
-    buffers, a spec cannot ask for what it would half do.
+    weighted by samples, into statistics of no single node's data. Under non-IID data they
+    disagree (the reason GroupNorm, which keeps no batch statistics, is the usual choice;
+    Hsieh et al., 2020; FedBN instead keeps them local). BatchNorm's step counter is not
+    kept: with a fixed momentum it changes nothing.
     """
 
     arch: str = "mlp"
@@ -261,13 +260,8 @@ def _check_resnet(spec: ModelSpec) -> None:
     if left or not 1 <= blocks <= MAX_BLOCKS:
         depths = [2 * stages * n + 2 for n in range(1, MAX_BLOCKS + 1)]
         raise SpecError(f"depth: one of {depths} for {stages} stages, got {spec.depth}")
-    if spec.norm == "batch":
-        raise SpecError(
-            "norm: 'batch' is not supported (its int64 num_batches_tracked buffer cannot "
-            "travel the float-only weights path); use 'group' or 'none'"
-        )
     if spec.norm not in NORMS:
-        raise SpecError(f"norm: one of group, none; got {spec.norm!r}")
+        raise SpecError(f"norm: one of {', '.join(NORMS)}; got {spec.norm!r}")
 
 
 _CHECKS: dict[str, Callable[[ModelSpec], None]] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -167,7 +167,28 @@ def _conv3x3(inputs: int, outputs: int, stride: int, norm: str) -> nn.Conv2d:
 def _norm(norm: str, width: int) -> nn.Module:
     if norm == "group":
         return nn.GroupNorm(GROUP_NORM_GROUPS if width % GROUP_NORM_GROUPS == 0 else 1, width)
-    return nn.Identity()  # "none"; "batch" is refused by the spec (see ModelSpec.norm)
+    if norm == "batch":
+        return FloatBatchNorm2d(width)
+    return nn.Identity()  # "none"
+
+
+class FloatBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm without its int64 step counter, so its state is float only: the running
+    mean and variance travel the weights path and are averaged like any weight.
+
+    The counter only matters with ``momentum=None`` (a cumulative average); ours is fixed.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width)
+        self.register_buffer("num_batches_tracked", None)
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, metadata: Any, *rest: Any
+    ) -> None:
+        # A state dict without torch's version metadata (any plain dict of tensors) reads as
+        # a pre-2019 one, and BatchNorm would add the counter back to it as a missing key.
+        super()._load_from_state_dict(state_dict, prefix, {**metadata, "version": 2}, *rest)
 
 
 BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {

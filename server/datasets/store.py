@@ -8,6 +8,7 @@ crash left half-written is simply "not prepared".
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -32,6 +33,10 @@ SPLITS: Final = ("train", "test")
 
 _T = TypeVar("_T")
 
+SEED_NORM: Final = ((0.1307,), (0.3081,))
+"""MNIST's published mean and std, the seed's normalisation: what an info.json written before
+the statistics were recorded stands for."""
+
 
 @dataclass(frozen=True, slots=True)
 class DatasetInfo:
@@ -48,11 +53,17 @@ class DatasetInfo:
     test_sha256: str
     prepared_at: str
     class_names: tuple[str, ...] = ()
+    # Per channel, the mean and std of the training pixels scaled to [0, 1]: a job's model
+    # normalises with them unless its spec says otherwise.
+    norm_mean: tuple[float, ...] = SEED_NORM[0]
+    norm_std: tuple[float, ...] = SEED_NORM[1]
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__} | {
             "input_shape": list(self.input_shape),
             "class_names": list(self.class_names),
+            "norm_mean": list(self.norm_mean),
+            "norm_std": list(self.norm_std),
         }
 
     @classmethod
@@ -73,7 +84,7 @@ class DatasetInfo:
             test_sha256=_field(data, "test_sha256", str),
             prepared_at=_field(data, "prepared_at", str),
         )
-        return _with_class_names(info, data.get("class_names"))
+        return _with_norm(_with_class_names(info, data.get("class_names")), data)
 
 
 def _field(data: Mapping[str, Any], key: str, kind: type[_T]) -> _T:
@@ -100,6 +111,46 @@ def _with_class_names(info: DatasetInfo, names: object) -> DatasetInfo:
             f"dataset info field 'class_names' must be a list of {info.num_classes} strings"
         )
     return replace(info, class_names=tuple(names))
+
+
+def _with_norm(info: DatasetInfo, data: Mapping[str, Any]) -> DatasetInfo:
+    if "norm_mean" not in data and "norm_std" not in data:
+        return info
+    stats = [data.get("norm_mean"), data.get("norm_std")]
+    channels = info.input_shape[0] if len(info.input_shape) == 3 else 1
+    for values in stats:
+        if (
+            not isinstance(values, list)
+            or len(values) not in (1, channels)
+            or not all(type(v) in (int, float) and math.isfinite(v) for v in values)
+        ):
+            raise DatasetError(
+                f"dataset info fields 'norm_mean' and 'norm_std' must be lists of one or "
+                f"{channels} finite numbers"
+            )
+    if not all(v > 0 for v in stats[1]):  # type: ignore[union-attr]
+        raise DatasetError("dataset info field 'norm_std' must be positive")
+    mean, std = (tuple(float(v) for v in values) for values in stats)  # type: ignore[union-attr]
+    return replace(info, norm_mean=mean, norm_std=std)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per channel of uint8 ``x`` [N, C, H, W], the mean and std of its pixels over 255
+    (counted in float64, so a large set does not lose precision; a constant channel gets a
+    std of 1, which leaves it centred rather than divided by zero)."""
+    counts = torch.stack(
+        [torch.bincount(x[:, c].flatten(), minlength=256) for c in range(x.shape[1])]
+    )
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    total = counts.sum(dim=1).to(torch.float64)
+    mean = (counts * levels).sum(dim=1) / total
+    var = (counts * levels**2).sum(dim=1) / total - mean**2
+    std = var.clamp(min=0).sqrt()
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return (
+        tuple(round(float(v), 4) for v in mean),
+        tuple(round(float(v), 4) for v in std),
+    )
 
 
 def _check_id(dataset_id: str) -> str:
@@ -200,8 +251,21 @@ def intact_info(datasets_dir: Path, dataset_id: str) -> DatasetInfo | None:
     return info
 
 
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """What a dataset's samples are, whatever it came from (a catalogue entry, an import)."""
+
+    dataset_id: str
+    input_shape: tuple[int, ...]  # (C, H, W)
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, entry: CatalogEntry) -> Schema:
+        return cls(entry.dataset_id, entry.input_shape, entry.class_names)
+
+
 def write_splits(
-    datasets_dir: Path, entry: CatalogEntry, splits: Splits, progress: Progress = silent
+    datasets_dir: Path, entry: Schema, splits: Splits, progress: Progress = silent
 ) -> DatasetInfo:
     """Write both splits, then the info that vouches for them."""
     dataset_id = entry.dataset_id
@@ -210,6 +274,7 @@ def write_splits(
     _info_path(datasets_dir, dataset_id).unlink(missing_ok=True)
     digests = {}
     pairs = (("train", splits.train_x, splits.train_y), ("test", splits.test_x, splits.test_y))
+    mean, std = channel_stats(splits.train_x)
     progress("write", 0, len(pairs))
     for done, (split, x, y) in enumerate(pairs, 1):
         if tuple(x.shape[1:]) != entry.input_shape:  # a reader's bug, not the user's files
@@ -227,12 +292,14 @@ def write_splits(
         source_detail=splits.source_detail,
         train_samples=int(splits.train_y.numel()),
         test_samples=int(splits.test_y.numel()),
-        num_classes=entry.num_classes,
+        num_classes=len(entry.class_names),
         input_shape=entry.input_shape,
         train_sha256=digests["train"],
         test_sha256=digests["test"],
         prepared_at=datetime.now(UTC).isoformat(timespec="seconds"),
         class_names=entry.class_names,
+        norm_mean=mean,
+        norm_std=std,
     )
     text = json.dumps(info.to_dict(), indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(_info_path(datasets_dir, dataset_id), text.encode())

@@ -134,8 +134,12 @@ class LocalCluster:
             args += ["--threads", str(threads)]
         return self._spawn(name, "node.cli", [*args, *extra], env)
 
-    def request(self, method: str, path: str, timeout: float = 30.0) -> Any:
-        req = urllib.request.Request(self.url + path, method=method)
+    def request(self, method: str, path: str, timeout: float = 30.0, *, body: Any = None) -> Any:
+        """The JSON answer to ``method path`` (with ``body`` sent as JSON when given)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
         headers = (
             {"Authorization": f"Bearer {self.env['FEDAVG_ADMIN_TOKEN']}"}
             if "FEDAVG_ADMIN_TOKEN" in self.env

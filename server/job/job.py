@@ -22,6 +22,7 @@ from node.shared.protocol import Done, Train, TrainConfig, WeightsReady
 from node.shared.weights import Layout, expected_layout, on_the_wire
 from server import failpoints
 from server.core.aggregation import UpdateBound
+from server.core.job_request import train_view
 from server.core.rounds import DeadlineExtended, JobFailed, RoundClosed, RoundMachine
 from server.datasets import DatasetInfo
 from server.job.checkpoints import Checkpoint, Published, WeightsFiles, copier
@@ -359,6 +360,8 @@ def _view(job: Job) -> dict[str, Any]:
         "time_in_round_s": now - machine.opened_at if machine.is_open else None,
         "partial_rounds": sum(1 for h in job.history if h["partial"]),
         "aggregation": job.ctx.aggregation,
+        "model": job.spec.to_dict(),
+        "train": train_view(job.config),
         "started_at": job.started_at,
         "elapsed_s": (job.finished_at or now) - job.started_at,
         "history": job.history,

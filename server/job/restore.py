@@ -15,6 +15,7 @@ from node.shared.errors import WeightsError
 from node.shared.model import ModelSpec
 from node.shared.protocol import TrainConfig
 from node.shared.weights import sha256_hex
+from server.core.job_request import TRAIN_FIELDS
 from server.datasets import DatasetInfo, load_split
 from server.job.job import Checkpoint, Job, JobContext
 from server.shard_files import ShardFile
@@ -99,6 +100,8 @@ def finished_view(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         "time_in_round_s": None,
         "partial_rounds": sum(1 for h in history if h["partial"]),
         "aggregation": run["aggregation"],
+        "model": run["model_spec"],
+        "train": {k: run["config"]["train"].get(k) for k in TRAIN_FIELDS},
         "started_at": run["created"],
         "elapsed_s": (run["finished"] or run["created"]) - run["created"],
         "history": history,

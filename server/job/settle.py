@@ -224,6 +224,7 @@ class Settler:
             "kind": "final",
             "dataset": self._dataset.dataset_id,
             "dataset_source": self._dataset.source,
+            "class_names": json.dumps(list(self._dataset.class_names)),
             "rounds": str(self._rounds),
             "contributors": json.dumps([h["contributors"] for h in self._history]),
             "test_accuracy": f"{last['test_accuracy']:.6f}",

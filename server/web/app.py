@@ -25,7 +25,8 @@ from node.shared import __version__
 from node.shared.errors import FedavgError, ProtocolError
 from node.shared.protocol import UploadQuery
 from server import jsonsafe
-from server.datasets import DatasetError, DatasetInfo, UnknownDataset
+from server.core.job_request import train_view
+from server.datasets import CATALOG, DatasetError, DatasetInfo, ImportRequest, UnknownDataset
 from server.errors import ApiError, BadRequest, ErrorCode, NotFound, http_status
 from server.federation import Federation
 from server.settings import Settings
@@ -35,12 +36,13 @@ from server.web.auth import node_session, require_admin
 from server.web.connections import CONNECTIONS, ConnectionLimiter, track_requests
 from server.web.guard import request_guard
 from server.web.sockets import FEDERATION, OPEN_SOCKETS, dashboard_socket, node_socket
-from server.web.transfer import bytes_with_etag, read_body
+from server.web.transfer import bytes_with_etag, read_body, read_json_object
 
 log = structlog.get_logger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 NODES_PAGE, NODES_PAGE_MAX = 500, 5000  # GET /nodes: the default and largest page
+IMPORT_BODY_MAX = 256 << 10  # POST /datasets/import: a path and up to 1000 class names
 
 
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
@@ -92,6 +94,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/nodes", nodes),
         web.get("/datasets", datasets),
         web.post("/datasets/prepare-mnist", prepare_mnist),
+        web.post("/datasets/import", import_dataset),
         web.post("/datasets/{dataset_id}/prepare", prepare_dataset),
         web.post("/train/{dataset_id}/prepare", prepare_shards),
         web.post("/train/{dataset_id}", start_training),
@@ -187,7 +190,20 @@ async def nodes(request: web.Request) -> web.Response:
 
 
 async def datasets(request: web.Request) -> web.Response:
-    return _json({"datasets": [d.to_dict() for d in _fed(request).datasets()]})
+    prepared = _fed(request).shelf.listed()
+    ids = {d.dataset_id for d in prepared}
+    catalog = [
+        {
+            "dataset_id": e.dataset_id,
+            "title": e.title,
+            "input_shape": list(e.input_shape),
+            "num_classes": e.num_classes,
+            "prepared": e.dataset_id in ids,
+            "offline_fallback": e.offline_fallback,
+        }
+        for e in CATALOG.values()
+    ]
+    return _json({"datasets": [d.to_dict() for d in prepared], "catalog": catalog})
 
 
 async def sync_status(request: web.Request) -> web.Response:
@@ -276,13 +292,23 @@ def static_dir() -> Path:
 
 async def prepare_dataset(request: web.Request) -> web.Response:
     require_admin(request, request.app[SETTINGS])
-    return await _prepared(_fed(request).prepare_dataset(request.match_info["dataset_id"]))
+    return await _prepared(_fed(request).shelf.prepare(request.match_info["dataset_id"]))
 
 
 async def prepare_mnist(request: web.Request) -> web.Response:
     """The seed's route, kept as the name of ``POST /datasets/mnist/prepare``."""
     require_admin(request, request.app[SETTINGS])
-    return await _prepared(_fed(request).prepare_mnist())
+    return await _prepared(_fed(request).shelf.prepare_mnist())
+
+
+async def import_dataset(request: web.Request) -> web.Response:
+    """The user's own data on the orchestrator's disk: 201 with the new dataset's info."""
+    settings = request.app[SETTINGS]
+    require_admin(request, settings)
+    body = await read_json_object(request, settings.idle_timeout_s, IMPORT_BODY_MAX)
+    fed = _fed(request)
+    info = await fed.shelf.import_(ImportRequest.from_body(body), fed.running_dataset())
+    return _json(info.to_dict(), status=201)
 
 
 async def _prepared(preparing: Awaitable[DatasetInfo]) -> web.Response:
@@ -316,16 +342,19 @@ async def prepare_shards(request: web.Request) -> web.Response:
 
 
 async def start_training(request: web.Request) -> web.Response:
+    """The seed's call (``?epochs=`` counts federated rounds) plus ``&model=`` and an optional
+    JSON body: ``{"rounds", "model": arch or spec, "train": {optimizer, lr, ...}}``."""
     settings = request.app[SETTINGS]
     require_admin(request, settings)
-    # The seed's REST name: ?epochs= counts federated rounds.
-    rounds = int_query(request, "epochs", settings.default_rounds, 1, settings.max_rounds)
-    job = await _fed(request).start_job(request.match_info["dataset_id"], rounds)
+    body = await read_json_object(request, settings.idle_timeout_s)
+    job = await _fed(request).start_job(request.match_info["dataset_id"], request.query, body)
     return _json(
         {
             "job_id": job.job_id,
-            "rounds": rounds,
+            "rounds": job.rounds,
             "nodes": len(job.shards),
+            "model": job.spec.to_dict(),
+            "train": train_view(job.config),
             "status_url": "/sync/status",
         },
         status=202,

@@ -4,8 +4,10 @@ under a size limit, an idle limit and a minimum rate."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -14,6 +16,8 @@ from server.errors import BadRequest, RequestTimeout, TooLarge
 from server.web.sockets import FEDERATION
 
 SEND_CHUNK = 1 << 20
+MAX_JSON_BODY = 64 << 10
+"""A request's JSON body (a job's settings, an import's path): small by nature."""
 
 
 async def bytes_with_etag(
@@ -110,3 +114,27 @@ def _grown(
     view.release()
     buffer = buffer[:filled] + bytes(max(end - filled, filled))
     return buffer, memoryview(buffer)
+
+
+async def read_json_object(
+    request: web.Request, idle_timeout: float, limit: int = MAX_JSON_BODY
+) -> dict[str, Any] | None:
+    """The request's JSON object, or None when it has no body (the seed's query-only calls)."""
+    if not request.body_exists:
+        return None
+    body = await read_body(request, limit, idle_timeout)
+    if not body:
+        return None
+    try:
+        data = json.loads(bytes(body), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")

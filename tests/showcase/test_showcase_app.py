@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,8 +14,11 @@ from showcase_support import (
     AiohttpServer,
     Mnist,
     TrainedModel,
+    drawn_digit,
     fake_orchestrator,
+    first_correct,
     model_bytes,
+    png_url,
     serve,
 )
 
@@ -26,40 +28,15 @@ from showcase.settings import Settings
 from showcase.sources import DirectorySource, OrchestratorSource
 
 
-def png_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def drawn_digit(mnist: Mnist, index: int, left: int = 30, top: int = 60, size: int = 150) -> str:
-    """A real test digit drawn dark-on-white onto a canvas-sized image, as a data URL."""
-    canvas = Image.new("RGBA", (280, 280), (0, 0, 0, 0))
-    digit = Image.fromarray(255 - mnist.test_x[index]).resize(
-        (size, size), Image.Resampling.BICUBIC
-    )
-    alpha = Image.fromarray(mnist.test_x[index]).resize((size, size), Image.Resampling.BICUBIC)
-    canvas.paste(Image.merge("RGBA", (digit, digit, digit, alpha)), (left, top))
-    return png_url(canvas)
-
-
 def blank_url() -> str:
-    return png_url(Image.new("RGB", (280, 280), "white"))
+    url: str = png_url(Image.new("RGB", (280, 280), "white"))
+    return url
 
 
 def make_app(folder: Path, max_upload_bytes: int = 64 * 1024 * 1024) -> ShowcaseApp:
     app = ShowcaseApp(DirectorySource(folder), ModelCache(), max_upload_bytes)
     app.refresh()
     return app
-
-
-def first_correct(mnist: Mnist, trained: TrainedModel) -> int:
-    """A test digit the trained model gets right (so the test checks plumbing, not luck)."""
-    app_model = ModelCache().load(trained.data)
-    for i, (x, y) in enumerate(zip(mnist.test_x, mnist.test_y, strict=True)):
-        if app_model.predict(x).digit == y:
-            return i
-    raise AssertionError("the trained model gets nothing right")
 
 
 def test_with_no_model_the_page_says_so(tmp_path: Path, mnist: Mnist) -> None:
@@ -85,7 +62,9 @@ def test_the_newest_model_is_picked_and_described(models_dir: Path) -> None:
     app = make_app(models_dir)
 
     labels = list(app.picker.options)
-    assert labels[0].startswith("2025-06-01 12:00 · mnist · 5 rounds · 3 nodes · ")
+    assert labels[0].startswith(
+        "2025-06-01 12:00 · mnist · mlp · 1\u00d728\u00d728 · 5 rounds · 3 nodes · acc "
+    )
     assert labels[1].startswith("2024-01-01 00:00")
     assert app.picker.value == "final-run-test.safetensors"
     assert app.model is not None

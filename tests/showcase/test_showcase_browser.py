@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect
-from showcase_support import TrainedModel, model_bytes
+from showcase_support import TrainedModel, cifar_model_bytes, model_bytes, png_bytes
 
 from showcase.cli import serve
 from showcase.settings import Settings
+from showcase.upload import ACCEPT, predict_upload
 
 pytestmark = pytest.mark.browser
 
@@ -194,7 +196,8 @@ def test_the_browser_refuses_an_oversized_upload_before_sending_it(
     for app in start(models_dir, max_upload_bytes=1000):
         open_app(page, app.url)
         page.locator("#model-upload").set_input_files(trained.path)
-        expect(page.get_by_text("models may be at most")).to_be_visible(timeout=TIMEOUT_MS)
+        refused = page.get_by_text(f"Not loaded: {trained.path.name} is")
+        expect(refused).to_contain_text("models may be at most", timeout=TIMEOUT_MS)
     assert offline_guard == []
     assert page_errors == []
 
@@ -207,5 +210,39 @@ def test_with_no_model_yet_the_page_says_what_to_do(
         expect(page.get_by_text("No model yet")).to_be_visible(timeout=TIMEOUT_MS)
         stroke(page, box, SEVEN)
         expect(page.get_by_text("No model is loaded")).to_be_visible(timeout=TIMEOUT_MS)
+    assert offline_guard == []
+    assert page_errors == []
+
+
+def test_an_image_model_takes_an_uploaded_png_and_shows_its_top5(
+    page: Page,
+    tmp_path: Path,
+    offline_guard: list[str],
+    page_errors: list[str],
+    artifacts_dir: Path,
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "cifar.safetensors").write_bytes(cifar_model_bytes(seed=7))
+    picture = tmp_path / "photo.png"
+    gradient = Image.linear_gradient("L").resize((160, 120))
+    picture.write_bytes(png_bytes(Image.merge("RGB", (gradient, gradient.rotate(90), gradient))))
+    expected = predict_upload(folder / "cifar.safetensors", picture.read_bytes())
+
+    for app in start(folder):
+        page.goto(app.url)
+        file_input = page.locator(f'input[type="file"][accept="{ACCEPT}"]')
+        expect(file_input).to_be_attached(timeout=TIMEOUT_MS)
+        expect(page.locator("select option").first).to_contain_text("cifar10 · resnet")
+        expect(page.locator("#draw-canvas")).to_be_hidden()
+
+        file_input.set_input_files(picture)
+
+        rows = page.locator("#top5 .prob-row .label")
+        expect(rows).to_have_text([name for name, _ in expected], timeout=TIMEOUT_MS)
+        expect(page.locator("#predicted-class")).to_have_text(expected[0][0])
+        expect(page.locator("#confidence")).to_contain_text(f"{expected[0][1]:.1%}")
+        expect(page.locator("#model-input")).to_be_visible()
+        page.screenshot(path=str(artifacts_dir / "showcase-upload.png"), full_page=True)
     assert offline_guard == []
     assert page_errors == []

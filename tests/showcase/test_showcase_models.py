@@ -14,7 +14,7 @@ from showcase_support import TrainedModel, model_bytes
 
 from node.shared.model import ModelSpec, init_state
 from node.shared.weights import WeightsMeta, encode_weights
-from showcase.errors import InvalidModelError
+from showcase.errors import CannotServeError, InvalidModelError
 from showcase.models import (
     ModelCache,
     ModelInfo,
@@ -82,9 +82,20 @@ def non_finite() -> bytes:
     return bytes(encode_weights(state, WeightsMeta(ModelSpec())))
 
 
-def colour_images() -> bytes:
-    spec = ModelSpec(input_shape=(3, 32, 32), hidden=(8,), dropout=())
+def five_channels() -> bytes:
+    spec = ModelSpec(arch="cnn", input_shape=(5, 32, 32), channels=(4,), hidden=(8,))
     return bytes(encode_weights(init_state(spec, seed=1), WeightsMeta(spec)))
+
+
+def flat_vectors() -> bytes:
+    spec = ModelSpec(input_shape=(3072,), hidden=(8,), dropout=())
+    return bytes(encode_weights(init_state(spec, seed=1), WeightsMeta(spec)))
+
+
+def unknown_arch() -> bytes:
+    metadata = WeightsMeta(ModelSpec()).to_metadata()
+    metadata["model_spec"] = '{"arch": "vit", "input_shape": [3, 32, 32]}'
+    return st_save(init_state(ModelSpec(), seed=1), metadata)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +108,9 @@ def colour_images() -> bytes:
         pytest.param(no_fedavg_metadata, "not a fedavg", id="plain-safetensors"),
         pytest.param(wrong_shape, "shape", id="wrong-shape"),
         pytest.param(non_finite, "NaN", id="nan"),
-        pytest.param(colour_images, "28x28", id="other-input-shape"),
+        pytest.param(five_channels, "5 channels", id="five-channels"),
+        pytest.param(flat_vectors, "not an image", id="flat-input"),
+        pytest.param(unknown_arch, "unknown 'vit'", id="unknown-arch"),
     ],
 )
 def test_files_that_are_not_usable_models_are_refused_clearly(
@@ -165,7 +178,10 @@ def test_label_and_details_show_dataset_rounds_nodes_accuracy_and_date() -> None
         created="2025-06-01T12:30:00+00:00",
     )
 
-    assert m.label() == "2025-06-01 12:30 · mnist · 5 rounds · 3 nodes · 91.2%"
+    assert (
+        m.label()
+        == "2025-06-01 12:30 · mnist · mlp · 1\u00d728\u00d728 · 5 rounds · 3 nodes · acc 91.2%"
+    )
     details = m.details()
     assert details["dataset"] == "mnist"
     assert details["rounds"] == "5"
@@ -173,12 +189,20 @@ def test_label_and_details_show_dataset_rounds_nodes_accuracy_and_date() -> None
     assert details["test accuracy"] == "91.23%"
     assert details["created"] == "2025-06-01 12:30:00 UTC"
     assert details["size"] == "2 KiB"
+    assert details["model"] == "mlp [256, 128, 64]"
+    assert details["input"] == "1\u00d728\u00d728"
+    assert details["classes"] == "10 (no names in the file)"
+    named = info(
+        class_names='["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", '
+        '"horse", "ship", "truck"]'
+    )
+    assert named.details()["classes"] == "10 (airplane, automobile, bird, cat, …)"
 
 
 def test_bad_or_missing_metadata_values_show_as_unknown_not_errors() -> None:
     m = info(rounds="many", contributors="{not json", test_accuracy="nan", created="yesterday")
 
-    assert m.label() == "m.safetensors · ?"
+    assert m.label() == "m.safetensors · ? · mlp · 1\u00d728\u00d728"
     assert set(m.details().values()) >= {"?"}
     assert m.rounds is None and m.nodes is None
     assert m.test_accuracy is None and m.created is None
@@ -243,5 +267,5 @@ def test_conv_models_of_28x28_digits_load_and_predict(spec: ModelSpec) -> None:
 
 def test_a_conv_model_of_other_images_is_refused_even_with_784_inputs() -> None:
     spec = ModelSpec(arch="cnn", input_shape=(4, 14, 14), kernel=3)
-    with pytest.raises(InvalidModelError, match="28x28"):
+    with pytest.raises(CannotServeError, match="4 channels"):
         load_model_bytes(model_bytes(init_state(spec, seed=1), spec))

@@ -12,10 +12,11 @@ import numpy.typing as npt
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from showcase_support import Mnist, TrainedModel, accuracy
+from showcase_support import Mnist, TrainedModel, accuracy, model_bytes
 
-from node.shared.model import ModelSpec, build_model
+from node.shared.model import ModelSpec, build_model, init_state
 from showcase.errors import BadImageError, EmptyCanvasError
+from showcase.models import load_model_bytes
 from showcase.preprocess import (
     BOX,
     CENTRE,
@@ -287,3 +288,40 @@ def test_redrawn_mnist_digits_are_classified_as_well_as_the_originals(
     assert original >= 0.85
     assert abs(preprocessed - original) <= 0.03, (original, preprocessed)
     assert naive < original - 0.3, (original, naive)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec(),
+        ModelSpec(arch="cnn"),
+        ModelSpec(arch="lenet5"),
+        ModelSpec(arch="resnet"),
+        ModelSpec(input_shape=(784,)),
+    ],
+    ids=["mlp", "cnn", "lenet5", "resnet", "flat-mlp"],
+)
+def test_a_drawing_feeds_a_model_of_any_arch(spec: ModelSpec) -> None:
+    """The canvas path makes [1, 1, 28, 28] (or the flat [1, 784] a flat MLP takes),
+    normalised with the spec, for every arch of the zoo: the default CNN of McMahan et al.,
+    LeNet-5 and a ResNet take it as they are built, with no reshaping of their own."""
+    image, draw = canvas()
+    seven(draw, 60, 50, 150, 16)
+    pixels = preprocess_image(image).pixels
+    state = init_state(spec, seed=5)
+
+    batch = model_input(pixels, spec)
+
+    assert batch.shape == (1, *spec.input_shape)
+    expected = (torch.from_numpy(pixels).float() / 255 - 0.1307) / 0.3081
+    assert torch.allclose(batch.reshape(28, 28), expected)
+    network = build_model(spec)
+    network.load_state_dict(state)
+    network.eval()
+    with torch.inference_mode():
+        probabilities = torch.softmax(network(batch)[0].double(), dim=0)
+    loaded = load_model_bytes(model_bytes(state, spec))
+    assert loaded.mode == "draw"
+    prediction = loaded.predict(pixels)
+    assert prediction.probabilities == pytest.approx(probabilities.tolist(), abs=1e-6)
+    assert prediction.names == tuple(f"class {i}" for i in range(10))

@@ -23,7 +23,7 @@ from node.shared.model import ModelSpec, init_state
 from node.shared.weights import MAX_HEADER_BYTES, WeightsMeta, encode_weights
 from showcase.errors import InvalidModelError, NoModelError, SourceError
 from showcase.models import ModelCache, load_model
-from showcase.sources import DirectorySource, OrchestratorSource, _read_file_meta
+from showcase.sources import DirectorySource, OrchestratorSource, read_file_metadata
 
 
 def when(day: int) -> datetime:
@@ -51,19 +51,25 @@ def test_folder_lists_models_newest_first_with_their_metadata(tmp_path: Path) ->
     assert all(m.origin == "folder" and m.size > 0 for m in models)
 
 
-def test_folder_skips_files_that_are_not_models(
+def test_folder_skips_what_is_not_a_model_file_and_lists_broken_ones_with_why(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "good.safetensors").write_bytes(model_bytes())
+    (tmp_path / "good.safetensors").write_bytes(model_bytes(created=when(2)))
     (tmp_path / "junk.safetensors").write_bytes(b"not a model at all")
+    os.utime(tmp_path / "junk.safetensors", (0, 0))
     (tmp_path / ".partial.safetensors").write_bytes(model_bytes())
     (tmp_path / "good.safetensors.tmp").write_bytes(model_bytes())
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "dir.safetensors").mkdir()
     source = DirectorySource(tmp_path)
 
-    assert [m.name for m in source.list_models()] == ["good.safetensors"]
-    assert [m.name for m in source.list_models()] == ["good.safetensors"]
+    for _ in range(2):
+        good, junk = source.list_models()
+        assert (good.name, good.problem) == ("good.safetensors", None)
+        assert junk.name == "junk.safetensors"
+        assert junk.meta is None
+        assert junk.problem is not None and "not a readable model file" in junk.problem
+    assert capsys.readouterr().out.count("model_file_unusable") == 1  # once per version
 
 
 @pytest.mark.parametrize(
@@ -80,8 +86,9 @@ def test_a_folder_file_with_a_bad_header_is_refused_by_the_shared_parser(
 ) -> None:
     (tmp_path / "bad.safetensors").write_bytes(head)
     with pytest.raises(InvalidModelError, match=message):
-        _read_file_meta(tmp_path / "bad.safetensors")
-    assert DirectorySource(tmp_path).list_models() == []
+        read_file_metadata(tmp_path / "bad.safetensors")
+    (listed,) = DirectorySource(tmp_path).list_models()
+    assert listed.problem is not None and message in listed.problem
 
 
 def test_folder_without_created_metadata_falls_back_to_file_time(tmp_path: Path) -> None:
@@ -126,7 +133,8 @@ def test_folder_refuses_files_over_the_limit(tmp_path: Path) -> None:
     (info,) = source.list_models()
     small = DirectorySource(tmp_path, max_bytes=1000)
 
-    assert small.list_models() == []
+    (listed,) = small.list_models()
+    assert listed.problem is not None and "at most 0 MiB" in listed.problem
     with pytest.raises(InvalidModelError, match="at most"):
         small.fetch(info)
 
@@ -233,9 +241,11 @@ async def test_bad_listings_and_entries_are_handled(aiohttp_server: AiohttpServe
     app.router.add_get("/models", listing)
     source = OrchestratorSource([await serve(aiohttp_server, app)])
 
-    (only,) = await asyncio.to_thread(source.list_models)
+    bad, ok = sorted(await asyncio.to_thread(source.list_models), key=lambda m: m.name)
 
-    assert (only.name, only.sha256, only.size) == ("ok", None, 0)
+    assert (ok.name, ok.sha256, ok.size, ok.problem) == ("ok", None, 0, None)
+    assert bad.name == "bad-spec" and bad.meta is None
+    assert bad.problem is not None and "unknown 'vit'" in bad.problem
 
 
 async def test_a_listing_that_is_not_json_is_a_source_error(

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.shared.errors import FedavgError, WeightsError
-from node.shared.model import ModelSpec, init_state
-from node.shared.weights import Layout, expected_layout
+from node.shared.model import ModelSpec, build_model, init_state
+from node.shared.weights import Layout, WeightsMeta, decode_weights, encode_weights, expected_layout
 from server.core.aggregation import (
     FOLD_CHUNK,
     STRATEGIES,
@@ -578,3 +578,37 @@ def test_fedavg_over_two_group_norm_resnets_is_the_sample_weighted_mean() -> Non
     agg.add(a, samples=3)
     agg.add(b, samples=1)
     _close(agg.result(), {k: (3 * a[k].double() + b[k].double()) / 4 for k in layout})
+
+
+def test_batch_norm_statistics_travel_as_float_weights_and_are_averaged() -> None:
+    """BatchNorm's running mean and variance are state like any weight (float, averaged by
+    samples); its int64 step counter is not kept, so the float-only weights path takes it."""
+    spec = ModelSpec(arch="resnet", input_shape=(3, 8, 8), channels=(4,), depth=8, norm="batch")
+    layout = expected_layout(spec)
+    assert not any(k.endswith("num_batches_tracked") for k in layout)
+    stats = [k for k in layout if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(layout[k][1] == torch.float32 for k in stats)
+
+    def trained(seed: int) -> dict[str, torch.Tensor]:
+        model = build_model(spec)
+        model.load_state_dict(init_state(spec, 0))
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) + seed)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    a, b = trained(1), trained(2)
+    key = stats[0]
+    assert not torch.equal(a[key], b[key])  # each node's batches moved its statistics
+    strategy = FedAvg(layout)
+    strategy.add(a, 30)
+    strategy.add(b, 10)
+    mean = strategy.result()
+    torch.testing.assert_close(mean[key], (3 * a[key] + b[key]) / 4)
+    data = encode_weights(mean, WeightsMeta(spec=spec))
+    state, meta = decode_weights(data)
+    assert meta.spec.norm == "batch"
+    model = build_model(spec)
+    model.load_state_dict(state)  # strict: exactly the built model's keys
+    model.eval()
+    assert torch.isfinite(model(torch.zeros(2, 3, 8, 8))).all()

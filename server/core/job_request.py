@@ -1,0 +1,184 @@
+"""What a job asks for: its rounds, its model spec and its local-training settings.
+
+``POST /train/{dataset}`` takes the seed's query (``?epochs=5``, now also ``&model=cnn``)
+and, optionally, a JSON body with a whole spec and the training settings. The server's
+settings are the defaults; the dataset supplies what only it knows (input shape, classes,
+per-channel normalisation) wherever the request leaves it out. Everything is checked here,
+before a shard is written, and each error names its field the way the request spells it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from node.shared.errors import SpecError
+from node.shared.model import ARCHS, ModelSpec
+from node.shared.protocol import TrainConfig
+
+TRAIN_FIELDS: Final = ("optimizer", "lr", "batch_size", "local_epochs", "max_batches")
+"""The local-training settings a job may choose (seed and wire dtype stay the server's)."""
+
+BODY_FIELDS: Final = ("rounds", "model", "train")
+
+
+class JobRequestError(ValueError):
+    """A request a job cannot start from; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataSchema:
+    """What the job's dataset fixes about any model trained on it."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    norm_mean: tuple[float, ...]
+    norm_std: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefaults:
+    """The server's settings, which every field a request leaves out falls back to."""
+
+    spec: ModelSpec
+    train: TrainConfig
+    rounds: int
+    max_rounds: int
+    max_params: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    rounds: int
+    spec: ModelSpec
+    train: TrainConfig
+
+
+def job_request(
+    defaults: JobDefaults,
+    data: DataSchema,
+    query: Mapping[str, str],
+    body: Mapping[str, Any] | None,
+) -> JobRequest:
+    """The checked request: the query's ``epochs`` and ``model``, then the body's fields."""
+    body = body or {}
+    unknown = sorted(set(body) - set(BODY_FIELDS))
+    if unknown:
+        raise JobRequestError(
+            f"{unknown[0]}: unknown field (the body takes {', '.join(BODY_FIELDS)})"
+        )
+    rounds = _rounds(defaults, query.get("epochs"), body.get("rounds"))
+    model = _one_of("model", query.get("model"), body.get("model"))
+    spec = model_spec(defaults, data, model)
+    train = train_config(defaults.train, body.get("train"))
+    return JobRequest(rounds=rounds, spec=spec, train=train)
+
+
+def model_spec(defaults: JobDefaults, data: DataSchema, model: Any) -> ModelSpec:
+    """The spec for ``model``: None (the server's default spec), an arch name (that arch's
+    defaults, or the server's sizes when it is the server's arch) or a spec object. Fields
+    it leaves out that only the dataset knows come from ``data``."""
+    if model is None or model == defaults.spec.arch:
+        fields = _sized_by_data(defaults.spec.to_dict())
+    elif isinstance(model, str):
+        if model not in ARCHS:
+            raise JobRequestError(f"model: unknown arch {model[:40]!r} (one of {', '.join(ARCHS)})")
+        fields = {"arch": model}
+    elif isinstance(model, dict):
+        fields = dict(model)
+    else:
+        raise JobRequestError("model: an arch name or a model spec object")
+    fields.setdefault("input_shape", list(data.input_shape))
+    fields.setdefault("num_classes", data.num_classes)
+    if "norm_mean" not in fields and "norm_std" not in fields:
+        fields["norm_mean"], fields["norm_std"] = list(data.norm_mean), list(data.norm_std)
+    try:
+        spec = ModelSpec.from_dict(fields)
+        spec.check_input(data.input_shape)
+    except SpecError as exc:
+        raise JobRequestError(f"model.{exc}") from exc
+    try:
+        spec.check_budget(defaults.max_params)
+    except SpecError as exc:
+        raise JobRequestError(f"model.{exc} (the server's FEDAVG_MAX_PARAMS)") from exc
+    if spec.num_classes != data.num_classes:
+        raise JobRequestError(
+            f"model.num_classes: the model has {spec.num_classes} outputs, "
+            f"the dataset has {data.num_classes} classes"
+        )
+    return spec
+
+
+def _sized_by_data(spec: dict[str, Any]) -> dict[str, Any]:
+    """The server's spec without the fields the dataset decides (they default to the data)."""
+    return {
+        k: v
+        for k, v in spec.items()
+        if k not in ("input_shape", "num_classes", "norm_mean", "norm_std")
+    }
+
+
+def train_config(defaults: TrainConfig, train: Any) -> TrainConfig:
+    """``defaults`` with the body's ``train`` fields over it."""
+    if train is None:
+        return defaults
+    if not isinstance(train, dict):
+        raise JobRequestError("train: an object of " + ", ".join(TRAIN_FIELDS))
+    for name, value in train.items():
+        if name not in TRAIN_FIELDS:
+            raise JobRequestError(f"train.{name}: unknown field (one of {', '.join(TRAIN_FIELDS)})")
+        _check_type(name, value)
+    try:
+        return dataclasses.replace(defaults, **train)
+    except ValueError as exc:  # TrainConfig's own checks, several at once
+        raise JobRequestError(f"train: {exc}") from exc
+
+
+def train_view(config: TrainConfig) -> dict[str, Any]:
+    """The settings a job chose, as its views and answers show them."""
+    return {name: getattr(config, name) for name in TRAIN_FIELDS}
+
+
+_TRAIN_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "optimizer": (str,),
+    "lr": (int, float),
+    "batch_size": (int,),
+    "local_epochs": (int,),
+    "max_batches": (int, type(None)),
+}
+
+
+def _check_type(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, _TRAIN_TYPES[name]):
+        kinds = " or ".join("null" if t is type(None) else t.__name__ for t in _TRAIN_TYPES[name])
+        raise JobRequestError(f"train.{name}: expected {kinds}, got {str(value)[:40]!r}")
+    if name == "optimizer" and value not in ("adam", "sgd"):
+        raise JobRequestError(f"train.optimizer: one of adam, sgd, got {str(value)[:40]!r}")
+
+
+def _rounds(defaults: JobDefaults, query: str | None, body: Any) -> int:
+    if query is not None:
+        try:
+            from_query: int | None = int(query)
+        except ValueError:
+            raise JobRequestError(f"epochs={query[:40]!r} is not an integer") from None
+    else:
+        from_query = None
+    if body is not None and (isinstance(body, bool) or not isinstance(body, int)):
+        raise JobRequestError(f"rounds: {body!r} is not an integer")
+    rounds = _one_of("rounds", from_query, body)
+    if rounds is None:
+        return defaults.rounds
+    if not 1 <= rounds <= defaults.max_rounds:
+        name = "rounds" if body is not None else "epochs"  # the seed's query name
+        raise JobRequestError(f"{name} must be within 1..{defaults.max_rounds}, got {rounds}")
+    return int(rounds)
+
+
+def _one_of(name: str, query: Any, body: Any) -> Any:
+    """A field the query and the body may both carry, as long as they agree."""
+    if query is not None and body is not None and query != body:
+        raise JobRequestError(f"{name}: the query says {query!r} and the body {body!r}")
+    return body if body is not None else query

@@ -1,0 +1,147 @@
+"""A job's request: rounds, model and training settings, with the server's settings as defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from node.shared.model import ModelSpec, parameter_count
+from node.shared.protocol import TrainConfig
+from server.core.job_request import (
+    TRAIN_FIELDS,
+    DataSchema,
+    JobDefaults,
+    JobRequestError,
+    job_request,
+    train_view,
+)
+
+MNIST = DataSchema((1, 28, 28), 10, (0.13,), (0.31,))
+CIFAR = DataSchema((3, 32, 32), 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+DEFAULTS = JobDefaults(
+    spec=ModelSpec(hidden=(64, 32), dropout=(0.1,)),
+    train=TrainConfig(lr=0.002, batch_size=16),
+    rounds=3,
+    max_rounds=50,
+    max_params=20_000_000,
+)
+
+
+def request(
+    query: dict[str, str] | None = None,
+    body: dict[str, Any] | None = None,
+    data: DataSchema = MNIST,
+    defaults: JobDefaults = DEFAULTS,
+) -> Any:
+    return job_request(defaults, data, query or {}, body)
+
+
+def test_the_seeds_call_takes_the_settings_and_the_datasets_normalisation() -> None:
+    got = request({"epochs": "5"})
+    assert got.rounds == 5
+    assert got.train == DEFAULTS.train
+    assert got.spec == ModelSpec(
+        hidden=(64, 32), dropout=(0.1,), norm_mean=(0.13,), norm_std=(0.31,)
+    )
+    assert request().rounds == DEFAULTS.rounds
+
+
+def test_the_settings_mlp_is_sized_to_any_dataset() -> None:
+    spec = request(data=CIFAR).spec
+    assert (spec.arch, spec.hidden, spec.input_shape) == ("mlp", (64, 32), (3, 32, 32))
+    assert spec.norm_mean == CIFAR.norm_mean and spec.norm_std == CIFAR.norm_std
+
+
+@pytest.mark.parametrize("arch", ["cnn", "lenet5", "resnet"])
+def test_an_arch_by_name_gets_that_archs_defaults(arch: str) -> None:
+    spec = request({"model": arch}, data=CIFAR).spec
+    assert spec == ModelSpec(
+        arch=arch,
+        input_shape=(3, 32, 32),
+        norm_mean=CIFAR.norm_mean,
+        norm_std=CIFAR.norm_std,
+    )
+    assert request(body={"model": arch}, data=CIFAR).spec == spec
+
+
+def test_naming_the_settings_arch_keeps_the_settings_sizes() -> None:
+    assert request({"model": "mlp"}).spec.hidden == (64, 32)
+
+
+def test_a_whole_spec_in_the_body() -> None:
+    body = {
+        "rounds": 2,
+        "model": {"arch": "cnn", "channels": [8, 16], "hidden": [32], "norm_mean": 0.5},
+        "train": {"optimizer": "sgd", "lr": 0.05, "batch_size": 64, "local_epochs": 2},
+    }
+    got = request(body=body)
+    assert got.rounds == 2
+    assert (got.spec.channels, got.spec.hidden) == ((8, 16), (32,))
+    # A spec that sets its normalisation keeps it; the dataset fills what it left out.
+    assert (got.spec.norm_mean, got.spec.norm_std) == ((0.5,), (0.3081,))
+    assert got.train == TrainConfig(
+        optimizer="sgd", lr=0.05, batch_size=64, local_epochs=2, max_batches=None
+    )
+    assert train_view(got.train) == {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "batch_size": 64,
+        "local_epochs": 2,
+        "max_batches": None,
+    }
+    assert set(train_view(got.train)) == set(TRAIN_FIELDS)
+
+
+def test_the_query_and_the_body_may_both_say_the_same() -> None:
+    assert request({"epochs": "4", "model": "cnn"}, {"rounds": 4, "model": "cnn"}).rounds == 4
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "fragment"),
+    [
+        ({}, {"epochs": 3}, "epochs: unknown field"),
+        ({"model": "transformer"}, None, "model: unknown arch 'transformer'"),
+        ({}, {"model": 7}, "model: an arch name or a model spec object"),
+        ({}, {"model": {"arch": "cnn", "layers": 3}}, "unknown model spec fields"),
+        ({}, {"model": {"arch": "cnn", "depth": 8}}, "model.depth: arch 'cnn' does not use it"),
+        ({}, {"model": {"arch": "mlp", "hidden": [70000]}}, "model.hidden layers must be"),
+        (
+            {},
+            {"model": {"arch": "cnn", "input_shape": [3, 32, 32]}},
+            r"model.input_shape: the model takes \[3, 32, 32\], the samples are \[1, 28, 28\]",
+        ),
+        ({}, {"model": {"arch": "cnn", "num_classes": 5}}, "model.num_classes: the model has 5"),
+        (
+            {},
+            {"model": {"arch": "mlp", "hidden": [4096, 4096]}},
+            r"model.parameters: 20,\d{3},\d{3} is over the limit of 20,000,000 "
+            r"\(the server's FEDAVG_MAX_PARAMS\)",
+        ),
+        ({}, {"train": {"lr": -1}}, "train: lr must be a positive finite number"),
+        ({}, {"train": {"lr": "fast"}}, "train.lr: expected int or float"),
+        ({}, {"train": {"batch_size": True}}, "train.batch_size: expected int"),
+        ({}, {"train": {"optimizer": "lbfgs"}}, "train.optimizer: one of adam, sgd"),
+        ({}, {"train": {"seed": 3}}, "train.seed: unknown field"),
+        ({}, {"train": [1]}, "train: an object of"),
+        ({"epochs": "x"}, None, "epochs='x' is not an integer"),
+        ({"epochs": "0"}, None, "epochs must be within 1..50, got 0"),
+        ({}, {"rounds": 51}, "rounds must be within 1..50, got 51"),
+        ({}, {"rounds": "3"}, "rounds: '3' is not an integer"),
+        ({"epochs": "3"}, {"rounds": 4}, "rounds: the query says 3 and the body 4"),
+        ({"model": "cnn"}, {"model": "mlp"}, "model: the query says 'cnn' and the body 'mlp'"),
+    ],
+)
+def test_a_bad_request_names_its_field(
+    query: dict[str, str], body: dict[str, Any] | None, fragment: str
+) -> None:
+    with pytest.raises(JobRequestError, match=fragment):
+        request(query, body)
+
+
+def test_the_budget_is_the_servers_not_the_hard_ceiling() -> None:
+    small = JobDefaults(DEFAULTS.spec, DEFAULTS.train, 1, 5, max_params=100_000)
+    assert parameter_count(ModelSpec(arch="cnn")) > 100_000
+    with pytest.raises(JobRequestError, match="over the limit of 100,000"):
+        request({"model": "cnn"}, defaults=small)
+    assert request({"model": "lenet5"}, defaults=small).spec.arch == "lenet5"
