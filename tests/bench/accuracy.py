@@ -5,7 +5,8 @@ E rounds of one local epoch), timed end to end, with the job's own wall time and
 accuracy read from its SQLite run record. Centralised: the same model, optimiser,
 learning rate, batch size and number of epochs over the whole training split in one
 process (``python -m tests.bench.accuracy central``), evaluated after every epoch exactly as
-the server evaluates each round. Both use the whole machine.
+the server evaluates each round. Both use the whole machine. The CNN case (``cnn.py``)
+runs the same centralised training for its own model and training settings.
 
 The same demo runs again with ``--wire-dtype bfloat16`` (weights travel and are checkpointed
 in bfloat16; training and the average stay float32), as many times, so the narrow wire's
@@ -15,18 +16,26 @@ accuracy cost (its final accuracy - the float32 federation's) is measured, not a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from node.shared.model import ModelSpec, build_model, init_state, normalize
+from node.shared.protocol import TrainConfig
+from server.core.evaluate import evaluate
+from server.datasets import load_split
 from server.demo.local_cluster import free_port
-from tests.bench.common import REPO, BenchError, loadavg, summary
+from tests.bench.common import REPO, BenchError, loadavg, summary, trained_samples
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         load = loadavg()
         fed = _federated(cfg, home)
         bf16 = _federated(cfg, workdir / f"accuracy-{index}-bf16", "bfloat16") if cfg.bf16 else None
-        central = _centralised(cfg, home)
+        central = run_centralised(home, cfg.epochs, cfg.central_threads, cfg.timeout_s)
         row: dict[str, Any] = {
             "index": index,
             "load_before": load,
@@ -167,19 +176,13 @@ def _federated(cfg: Config, home: Path, wire_dtype: str | None = None) -> dict[s
     }
 
 
-def _centralised(cfg: Config, home: Path) -> dict[str, Any]:
-    argv = [
-        sys.executable,
-        "-m",
-        "tests.bench.accuracy",
-        "central",
-        "--home",
-        str(home),
-        "--epochs",
-        str(cfg.epochs),
-        "--threads",
-        str(cfg.central_threads),
-    ]
+def run_centralised(
+    home: Path, epochs: int, threads: int | None, timeout_s: float, flags: Sequence[str] = ()
+) -> dict[str, Any]:
+    """:func:`centralised` in a fresh process (``python -m tests.bench.accuracy central``),
+    as a node is one: its torch threads set at start; ``flags`` from :func:`central_flags`."""
+    argv = [sys.executable, "-m", "tests.bench.accuracy", "central", "--home", str(home)]
+    argv += ["--epochs", str(epochs), *(["--threads", str(threads)] if threads else []), *flags]
     t0 = time.perf_counter()
     out = subprocess.run(
         argv,
@@ -187,7 +190,7 @@ def _centralised(cfg: Config, home: Path) -> dict[str, Any]:
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=cfg.timeout_s,
+        timeout=timeout_s,
         check=False,
     )
     total = time.perf_counter() - t0
@@ -198,44 +201,53 @@ def _centralised(cfg: Config, home: Path) -> dict[str, Any]:
     return result
 
 
+def central_flags(model: str | ModelSpec, config: TrainConfig, fused: bool = False) -> list[str]:
+    """The ``central`` mode's flags for a model (an arch name: its default sizes; or a whole
+    spec, such as the one a job's answer names) and a job's training settings; ``fused``: the
+    optimiser exactly as ``node.trainer`` builds it."""
+    flags = ["--spec", model.to_json()] if isinstance(model, ModelSpec) else ["--arch", model]
+    flags += ["--batch-size", str(config.batch_size), "--lr", str(config.lr)]
+    flags += ["--optimizer", config.optimizer, *(["--fused"] if fused else [])]
+    return flags + (["--max-batches", str(config.max_batches)] if config.max_batches else [])
+
+
 def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
 
-def centralised(home: Path, epochs: int, threads: int | None = None) -> dict[str, Any]:
-    """Train the default model on the whole training split, as one process would."""
-    import torch
-    from torch import nn
-
-    if threads is not None:
+def centralised(
+    home: Path,
+    epochs: int,
+    threads: int | None = None,
+    *,
+    spec: ModelSpec | None = None,
+    config: TrainConfig | None = None,
+    fused: bool = False,
+) -> dict[str, Any]:
+    """Train a model (the default MLP unless ``spec``) on the whole training split, as one
+    process would, with ``config``'s optimiser, learning rate, batch size and batch cap;
+    evaluated on the test split after every epoch as the server evaluates every round.
+    ``epoch_train_s`` / ``epoch_cpu_s`` time each epoch's training alone (no evaluation)."""
+    if threads is not None:  # as fedavg-node sets its own
         torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # only before any parallel work
+            torch.set_num_interop_threads(1)
 
-    from node.shared.model import ModelSpec, build_model, init_state, normalize
-    from node.shared.protocol import TrainConfig
-    from server.core.evaluate import evaluate
-    from server.datasets import load_split
-
-    spec, config, seed = ModelSpec(), TrainConfig(), 0
+    spec, config, seed = spec or ModelSpec(), config or TrainConfig(), 0
     x, y = load_split(home / "datasets", "mnist", "train")
     test_x, test_y = load_split(home / "datasets", "mnist", "test")
     t0 = time.perf_counter()
     model = build_model(spec)
     model.load_state_dict(init_state(spec, seed))  # the federation's round-0 weights
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss_fn = nn.CrossEntropyLoss()
+    optimizer = _optimizer(model, config, fused)
     generator = torch.Generator().manual_seed(seed)
-    accuracies = []
+    accuracies, walls, cpus = [], [], []
     for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(y), generator=generator)
-        for i in range(0, len(y), config.batch_size):
-            idx = order[i : i + config.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(normalize(x[idx], spec)), y[idx])
-            loss.backward()
-            optimizer.step()
+        wall, cpu = _epoch(model, optimizer, spec, config, x, y, generator)
+        walls.append(wall)
+        cpus.append(cpu)
         state = {k: v.detach() for k, v in model.state_dict().items()}
         accuracies.append(evaluate(state, spec, test_x, test_y)[0])
     return {
@@ -243,8 +255,45 @@ def centralised(home: Path, epochs: int, threads: int | None = None) -> dict[str
         "final_accuracy": accuracies[-1],
         "per_epoch_accuracy": accuracies,
         "train_samples": len(y),
+        "epoch_samples": trained_samples(len(y), config.batch_size, config.max_batches),
+        "epoch_train_s": walls,
+        "epoch_cpu_s": cpus,
+        "arch": spec.arch,
+        "spec": spec.to_dict(),
+        "optimizer": f"{config.optimizer}{' (fused)' if fused else ''}, lr {config.lr}",
+        "batch_size": config.batch_size,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _optimizer(model: nn.Module, config: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    # fused=None: torch's default implementation (what this baseline has always used).
+    kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
+    return kind(model.parameters(), lr=config.lr, fused=True if fused else None)
+
+
+def _epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    spec: ModelSpec,
+    config: TrainConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[float, float]:
+    """One epoch (at most ``config.max_batches`` batches); its (wall, CPU) seconds."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    order = torch.randperm(len(y), generator=generator)
+    end = trained_samples(len(y), config.batch_size, config.max_batches)
+    for i in range(0, end, config.batch_size):
+        idx = order[i : i + config.batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(normalize(x[idx], spec)), y[idx])
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - wall0, time.process_time() - cpu0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,8 +302,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", type=Path, required=True, help="a home with MNIST prepared")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--arch", default="mlp", help="the model: its arch's default sizes")
+    parser.add_argument("--spec", help="the model as a JSON spec (instead of --arch)")
+    defaults = TrainConfig()
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=defaults.optimizer)
+    parser.add_argument("--max-batches", type=int, help="at most this many batches an epoch")
+    parser.add_argument("--fused", action="store_true", help="the nodes' fused optimiser")
     args = parser.parse_args(argv)
-    json.dump(centralised(args.home, args.epochs, args.threads), sys.stdout)
+    config = TrainConfig(
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        max_batches=args.max_batches,
+    )
+    spec = ModelSpec.from_json(args.spec) if args.spec else ModelSpec(arch=args.arch)
+    result = centralised(
+        args.home, args.epochs, args.threads, spec=spec, config=config, fused=args.fused
+    )
+    json.dump(result, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.demo.local_cluster import LocalCluster, Proc
+
+if TYPE_CHECKING:
+    from node.shared.model import ModelSpec
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -64,6 +67,12 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def trained_samples(samples: int, batch_size: int, max_batches: int | None) -> int:
+    """Samples one epoch over ``samples`` trains on when it stops after ``max_batches``
+    batches (``FEDAVG_MAX_BATCHES``; None: the whole epoch), as ``node.trainer`` does."""
+    return samples if max_batches is None else min(samples, max_batches * batch_size)
+
+
 def across_runs(runs: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
     """Median/min/max over runs of one per-run figure."""
     return summary(r.get(key) for r in runs)
@@ -93,7 +102,7 @@ def machine() -> dict[str, Any]:
 
     return {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
+        "cores": cores(),
         "memory_gib": round(mem_kib / 2**20, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -224,6 +233,35 @@ def start_probed_node(cluster: LocalCluster, name: str, probe_file: Path, thread
     return spawn(cluster, name, argv, {"FEDAVG_BENCH_PROBE": str(probe_file)})
 
 
+def cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
+def threads_per_node(nodes: int) -> int:
+    """The torch threads each of ``nodes`` local node processes gets: the cores shared out,
+    at least one (what ``fedavg-demo`` gives its nodes too)."""
+    return max(1, cores() // nodes)
+
+
+def start_probed_federation(
+    cluster: LocalCluster, workdir: Path, prefix: str, nodes: int, threads: int
+) -> tuple[Path, dict[str, Path]]:
+    """A probed server with MNIST prepared, then ``nodes`` probed nodes (``node-1``...) of
+    ``threads`` torch threads each, all connected; returns the server's probe file and each
+    node's (``<prefix>-server.jsonl``, ``<prefix>-node-i.jsonl`` in ``workdir``)."""
+    server_probe = workdir / f"{prefix}-server.jsonl"
+    start_probed_server(cluster, server_probe)
+    cluster.wait_healthy(timeout=120)
+    cluster.request("POST", "/datasets/prepare-mnist", timeout=300)
+    names = [f"node-{i}" for i in range(1, nodes + 1)]
+    node_probes = {n: workdir / f"{prefix}-{n}.jsonl" for n in names}
+    for n in names:
+        start_probed_node(cluster, n, node_probes[n], threads)
+    cluster.wait_nodes(nodes, timeout=300)
+    return server_probe, node_probes
+
+
 def wait_exit(proc: Proc, timeout: float) -> int:
     try:
         code = proc.popen.wait(timeout=timeout)
@@ -280,6 +318,9 @@ class RoundTimes:
     history: dict[int, dict[str, Any]]
     done: float | None
     done_kind: str | None
+    # What each accepted upload reported, per round and node: its sample count and metrics
+    # (``seconds`` is the node's ``train_locally`` wall time).
+    reports: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def from_events(cls, events: list[dict[str, Any]]) -> RoundTimes:
@@ -288,6 +329,7 @@ class RoundTimes:
         closed: dict[int, float] = {}
         history: dict[int, dict[str, Any]] = {}
         accepted: dict[int, dict[str, float]] = {}
+        reports: dict[int, dict[str, dict[str, Any]]] = {}
         done = done_kind = None
         for e in events:
             data = e["data"]
@@ -298,9 +340,10 @@ class RoundTimes:
                 history[data["round"]] = data
             elif e["kind"] == "upload_accepted":
                 accepted.setdefault(data["round"], {})[e["node_id"]] = e["ts"]
+                reports.setdefault(data["round"], {})[e["node_id"]] = data
             elif e["kind"] in ("job_done", "job_failed", "job_stopped"):
                 done, done_kind = e["ts"], e["kind"]
-        return cls(started, opened, closed, accepted, history, done, done_kind)
+        return cls(started, opened, closed, accepted, history, done, done_kind, reports)
 
     def round_start(self, r: int) -> float:
         """When round r's work was announced: the server's ``round_opened``(r). Round 1 opens
@@ -335,10 +378,11 @@ def mib(n: float | None) -> float | None:
 
 
 def run_job(
-    cluster: LocalCluster, rounds: int, timeout: float
+    cluster: LocalCluster, rounds: int, timeout: float, body: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], RoundTimes]:
-    """Start a job over the connected nodes, wait for its end, return its status and times."""
-    job = cluster.request("POST", f"/train/mnist?epochs={rounds}", timeout=120)
+    """Start a job over the connected nodes (``body``: the request's JSON body, such as its
+    model), wait for its end, return its status and times."""
+    job = cluster.request("POST", f"/train/mnist?epochs={rounds}", timeout=120, body=body)
     status = cluster.wait_job(timeout=timeout)
     if status.get("run_id") != job["job_id"]:
         raise BenchError(f"expected job {job['job_id']}, the server reports {status.get('run_id')}")
@@ -360,12 +404,20 @@ def cluster_env(hidden: tuple[int, ...], deadline_s: float, **extra: str) -> dic
 
 
 def weights_file_bytes(hidden: tuple[int, ...], wire_dtype: str = "float32") -> tuple[int, int]:
-    """(size of a weights file, parameter count) of the MLP with these hidden widths, its
-    floating tensors in ``wire_dtype`` (what the server publishes with ``--wire-dtype``)."""
-    from node.shared.model import ModelSpec, init_state, parameter_count
-    from node.shared.weights import WIRE_DTYPES, WeightsMeta, encode_weights
+    """(size of a weights file, parameter count) of the MLP with these hidden widths (the
+    server's MLP for ``MODEL_HIDDEN_*``), its floating tensors in ``wire_dtype``."""
+    from node.shared.model import ModelSpec
 
     spec = ModelSpec(hidden=hidden, dropout=(0.3, 0.2)[: len(hidden)])
+    return spec_weights_bytes(spec, wire_dtype)
+
+
+def spec_weights_bytes(spec: ModelSpec, wire_dtype: str = "float32") -> tuple[int, int]:
+    """(size of a weights file, parameter count) of any model spec, its floating tensors in
+    ``wire_dtype`` (what the server publishes with ``--wire-dtype``)."""
+    from node.shared.model import init_state, parameter_count
+    from node.shared.weights import WIRE_DTYPES, WeightsMeta, encode_weights
+
     dtype = WIRE_DTYPES[wire_dtype]
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in init_state(spec, 0).items()}
     data = encode_weights(state, WeightsMeta(spec=spec, round=1, job_id="x" * 28))

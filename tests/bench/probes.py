@@ -3,8 +3,11 @@
 ``python -m tests.bench.probes server|node [the program's own flags]`` wraps a few
 functions of the real code with a clock and then runs the program's ``main``. Each call
 becomes one JSON line ``{"ev", "t0", "t1", "proc", ...}`` in ``$FEDAVG_BENCH_PROBE`` (no
-probes without it). A probe costs two ``time.time()`` calls and one short write per step
-(a handful per round), so it does not move what it measures.
+probes without it); a synchronous call's line also has ``cpu``, the CPU seconds the whole
+process used meanwhile (all its threads: for a node's ``train_locally``, which runs while
+the event loop only answers pings, that is the training's CPU). A probe costs two clock
+reads at each end and one short write per step (a handful per round), so it does not move
+what it measures.
 
 If a wrapped name disappears because the code changed, the program stops at start-up with
 a message naming it: update the table below (the smoke test catches this in the suite).
@@ -80,13 +83,14 @@ def wrap(targets: str, ev: str, info: Info | None = None, required: bool = True)
 
         @functools.wraps(original)
         def timed_sync(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.time()
+            t0, cpu0 = time.time(), time.process_time()
             result: Any = None
             try:
                 result = original(*args, **kwargs)
                 return result
             finally:
-                emit(ev, t0, time.time(), **_info(info, args, kwargs, result))
+                cpu = time.process_time() - cpu0
+                emit(ev, t0, time.time(), cpu=cpu, **_info(info, args, kwargs, result))
 
         setattr(owner, attr, timed_sync)
 

@@ -17,6 +17,11 @@ def ms(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"
 
 
+def ms2(x: float | None) -> str:
+    """A small duration to two decimals of a millisecond: a sample's cost."""
+    return "n/a" if x is None or math.isnan(x) else f"{x * 1000:.2f} ms"
+
+
 def sec(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f} s"
 
@@ -27,6 +32,10 @@ def mib(x: float | None) -> str:
 
 def num(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def whole(x: float | None) -> str:
+    return num(x, 0)
 
 
 def acc(x: float | None) -> str:
@@ -94,6 +103,8 @@ def markdown(report: dict[str, Any]) -> str:
         ("memory", "2. Server memory", _memory),
         ("scale", "3. Scale", _scale),
         ("accuracy", "4. Time to accuracy", _accuracy),
+        ("cnn", "5. The CNN: node compute and round overhead", _cnn),
+        ("zoo", "6. The model zoo: federated and centralised accuracy", _zoo),
     ):
         if key not in report["benchmarks"]:
             continue
@@ -193,7 +204,31 @@ def _headline(report: dict[str, Any]) -> list[str]:
                 f"float32 federation {span(s['fed_accuracy'], acc)} | accuracy cost "
                 f"{span(s['accuracy_cost_bf16'], signed)} | | |"
             )
+    rows += _headline_cnn(b.get("cnn", {}))
+    rows += _headline_zoo(b.get("zoo", {}))
     return [*rows, ""]
+
+
+def _headline_cnn(c: dict[str, Any]) -> list[str]:
+    if "summary" not in c:
+        return []
+    s, cfg = c["summary"], c["config"]
+    return [
+        f"| CNN ({cfg['params'] / 1e6:.2f} M params), {cfg['nodes']} nodes: node compute "
+        f"per sample | {span(s['node_s_per_sample'], ms2)} | centralised "
+        f"{span(s['central_s_per_sample'], ms2)} | {span(s['ratio_compute'], num)}x | | "
+        f"{cfg['nodes']} nodes x {cfg['threads_per_node']} thread on {cfg['cores']} cores |",
+        f"| — CNN node CPU per sample | {span(s['node_cpu_per_sample'], ms2)} | centralised "
+        f"{span(s['central_cpu_per_sample'], ms2)} | {span(s['ratio_cpu'], num)}x | | |",
+        f"| — CNN round overhead | {span(s['overhead'])} | {span(s['floor'])} | "
+        f"{span(s['ratio_overhead'], num)}x | | |",
+        f"| — CNN overhead share of the round | {span(s['overhead_share'], pct)} | cycle "
+        f"{span(s['cycle'])} | | ≤ {pct(s['target_share'])} (next issue) | "
+        f"{yes(s['share_met'])} |",
+        f"| — CNN final test accuracy, {cfg['rounds']} rounds | {span(s['fed_accuracy'], acc)} "
+        f"| centralised, {cfg['central_epochs']} epochs {span(s['central_accuracy'], acc)} | "
+        f"gap {span(s['accuracy_gap'], signed)} | | |",
+    ]
 
 
 def _overhead(b: dict[str, Any]) -> list[str]:
@@ -552,3 +587,141 @@ def _accuracy_table(s: dict[str, Any]) -> list[str]:
         f"| accuracy cost of the bf16 wire (bf16 - float32 federation) | | "
         f"{span(s['accuracy_cost_bf16'], signed)} | | | |",
     ]
+
+
+def _cnn(b: dict[str, Any]) -> list[str]:
+    cfg, s = b["config"], b["summary"]
+    capped = f", at most {cfg['max_batches']} batches" if cfg["max_batches"] else ""
+    out = [
+        f"{cfg['nodes']} `fedavg-node` processes ({cfg['threads_per_node']} torch thread each, "
+        f"{cfg['cores']} cores) and one `fedavg-server`, all wrapped in timing probes, the "
+        f"server's model set by `MODEL_ARCH=cnn`: {cfg['model']}; weights file "
+        f"{mib(cfg['weights_bytes'])}. Offline MNIST subset split IID with no overlap "
+        f"(`SHARD_OVERLAP=0`, equal capacities): each node trains on "
+        f"{span(s['node_trained'], whole)} samples "
+        f"a round (its shard less its 10 % validation hold-out{capped}), "
+        f"{cfg['local_epochs']} local epoch, batch {cfg['batch_size']}, {cfg['optimizer']} "
+        f"lr {cfg['lr']}; {cfg['rounds']} rounds per run, {cfg['runs']} runs on one warm "
+        f"cluster, after a warm-up job of one round ({sec(cfg.get('warmup_s'))}, not in the "
+        "figures: a node process's first CNN round pays a one-off warm-up). Right after "
+        "each job, the same CNN is trained centrally in one fresh "
+        f"process with {cfg['central_threads']} torch thread (the nodes' setting), the same "
+        "initial weights, optimiser (the nodes' fused Adam/SGD), learning rate and batch size "
+        f"on the whole training split for {cfg['central_epochs']} epochs.",
+        "",
+        "**Definitions** (see `tests/bench/cnn.py` and notes.md). *node s/sample* = a node's "
+        "reported `train_locally` seconds (model around the downloaded tensors, the epoch, "
+        "validation) / the samples it trained; *CPU/sample* = its process's CPU seconds "
+        "during that call / the same samples; *centralised* = one epoch's training time "
+        "(wall or CPU; no evaluation) / its samples; *ratio* = node / centralised. With more "
+        "node threads than cores the nodes train at once and share the cores, so the wall "
+        "ratio holds that sharing and the CPU ratio does not. *federation s/sample* = the "
+        "round's training span (first node's start to last node's end) / all nodes' samples. "
+        "*overhead* = cycle - the critical node's compute, *floor* and the critical path as "
+        "in section 1, for this weights file; *share* = overhead / cycle.",
+        "",
+        "| run | floor | cycle | compute | overhead | share | overhead / floor | node "
+        "s/sample | central s/sample | ratio | node CPU/sample | central CPU/sample | ratio "
+        "| fed acc | central acc | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in b["runs"]:
+        med, c = r["median"], r["compute"]
+        out.append(
+            f"| {r['index'] + 1} | {ms(r['floor']['floor_s'])} | {ms(med['cycle'])} | "
+            f"{ms(med['compute'])} | {ms(med['overhead'])} | {pct(med['overhead_share'])} | "
+            f"{num(r['ratio_overhead'])}x | {ms2(c['node_s_per_sample'])} | "
+            f"{ms2(c['central_s_per_sample'])} | {num(c['ratio_compute'])}x | "
+            f"{ms2(c['node_cpu_per_sample'])} | {ms2(c['central_cpu_per_sample'])} | "
+            f"{num(c['ratio_cpu'])}x | {acc(c['fed_accuracy'])} | "
+            f"{acc(c['central_accuracy'])} | {r['load_before'][0]} |"
+        )
+    return out + _cnn_summary(b)
+
+
+def _cnn_summary(b: dict[str, Any]) -> list[str]:
+    cfg, s = b["config"], b["summary"]
+    out = [
+        "",
+        "| figure | median [min, max] over runs |",
+        "|---|---|",
+        f"| node compute per sample / centralised | {span(s['ratio_compute'], num)}x |",
+        f"| node CPU per sample / centralised | {span(s['ratio_cpu'], num)}x |",
+        f"| federation per sample (all {cfg['nodes']} nodes) | "
+        f"{span(s['federation_s_per_sample'], ms2)} = {span(s['ratio_federation'], num)}x "
+        "centralised |",
+        f"| nodes training at once (concurrency) | {span(s['concurrency'], num)} |",
+        f"| round overhead / floor | {span(s['ratio_overhead'], num)}x |",
+        f"| overhead share of the round | {span(s['overhead_share'], pct)} (target of the next "
+        f"issue ≤ {pct(s['target_share'])}: {yes(s['share_met'])}) |",
+        f"| accuracy gap, federated - centralised | {span(s['accuracy_gap'], signed)} |",
+        "",
+        "**Critical path** (each run's median round, as in section 1):",
+        "",
+        "| wire | notify | download | decode | compute | encode | upload | server fold | close |",
+        "|---|---|---|---|---|---|---|---|---|",
+        _path_row("float32", s),
+        "",
+    ]
+    first = b["runs"][0]
+    out += [
+        f"Nodes in run 1 (`{first['run_id']}`):",
+        "",
+        "| round | node | trained | seconds | s/sample | CPU/sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    for per_round in first["node_samples"]:
+        out += [
+            f"| {x['round']} | {x['node']} | {x['trained']} | {sec(x['seconds'])} | "
+            f"{ms2(x['s_per_sample'])} | {ms2(x['cpu_per_sample'])} |"
+            for x in per_round
+        ]
+    return [*out, ""]
+
+
+def _headline_zoo(z: dict[str, Any]) -> list[str]:
+    if "models" not in z:
+        return []
+    cfg = z["config"]
+    return [
+        f"| zoo: {m['label']} ({m['params']:,} params), {cfg['nodes']} nodes x "
+        f"{cfg['rounds']} rounds: final test accuracy | {acc(m['fed_accuracy'])} | "
+        f"centralised, {cfg['central_epochs']} epochs {acc(m['central_accuracy'])} | "
+        f"gap {signed(m['accuracy_gap'])} | | job {sec(m['job_s'])} |"
+        for m in z["models"]
+    ]
+
+
+def _zoo(b: dict[str, Any]) -> list[str]:
+    cfg = b["config"]
+    capped = f", at most {cfg['max_batches']} batches a round" if cfg["max_batches"] else ""
+    out = [
+        f"One `fedavg-server` and {cfg['nodes']} `fedavg-node` processes "
+        f"({cfg['threads_per_node']} torch thread each, {cfg['cores']} cores), started once "
+        f"({sec(cfg['start_s'])}, MNIST prepared); then each model is one job of "
+        f"{cfg['rounds']} rounds on that cluster, named in the job's JSON body "
+        '(`{"model": {"arch": ...}}`), after a warm-up job of one round '
+        f"({sec(cfg['warmup_s'])}, not in the table). Offline MNIST subset (4,000 train / "
+        "1,000 test) split IID with no overlap (`SHARD_OVERLAP=0`, equal capacities): each "
+        "node trains on its shard less its 10 % validation hold-out"
+        f"{capped}, {cfg['local_epochs']} local epoch, batch {cfg['batch_size']}, "
+        f"{cfg['optimizer']} lr {cfg['lr']}. Centralised: the job's own spec from the same "
+        "round-0 weights, with the nodes' fused optimiser, learning rate and batch size, on "
+        f"all 4,000 training images for {cfg['central_epochs']} epochs in a fresh process "
+        f"({cfg['central_threads']} torch thread) right after the job. Both evaluated by "
+        "the server's evaluation on the same 1,000 test images. The ResNet is depth 8, not "
+        "the default 20, for CPU time. One job per model: single measurements, not medians.",
+        "",
+        "| model | parameters | federated accuracy | centralised accuracy | gap | job "
+        "seconds | federated, by round | centralised, by epoch | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in b["models"]:
+        rounds = ", ".join(acc(a) for a in m["per_round_accuracy"])
+        epochs = ", ".join(acc(a) for a in m["central_per_epoch_accuracy"])
+        out.append(
+            f"| {m['label']} | {m['params']:,} | {acc(m['fed_accuracy'])} | "
+            f"{acc(m['central_accuracy'])} | {signed(m['accuracy_gap'])} | {sec(m['job_s'])} "
+            f"| {rounds} | {epochs} | {m['load_before'][0]} |"
+        )
+    return [*out, ""]

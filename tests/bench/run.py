@@ -1,8 +1,10 @@
 """Run the benchmark suite and write ``docs/bench/report.md`` + ``docs/bench/report.json``.
 
-    .venv/bin/python -m tests.bench.run            # the full suite (~6-8 min on 2 cores)
-    .venv/bin/python -m tests.bench.run --smoke    # tiny sizes, one run each (under a minute)
+    .venv/bin/python -m tests.bench.run            # the full suite (~14-16 min on 2 cores)
+    .venv/bin/python -m tests.bench.run --smoke    # tiny sizes, one run each (about a minute)
     .venv/bin/python -m tests.bench.run --only overhead,memory --out /tmp/bench
+    .venv/bin/python -m tests.bench.run --only cnn --smoke --out /tmp/bench-cnn
+    .venv/bin/python -m tests.bench.run --only zoo --out /tmp/bench-zoo
 
 Each benchmark runs in its own processes on free loopback ports, under a temporary
 folder that is removed afterwards (``--keep`` leaves it). A benchmark that fails is
@@ -23,10 +25,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.bench import accuracy, profile, report, round_overhead, scale, server_memory
+from tests.bench import (
+    accuracy,
+    cnn,
+    profile,
+    report,
+    round_overhead,
+    scale,
+    server_memory,
+    zoo,
+)
 from tests.bench.common import REPO, loadavg, machine
 
-BENCHMARKS = ("overhead", "memory", "scale", "accuracy")
+BENCHMARKS = ("overhead", "memory", "scale", "accuracy", "cnn", "zoo")
 
 
 def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str, Any]], Any]]:
@@ -69,6 +80,28 @@ def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str,
                 ),
             ),
             "accuracy": (accuracy.run, accuracy.Config(nodes=1, epochs=1, runs=runs)),
+            "cnn": (
+                cnn.run,
+                cnn.Config(
+                    nodes=2,
+                    rounds=2,
+                    runs=runs,
+                    max_batches=2,
+                    floor_repeats=1,
+                    job_timeout_s=120,
+                ),
+            ),
+            "zoo": (
+                zoo.run,
+                zoo.Config(
+                    models=("mlp", "resnet"),
+                    nodes=2,
+                    rounds=1,
+                    max_batches=2,
+                    warmup=False,
+                    job_timeout_s=120,
+                ),
+            ),
         }
     sizes = tuple(int(s) for s in args.scale_sizes.split(","))
     return {
@@ -84,6 +117,8 @@ def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str,
             ),
         ),
         "accuracy": (accuracy.run, accuracy.Config(runs=runs)),
+        "cnn": (cnn.run, cnn.Config(runs=runs)),
+        "zoo": (zoo.run, zoo.Config()),  # one job per arch: --runs does not apply
     }
 
 

