@@ -77,6 +77,7 @@ def train_locally(
     model = model_with_state(spec, global_state, device, share=in_place)
     model.train()
     optimizer = _optimizer(list(model.parameters()), config)
+    anchors = proximal_anchors(model, config.proximal_mu)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     x_dev, y_dev = x.to(device), y.to(device)
@@ -92,12 +93,38 @@ def train_locally(
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = loss_fn(logits, yb)
-            loss.backward()
+            _backward(loss, anchors, config.proximal_mu)
             optimizer.step()
             tally.add(loss, logits, yb)
             if on_progress is not None:
                 on_progress(i + 1, batches, tally.loss / tally.seen)
     return _result(model, spec, tally, val, device=device, started=started, samples=len(y))
+
+
+Anchors = list[tuple[nn.Parameter, torch.Tensor]]
+"""FedProx's pairs: each trainable parameter and a detached copy of its global value."""
+
+
+def proximal_anchors(model: nn.Module, mu: float) -> Anchors:
+    """The global weights FedProx pulls towards, copied before the first step; none (and no
+    copy, no cost) when ``mu`` is 0."""
+    if mu == 0:
+        return []
+    return [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+
+def proximal_term(anchors: Anchors, mu: float) -> torch.Tensor:
+    """FedProx's ``(mu / 2) * sum ||w - w_global||^2`` (Li et al. 2020, eq. 2): its
+    gradient is ``mu * (w - w_global)``, which keeps local training near the global model."""
+    return (mu / 2) * torch.stack([torch.sum((p - a) ** 2) for p, a in anchors]).sum()
+
+
+def _backward(loss: torch.Tensor, anchors: Anchors, mu: float) -> None:
+    """Back-propagate the batch's loss, plus the proximal term each batch under FedProx (the
+    reported loss stays the data loss, comparable with plain FedAvg's)."""
+    if anchors:
+        loss = loss + proximal_term(anchors, mu)
+    loss.backward()  # type: ignore[no-untyped-call]
 
 
 def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

@@ -25,6 +25,7 @@ FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
 MAX_FRAME_BYTES = 64 * 1024
 MAX_TEXT = 4096
 MIN_SECRET, MAX_SECRET = 16, 256  # a node's id secret: 32 random bytes, urlsafe, is 43
+MAX_PROXIMAL_MU = 1e4  # FedProx's mu: the paper tries 0.001..1; far above is a typo
 ID_TAKEN = "id_taken"  # Error.code answering a hello whose secret is not its id's
 
 
@@ -46,6 +47,9 @@ class TrainConfig:
     validation_split: float | None = None  # None: the node's own VALIDATION_SPLIT
     seed: int = 0
     wire_dtype: WireDtype = "float32"
+    # FedProx (Li et al. 2020; Flower's ``proximal_mu``): each node adds
+    # (mu / 2) * ||w - w_global||^2 to its local loss. 0 is plain FedAvg, bit for bit.
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -59,6 +63,8 @@ class TrainConfig:
             problems.append("max_batches must be >= 1")
         if self.validation_split is not None and not 0 <= self.validation_split < 1:
             problems.append("validation_split must be within [0, 1)")
+        if not (math.isfinite(self.proximal_mu) and 0 <= self.proximal_mu <= MAX_PROXIMAL_MU):
+            problems.append(f"proximal_mu must be a finite number within [0, {MAX_PROXIMAL_MU:g}]")
         if self.wire_dtype not in typing.get_args(WireDtype):
             problems.append(f"wire_dtype must be one of {', '.join(typing.get_args(WireDtype))}")
         if problems:

@@ -18,7 +18,14 @@ from node.shared.errors import SpecError
 from node.shared.model import ARCHS, ModelSpec
 from node.shared.protocol import TrainConfig
 
-TRAIN_FIELDS: Final = ("optimizer", "lr", "batch_size", "local_epochs", "max_batches")
+TRAIN_FIELDS: Final = (
+    "optimizer",
+    "lr",
+    "batch_size",
+    "local_epochs",
+    "max_batches",
+    "proximal_mu",
+)
 """The local-training settings a job may choose (seed and wire dtype stay the server's)."""
 
 BODY_FIELDS: Final = ("rounds", "model", "train")
@@ -147,6 +154,7 @@ _TRAIN_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "batch_size": (int,),
     "local_epochs": (int,),
     "max_batches": (int, type(None)),
+    "proximal_mu": (int, float),
 }
 
 

@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from node.shared.model import ModelSpec, build_model, init_state, normalize
+from node.shared.model import ModelSpec, build_model, init_state, model_with_state, normalize
 from node.shared.protocol import TrainConfig
 from node.trainer import (
     Aborted,
     LocalResult,
     measure_capacity,
+    proximal_anchors,
+    proximal_term,
     resolve_device,
     split_validation,
     train_locally,
@@ -291,3 +293,98 @@ def test_a_conv_model_trains_its_download_in_place() -> None:
     )
     assert all(result.state[k].data_ptr() == state[k].data_ptr() for k in state)
     assert not all(torch.equal(before[k], state[k]) for k in state)
+
+
+# -- FedProx ---------------------------------------------------------------------------------
+
+NO_DROPOUT = ModelSpec(input_shape=(1, 4, 4), hidden=(16,), dropout=(), num_classes=2)
+
+
+def _distance(state: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float(((state[k] - start[k]) ** 2).sum()) for k in start))
+
+
+def _plain_sgd_epoch(
+    x: torch.Tensor, y: torch.Tensor, config: TrainConfig, seed: int
+) -> dict[str, torch.Tensor]:
+    """The local loop as it was before FedProx, written out: one epoch of fused SGD."""
+    torch.manual_seed(seed)
+    model = model_with_state(NO_DROPOUT, init_state(NO_DROPOUT, 0), CPU)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, fused=True)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    for i in range(-(-len(y) // config.batch_size)):
+        idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(normalize(x[idx], NO_DROPOUT))
+        nn.functional.cross_entropy(logits, y[idx]).backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fedprox_with_mu_zero_is_exactly_fedavg() -> None:
+    x, y = _data(24)
+    default = TrainConfig(batch_size=4, optimizer="sgd", lr=0.1)
+    zero = TrainConfig(batch_size=4, optimizer="sgd", lr=0.1, proximal_mu=0.0)
+    a, b = (
+        train_locally(NO_DROPOUT, init_state(NO_DROPOUT, 0), x, y, c, device=CPU, seed=1)
+        for c in (default, zero)
+    )
+    reference = _plain_sgd_epoch(x, y, zero, seed=1)
+    for key, value in a.state.items():
+        assert torch.equal(value, b.state[key])
+        assert torch.equal(value, reference[key])  # bit for bit the loop without FedProx
+    assert a.metrics["train_loss"] == b.metrics["train_loss"]
+    assert proximal_anchors(build_model(NO_DROPOUT), 0.0) == []  # and no copy of the model
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fedprox_keeps_local_weights_closer_to_the_global_ones(optimizer: str) -> None:
+    x, y = _data(32)
+    start = init_state(SPEC, 0)
+    distances = []
+    for mu in (0.0, 1.0, 10.0):
+        config = TrainConfig(
+            batch_size=4,
+            optimizer=optimizer,  # type: ignore[arg-type]
+            lr=0.05,
+            local_epochs=2,
+            proximal_mu=mu,
+        )
+        result = train_locally(SPEC, start, x, y, config, device=CPU, seed=1)
+        assert _finite(result)
+        distances.append(_distance(result.state, start))
+    assert distances[0] > distances[1] > distances[2] > 0
+
+
+def test_fedprox_trains_in_place_to_the_same_result() -> None:
+    # In place, the model's parameters are the download itself: the anchors must be copies.
+    x, y = _data(16)
+    config = TrainConfig(batch_size=4, optimizer="sgd", lr=0.1, proximal_mu=0.5)
+    copied = train_locally(SPEC, init_state(SPEC, 0), x, y, config, device=CPU, seed=1)
+    owned = init_state(SPEC, 0)
+    shared = train_locally(SPEC, owned, x, y, config, device=CPU, seed=1, in_place=True)
+    assert all(torch.equal(shared.state[k], copied.state[k]) for k in copied.state)
+
+
+def test_the_proximal_terms_gradient_is_mu_times_the_distance_to_the_global_weights() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+    model[2].bias.requires_grad_(False)  # frozen: no anchor, no term
+    mu = 0.3
+    anchors = proximal_anchors(model, mu)
+    assert len(anchors) == 3
+    global_values = [a.clone() for _, a in anchors]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # some local steps later
+    term = proximal_term(anchors, mu)
+    moved = [p.detach() - g for (p, _), g in zip(anchors, global_values, strict=True)]
+    expected = mu / 2 * sum(float((d**2).sum()) for d in moved)
+    assert math.isclose(float(term.detach()), expected, rel_tol=1e-6)
+    term.backward()  # type: ignore[no-untyped-call]
+    for (p, _), d in zip(anchors, moved, strict=True):
+        assert p.grad is not None
+        torch.testing.assert_close(p.grad, mu * d)
+    assert model[2].bias.grad is None
+    assert all(torch.equal(a, g) for (_, a), g in zip(anchors, global_values, strict=True))

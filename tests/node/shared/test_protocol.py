@@ -432,3 +432,36 @@ def test_upload_query_round_trips_and_drops_non_finite_metrics() -> None:
 def test_upload_query_refuses_bad_parameters(query: dict[str, str], message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         UploadQuery.decode(query)
+
+
+def test_a_train_frame_carries_fedprox_mu_and_an_older_one_without_it_is_plain_fedavg() -> None:
+    example = EXAMPLES[5]
+    assert isinstance(example, Train)
+    frame = dataclasses.replace(example, config=TrainConfig(proximal_mu=0.01))
+    text = encode(frame)
+    assert json.loads(text)["config"]["proximal_mu"] == 0.01
+    assert decode(text) == frame
+    older = _train()
+    del older["config"]["proximal_mu"]  # a server from before FedProx
+    train = decode(json.dumps(older))
+    assert isinstance(train, Train) and train.config.proximal_mu == 0.0
+    as_int = decode(json.dumps(_train(proximal_mu=1)))
+    assert isinstance(as_int, Train) and type(as_int.config.proximal_mu) is float
+
+
+@pytest.mark.parametrize(
+    ("mu", "fragment"),
+    [
+        (-0.1, "proximal_mu must be a finite number within"),
+        (1e5, "proximal_mu must be a finite number within"),
+        (math.inf, "expected a finite number"),
+        ("0.1", "expected a finite number"),
+        (True, "expected a finite number"),
+    ],
+)
+def test_a_bad_fedprox_mu_is_a_protocol_error(mu: object, fragment: str) -> None:
+    with pytest.raises(ProtocolError, match=fragment):
+        decode(json.dumps(_train(proximal_mu=mu)))
+    if isinstance(mu, float) and math.isfinite(mu):
+        with pytest.raises(ValueError, match="proximal_mu"):
+            TrainConfig(proximal_mu=mu)

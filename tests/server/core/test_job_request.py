@@ -89,6 +89,7 @@ def test_a_whole_spec_in_the_body() -> None:
         "batch_size": 64,
         "local_epochs": 2,
         "max_batches": None,
+        "proximal_mu": 0.0,
     }
     assert set(train_view(got.train)) == set(TRAIN_FIELDS)
 

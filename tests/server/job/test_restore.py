@@ -177,6 +177,7 @@ def test_the_finished_view_of_a_completed_run(store: Store, tmp_path: Path) -> N
             "batch_size": 8,
             "local_epochs": None,
             "max_batches": None,
+            "proximal_mu": None,
         },
         "started_at": 100.0,
         "elapsed_s": 60.0,

@@ -65,6 +65,7 @@ async def test_a_json_body_carries_a_spec_and_the_training_settings(client: Clie
         "batch_size": 16,
         "local_epochs": 2,
         "max_batches": None,
+        "proximal_mu": 0.0,
     }
     train = await node.expect(Train)
     assert (train.model_spec.arch, train.model_spec.channels) == ("lenet5", (4, 8))
