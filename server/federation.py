@@ -30,7 +30,8 @@ from server.core.job_request import (
     JobRequestError,
     job_request,
 )
-from server.core.shard_plan import Shard, bounded_capacities, plan_shards
+from server.core.partition import IID, Partition, PartitionError, partition_samples
+from server.core.shard_plan import bounded_capacities, with_overlap
 from server.dataset_shelf import DatasetShelf
 from server.datasets import DatasetInfo, load_split
 from server.errors import BadRequest, Conflict, IdTaken, NotFound
@@ -170,8 +171,11 @@ class Federation:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    async def plan(self, dataset_id: str) -> tuple[DatasetInfo, dict[str, ShardFile], str]:
-        """Split the training set over the connected nodes and write their shards."""
+    async def plan(
+        self, dataset_id: str, partition: Partition = IID
+    ) -> tuple[DatasetInfo, dict[str, ShardFile], str]:
+        """Split the training set over the connected nodes as ``partition`` says and write
+        their shards."""
         info = self.shelf.get(dataset_id)
         capacities = bounded_capacities(
             {s.node_id: s.capacity for s in self.registry.connected()},
@@ -179,14 +183,21 @@ class Federation:
         )
         if not capacities:
             raise Conflict("no nodes are connected: start fedavg-node on the workers first")
-        key, shard_plan = _shard_plan(self.settings, info, capacities)
-        files = await asyncio.to_thread(_write_shards, self.settings, dataset_id, key, shard_plan)
+        try:
+            key, files = await asyncio.to_thread(
+                _plan_shards, self.settings, info, capacities, partition
+            )
+        except PartitionError as exc:  # classes:k that these nodes and data cannot make
+            raise BadRequest(str(exc)) from exc
+        names = {n: self.registry.nodes[n].name for n in files}
         self.bus.publish(
             "shards_planned",
             {
                 "dataset": dataset_id,
                 "plan": key,
-                "shards": {self.registry.nodes[n].name: f.samples for n, f in files.items()},
+                "partition": str(partition),
+                "shards": {names[n]: f.samples for n, f in files.items()},
+                "labels": {names[n]: list(f.labels) for n, f in files.items()},
             },
         )
         return info, files, key
@@ -205,7 +216,7 @@ class Federation:
                     f"job {self.job.job_id} is still running (round {self.job.machine.round})"
                 )
             request = _job_request(self.settings, self.shelf.get(dataset_id), query or {}, body)
-            info, files, _ = await self.plan(dataset_id)
+            info, files, _ = await self.plan(dataset_id, request.partition)
             test_split = await asyncio.to_thread(
                 load_split, self.settings.datasets_path, dataset_id, "test"
             )
@@ -221,6 +232,7 @@ class Federation:
                 seed=self.settings.seed,
                 test_split=test_split,
                 names={n: self.registry.nodes[n].name for n in files},
+                partition=str(request.partition),
             )
             self.job = job
             await job.start()
@@ -347,6 +359,7 @@ def _job_request(
         rounds=settings.default_rounds,
         max_rounds=settings.max_rounds,
         max_params=settings.max_params,
+        partition=settings.partition,
     )
     schema = DataSchema(info.input_shape, info.num_classes, info.norm_mean, info.norm_std)
     try:
@@ -355,20 +368,18 @@ def _job_request(
         raise BadRequest(str(exc)) from exc
 
 
-def _shard_plan(
-    settings: Settings, info: DatasetInfo, capacities: Mapping[str, float]
-) -> tuple[str, dict[str, Shard]]:
-    """The plan's key (it names the folder of its shard files) and each node's shard."""
-    key = plan_key(info.train_sha256, capacities, settings.shard_overlap, settings.seed)
-    planned = plan_shards(
-        info.train_samples, capacities, overlap=settings.shard_overlap, seed=settings.seed
+def _plan_shards(
+    settings: Settings, info: DatasetInfo, capacities: Mapping[str, float], partition: Partition
+) -> tuple[str, dict[str, ShardFile]]:
+    """The plan's key (it names the folder of its shard files) and each node's written shard,
+    with its label histogram. Blocking: call it in a thread."""
+    x, y = load_split(settings.datasets_path, info.dataset_id, "train")
+    own = partition_samples(y, capacities, partition, seed=settings.seed)
+    planned = with_overlap(own, settings.shard_overlap)
+    key = plan_key(
+        info.train_sha256, capacities, settings.shard_overlap, settings.seed, str(partition)
     )
     # A node whose share rounds down to nothing sits this job out.
-    return key, {node_id: shard for node_id, shard in planned.items() if shard.indices}
-
-
-def _write_shards(
-    settings: Settings, dataset_id: str, key: str, shard_plan: Mapping[str, Shard]
-) -> dict[str, ShardFile]:
-    x, y = load_split(settings.datasets_path, dataset_id, "train")
-    return write_shards(shard_plan, x, y, settings.home / "shards" / dataset_id / key)
+    kept = {node_id: shard for node_id, shard in planned.items() if shard.indices}
+    folder = settings.home / "shards" / info.dataset_id / key
+    return key, write_shards(kept, x, y, folder, info.num_classes)

@@ -86,6 +86,7 @@ class NodeSession:
     loss: float | None = None
     val_accuracy: float | None = None
     shard_samples: int | None = None
+    shard_labels: list[int] | None = None  # the shard's samples per class
     close_code: int = WSCloseCode.OK
 
     def send(self, frame: Frame) -> bool:
@@ -127,6 +128,7 @@ class NodeSession:
             "loss": self.loss,
             "val_accuracy": self.val_accuracy,
             "shard_samples": self.shard_samples,
+            "shard_labels": self.shard_labels,
         }
 
 

@@ -19,6 +19,7 @@ from node.shared.model import ARCHS, MAX_PARAMS, ModelSpec, parameter_count
 from node.shared.paths import default_home, fedavg_home
 from node.shared.protocol import TrainConfig, WireDtype
 from node.shared.wandb_sink import wandb_mode
+from server.core.partition import IID, Partition, PartitionError, parse_partition
 from server.core.shard_plan import MAX_SEED
 
 AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
@@ -42,6 +43,7 @@ class Settings:
     default_rounds: int = 5
     max_rounds: int = 1000
     shard_overlap: float = 0.15
+    partition: Partition = IID  # how a job's shards split the labels, unless it says
     aggregation: str = "weighted"
     model_spec: ModelSpec = field(default_factory=ModelSpec)
     max_params: int = DEFAULT_MAX_PARAMS  # a job's model may have at most this many parameters
@@ -310,6 +312,7 @@ def _model_values(
         lr=float(env.get("FEDAVG_LR", "1e-3")),
         batch_size=int(env.get("FEDAVG_BATCH_SIZE", "32")),
         local_epochs=int(env.get("FEDAVG_LOCAL_EPOCHS", "1")),
+        proximal_mu=float(env.get("FEDAVG_PROXIMAL_MU", "0")),
         max_batches=int(env["FEDAVG_MAX_BATCHES"]) if env.get("FEDAVG_MAX_BATCHES") else None,
         optimizer=_choice(env.get("FEDAVG_OPTIMIZER", "adam"), ("adam", "sgd"), "FEDAVG_OPTIMIZER"),
         wire_dtype=_choice(
@@ -333,6 +336,7 @@ def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
         "round_deadline_s": float(env.get("EPOCH_SYNC_TIMEOUT", "120")),
         "default_rounds": int(env.get("DEFAULT_EPOCHS", "5")),
         "shard_overlap": float(env.get("SHARD_OVERLAP", "0.15")),
+        "partition": _partition(env.get("FEDAVG_PARTITION", "iid")),
         "aggregation": env.get("AGGREGATION", "weighted"),
         "seed": int(env.get("FEDAVG_SEED", "0")),
         "mnist_download": _bool(env.get("FEDAVG_MNIST_DOWNLOAD", "true"), "FEDAVG_MNIST_DOWNLOAD"),
@@ -408,6 +412,13 @@ def _train_config(**values: Any) -> TrainConfig:
             "local training: FEDAVG_LR must be > 0, FEDAVG_BATCH_SIZE >= 1 (at most 65536), "
             f"FEDAVG_LOCAL_EPOCHS >= 1 (at most 1000), FEDAVG_MAX_BATCHES >= 1 ({exc})"
         ) from exc
+
+
+def _partition(value: str) -> Partition:
+    try:
+        return parse_partition(value)
+    except PartitionError as exc:
+        raise ValueError(f"FEDAVG_PARTITION: {exc.reason}") from None
 
 
 def _path(value: str | None) -> Path | None:

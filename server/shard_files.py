@@ -23,26 +23,32 @@ class ShardFile:
     sha256: str
     samples: int
     own: int
+    labels: tuple[int, ...] = ()  # the shard's samples per class (its label histogram)
 
 
 def plan_key(
-    dataset_sha256: str, capacities: Mapping[str, float], overlap: float, seed: int
+    dataset_sha256: str,
+    capacities: Mapping[str, float],
+    overlap: float,
+    seed: int,
+    partition: str = "iid",
 ) -> str:
-    """A stable name for a plan: same data, nodes, capacities and overlap -> same files."""
-    blob = json.dumps(
-        {
-            "data": dataset_sha256,
-            "nodes": sorted((k, round(v, 3)) for k, v in capacities.items()),
-            "overlap": overlap,
-            "seed": seed,
-        },
-        sort_keys=True,
-    )
+    """A stable name for a plan: same data, nodes, capacities, overlap and partition -> same
+    files (an iid plan keeps the key it had before partitions existed)."""
+    fields: dict[str, object] = {
+        "data": dataset_sha256,
+        "nodes": sorted((k, round(v, 3)) for k, v in capacities.items()),
+        "overlap": overlap,
+        "seed": seed,
+    }
+    if partition != "iid":
+        fields["partition"] = partition
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def write_shards(
-    plan: Mapping[str, Shard], x: torch.Tensor, y: torch.Tensor, folder: Path
+    plan: Mapping[str, Shard], x: torch.Tensor, y: torch.Tensor, folder: Path, num_classes: int
 ) -> dict[str, ShardFile]:
     """Write each node's samples (skipping files already complete) and describe them."""
     files: dict[str, ShardFile] = {}
@@ -52,5 +58,8 @@ def write_shards(
         data = encode_xy(x[index], y[index], {"node_id": node_id, "own": str(shard.own)})
         if not path.exists() or path.read_bytes() != data:
             atomic_write_bytes(path, data)
-        files[node_id] = ShardFile(node_id, path, sha256_hex(data), len(shard.indices), shard.own)
+        labels = tuple(torch.bincount(y[index], minlength=num_classes).tolist())
+        files[node_id] = ShardFile(
+            node_id, path, sha256_hex(data), len(shard.indices), shard.own, labels
+        )
     return files

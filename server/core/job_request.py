@@ -17,6 +17,7 @@ from typing import Any, Final
 from node.shared.errors import SpecError
 from node.shared.model import ARCHS, ModelSpec
 from node.shared.protocol import TrainConfig
+from server.core.partition import IID, Partition, PartitionError, parse_partition
 
 TRAIN_FIELDS: Final = (
     "optimizer",
@@ -28,7 +29,7 @@ TRAIN_FIELDS: Final = (
 )
 """The local-training settings a job may choose (seed and wire dtype stay the server's)."""
 
-BODY_FIELDS: Final = ("rounds", "model", "train")
+BODY_FIELDS: Final = ("rounds", "model", "train", "partition")
 
 
 class JobRequestError(ValueError):
@@ -54,6 +55,7 @@ class JobDefaults:
     rounds: int
     max_rounds: int
     max_params: int
+    partition: Partition = IID
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class JobRequest:
     rounds: int
     spec: ModelSpec
     train: TrainConfig
+    partition: Partition = IID
 
 
 def job_request(
@@ -80,7 +83,23 @@ def job_request(
     model = _one_of("model", query.get("model"), body.get("model"))
     spec = model_spec(defaults, data, model)
     train = train_config(defaults.train, body.get("train"))
-    return JobRequest(rounds=rounds, spec=spec, train=train)
+    partition = _partition(defaults.partition, query.get("partition"), body.get("partition"))
+    return JobRequest(rounds=rounds, spec=spec, train=train, partition=partition)
+
+
+def _partition(default: Partition, query: str | None, body: Any) -> Partition:
+    """How the shards split the labels (``iid``, ``dirichlet:0.5``, ``classes:2``); the query
+    and the body are compared once parsed, so ``dirichlet:.5`` agrees with ``dirichlet:0.5``."""
+    try:
+        parsed = [None if v is None else parse_partition(v) for v in (query, body)]
+    except PartitionError as exc:
+        raise JobRequestError(str(exc)) from exc
+    from_query, from_body = parsed
+    if from_query is not None and from_body is not None and from_query != from_body:
+        raise JobRequestError(
+            f"partition: the query says {str(from_query)!r} and the body {str(from_body)!r}"
+        )
+    return from_body or from_query or default
 
 
 def model_spec(defaults: JobDefaults, data: DataSchema, model: Any) -> ModelSpec:

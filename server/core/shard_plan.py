@@ -155,7 +155,7 @@ def plan_shards(
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = torch.randperm(num_samples, generator=generator).tolist()
     own_parts = _own_parts(order, proportional_sizes(num_samples, capacities))
-    return _with_overlap(own_parts, overlap)
+    return with_overlap(own_parts, overlap)
 
 
 def _check_plan(
@@ -185,7 +185,7 @@ def _own_parts(order: list[int], sizes: Mapping[str, int]) -> dict[str, list[int
     return own_parts
 
 
-def _with_overlap(own_parts: Mapping[str, list[int]], overlap: float) -> dict[str, Shard]:
+def with_overlap(own_parts: Mapping[str, list[int]], overlap: float) -> dict[str, Shard]:
     """Each own part, extended with the start of the next node's (wrapping; none when alone)."""
     ids = list(own_parts)
     plan: dict[str, Shard] = {}

@@ -55,6 +55,7 @@ class Job:
         seed: int,
         test_split: tuple[torch.Tensor, torch.Tensor],
         names: Mapping[str, str],
+        partition: str = "iid",
         checkpoints: Mapping[int, Checkpoint] | None = None,
         history: list[dict[str, Any]] | None = None,
         started_at: float | None = None,
@@ -62,6 +63,7 @@ class Job:
         self.ctx = ctx
         self.job_id, self.dataset, self.shards = job_id, dataset, dict(shards)
         self.spec, self.config, self.rounds, self.seed = spec, config, rounds, seed
+        self.partition = partition  # how the shards split the labels, as the plan was asked
         layout = expected_layout(spec)
         wire_layout = on_the_wire(layout, config.wire_dtype)  # what files hold
         self.history: list[dict[str, Any]] = list(history or [])
@@ -362,6 +364,7 @@ def _view(job: Job) -> dict[str, Any]:
         "aggregation": job.ctx.aggregation,
         "model": job.spec.to_dict(),
         "train": train_view(job.config),
+        "partition": job.partition,
         "started_at": job.started_at,
         "elapsed_s": (job.finished_at or now) - job.started_at,
         "history": job.history,
@@ -384,6 +387,7 @@ def _run_row(job: Job, initial: Checkpoint) -> dict[str, Any]:
         "config": {
             "train": _config_dict(job.config),
             "seed": job.seed,
+            "partition": job.partition,
             "shards": {
                 node_id: {
                     "name": job.names[node_id],
@@ -391,6 +395,7 @@ def _run_row(job: Job, initial: Checkpoint) -> dict[str, Any]:
                     "sha256": f.sha256,
                     "samples": f.samples,
                     "own": f.own,
+                    "labels": list(f.labels),
                 }
                 for node_id, f in job.shards.items()
             },

@@ -49,6 +49,7 @@ class Participants:
             session.job_id, session.state = self._job_id, "training"
             session.training_round = frame.round  # its progress frames must be about this one
             session.shard_samples = self._shards[node_id].samples
+            session.shard_labels = list(self._shards[node_id].labels)
 
     def push_ready(self, ready: WeightsReady, not_waited_for: Collection[str]) -> None:
         """Tell every connected participant the next round's weights are out."""

@@ -30,7 +30,14 @@ def restore_job(
     """Rebuild a job from SQLite (``ctx.store``) and the checkpoint files it names."""
     config = run["config"]
     shards = {
-        node_id: ShardFile(node_id, Path(d["path"]), d["sha256"], d["samples"], d["own"])
+        node_id: ShardFile(
+            node_id,
+            Path(d["path"]),
+            d["sha256"],
+            d["samples"],
+            d["own"],
+            tuple(d.get("labels", ())),  # a run from before histograms were recorded
+        )
         for node_id, d in config["shards"].items()
     }
     missing = [str(f.path) for f in shards.values() if not f.path.is_file()]
@@ -55,6 +62,7 @@ def restore_job(
         config=TrainConfig(**config["train"]),
         rounds=run["rounds"],
         seed=config["seed"],
+        partition=config.get("partition", "iid"),
         test_split=load_split(datasets_path, dataset.dataset_id, "test"),
         names={node_id: d["name"] for node_id, d in config["shards"].items()},
         checkpoints=checkpoints,
@@ -102,6 +110,7 @@ def finished_view(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         "aggregation": run["aggregation"],
         "model": run["model_spec"],
         "train": {k: run["config"]["train"].get(k) for k in TRAIN_FIELDS},
+        "partition": run["config"].get("partition", "iid"),
         "started_at": run["created"],
         "elapsed_s": (run["finished"] or run["created"]) - run["created"],
         "history": history,

@@ -26,6 +26,7 @@ from node.shared.errors import FedavgError, ProtocolError
 from node.shared.protocol import UploadQuery
 from server import jsonsafe
 from server.core.job_request import train_view
+from server.core.partition import PartitionError, parse_partition
 from server.datasets import CATALOG, DatasetError, DatasetInfo, ImportRequest, UnknownDataset
 from server.errors import ApiError, BadRequest, ErrorCode, NotFound, http_status
 from server.federation import Federation
@@ -327,7 +328,11 @@ async def _prepared(preparing: Awaitable[DatasetInfo]) -> web.Response:
 async def prepare_shards(request: web.Request) -> web.Response:
     require_admin(request, request.app[SETTINGS])
     fed = _fed(request)
-    info, files, key = await fed.plan(request.match_info["dataset_id"])
+    try:
+        partition = parse_partition(request.query.get("partition", str(fed.settings.partition)))
+    except PartitionError as exc:
+        raise BadRequest(str(exc)) from exc
+    info, files, key = await fed.plan(request.match_info["dataset_id"], partition)
     shards = [
         {
             "node_id": n,
@@ -335,10 +340,13 @@ async def prepare_shards(request: web.Request) -> web.Response:
             "samples": f.samples,
             "own": f.own,
             "sha256": f.sha256,
+            "labels": list(f.labels),
         }
         for n, f in files.items()
     ]
-    return _json({"dataset": info.dataset_id, "plan": key, "shards": shards})
+    return _json(
+        {"dataset": info.dataset_id, "plan": key, "partition": str(partition), "shards": shards}
+    )
 
 
 async def start_training(request: web.Request) -> web.Response:
@@ -355,6 +363,7 @@ async def start_training(request: web.Request) -> web.Response:
             "nodes": len(job.shards),
             "model": job.spec.to_dict(),
             "train": train_view(job.config),
+            "partition": job.partition,
             "status_url": "/sync/status",
         },
         status=202,

@@ -170,6 +170,10 @@ def test_flags_override_env(tmp_path: Path) -> None:
         ({"FEDAVG_MAX_UPLOAD_MB": "1.5"}, "bad setting"),
         ({"FEDAVG_LOG_FORMAT": "xml"}, "FEDAVG_LOG_FORMAT"),
         ({"FEDAVG_SEED": "x"}, "bad setting"),
+        ({"FEDAVG_PARTITION": "zipf:1"}, "FEDAVG_PARTITION: unknown kind 'zipf'"),
+        ({"FEDAVG_PARTITION": "dirichlet:x"}, "FEDAVG_PARTITION: dirichlet's alpha"),
+        ({"FEDAVG_PROXIMAL_MU": "-1"}, "bad setting"),
+        ({"MODEL_ARCH": "transformer"}, "MODEL_ARCH='transformer' must be one of mlp, cnn"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(env: dict[str, str], fragment: str) -> None:
@@ -270,3 +274,12 @@ def test_the_parameter_budget_defaults_to_20m_and_is_read_from_the_env() -> None
 def test_a_bad_parameter_budget_is_refused_at_start_up(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(SettingsError, match=fragment):
         Settings.from_env({**ENV, **env})
+
+
+def test_the_default_model_partition_and_fedprox_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {**ENV, "MODEL_ARCH": "cnn", "FEDAVG_PARTITION": "classes:2", "FEDAVG_PROXIMAL_MU": "0.1"}
+    )
+    assert settings.model_spec == ModelSpec(arch="cnn")
+    assert str(settings.partition) == "classes:2"
+    assert settings.train_config.proximal_mu == 0.1

@@ -16,6 +16,7 @@ from server.core.job_request import (
     job_request,
     train_view,
 )
+from server.core.partition import IID, Classes, Dirichlet
 
 MNIST = DataSchema((1, 28, 28), 10, (0.13,), (0.31,))
 CIFAR = DataSchema((3, 32, 32), 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -146,3 +147,30 @@ def test_the_budget_is_the_servers_not_the_hard_ceiling() -> None:
     with pytest.raises(JobRequestError, match="over the limit of 100,000"):
         request({"model": "cnn"}, defaults=small)
     assert request({"model": "lenet5"}, defaults=small).spec.arch == "lenet5"
+
+
+def test_the_partition_comes_from_the_query_the_body_or_the_settings() -> None:
+    assert request().partition == IID
+    assert request({"partition": "dirichlet:0.5"}).partition == Dirichlet(0.5)
+    assert request(body={"partition": "classes:2"}).partition == Classes(2)
+    # Compared once parsed: two spellings of one partition agree.
+    both = request({"partition": "dirichlet:.5"}, {"partition": "dirichlet:0.5"})
+    assert both.partition == Dirichlet(0.5)
+    skewed = JobDefaults(DEFAULTS.spec, DEFAULTS.train, 1, 5, 10**6, partition=Classes(3))
+    assert request(defaults=skewed).partition == Classes(3)
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "fragment"),
+    [
+        ({"partition": "zipf:2"}, None, "partition: unknown kind 'zipf'"),
+        ({"partition": "dirichlet:0"}, None, "partition: "),
+        ({}, {"partition": 3}, "partition: expected a string"),
+        ({"partition": "iid"}, {"partition": "classes:2"}, "partition: the query says 'iid'"),
+    ],
+)
+def test_a_bad_partition_names_its_field(
+    query: dict[str, str], body: dict[str, Any] | None, fragment: str
+) -> None:
+    with pytest.raises(JobRequestError, match=fragment):
+        request(query, body)

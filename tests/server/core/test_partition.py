@@ -33,7 +33,7 @@ from server.core.partition import (
     partition_samples,
     partition_view,
 )
-from server.core.shard_plan import MAX_SEED, _with_overlap, plan_shards, proportional_sizes
+from server.core.shard_plan import MAX_SEED, with_overlap, plan_shards, proportional_sizes
 
 SETTINGS = settings(max_examples=150, deadline=None)
 
@@ -255,7 +255,7 @@ def test_iid_is_todays_plan_and_overlap_goes_on_top(
     assert {n: p for n, p in parts.items()} == {
         n: list(s.indices[: s.own]) for n, s in today.items()
     }
-    assert _with_overlap(parts, overlap) == today
+    assert with_overlap(parts, overlap) == today
 
 
 # --- Dirichlet: the skew alpha asks for ------------------------------------------------------

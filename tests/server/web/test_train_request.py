@@ -116,3 +116,55 @@ async def test_a_body_that_is_not_json_or_too_big_is_refused(client: Client) -> 
     huge = json.dumps({"model": {"arch": "mlp", "hidden": [1] * 70_000}}).encode()
     await error_of(await client.post("/train/mnist", data=huge), 413)
     assert (await (await client.get("/runs")).json())["runs"] == []
+
+
+async def test_a_dirichlet_plan_skews_each_nodes_labels_and_shows_them(client: Client) -> None:
+    await connect(client, "a")
+    await connect(client, "b")
+    resp = await client.post("/train/mnist/prepare?partition=dirichlet:0.1")
+    assert resp.status == 200, await resp.text()
+    plan = await resp.json()
+    assert plan["partition"] == "dirichlet:0.1"
+    iid = await (await client.post("/train/mnist/prepare")).json()
+    assert iid["partition"] == "iid" and iid["plan"] != plan["plan"]  # their own shard files
+    for shards in (plan["shards"], iid["shards"]):
+        assert all(sum(s["labels"]) == s["samples"] and len(s["labels"]) == 10 for s in shards)
+
+    def skew(shards: list[dict[str, Any]]) -> float:
+        """Mean total-variation distance of a node's label mix from the whole split's."""
+        total = [sum(col) for col in zip(*(s["labels"] for s in shards), strict=True)]
+        whole = [t / sum(total) for t in total]
+        return sum(
+            0.5 * sum(abs(c / s["samples"] - w) for c, w in zip(s["labels"], whole, strict=True))
+            for s in shards
+        ) / len(shards)
+
+    assert skew(plan["shards"]) > 0.3 > 0.05 > skew(iid["shards"])
+
+    node = await connect(client, "a")
+    resp = await client.post("/train/mnist", json={"rounds": 1, "partition": "dirichlet:0.1"})
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["partition"] == "dirichlet:0.1"
+    await node.expect(Train)
+    nodes = (await (await client.get("/nodes")).json())["nodes"]
+    labelled = [n for n in nodes if n["shard_labels"] is not None]
+    assert labelled and all(sum(n["shard_labels"]) == n["shard_samples"] for n in labelled)
+    status = await (await client.get("/sync/status")).json()
+    assert status["partition"] == "dirichlet:0.1"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "fragment"),
+    [
+        ("/train/mnist?partition=zipf", None, "partition: unknown kind 'zipf'"),
+        ("/train/mnist/prepare?partition=dirichlet:-1", None, "partition: "),
+        ("/train/mnist", {"partition": "classes:1"}, "partition: classes:1 over 1 node"),
+    ],
+)
+async def test_a_partition_that_cannot_be_planned_is_refused(
+    client: Client, path: str, body: Any, fragment: str
+) -> None:
+    await connect(client, "a")
+    error = await error_of(await client.post(path, json=body), 400)
+    assert fragment in error["message"], error["message"]
+    assert (await (await client.get("/runs")).json())["runs"] == []
