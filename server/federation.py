@@ -222,7 +222,7 @@ class Federation:
             )
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             job = Job(
-                self._job_context(self.settings.aggregation),
+                self._job_context(request.aggregation, request.server_opt),
                 job_id=f"{dataset_id}-{stamp}-{secrets.token_hex(2)}",
                 dataset=info,
                 shards=files,
@@ -238,7 +238,9 @@ class Federation:
             await job.start()
             return job
 
-    def _job_context(self, aggregation: str) -> JobContext:
+    def _job_context(
+        self, aggregation: str, server_opt: Mapping[str, Any] | None = None
+    ) -> JobContext:
         return JobContext(
             store=self.store,
             bus=self.bus,
@@ -253,6 +255,7 @@ class Federation:
             max_upload_bytes=self.settings.max_upload_bytes,
             max_update_ratio=self.settings.max_update_ratio,
             max_missed_rounds=self.settings.max_missed_rounds,
+            server_opt=server_opt or {"strategy": "none"},
             clock=self.clock,
         )
 
@@ -277,7 +280,7 @@ class Federation:
         try:
             job = restore_job(  # small reads at start-up, before anyone is served
                 run,
-                self._job_context(run["aggregation"]),
+                self._job_context(run["aggregation"], run["config"].get("server_opt")),
                 self.shelf.get(run["dataset"]),
                 self.settings.datasets_path,
             )
@@ -296,11 +299,6 @@ class Federation:
             return
         self.job = job
         await job.resume()
-
-    def running_dataset(self) -> str | None:
-        """The dataset the running job trains on, if one runs."""
-        job = self.job
-        return job.dataset.dataset_id if job is not None and not job.finished.is_set() else None
 
     async def stop_job(self) -> Job:
         if self.job is None or self.job.finished.is_set():
@@ -360,6 +358,8 @@ def _job_request(
         max_rounds=settings.max_rounds,
         max_params=settings.max_params,
         partition=settings.partition,
+        aggregation=settings.aggregation,
+        server_opt=settings.server_opt,
     )
     schema = DataSchema(info.input_shape, info.num_classes, info.norm_mean, info.norm_std)
     try:

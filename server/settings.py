@@ -20,6 +20,7 @@ from node.shared.paths import default_home, fedavg_home
 from node.shared.protocol import TrainConfig, WireDtype
 from node.shared.wandb_sink import wandb_mode
 from server.core.partition import IID, Partition, PartitionError, parse_partition
+from server.core.server_opt import make_server_optimizer
 from server.core.shard_plan import MAX_SEED
 
 AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
@@ -44,6 +45,8 @@ class Settings:
     max_rounds: int = 1000
     shard_overlap: float = 0.15
     partition: Partition = IID  # how a job's shards split the labels, unless it says
+    # The server optimizer a job steps with after the combine, unless it says ("none": FedAvg).
+    server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
     aggregation: str = "weighted"
     model_spec: ModelSpec = field(default_factory=ModelSpec)
     max_params: int = DEFAULT_MAX_PARAMS  # a job's model may have at most this many parameters
@@ -337,6 +340,7 @@ def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
         "default_rounds": int(env.get("DEFAULT_EPOCHS", "5")),
         "shard_overlap": float(env.get("SHARD_OVERLAP", "0.15")),
         "partition": _partition(env.get("FEDAVG_PARTITION", "iid")),
+        "server_opt": _server_opt(env),
         "aggregation": env.get("AGGREGATION", "weighted"),
         "seed": int(env.get("FEDAVG_SEED", "0")),
         "mnist_download": _bool(env.get("FEDAVG_MNIST_DOWNLOAD", "true"), "FEDAVG_MNIST_DOWNLOAD"),
@@ -412,6 +416,31 @@ def _train_config(**values: Any) -> TrainConfig:
             "local training: FEDAVG_LR must be > 0, FEDAVG_BATCH_SIZE >= 1 (at most 65536), "
             f"FEDAVG_LOCAL_EPOCHS >= 1 (at most 1000), FEDAVG_MAX_BATCHES >= 1 ({exc})"
         ) from exc
+
+
+SERVER_OPT_VARIABLES = {
+    "server_lr": "FEDAVG_SERVER_LR",
+    "server_momentum": "FEDAVG_SERVER_MOMENTUM",
+}
+
+
+def _server_opt(env: Mapping[str, str]) -> dict[str, Any]:
+    """FEDAVG_STRATEGY and its FEDAVG_SERVER_LR / FEDAVG_SERVER_MOMENTUM; Flower's defaults
+    for the rest (a job may choose its own)."""
+    name = env.get("FEDAVG_STRATEGY", "none")
+    hyper = {}
+    for field_name, variable in SERVER_OPT_VARIABLES.items():
+        if env.get(variable):
+            try:
+                hyper[field_name] = float(env[variable])
+            except ValueError:
+                raise ValueError(f"{variable}={env[variable]!r} is not a number") from None
+    try:
+        return dict(make_server_optimizer(name, {}, **hyper).config)
+    except ValueError as exc:
+        field_name, _, reason = str(exc).partition(": ")
+        variable = SERVER_OPT_VARIABLES.get(field_name, "FEDAVG_STRATEGY")
+        raise ValueError(f"{variable}: {reason}") from None
 
 
 def _partition(value: str) -> Partition:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from node.shared.errors import SpecError
 from node.shared.model import ARCHS, ModelSpec
 from node.shared.protocol import TrainConfig
+from server.core.aggregation import STRATEGIES
 from server.core.partition import IID, Partition, PartitionError, parse_partition
+from server.core.server_opt import HYPER_FIELDS, make_server_optimizer
 
 TRAIN_FIELDS: Final = (
     "optimizer",
@@ -29,7 +31,15 @@ TRAIN_FIELDS: Final = (
 )
 """The local-training settings a job may choose (seed and wire dtype stay the server's)."""
 
-BODY_FIELDS: Final = ("rounds", "model", "train", "partition")
+BODY_FIELDS: Final = (
+    "rounds",
+    "model",
+    "train",
+    "partition",
+    "aggregation",
+    "strategy",
+    *HYPER_FIELDS,
+)
 
 
 class JobRequestError(ValueError):
@@ -56,6 +66,8 @@ class JobDefaults:
     max_rounds: int
     max_params: int
     partition: Partition = IID
+    aggregation: str = "weighted"
+    server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +76,8 @@ class JobRequest:
     spec: ModelSpec
     train: TrainConfig
     partition: Partition = IID
+    aggregation: str = "weighted"  # how a round's updates are combined
+    server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
 
 
 def job_request(
@@ -84,7 +98,52 @@ def job_request(
     spec = model_spec(defaults, data, model)
     train = train_config(defaults.train, body.get("train"))
     partition = _partition(defaults.partition, query.get("partition"), body.get("partition"))
-    return JobRequest(rounds=rounds, spec=spec, train=train, partition=partition)
+    aggregation = _one_of("aggregation", query.get("aggregation"), body.get("aggregation"))
+    if aggregation is not None and aggregation not in STRATEGIES:
+        raise JobRequestError(
+            f"aggregation: one of {', '.join(STRATEGIES)}, got {str(aggregation)[:40]!r}"
+        )
+    return JobRequest(
+        rounds=rounds,
+        spec=spec,
+        train=train,
+        partition=partition,
+        aggregation=aggregation or defaults.aggregation,
+        server_opt=server_opt_config(defaults.server_opt, query, body),
+    )
+
+
+def server_opt_config(
+    default: Mapping[str, Any], query: Mapping[str, str], body: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The server optimizer a job asks for (``strategy`` and its hyper-parameters, from
+    the query or the body), with Flower's defaults for what it leaves out; the settings'
+    when it names none. Checked here, so a bad one starts no job."""
+    chosen: dict[str, Any] = {}
+    for name in ("strategy", *HYPER_FIELDS):
+        raw = query.get(name)
+        from_query: Any = raw
+        if raw is not None and name != "strategy":
+            try:
+                from_query = float(raw)
+            except ValueError:
+                raise JobRequestError(f"{name}={raw[:40]!r} is not a number") from None
+        value = _one_of(name, from_query, body.get(name))
+        if value is not None:
+            chosen[name] = value
+    if not chosen:
+        return dict(default)
+    if "strategy" not in chosen:
+        # Hyper-parameters alone tune the server's own optimizer.
+        chosen = {**default, **chosen}
+    name = chosen.pop("strategy")
+    hyper = {k: v for k, v in chosen.items() if k in HYPER_FIELDS}
+    if name == default.get("strategy") and not hyper:
+        return dict(default)
+    try:
+        return dict(make_server_optimizer(name, {}, **hyper).config)
+    except ValueError as exc:
+        raise JobRequestError(str(exc)) from exc
 
 
 def _partition(default: Partition, query: str | None, body: Any) -> Partition:

@@ -8,6 +8,7 @@ to disk as they are.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,23 @@ import torch
 from node.shared.atomic import atomic_write_bytes
 from node.shared.errors import WeightsError
 from node.shared.model import ModelSpec
-from node.shared.weights import Layout, WeightsMeta, decode_weights, sha256_hex, weights_buffer
+from node.shared.weights import (
+    Layout,
+    WeightsMeta,
+    decode_tensors,
+    decode_weights,
+    encode_tensors,
+    read_metadata,
+    sha256_hex,
+    weights_buffer,
+)
 from server import failpoints
 
-Fill = Callable[[Mapping[str, torch.Tensor]], None]
-"""Writes a round's tensors into the views it is given."""
+OPTIMIZER_KEY = "fedavg_optimizer"  # the one metadata key of an optimizer state file
+
+Fill = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor] | None]
+"""Writes a round's tensors into the views it is given; returns the server optimizer's state
+after the round (its momentum or moments), if it keeps one, to be checkpointed with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +51,8 @@ class Published:
     checkpoint: Checkpoint
     data: bytearray  # the file, served from memory
     state: dict[str, torch.Tensor]  # views into ``data``
+    # The server optimizer's state after this round; never served (nodes need no moments).
+    optimizer_state: Mapping[str, torch.Tensor] | None = None
 
 
 class WeightsFiles:
@@ -64,9 +79,9 @@ class WeightsFiles:
         """A round's weights file, its tensors written in place by ``fill``, and its sha256."""
         meta = WeightsMeta(spec=self._spec, round=round_, job_id=self._job_id)
         data, state = weights_buffer(self._layout, meta)
-        fill(state)
+        optimizer_state = fill(state)
         path = self._run_dir / f"round-{round_:04d}.safetensors"
-        return Published(Checkpoint(round_, path, sha256_hex(data)), data, state)
+        return Published(Checkpoint(round_, path, sha256_hex(data)), data, state, optimizer_state)
 
     def publish(self, published: Published, *, on_disk: bool = False) -> None:
         """Make ``published`` the newest weights, served from memory from now on."""
@@ -77,7 +92,14 @@ class WeightsFiles:
             self._unwritten[round_] = published.data
 
     def write(self, published: Published) -> None:
-        """Write a checkpoint atomically (blocking: call it in a thread)."""
+        """Write a checkpoint atomically (blocking: call it in a thread); the optimizer's
+        state first, so a round's row never names weights without the state that goes on
+        from them."""
+        if published.optimizer_state is not None:
+            round_ = published.checkpoint.round
+            whose = json.dumps({"job_id": self._job_id, "round": round_})
+            data = encode_tensors(published.optimizer_state, {OPTIMIZER_KEY: whose})
+            atomic_write_bytes(self.optimizer_path(round_), data)
         atomic_write_bytes(
             published.checkpoint.path,
             published.data,
@@ -101,6 +123,22 @@ class WeightsFiles:
             return self._unwritten[round_]
         return await asyncio.to_thread(self.checkpoints[round_].path.read_bytes)
 
+    def optimizer_path(self, round_: int) -> Path:
+        return self._run_dir / f"round-{round_:04d}.optimizer.safetensors"
+
+    def read_optimizer_state(self, round_: int) -> dict[str, torch.Tensor]:
+        """The server optimizer's state after ``round_`` (blocking), checked as any file
+        from disk: it names this job and round."""
+        path = self.optimizer_path(round_)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise WeightsError(f"{path} is missing: the server optimizer cannot go on") from None
+        whose = read_metadata(data).get(OPTIMIZER_KEY)
+        if whose != json.dumps({"job_id": self._job_id, "round": round_}):
+            raise WeightsError(f"{path} is not this job's round {round_} ({whose!r})")
+        return decode_tensors(data)  # the optimizer checks the keys and shapes it loads
+
     def read(self, round_: int) -> dict[str, torch.Tensor]:
         """A round's checkpoint from disk, checked against its recorded sha256 (blocking)."""
         checkpoint = self.checkpoints[round_]
@@ -117,5 +155,6 @@ def copier(state: Mapping[str, torch.Tensor]) -> Fill:
     def fill(views: Mapping[str, torch.Tensor]) -> None:
         for key, view in views.items():
             view.copy_(state[key])
+        return None
 
     return fill

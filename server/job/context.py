@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from server.events import EventBus
 from server.metrics import Metrics
@@ -31,4 +32,6 @@ class JobContext:
     max_upload_bytes: int = 512 << 20  # the operator's cap; a job's own limit is its model's size
     max_update_ratio: float = 10.0
     max_missed_rounds: int = 2
+    # The server optimizer after each round's combine (its config; "none" is FedAvg).
+    server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
     clock: Callable[[], float] = time.time

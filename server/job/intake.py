@@ -29,6 +29,7 @@ from node.shared.weights import (
 from server import failpoints
 from server.core.aggregation import AggregationError, Strategy, UpdateBound, make_strategy
 from server.core.rounds import RoundClosed, RoundMachine, Verdict
+from server.core.server_opt import NoServerOptimizer, StepRefused, server_optimizer_from_config
 from server.errors import BadRequest, Conflict, Forbidden
 from server.job.buffers import BufferPool
 from server.job.checkpoints import Checkpoint
@@ -70,6 +71,9 @@ class Intake:
         self.max_bytes = min(ctx.max_upload_bytes, 8 + MAX_HEADER_BYTES + layout_bytes(wire_layout))
         # One per job, reset per round; dropped with the job's other big buffers at its end.
         self._strategy: Strategy | None = make_strategy(ctx.aggregation, layout)
+        # Steps after the combine; none is FedAvg, the combined update as it is.
+        self._optimizer = server_optimizer_from_config(ctx.server_opt, layout)
+        self._stepped: dict[str, torch.Tensor] | None = None  # the last step's float32 result
         self._slots = asyncio.Semaphore(ctx.upload_slots)
         self._buffers = BufferPool(keep=ctx.upload_slots)
         self._reading: set[str] = set()  # nodes with an upload body being read
@@ -87,15 +91,41 @@ class Intake:
         fallback: Mapping[str, torch.Tensor] | None,
         refused: list[bool],
         out: Mapping[str, torch.Tensor],
-    ) -> None:
-        """The round's aggregate into ``out``; a non-finite one (which per-update checks
-        should make impossible) is never a model: ``fallback`` (the round's starting
-        weights) is kept instead, and ``refused`` says so."""
-        self.strategy.result_into(out)
+    ) -> Mapping[str, torch.Tensor] | None:
+        """The round's aggregate into ``out``, stepped by the server optimizer from
+        ``fallback`` (the round's starting weights); the optimizer's state after the step,
+        if it keeps one. A non-finite result (which per-update checks should make
+        impossible) is never a model: ``fallback`` is kept instead, and ``refused`` says so."""
+        if fallback is None or isinstance(self._optimizer, NoServerOptimizer):
+            self.strategy.result_into(out)
+        else:
+            start = {k: v.float() for k, v in fallback.items()}  # a half-type wire's file
+            try:
+                self._stepped = self._optimizer.step(start, self.strategy.result())
+            except StepRefused:  # not finite: the state is as it was, the weights too
+                self._stepped = start
+            for key, tensor in out.items():
+                tensor.copy_(self._stepped[key])
+            if self._stepped is start:
+                refused.append(True)
         if fallback is not None and not all(all_finite(t) for t in out.values()):
             for key, tensor in out.items():
                 tensor.copy_(fallback[key])
             refused.append(True)
+        return self._optimizer.state_dict() or None
+
+    def final_average(self) -> dict[str, torch.Tensor]:
+        """The last round's float32 model: the optimizer's last step, or the combined mean."""
+        return dict(self._stepped) if self._stepped is not None else self.strategy.result()
+
+    @property
+    def optimizer_keeps_state(self) -> bool:
+        """Whether the server optimizer has a state to checkpoint (FedAvg has none)."""
+        return bool(self._optimizer.state_dict())
+
+    def load_optimizer_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Go on from a checkpointed optimizer state (a restarted job's)."""
+        self._optimizer.load_state_dict(state)
 
     def open_round(self, bound: UpdateBound | None) -> None:
         """A round opened: its uploads are folded afresh, within ``bound``."""

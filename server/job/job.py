@@ -328,7 +328,7 @@ class Job:
         if accuracy is not None:
             self.final_accuracy = accuracy
             # From the float32 average, whatever the wire dtype of the published file.
-            final = published.state if refused else self.intake.strategy.result()
+            final = published.state if refused else self.intake.final_average()
             self.model_name = await asyncio.to_thread(self.settler.write_final_model, final)
             failpoints.reach("final_model.before_commit")
             self._finish("completed")
@@ -362,6 +362,7 @@ def _view(job: Job) -> dict[str, Any]:
         "time_in_round_s": now - machine.opened_at if machine.is_open else None,
         "partial_rounds": sum(1 for h in job.history if h["partial"]),
         "aggregation": job.ctx.aggregation,
+        "server_opt": dict(job.ctx.server_opt),
         "model": job.spec.to_dict(),
         "train": train_view(job.config),
         "partition": job.partition,
@@ -388,6 +389,7 @@ def _run_row(job: Job, initial: Checkpoint) -> dict[str, Any]:
             "train": _config_dict(job.config),
             "seed": job.seed,
             "partition": job.partition,
+            "server_opt": dict(job.ctx.server_opt),
             "shards": {
                 node_id: {
                     "name": job.names[node_id],

@@ -53,7 +53,7 @@ def restore_job(
     latest = checkpoints[max(checkpoints)]
     if sha256_hex(latest.path.read_bytes()) != latest.sha256:
         raise WeightsError(f"checkpoint {latest.path} does not match its recorded sha256")
-    return Job(
+    job = Job(
         ctx,
         job_id=run["run_id"],
         dataset=dataset,
@@ -69,6 +69,11 @@ def restore_job(
         history=history,
         started_at=run["created"],
     )
+    if latest.round > 0 and job.intake.optimizer_keeps_state:
+        # Its momentum or moments after the last recorded round: the job goes on as if
+        # it had never stopped.
+        job.intake.load_optimizer_state(job.files.read_optimizer_state(latest.round))
+    return job
 
 
 def run_history(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,6 +116,7 @@ def finished_view(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         "model": run["model_spec"],
         "train": {k: run["config"]["train"].get(k) for k in TRAIN_FIELDS},
         "partition": run["config"].get("partition", "iid"),
+        "server_opt": run["config"].get("server_opt", {"strategy": "none"}),
         "started_at": run["created"],
         "elapsed_s": (run["finished"] or run["created"]) - run["created"],
         "history": history,

@@ -231,6 +231,7 @@ class Settler:
             "test_loss": f"{last['test_loss']:.6f}",
             "run_id": self._job_id,
             "aggregation": self._ctx.aggregation,
+            "server_opt": json.dumps(dict(self._ctx.server_opt)),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         data = encode_weights(

@@ -307,8 +307,9 @@ async def import_dataset(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     require_admin(request, settings)
     body = await read_json_object(request, settings.idle_timeout_s, IMPORT_BODY_MAX)
-    fed = _fed(request)
-    info = await fed.shelf.import_(ImportRequest.from_body(body), fed.running_dataset())
+    job = _fed(request).job
+    training_on = job.dataset.dataset_id if job and not job.finished.is_set() else None
+    info = await _fed(request).shelf.import_(ImportRequest.from_body(body), training_on)
     return _json(info.to_dict(), status=201)
 
 
@@ -364,6 +365,8 @@ async def start_training(request: web.Request) -> web.Response:
             "model": job.spec.to_dict(),
             "train": train_view(job.config),
             "partition": job.partition,
+            "aggregation": job.ctx.aggregation,
+            "server_opt": dict(job.ctx.server_opt),
             "status_url": "/sync/status",
         },
         status=202,

@@ -1,5 +1,5 @@
-// The control form: pick a dataset and prepare it, pick a model and start a job of N epochs
-// on the selected dataset, stop it. A preparation's progress (dataset_progress events) shows
+// The control form: pick a dataset and prepare it, pick a model and a label partition and
+// start a job of N epochs on the selected dataset, stop it. A preparation's progress (dataset_progress events) shows
 // under the picker. When the server has an admin token, the form shows a password field
 // (kept in sessionStorage) and asks for it.
 //
@@ -23,7 +23,7 @@ export class Controls {
     this.el = {
       form: byId("control-form"), tokenRow: byId("token-row"), token: byId("admin-token"),
       prepare: byId("btn-prepare"), start: byId("btn-start"), stop: byId("btn-stop"),
-      epochs: byId("epochs"), model: byId("model"), message: byId("control-message"),
+      epochs: byId("epochs"), model: byId("model"), partition: byId("partition"), message: byId("control-message"),
       progress: byId("prepare-progress"), bar: byId("prepare-bar"), barLabel: byId("prepare-label"),
     };
     this.picker = new DatasetPicker(byId("dataset"));
@@ -128,11 +128,15 @@ const ACTIONS = {
     const epochs = controls.epochs();
     const dataset = controls.picker.selected().id;
     const arch = controls.el.model.value;
-    const query = `epochs=${epochs}${arch ? `&model=${encodeURIComponent(arch)}` : ""}`;
+    const partition = controls.el.partition.value.trim(); // the server checks it (a 400 names it)
+    const query = new URLSearchParams({ epochs: String(epochs) });
+    if (arch) query.set("model", arch);
+    if (partition) query.set("partition", partition);
     const job = await api("POST", `/train/${encodeURIComponent(dataset)}?${query}`, { admin: true });
     const model = job.model ?? {};
+    const split = job.partition && job.partition !== "iid" ? `, partition ${job.partition}` : "";
     return `Job ${job.job_id} started: ${job.rounds} rounds on ${job.nodes} nodes, ` +
-      `${model.arch ?? "?"} · ${shape(model.input_shape)} on ${dataset}.`;
+      `${model.arch ?? "?"} · ${shape(model.input_shape)} on ${dataset}${split}.`;
   },
   async stop() {
     const job = await api("POST", "/jobs/stop", { admin: true });

@@ -60,7 +60,10 @@ function loadDatasets() {
   datasetsPending = api("GET", "/datasets")
     .then((body) => {
       views.controls.setDatasets(body);
-      if (state.loadDatasets(body?.datasets)) views.run.render();
+      if (state.loadDatasets(body?.datasets)) {
+        views.run.render();
+        views.nodes.sync(); // class names for the label bars' text
+      }
     })
     .catch((err) => views.controls.datasetsFailed(err))
     .finally(() => {

@@ -1,7 +1,9 @@
 // The node table: one row per node, kept by node id. A progress event updates the cells of
 // its own row only; the whole table is re-synced only when nodes join, leave or change state.
+// The Shard cell holds the shard's size and its label distribution bar (labels.js).
 
 import { ago, byId, h, int, num, pct, setText } from "./dom.js";
+import { LabelBar } from "./labels.js";
 
 const STATE_LABELS = {
   idle: "idle", training: "training", waiting: "waiting", straggler: "straggler", offline: "offline",
@@ -62,7 +64,8 @@ export class NodeTable {
       detail: h("span", { class: "sub" }),
       device: h("td"),
       capacity: h("td", { class: "num" }),
-      shard: h("td", { class: "num" }),
+      shard: h("span", { class: "shard-size" }),
+      labels: new LabelBar(),
       badge: h("span", { class: "badge" }),
       missed: h("span", { class: "missed", title: "rounds this node missed (closed by partial average without it)" }),
       round: h("td", { class: "num" }),
@@ -78,7 +81,7 @@ export class NodeTable {
       h("th", { scope: "row" }, cells.name, cells.detail),
       cells.device,
       cells.capacity,
-      cells.shard,
+      h("td", { class: "num col-shard" }, cells.shard, cells.labels.el),
       h("td", { class: "col-state" }, cells.badge, cells.missed),
       cells.round,
       h("td", { class: "col-progress" }, h("div", { class: "bar" }, cells.bar, cells.batch)),
@@ -99,6 +102,7 @@ export class NodeTable {
     setText(cells.device, node.device ?? "—");
     setText(cells.capacity, typeof node.capacity === "number" ? `${int(node.capacity)}/s` : "—");
     setText(cells.shard, node.shard_samples ? int(node.shard_samples) : "—");
+    cells.labels.set(node.shard_labels ?? null, this.state.classNames());
     setText(cells.badge, STATE_LABELS[state] ?? state);
     cells.badge.className = `badge state-${state}`;
     const missed = this.state.missedRounds(node.name);

@@ -1,6 +1,6 @@
-// The run panel: dataset, model (arch, input shape, local training), round r of E, state,
-// time in round, the straggler deadline counting down, partial rounds and accuracy. `tick`
-// refreshes the two clocks each second.
+// The run panel: dataset, model (arch, input shape, local training), the job's label
+// partition, round r of E, state, time in round, the straggler deadline counting down,
+// partial rounds and accuracy. `tick` refreshes the two clocks each second.
 
 import { byId, duration, int, pct, setText, shape } from "./dom.js";
 
@@ -26,6 +26,15 @@ function trainText(train) {
   ].filter(Boolean).join(" · ");
 }
 
+/** What a partition means, for the line's tooltip. */
+function partitionTitle(partition) {
+  const [kind, arg] = String(partition).split(":");
+  if (kind === "iid") return "labels spread evenly over the nodes (IID)";
+  if (kind === "dirichlet") return `each class spread over the nodes by Dirichlet(${arg}) proportions: the smaller, the more skewed`;
+  if (kind === "classes") return `each node holds at most ${arg} classes`;
+  return "";
+}
+
 export class RunPanel {
   /** @param {import("./state.js").DashboardState} state */
   constructor(state) {
@@ -34,7 +43,7 @@ export class RunPanel {
       dataset: byId("run-dataset"), datasetSub: byId("run-dataset-sub"), round: byId("run-round"), state: byId("run-state"),
       time: byId("run-time"), uploads: byId("run-uploads"), deadline: byId("run-deadline"), partial: byId("run-partial"),
       accuracy: byId("run-accuracy"), progress: byId("run-progress"), runId: byId("run-id"),
-      model: byId("run-model"), modelSub: byId("run-model-sub"),
+      model: byId("run-model"), modelSub: byId("run-model-sub"), partition: byId("run-partition"),
     };
   }
 
@@ -51,6 +60,8 @@ export class RunPanel {
     setText(el.model, model?.arch ? `${model.arch} · ${shape(model.input_shape)}` : "—");
     el.model.title = model?.arch ? `${model.num_classes ?? "?"} classes` : "";
     setText(el.modelSub, trainText(run.train));
+    setText(el.partition, run.partition ? `Partition ${run.partition}` : "");
+    el.partition.title = run.partition ? partitionTitle(run.partition) : "";
     setText(el.round, run.rounds ? `${run.round || 0} of ${run.rounds}` : "—");
     setText(el.state, run.state ?? "idle");
     el.state.className = `badge run-${run.state ?? "idle"}`;

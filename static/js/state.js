@@ -19,6 +19,7 @@ export class DashboardState {
     this.dataset = null; // {dataset_id, source} of the last prepared dataset
     this.preparing = null; // {dataset, stage, done, total} of the preparation under way
     this.preparedAt = new Map(); // dataset id -> server time its last preparation ended
+    this.plan = null; // {dataset, partition} of the last shards_planned: the next job's
     this.history = []; // round_closed data, in round order
     this.nodes = new Map(); // node_id -> node view, as in GET /nodes, kept current by events
     this.nodeLoss = new Map(); // node_id -> [[x, loss], ...] with x = round - 1 + batch/batches
@@ -64,7 +65,15 @@ export class DashboardState {
     if (!status || !status.run_id || status.run_id !== this.run.run_id) return false;
     this.run.model = status.model;
     this.run.train = status.train;
+    this.run.partition = status.partition;
     return true;
+  }
+
+  /** Label names of the run's dataset (GET /datasets' class_names), when known. */
+  classNames() {
+    const wanted = this.run.dataset ?? this.dataset?.dataset_id;
+    const names = this.dataset?.dataset_id === wanted ? this.dataset?.class_names : undefined;
+    return Array.isArray(names) ? names : null;
   }
 
   /** GET /datasets: details (source, sample counts) of the run's dataset or the newest one. */
@@ -191,18 +200,25 @@ const HANDLERS = {
     Object.assign(changed, { run: true, preparing: true, datasets: true });
   },
   shards_planned(state, _ev, data, _node, changed) {
+    const labels = data.labels ?? {};
     for (const [name, samples] of Object.entries(data.shards ?? {})) {
       const node = state.nodeByName(name);
-      if (node) node.shard_samples = samples;
+      if (node) Object.assign(node, { shard_samples: samples, shard_labels: labels[name] ?? null });
     }
+    state.plan = { dataset: data.dataset, partition: data.partition };
     changed.nodes = true;
   },
   job_started(state, ev, data, _node, changed) {
     state.run = {
       state: "running", run_id: ev.run_id, dataset: data.dataset, dataset_source: data.source,
       round: 0, rounds: data.rounds, round_open: false, partial_rounds: 0, aggregation: data.aggregation,
+      // job_started does not say; the plan it was started on (published just before) does.
+      partition: state.plan?.dataset === data.dataset ? state.plan.partition : undefined,
     };
-    if (state.dataset?.dataset_id !== data.dataset) state.dataset = { dataset_id: data.dataset, source: data.source };
+    if (state.dataset?.dataset_id !== data.dataset) {
+      state.dataset = { dataset_id: data.dataset, source: data.source };
+      changed.datasets = true; // its counts and class names come from GET /datasets
+    }
     state.history = [];
     state.nodeLoss.clear();
     Object.assign(changed, { run: true, charts: true, nodeChart: true });

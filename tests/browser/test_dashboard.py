@@ -243,6 +243,10 @@ def test_controls_ask_for_the_admin_token_and_show_the_401_message(
 # -- the wire contract, replayed: stragglers, partial rounds, drops and reconnects ---------------
 
 
+# Node a's first label segment in the replayed table.
+A_SEGMENT = """document.querySelector('tr[data-node-id="a"] .dist-seg')"""
+
+
 def _node(name: str, **changes: Any) -> dict[str, Any]:
     view = {
         "node_id": name,
@@ -344,13 +348,20 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
     page.route_web_socket(re.compile(r"/ws/dashboard$"), lambda ws: sockets.append(ws))
     page.goto(server_only.url + "/")
     wait_for_sockets(page, sockets, 1)
-    nodes = [_node("a"), _node("b"), _node("c")]
+    nodes = [_node("a", shard_labels=[600, 0, 900]), _node("b"), _node("c")]
     sockets[0].send(_snapshot([_closed(1, 0.81)], nodes))
     expect(page.locator("#conn")).to_have_text("live")
     expect(page.locator("#nodes-body tr")).to_have_count(3)
     expect(page.locator("#run-round")).to_have_text("2 of 4")
     expect(page.locator("#run-deadline")).to_have_text(re.compile(r"^(2[89]|30) s left$"))
     expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "1")
+    # a's label bar: the classes it holds, in words (no class names known: the labels).
+    labels_a = page.locator('#nodes-body tr[data-node-id="a"] .dist')
+    expect(labels_a).to_have_attribute("aria-label", "label shares 0: 40%, 2: 60%")
+    expect(labels_a.locator(".dist-seg")).to_have_count(2)
+    expect(page.locator('#nodes-body tr[data-node-id="b"] .dist')).to_be_hidden()
+    # Tag a segment: a re-sync that changes nothing of a's labels must keep the same element.
+    page.evaluate(f"{A_SEGMENT}.__kept = true")
 
     # Progress updates only its row; c straggles, round 2 closes by partial average; c drops.
     sockets[0].send(
@@ -371,6 +382,21 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
     expect(straggler.locator(".missed")).to_have_text("missed 1")
     expect(page.locator("#run-partial")).to_have_text("1")
     expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "2")
+    # The partial round re-synced every row; a's bar was not rebuilt. A new plan redraws it.
+    assert page.evaluate(f"{A_SEGMENT}.__kept")
+    planned = {
+        "dataset": "mnist",
+        "plan": "p2",
+        "partition": "classes:2",
+        "shards": {"a": 300, "b": 300},
+        "labels": {"a": [0, 300, 0], "b": [100, 0, 200]},
+    }
+    sockets[0].send(_event("shards_planned", planned, None, None))
+    expect(labels_a).to_have_attribute("aria-label", "label shares 1: 100%")
+    expect(labels_a).to_have_attribute("data-labels", "0,300,0")
+    labels_b = page.locator('#nodes-body tr[data-node-id="b"] .dist')
+    expect(labels_b).to_have_attribute("aria-label", "label shares 0: 33%, 2: 67%")
+    assert page.evaluate(f"{A_SEGMENT}.__kept") is None
     # Round 3 opens without waiting for c (it missed FEDAVG_MAX_MISSED_ROUNDS in a row).
     opened = {"round": 3, "expected": ["a", "b"], "not_waited_for": ["c"], "deadline": None}
     sockets[0].send(_event("round_opened", opened, None, None))

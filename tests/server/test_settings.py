@@ -174,6 +174,10 @@ def test_flags_override_env(tmp_path: Path) -> None:
         ({"FEDAVG_PARTITION": "dirichlet:x"}, "FEDAVG_PARTITION: dirichlet's alpha"),
         ({"FEDAVG_PROXIMAL_MU": "-1"}, "bad setting"),
         ({"MODEL_ARCH": "transformer"}, "MODEL_ARCH='transformer' must be one of mlp, cnn"),
+        ({"FEDAVG_STRATEGY": "sgd"}, "FEDAVG_STRATEGY: unknown server optimizer 'sgd'"),
+        ({"FEDAVG_STRATEGY": "fedadam", "FEDAVG_SERVER_LR": "-1"}, "FEDAVG_SERVER_LR: must be"),
+        ({"FEDAVG_STRATEGY": "fedadam", "FEDAVG_SERVER_LR": "x"}, "FEDAVG_SERVER_LR='x'"),
+        ({"FEDAVG_SERVER_MOMENTUM": "0.9"}, "FEDAVG_SERVER_MOMENTUM: none does not use it"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(env: dict[str, str], fragment: str) -> None:
@@ -283,3 +287,7 @@ def test_the_default_model_partition_and_fedprox_come_from_the_environment() -> 
     assert settings.model_spec == ModelSpec(arch="cnn")
     assert str(settings.partition) == "classes:2"
     assert settings.train_config.proximal_mu == 0.1
+    fedavgm = Settings.from_env(
+        {**ENV, "FEDAVG_STRATEGY": "fedavgm", "FEDAVG_SERVER_MOMENTUM": "0.9"}
+    )
+    assert fedavgm.server_opt == {"strategy": "fedavgm", "server_lr": 1.0, "server_momentum": 0.9}

@@ -69,7 +69,8 @@ async def test_killed_orchestrator_resumes_at_the_last_closed_round(cluster: Loc
         http.ws_connect(cluster.url + "/ws/dashboard") as ws,
     ):
         await ws.receive()
-        job = cluster.request("POST", "/train/mnist?epochs=5")
+        # FedAdam: its moments must come back with the weights.
+        job = cluster.request("POST", "/train/mnist?epochs=5&strategy=fedadam")
         async for msg in ws:
             event = json.loads(msg.data)
             if event["kind"] == "round_closed" and event["data"]["round"] == 2:
@@ -85,6 +86,11 @@ async def test_killed_orchestrator_resumes_at_the_last_closed_round(cluster: Loc
     [model] = check_models_are_whole(cluster.home)
     _, meta = decode_weights(model.read_bytes())
     assert meta.extra["rounds"] == "5" and len(json.loads(meta.extra["contributors"])) == 5
+    assert json.loads(meta.extra["server_opt"])["strategy"] == "fedadam"
+    run_dir = cluster.home / "runs" / job["job_id"]
+    assert sorted(p.name for p in run_dir.glob("*.optimizer.safetensors")) == [
+        f"round-{r:04d}.optimizer.safetensors" for r in range(1, 6)
+    ]
     kinds = timeline_kinds(cluster.home)
     assert "server_restarted" in kinds and "job_resumed" in kinds
     assert kinds.index("job_resumed") > kinds.index("server_restarted")

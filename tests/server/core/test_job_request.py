@@ -174,3 +174,52 @@ def test_a_bad_partition_names_its_field(
 ) -> None:
     with pytest.raises(JobRequestError, match=fragment):
         request(query, body)
+
+
+def test_the_server_optimizer_comes_from_the_query_the_body_or_the_settings() -> None:
+    assert request().server_opt == {"strategy": "none"}
+    assert request({"strategy": "fedadam"}).server_opt == {
+        "strategy": "fedadam",
+        "server_lr": 0.1,
+        "beta1": 0.9,
+        "beta2": 0.99,
+        "tau": 1e-3,
+    }
+    body = {"strategy": "fedavgm", "server_lr": 0.5, "server_momentum": 0.9}
+    assert request(body=body).server_opt == body
+    assert request({"strategy": "fedyogi", "tau": "0.01"}).server_opt["tau"] == 0.01
+    tuned = JobDefaults(
+        DEFAULTS.spec,
+        DEFAULTS.train,
+        1,
+        5,
+        10**6,
+        server_opt={"strategy": "fedavgm", "server_lr": 1.0, "server_momentum": 0.5},
+    )
+    # Hyper-parameters alone tune the server's own optimizer.
+    assert request({"server_lr": "0.3"}, defaults=tuned).server_opt == {
+        "strategy": "fedavgm",
+        "server_lr": 0.3,
+        "server_momentum": 0.5,
+    }
+    assert request(body={"aggregation": "median"}).aggregation == "median"
+    assert request().aggregation == "weighted"
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "fragment"),
+    [
+        ({"strategy": "sgd"}, None, "strategy: unknown server optimizer 'sgd'"),
+        ({"strategy": "fedadam", "server_lr": "fast"}, None, "server_lr='fast' is not a number"),
+        ({}, {"strategy": "fedadam", "server_lr": -1}, "server_lr: must be"),
+        ({}, {"strategy": "fedadam", "server_momentum": 0.5}, "server_momentum: fedadam does"),
+        ({}, {"server_lr": 0.5}, "server_lr: none does not use it"),
+        ({"strategy": "fedadam"}, {"strategy": "fedyogi"}, "strategy: the query says"),
+        ({}, {"aggregation": "mean"}, "aggregation: one of weighted, uniform"),
+    ],
+)
+def test_a_bad_server_optimizer_names_its_field(
+    query: dict[str, str], body: dict[str, Any] | None, fragment: str
+) -> None:
+    with pytest.raises(JobRequestError, match=fragment):
+        request(query, body)

@@ -33,7 +33,7 @@ from server.core.partition import (
     partition_samples,
     partition_view,
 )
-from server.core.shard_plan import MAX_SEED, with_overlap, plan_shards, proportional_sizes
+from server.core.shard_plan import MAX_SEED, plan_shards, proportional_sizes, with_overlap
 
 SETTINGS = settings(max_examples=150, deadline=None)
 

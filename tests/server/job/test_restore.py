@@ -180,6 +180,7 @@ def test_the_finished_view_of_a_completed_run(store: Store, tmp_path: Path) -> N
             "proximal_mu": None,
         },
         "partition": "iid",  # recorded before partitions: today's split
+        "server_opt": {"strategy": "none"},  # recorded before server optimizers: FedAvg
         "started_at": 100.0,
         "elapsed_s": 60.0,
         "history": run_history(store, run),

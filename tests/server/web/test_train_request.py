@@ -134,10 +134,11 @@ async def test_a_dirichlet_plan_skews_each_nodes_labels_and_shows_them(client: C
         """Mean total-variation distance of a node's label mix from the whole split's."""
         total = [sum(col) for col in zip(*(s["labels"] for s in shards), strict=True)]
         whole = [t / sum(total) for t in total]
-        return sum(
+        distances = [
             0.5 * sum(abs(c / s["samples"] - w) for c, w in zip(s["labels"], whole, strict=True))
             for s in shards
-        ) / len(shards)
+        ]
+        return float(sum(distances)) / len(distances)
 
     assert skew(plan["shards"]) > 0.3 > 0.05 > skew(iid["shards"])
 
