@@ -155,6 +155,5 @@ def copier(state: Mapping[str, torch.Tensor]) -> Fill:
     def fill(views: Mapping[str, torch.Tensor]) -> None:
         for key, view in views.items():
             view.copy_(state[key])
-        return None
 
     return fill

@@ -5,11 +5,16 @@
     .venv/bin/python -m tests.bench.run --only overhead,memory --out /tmp/bench
     .venv/bin/python -m tests.bench.run --only cnn --smoke --out /tmp/bench-cnn
     .venv/bin/python -m tests.bench.run --only zoo --out /tmp/bench-zoo
+    .venv/bin/python -m tests.bench.run --quality          # quality.md/.json/.png (~9 min)
+    .venv/bin/python -m tests.bench.run --quality --smoke --out /tmp/q   # its smallest form
 
 Each benchmark runs in its own processes on free loopback ports, under a temporary
 folder that is removed afterwards (``--keep`` leaves it). A benchmark that fails is
 reported as failed and the others still run; the exit status is then 1. py-spy profiles of
 the round path are taken when ``py-spy`` is installed (``--no-profile`` skips them).
+``--quality`` runs the quality case alone (``quality.py``: accuracy per strategy, split and
+model against centralised) and writes ``quality.md``, ``quality.json`` and ``quality.png``
+into ``--out``; it leaves ``report.md`` and ``report.json`` as they are.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from tests.bench import (
     accuracy,
     cnn,
     profile,
+    quality,
+    quality_report,
     report,
     round_overhead,
     scale,
@@ -122,7 +129,7 @@ def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench.run",
         description=__doc__,
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=REPO / "docs" / "bench",
-        help="where report.md/report.json go (default docs/bench)",
+        help="where report.md/report.json (or quality.*) go (default docs/bench)",
     )
     parser.add_argument(
         "--scale-sizes",
@@ -148,7 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="only the quality case: writes quality.md/.json/.png into --out, not report.*",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.quality:
+        return run_quality(args, argv)
     args.runs = args.runs or (1 if args.smoke else 3)
     if args.runs < 3 and not args.smoke:
         parser.error("every figure is a median of at least 3 runs: --runs must be >= 3")
@@ -187,6 +206,52 @@ def main(argv: list[str] | None = None) -> int:
     result["duration_s"] = time.monotonic() - started
     _copy_profiles(result, workdir, args.out)
     json_path, md_path = report.write(result, args.out)
+    print(f"[bench] wrote {md_path} and {json_path} in {result['duration_s'] / 60:.1f} min")
+    if args.keep:
+        print(f"[bench] work folder kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def quality_config(smoke: bool) -> quality.Config:
+    """The quality case's sizes; smoke: 2 nodes, 2 rounds, the MLP, 2 strategies, 2 splits."""
+    if not smoke:
+        return quality.Config()
+    return quality.Config(
+        models=("mlp",),
+        strategies=("FedAvg", "FedAdam"),
+        splits=("iid", "classes:2"),
+        nodes=2,
+        rounds=2,
+        warmup=False,
+        budget_s=300.0,
+        job_timeout_s=120.0,
+    )
+
+
+def run_quality(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--quality``: the quality case alone, its own report files; 1 if it failed."""
+    workdir = Path(tempfile.mkdtemp(prefix="fedavg-quality-"))
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "command": "python -m tests.bench.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "smoke": args.smoke,
+        "machine": machine(),
+        "load_start": loadavg(),
+    }
+    print(f"[bench] quality ... (load {loadavg()})", flush=True)
+    failed = False
+    try:
+        result["quality"] = quality.run(quality_config(args.smoke), workdir)
+    except Exception:
+        failed = True
+        result["quality"] = {"error": traceback.format_exc()}
+        print(result["quality"]["error"], file=sys.stderr, flush=True)
+    result["load_end"] = loadavg()
+    result["duration_s"] = time.monotonic() - started
+    json_path, md_path = quality_report.write(result, args.out)
     print(f"[bench] wrote {md_path} and {json_path} in {result['duration_s'] / 60:.1f} min")
     if args.keep:
         print(f"[bench] work folder kept: {workdir}")

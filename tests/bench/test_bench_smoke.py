@@ -189,3 +189,42 @@ def _check_zoo(zoo: dict[str, Any]) -> None:
         assert m["centralised"]["epoch_samples"] == 64  # max_batches 2 of 32
         assert 0 < m["fed_accuracy"] <= 1 and 0 < m["central_accuracy"] <= 1
         assert _is_number(m["accuracy_gap"]) and m["job_s"] > 0
+
+
+def test_quality_smoke_writes_its_report_and_leaves_report_md(tmp_path: Path) -> None:
+    """``--quality --smoke``: 2 nodes x 2 rounds, the MLP, FedAvg and FedAdam, iid and
+    classes:2. Each job ran what it asked for, every round has an accuracy, the reference
+    one per epoch, the targets are judged, and ``report.md`` is not written."""
+    out = tmp_path / "quality"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.bench.run", "--quality", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not (out / "report.md").exists() and not (out / "report.json").exists()
+    result = json.loads((out / "quality.json").read_text())
+    quality = result["quality"]
+    assert quality["config"]["nodes"] == 2 and quality["config"]["rounds"] == 2
+    [mlp] = quality["models"]
+    assert mlp["name"] == "mlp" and len(mlp["centralised"]["per_epoch_accuracy"]) == 2
+    cells = {(c["split"], c["strategy"]): c for c in mlp["cells"]}
+    assert set(cells) == {(s, t) for s in ("iid", "classes:2") for t in ("FedAvg", "FedAdam")}
+    assert len({c["run_id"] for c in cells.values()}) == 4
+    for (_, strategy), cell in cells.items():
+        assert len(cell["per_round_accuracy"]) == 2
+        assert 0 < cell["final_accuracy"] <= 1 and _is_number(cell["gap"])
+        assert cell["server_opt"]["strategy"] == ("fedadam" if strategy == "FedAdam" else "none")
+    assert all(sum(1 for v in h if v) <= 2 for h in quality["labels"]["classes:2"].values())
+    assert {c["nodes"] for c in cells.values() if c["split"] == "classes:2"} == {5}  # 5 x 2 >= 10
+    assert {c["nodes"] for c in cells.values() if c["split"] == "iid"} == {2}
+    assert result["targets"]["iid"]["met"] is None  # the target is for 4 nodes x 5 rounds
+    assert set(result["targets"]["classes2"]["mlp"]["gains"]) == {"FedAdam"}
+    markdown = (out / "quality.md").read_text()
+    assert "## Targets" in markdown and "## classes:2" in markdown and "Failed" not in markdown
+    if result["plot"]:  # matplotlib comes with the offline-mnist extra
+        png = out / result["plot"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
