@@ -20,6 +20,7 @@ into ``--out``; it leaves ``report.md`` and ``report.json`` as they are.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 import tempfile
@@ -178,34 +179,59 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="fedavg-bench-"))
     started = time.monotonic()
-    result: dict[str, Any] = {
-        "command": "python -m tests.bench.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "smoke": args.smoke,
-        "runs": args.runs,
-        "machine": machine(),
-        "load_start": loadavg(),
-        "benchmarks": {},
-    }
+    result = _header(args, argv, runs=args.runs, benchmarks={})
     failed = False
     table = configs(args)
     for name in chosen:
         fn, cfg = table[name]
-        print(f"[bench] {name} ... (load {loadavg()})", flush=True)
-        t0, load = time.monotonic(), loadavg()
-        try:
-            out = fn(cfg, workdir)
-        except Exception:
-            failed = True
-            out = {"error": traceback.format_exc()}
-            print(out["error"], file=sys.stderr, flush=True)
-        out.update(wall_s=time.monotonic() - t0, load_before=load, load_after=loadavg())
+        out, broke = _run_case(name, functools.partial(fn, cfg, workdir))
+        failed |= broke
         result["benchmarks"][name] = out
-        print(f"[bench] {name} done in {out['wall_s']:.0f} s", flush=True)
+    _copy_profiles(result, workdir, args.out)
+    return _wrap_up(result, started, workdir, args, report.write, failed)
+
+
+def _header(args: argparse.Namespace, argv: list[str] | None, **extra: Any) -> dict[str, Any]:
+    """What every result file starts with: the command, the start, the machine, the load."""
+    return {
+        "command": "python -m tests.bench.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "smoke": args.smoke,
+        "machine": machine(),
+        "load_start": loadavg(),
+        **extra,
+    }
+
+
+def _run_case(name: str, case: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """One case's result (its traceback, if it raised: the others still run) and whether
+    it failed, with its wall time and the load around it."""
+    print(f"[bench] {name} ... (load {loadavg()})", flush=True)
+    t0, load = time.monotonic(), loadavg()
+    failed = False
+    try:
+        out = case()
+    except Exception:
+        failed = True
+        out = {"error": traceback.format_exc()}
+        print(out["error"], file=sys.stderr, flush=True)
+    out.update(wall_s=time.monotonic() - t0, load_before=load, load_after=loadavg())
+    print(f"[bench] {name} done in {out['wall_s']:.0f} s", flush=True)
+    return out, failed
+
+
+def _wrap_up(
+    result: dict[str, Any],
+    started: float,
+    workdir: Path,
+    args: argparse.Namespace,
+    write: Callable[[dict[str, Any], Path], tuple[Path, Path]],
+    failed: bool,
+) -> int:
+    """Write the result files, drop the work folder (unless --keep); 1 if a case failed."""
     result["load_end"] = loadavg()
     result["duration_s"] = time.monotonic() - started
-    _copy_profiles(result, workdir, args.out)
-    json_path, md_path = report.write(result, args.out)
+    json_path, md_path = write(result, args.out)
     print(f"[bench] wrote {md_path} and {json_path} in {result['duration_s'] / 60:.1f} min")
     if args.keep:
         print(f"[bench] work folder kept: {workdir}")
@@ -234,30 +260,11 @@ def run_quality(args: argparse.Namespace, argv: list[str] | None) -> int:
     """``--quality``: the quality case alone, its own report files; 1 if it failed."""
     workdir = Path(tempfile.mkdtemp(prefix="fedavg-quality-"))
     started = time.monotonic()
-    result: dict[str, Any] = {
-        "command": "python -m tests.bench.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "smoke": args.smoke,
-        "machine": machine(),
-        "load_start": loadavg(),
-    }
-    print(f"[bench] quality ... (load {loadavg()})", flush=True)
-    failed = False
-    try:
-        result["quality"] = quality.run(quality_config(args.smoke), workdir)
-    except Exception:
-        failed = True
-        result["quality"] = {"error": traceback.format_exc()}
-        print(result["quality"]["error"], file=sys.stderr, flush=True)
-    result["load_end"] = loadavg()
-    result["duration_s"] = time.monotonic() - started
-    json_path, md_path = quality_report.write(result, args.out)
-    print(f"[bench] wrote {md_path} and {json_path} in {result['duration_s'] / 60:.1f} min")
-    if args.keep:
-        print(f"[bench] work folder kept: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 1 if failed else 0
+    result = _header(args, argv)
+    case = functools.partial(quality.run, quality_config(args.smoke), workdir)
+    out, failed = _run_case("quality", case)
+    result["quality"] = out
+    return _wrap_up(result, started, workdir, args, quality_report.write, failed)
 
 
 def _copy_profiles(result: dict[str, Any], workdir: Path, out: Path) -> None:
