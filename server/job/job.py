@@ -103,16 +103,7 @@ class Job:
         self._reference = initial.state
         self.ctx.store.create_run(**_run_row(self, initial.checkpoint))
         self.status = "running"
-        self._publish(
-            "job_started",
-            {
-                "dataset": self.dataset.dataset_id,
-                "source": self.dataset.source,
-                "rounds": self.rounds,
-                "nodes": sorted(self.participants.names_of(self.shards)),
-                "aggregation": self.ctx.aggregation,
-            },
-        )
+        self._publish("job_started", _started_data(self))
         async with self._lock:
             self._open_next_round()
             for node_id in self.machine.expected:
@@ -372,6 +363,22 @@ def _view(job: Job) -> dict[str, Any]:
         "error": job.error,
         "model_url": f"/models/{job.model_name}" if job.model_name else None,
         "final_accuracy": job.final_accuracy,
+    }
+
+
+def _started_data(job: Job) -> dict[str, Any]:
+    """``job_started``'s data. W&B takes it as the run's config, so it names everything a
+    reader compares runs by: the model, training, partition and server optimizer."""
+    return {
+        "dataset": job.dataset.dataset_id,
+        "source": job.dataset.source,
+        "rounds": job.rounds,
+        "nodes": sorted(job.participants.names_of(job.shards)),
+        "aggregation": job.ctx.aggregation,
+        "server_opt": dict(job.ctx.server_opt),
+        "partition": job.partition,
+        "model": job.spec.to_dict(),
+        "train": train_view(job.config),
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from wandb_records import history, run_info
+from wandb_records import history, run_config, run_info
 
 from server.demo.local_cluster import LocalCluster, free_port
 
@@ -109,7 +109,7 @@ async def test_metrics_pass_promtool_during_a_run_and_move_as_rounds_close(
 
 @pytest.mark.parametrize("cluster", [{"WANDB_MODE": "offline"}], indirect=True)
 def test_wandb_offline_runs_hold_the_per_round_metrics(cluster: LocalCluster) -> None:
-    job = cluster.request("POST", "/train/mnist?epochs=2")
+    job = cluster.request("POST", "/train/mnist?epochs=2&strategy=fedavgm&server_momentum=0.5")
     status = cluster.wait_job(timeout=180)
     assert status["state"] == "completed"
     cluster.stop()  # W&B writes the run's end when the programs exit
@@ -120,6 +120,12 @@ def test_wandb_offline_runs_hold_the_per_round_metrics(cluster: LocalCluster) ->
     nodes = [p for p, info in infos.items() if info["job_type"] == "node"]
     assert len(server) == 1 and len(nodes) == 2, infos
     assert all(info["group"] == job["job_id"] for info in infos.values())
+    config = run_config(server[0])  # what a reader compares runs by
+    assert config["server_opt"] == status["server_opt"]
+    assert config["server_opt"]["strategy"] == "fedavgm"
+    assert config["partition"] == "iid"
+    assert config["model"]["arch"] == status["model"]["arch"]
+    assert config["train"] == status["train"]
 
     rows = [r for r in history(server[0]) if "global/test_accuracy" in r]
     assert [r["_step"] for r in rows] == [1, 2]

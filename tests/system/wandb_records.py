@@ -64,3 +64,16 @@ def run_info(path: Path) -> dict[str, str]:
                 "name": record.run.display_name,
             }
     return {}
+
+
+def run_config(path: Path) -> dict[str, Any]:
+    """The run's config, as ``wandb.init(config=...)`` set it and later updates changed it."""
+    config: dict[str, Any] = {}
+    for record in records(path):
+        kind = record.WhichOneof("record_type")
+        items = record.run.config.update if kind == "run" else None
+        if kind == "config":
+            items = record.config.update
+        for item in items or ():
+            config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return config
