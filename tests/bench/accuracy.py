@@ -225,17 +225,19 @@ def centralised(
     spec: ModelSpec | None = None,
     config: TrainConfig | None = None,
     fused: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Train a model (the default MLP unless ``spec``) on the whole training split, as one
     process would, with ``config``'s optimiser, learning rate, batch size and batch cap;
-    evaluated on the test split after every epoch as the server evaluates every round.
+    evaluated on the test split after every epoch as the server evaluates every round; from
+    the round-0 weights of a federation seeded ``seed``, which also orders the batches.
     ``epoch_train_s`` / ``epoch_cpu_s`` time each epoch's training alone (no evaluation)."""
     if threads is not None:  # as fedavg-node sets its own
         torch.set_num_threads(threads)
         with contextlib.suppress(RuntimeError):  # only before any parallel work
             torch.set_num_interop_threads(1)
 
-    spec, config, seed = spec or ModelSpec(), config or TrainConfig(), 0
+    spec, config = spec or ModelSpec(), config or TrainConfig()
     x, y = load_split(home / "datasets", "mnist", "train")
     test_x, test_y = load_split(home / "datasets", "mnist", "test")
     t0 = time.perf_counter()
@@ -263,6 +265,7 @@ def centralised(
         "optimizer": f"{config.optimizer}{' (fused)' if fused else ''}, lr {config.lr}",
         "batch_size": config.batch_size,
         "torch_threads": torch.get_num_threads(),
+        "seed": seed,
     }
 
 
@@ -310,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default=defaults.optimizer)
     parser.add_argument("--max-batches", type=int, help="at most this many batches an epoch")
     parser.add_argument("--fused", action="store_true", help="the nodes' fused optimiser")
+    parser.add_argument("--seed", type=int, default=0, help="the federation's FEDAVG_SEED")
     args = parser.parse_args(argv)
     config = TrainConfig(
         lr=args.lr,
@@ -319,7 +323,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     spec = ModelSpec.from_json(args.spec) if args.spec else ModelSpec(arch=args.arch)
     result = centralised(
-        args.home, args.epochs, args.threads, spec=spec, config=config, fused=args.fused
+        args.home,
+        args.epochs,
+        args.threads,
+        spec=spec,
+        config=config,
+        fused=args.fused,
+        seed=args.seed,
     )
     json.dump(result, sys.stdout)
 

@@ -1,11 +1,14 @@
 """Benchmark 7 (``--quality``): test accuracy per round for each strategy, split and model,
 beside the centralised reference with the same samples, epochs and model, from the same run.
 
-One federation, started once, as in the zoo case (``zoo.py``): a ``fedavg-server`` and N
+One federation per seed, as in the zoo case (``zoo.py``): a ``fedavg-server`` and N
 ``fedavg-node`` (4 by default) on the offline MNIST subset (4,000 train / 1,000 test),
-equal claimed capacities and ``SHARD_OVERLAP=0``, so the shards partition the training
-split; 1 local epoch of Adam (lr 1e-3, batch 32) a round, seed 0, a float32 wire. A warm-up
-job of one round comes first, out of the tables (a node's first Adam imports
+equal claimed capacities, ``SHARD_OVERLAP=0`` and ``VALIDATION_SPLIT=0``, so the shards
+partition the training split and the nodes train on all of it, as the reference does;
+1 local epoch of Adam (lr 1e-3, batch 32) a round, a float32 wire. The seed
+(``FEDAVG_SEED``) sets the shard plan, the round-0 weights and the nodes' batch order; the
+MLP runs on every seed, the CNN on the first only (its jobs take 15x longer). A warm-up job
+of one round comes first, out of the tables (a node's first Adam imports
 ``torch._dynamo``). Then one job per cell, each naming everything it varies in its JSON body
 (``POST /train/mnist?epochs=R``), and the server's answer is checked to have run it:
 
@@ -18,14 +21,20 @@ job of one round comes first, out of the tables (a node's first Adam imports
 - **model**: the MLP (784-256-128-64-10) and the CNN (conv 32/64, FC 512), as ``zoo.MODELS``.
 
 Each model's **centralised reference** trains the job's own spec (as the server answered
-it) from the same round-0 weights, with the nodes' fused Adam, lr and batch size, on all
+it) from the seed's round-0 weights, with the nodes' fused Adam, lr and batch size, on all
 4,000 training images for R x local-epochs epochs in a fresh process, evaluated after every
 epoch as the server evaluates every round (``accuracy.run_centralised``). It does not depend
-on the split or the strategy, so it runs once per model, right after that model's first job.
-Round r is compared with epoch r: equal epochs over the data.
+on the split or the strategy, so it runs once per model and seed, right after that model's
+first job. Round r is compared with epoch r: equal epochs over the data. A cell's figure is
+the mean over its seeds, and its gap the mean of each seed's gap to its own reference.
+
+**The tuning grid.** A comparison at one client setting favours whichever side it suits.
+So on the MLP with IID shards, FedAvg and FedAvgM (momentum 0.5) also run at each
+(lr, batch size) of ``Config.tuning``, each beside a centralised reference at the same
+setting, and the target is judged a second time with each side at its own best setting.
 
 **Time bound.** MLP jobs take about 1.5 s on a quiet 2-core machine, CNN jobs about 25 s
-(5 rounds), so the whole grid is about 8-9 min there. A cell is skipped (and reported as
+(5 rounds), so the whole case is about 12 min there. A cell is skipped (and reported as
 skipped) when starting it would take the case past ``budget_s`` by the last job's time of
 the same model; cells run in :func:`groups`' order (what the targets name first), so a loaded
 machine loses the Dirichlet CNN cells first.
@@ -33,14 +42,18 @@ machine loses the Dirichlet CNN cells first.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
+import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from node.shared.model import ModelSpec
+from node.shared.protocol import TrainConfig
 from server.core.job_request import train_view
 from server.core.partition import parse_partition
 from server.demo.local_cluster import LocalCluster, free_port
@@ -79,6 +92,14 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 }
 """Each strategy as a job's JSON body asks for it."""
 
+TUNING_STRATEGIES: dict[str, dict[str, Any]] = {
+    "FedAvg": STRATEGIES["FedAvg"],
+    # Momentum 0.5: 0.9 overshoots in 5 rounds (the main grid shows it); server lr above 1
+    # with nodes on Adam overshoots too (tried: lr 2 and 3 lost 8 and 58 pp in 5 rounds).
+    "FedAvgM-0.5": {"strategy": "fedavgm", "server_lr": 1.0, "server_momentum": 0.5},
+}
+"""The strategies of the IID tuning grid."""
+
 
 @dataclass(frozen=True)
 class Config(Training):
@@ -87,43 +108,69 @@ class Config(Training):
     splits: tuple[str, ...] = SPLITS
     nodes: int = 4
     rounds: int = 5
+    # Each seed is its own federation (FEDAVG_SEED: the shard plan, the round-0 weights and
+    # the nodes' batch order). Every model runs on the first seed; ``every_seed`` models on
+    # all of them (a CNN job takes ~25 s, an MLP job ~1.5 s).
+    seeds: tuple[int, ...] = (0, 1, 2)
+    every_seed: tuple[str, ...] = ("mlp",)
+    # The IID tuning grid: the MLP's FedAvg and its centralised reference over the same
+    # client (lr, batch size) pairs, so each side is compared at its own best setting.
+    tuning: tuple[tuple[float, int], ...] = ((1e-3, 16), (1e-3, 32), (2e-3, 16), (2e-3, 32))
+    tuning_strategies: tuple[str, ...] = ("FedAvg", "FedAvgM-0.5")
     warmup: bool = True
-    budget_s: float = 600.0  # the case's time bound (see the module's docstring)
+    budget_s: float = 1200.0  # the case's time bound (see the module's docstring)
     job_timeout_s: float = 600.0
 
 
 def run(cfg: Config, workdir: Path) -> dict[str, Any]:
     threads = threads_per_node(cfg.nodes)
-    env = training_env(ModelSpec(), cfg, cfg.job_timeout_s, FEDAVG_SEED="0")
-    env["FEDAVG_WIRE_DTYPE"] = "float32"
     t0 = time.monotonic()
-    state: dict[str, dict[str, Any]] = {m: {"cells": [], "centralised": None} for m in cfg.models}
+    state: dict[str, dict[str, Any]] = {m: {"cells": [], "centralised": {}} for m in cfg.models}
+    tuning: dict[str, Any] = {"cells": [], "centralised": []}
     labels: dict[str, dict[str, list[int]]] = {}
-    with LocalCluster(home=workdir / "quality", port=free_port(), env=env) as cluster:
-        with timed() as start:
-            start_probed_federation(cluster, workdir, "quality", cfg.nodes, threads)
-        with timed() as warmup:
-            if cfg.warmup:
-                body = {"model": MODELS["mlp"], "train": {"max_batches": 1}}
-                run_job(cluster, 1, cfg.job_timeout_s, body)
-        for split, model in groups(cfg):
-            _set_nodes(cluster, workdir, nodes_for(split, cfg.nodes), threads)
-            labels.setdefault(split, _labels(cluster, split))
-            for strategy in cfg.strategies:
-                _step(cluster, cfg, state[model], (model, split, strategy), threads, t0)
+    starts, warmups = [], []
+    for seed in cfg.seeds:
+        models = [m for m in cfg.models if seed == cfg.seeds[0] or m in cfg.every_seed]
+        env = training_env(ModelSpec(), cfg, cfg.job_timeout_s, FEDAVG_SEED=str(seed))
+        env["FEDAVG_WIRE_DTYPE"] = "float32"
+        # The nodes train on their whole shard, as the reference trains on the whole split
+        # (a node holds out 10% for validation by default: 3,600 samples, not 4,000).
+        env["VALIDATION_SPLIT"] = "0"
+        home = workdir / f"quality-seed-{seed}"
+        with LocalCluster(home=home, port=free_port(), env=env) as cluster:
+            with timed() as start:
+                start_probed_federation(cluster, workdir, f"quality-{seed}", cfg.nodes, threads)
+            starts.append(start["s"])
+            with timed() as warmup:
+                if cfg.warmup:
+                    body = {"model": MODELS["mlp"], "train": {"max_batches": 1}}
+                    run_job(cluster, 1, cfg.job_timeout_s, body)
+            warmups.append(warmup["s"])
+            for split, model in groups(cfg, models):
+                _set_nodes(cluster, workdir, nodes_for(split, cfg.nodes), threads)
+                if seed == cfg.seeds[0]:
+                    labels.setdefault(split, _labels(cluster, split))
+                for strategy in cfg.strategies:
+                    cell = (model, split, strategy, seed)
+                    _step(cluster, cfg, state[model], cell, threads, t0)
+            if "mlp" in models and "iid" in cfg.splits and cfg.tuning:
+                _set_nodes(cluster, workdir, cfg.nodes, threads)
+                _tune(cluster, cfg, tuning, seed, threads, t0)
     return {
         "config": {
             **asdict(cfg),
             "strategy_bodies": {s: STRATEGIES[s] for s in cfg.strategies},
+            "tuning_bodies": {s: TUNING_STRATEGIES[s] for s in cfg.tuning_strategies},
             "threads_per_node": threads,
             "central_threads": threads,
             "central_epochs": cfg.rounds * cfg.local_epochs,
             "cores": cores(),
-            "start_s": start["s"],
-            "warmup_s": warmup["s"] if cfg.warmup else None,
+            "start_s": starts,
+            "warmup_s": warmups if cfg.warmup else None,
         },
         "labels": labels,
         "models": [_finish(name, state[name]) for name in cfg.models],
+        "tuning": finish_tuning(cfg, tuning, state.get("mlp")),
     }
 
 
@@ -135,7 +182,7 @@ def nodes_for(split: str, nodes: int) -> int:
     return nodes
 
 
-def groups(cfg: Config) -> list[tuple[str, str]]:
+def groups(cfg: Config, models: list[str] | None = None) -> list[tuple[str, str]]:
     """(split, model) in the order they run: what the targets name first (every split of
     the first model, iid and classes:2 of the others), the extra nodes' splits after the
     others of their tier, then the rest; so the time bound cuts the Dirichlet CNN first."""
@@ -147,14 +194,16 @@ def groups(cfg: Config) -> list[tuple[str, str]]:
         more = int(nodes_for(split, cfg.nodes) > cfg.nodes)
         return tier, more, order.get(split, len(order)), cfg.models.index(model)
 
-    return sorted(((s, m) for s in cfg.splits for m in cfg.models), key=key)
+    chosen = cfg.models if models is None else models
+    return sorted(((s, m) for s in cfg.splits for m in chosen), key=key)
 
 
 def _set_nodes(cluster: LocalCluster, workdir: Path, count: int, threads: int) -> None:
     """Start or stop the extra nodes (``node-5``...) so that ``count`` are connected."""
     alive = [p.name for p in cluster.procs if p.name.startswith("node-") and p.alive()]
     for i in range(len(alive) + 1, count + 1):
-        start_probed_node(cluster, f"node-{i}", workdir / f"quality-node-{i}.jsonl", threads)
+        log = workdir / f"{cluster.home.name}-node-{i}.jsonl"  # one per seed
+        start_probed_node(cluster, f"node-{i}", log, threads)
     for name in sorted(alive, key=lambda n: int(n.split("-")[1]))[count:]:
         cluster.kill(name, signal.SIGTERM)
     deadline = time.monotonic() + 300
@@ -179,46 +228,219 @@ def _step(
     cluster: LocalCluster,
     cfg: Config,
     state: dict[str, Any],
-    cell: tuple[str, str, str],
+    cell: tuple[str, str, str, int],
     threads: int,
     t0: float,
 ) -> None:
-    """One cell of a model, or its skip when it would pass the time bound; the model's
-    centralised reference after its first job (which names the spec it trains)."""
-    model, split, strategy = cell
-    if time.monotonic() - t0 + state.get("last_s", 0.0) > cfg.budget_s:
-        state["cells"].append({"split": split, "strategy": strategy, "skipped": "time bound"})
+    """One cell of a model on one seed, or its skip when it would pass the time bound; the
+    model's centralised reference for the seed after its first job there (which names the
+    spec it trains)."""
+    model, split, strategy, seed = cell
+    if _over_budget(cfg, state, t0):
+        state["cells"].append(
+            {"split": split, "strategy": strategy, "seed": seed, "skipped": "time bound"}
+        )
         return
-    row = _cell(cluster, cfg, model, split, strategy)
-    row["nodes"] = _connected(cluster)
+    row = _cell(cluster, cfg, split, job_body(model, split, strategy), strategy)
+    row.update(seed=seed, nodes=_connected(cluster))
     state["cells"].append(row)
     state["last_s"] = row["job_s"]
-    if state["centralised"] is None:
-        flags = central_flags(ModelSpec.from_dict(row["spec"]), cfg.train, fused=True)
-        epochs = cfg.rounds * cfg.local_epochs
-        central = run_centralised(cluster.home, epochs, threads, cfg.job_timeout_s, flags)
-        state["centralised"] = central
+    if seed not in state["centralised"]:
+        state["centralised"][seed] = _central(cluster, cfg, row["spec"], cfg.train, seed, threads)
+
+
+def _over_budget(cfg: Config, state: dict[str, Any], t0: float) -> bool:
+    return time.monotonic() - t0 + state.get("last_s", 0.0) > cfg.budget_s
+
+
+def _central(
+    cluster: LocalCluster,
+    cfg: Config,
+    spec: dict[str, Any],
+    train: TrainConfig,
+    seed: int,
+    threads: int,
+) -> dict[str, Any]:
+    """The centralised reference: ``spec`` trained with ``train`` on the cluster's whole
+    training split for the job's epochs, from the seed's round-0 weights."""
+    flags = [*central_flags(ModelSpec.from_dict(spec), train, fused=True), "--seed", str(seed)]
+    epochs = cfg.rounds * cfg.local_epochs
+    return run_centralised(cluster.home, epochs, threads, cfg.job_timeout_s, flags)
+
+
+def _tune(
+    cluster: LocalCluster,
+    cfg: Config,
+    tuning: dict[str, Any],
+    seed: int,
+    threads: int,
+    t0: float,
+) -> None:
+    """The MLP on IID shards at each (lr, batch size) of the tuning grid, each strategy of
+    the grid and the centralised reference with the same setting."""
+    for lr, batch in cfg.tuning:
+        spec, main_setting = None, (lr, batch) == (cfg.lr, cfg.batch_size)
+        for name in cfg.tuning_strategies:
+            if main_setting and TUNING_STRATEGIES[name] == STRATEGIES.get(name):
+                continue  # the main grid's cell: finish_tuning takes it from there
+            if _over_budget(cfg, tuning, t0):
+                continue  # finish_tuning reports what did not run
+            body = {"model": MODELS["mlp"], "partition": "iid", **TUNING_STRATEGIES[name]}
+            body["train"] = {"lr": lr, "batch_size": batch}
+            row = _cell(cluster, cfg, "iid", body, name)
+            row.update(seed=seed, lr=lr, batch_size=batch)
+            tuning["cells"].append(row)
+            tuning["last_s"], spec = row["job_s"], row["spec"]
+        if spec is not None and not main_setting:  # the main grid has that reference
+            train = dataclasses.replace(cfg.train, lr=lr, batch_size=batch)
+            central = _central(cluster, cfg, spec, train, seed, threads)
+            tuning["centralised"].append({**central, "lr": lr, "batch_size": batch})
 
 
 def _finish(name: str, state: dict[str, Any]) -> dict[str, Any]:
-    """A model's cells in the report's order, each with its gap to the reference."""
-    central, rows = state["centralised"], state["cells"]
+    """A model's cells in the report's order, each the mean over its seeds with its gap to
+    the reference (paired: each seed's job against the same seed's reference)."""
+    centrals: dict[int, dict[str, Any]] = state["centralised"]
     order = {s: i for i, s in enumerate(SPLITS)}
+    by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in state["cells"]:
+        by_cell.setdefault((row["split"], row["strategy"]), []).append(row)
+    rows = [over_seeds(runs, centrals) for runs in by_cell.values()]
     rows.sort(
         key=lambda r: (order.get(r["split"], len(order)), list(STRATEGIES).index(r["strategy"]))
     )
     spec = next((r["spec"] for r in rows if "spec" in r), None)
-    for row in rows:
-        if central is not None and "final_accuracy" in row:
-            row["gap"] = row["final_accuracy"] - central["final_accuracy"]
-            row["per_round_gap"] = _gaps(row["per_round_accuracy"], central)
     return {
         "name": name,
         "label": describe(ModelSpec.from_dict(spec)) if spec else name,
         "spec": spec,
-        "centralised": central,
+        "centralised": central_over_seeds(list(centrals.values())),
         "cells": rows,
     }
+
+
+def over_seeds(
+    runs: list[dict[str, Any]], centrals: Mapping[int, dict[str, Any]]
+) -> dict[str, Any]:
+    """One cell from its runs (one per seed): the mean final and per-round accuracy, their
+    range, and the mean paired gap to each seed's centralised reference. A cell whose every
+    run was skipped is a skip."""
+    first = runs[0]
+    done = [r for r in runs if "final_accuracy" in r]
+    head = {"split": first["split"], "strategy": first["strategy"], "runs": runs}
+    if not done:
+        return {**head, "skipped": first.get("skipped", "not run")}
+    finals = [r["final_accuracy"] for r in done]
+    out = {
+        **head,
+        "seeds": [r["seed"] for r in done],
+        "spec": done[0]["spec"],
+        "server_opt": done[0]["server_opt"],
+        "nodes": done[0].get("nodes"),
+        "final_accuracy": statistics.fmean(finals),
+        "final_min": min(finals),
+        "final_max": max(finals),
+        "per_round_accuracy": _mean_lists([r["per_round_accuracy"] for r in done]),
+        "partial_rounds": sum(r["partial_rounds"] for r in done),
+        "job_s": statistics.fmean(r["job_s"] for r in done),
+    }
+    paired = [r for r in done if r["seed"] in centrals]
+    if paired:
+        gaps = [r["final_accuracy"] - centrals[r["seed"]]["final_accuracy"] for r in paired]
+        out["gap"] = statistics.fmean(gaps)
+        out["per_round_gap"] = _mean_lists(
+            [_gaps(r["per_round_accuracy"], centrals[r["seed"]]) for r in paired]
+        )
+    return out
+
+
+def central_over_seeds(centrals: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The references of several seeds as one: the mean per epoch, the range of the last."""
+    if not centrals:
+        return None
+    finals = [c["final_accuracy"] for c in centrals]
+    return {
+        "final_accuracy": statistics.fmean(finals),
+        "final_min": min(finals),
+        "final_max": max(finals),
+        "per_epoch_accuracy": _mean_lists([c["per_epoch_accuracy"] for c in centrals]),
+        "train_wall_s": statistics.fmean(c["train_wall_s"] for c in centrals),
+        "seeds": [c["seed"] for c in centrals],
+        "runs": centrals,
+    }
+
+
+def finish_tuning(
+    cfg: Config, tuning: dict[str, Any], mlp: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The tuning grid's rows, the main grid's own setting among them (its FedAvg cells and
+    references), and the best of each side: the best strategy at its best setting against
+    the centralised reference at its own best."""
+    if not cfg.tuning or mlp is None:
+        return None
+    base = (cfg.lr, cfg.batch_size)
+    cells = list(tuning["cells"])
+    cells += [
+        {**r, "lr": cfg.lr, "batch_size": cfg.batch_size}
+        for r in mlp["cells"]
+        if r["split"] == "iid" and r["strategy"] == "FedAvg" and "final_accuracy" in r
+    ]
+    centrals = list(tuning["centralised"])
+    centrals += [
+        {**c, "lr": cfg.lr, "batch_size": cfg.batch_size} for c in mlp["centralised"].values()
+    ]
+    rows = []
+    for lr, batch in sorted({base, *cfg.tuning}):  # the main setting, even when not in the grid
+        here = {c["seed"]: c for c in centrals if (c["lr"], c["batch_size"]) == (lr, batch)}
+        row: dict[str, Any] = {"lr": lr, "batch_size": batch}
+        row["centralised"] = central_over_seeds(list(here.values()))
+        row["strategies"] = {}
+        for name in cfg.tuning_strategies:
+            runs = [
+                c
+                for c in cells
+                if c["strategy"] == name and (c["lr"], c["batch_size"]) == (lr, batch)
+            ]
+            if runs:
+                row["strategies"][name] = over_seeds(runs, here)
+        rows.append(row)
+    return {"rows": rows, **_best_of(rows)}
+
+
+def _best_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each side at its best setting (by the mean over seeds)."""
+    centrals = [(r["centralised"]["final_accuracy"], r) for r in rows if r["centralised"]]
+    feds = [
+        (c["final_accuracy"], name, r)
+        for r in rows
+        for name, c in r["strategies"].items()
+        if "final_accuracy" in c
+    ]
+    if not centrals or not feds:
+        return {"best_gap": None}
+    c_acc, c_row = max(centrals, key=lambda t: t[0])
+    f_acc, f_name, f_row = max(feds, key=lambda t: t[0])
+    return {
+        "best_central": {"accuracy": c_acc, "lr": c_row["lr"], "batch_size": c_row["batch_size"]},
+        "best_federated": {
+            "accuracy": f_acc,
+            "strategy": f_name,
+            "lr": f_row["lr"],
+            "batch_size": f_row["batch_size"],
+        },
+        "best_gap": f_acc - c_acc,
+    }
+
+
+def _mean_lists(lists: list[list[float | None]]) -> list[float | None]:
+    """Element-wise means; None where any list has None or is too short."""
+    width = max(len(xs) for xs in lists)
+    out: list[float | None] = []
+    for i in range(width):
+        column = [xs[i] if i < len(xs) else None for xs in lists]
+        numbers = [x for x in column if x is not None]
+        out.append(statistics.fmean(numbers) if len(numbers) == len(column) else None)
+    return out
 
 
 def _gaps(per_round: list[float | None], central: dict[str, Any]) -> list[float | None]:
@@ -240,13 +462,12 @@ def job_body(model: str, split: str, strategy: str) -> dict[str, Any]:
 
 
 def _cell(
-    cluster: LocalCluster, cfg: Config, model: str, split: str, strategy: str
+    cluster: LocalCluster, cfg: Config, split: str, body: dict[str, Any], strategy: str
 ) -> dict[str, Any]:
-    """One job, checked to have run what it asked for; its per-round test accuracy."""
+    """One job, checked to have run what its body asked for; its per-round test accuracy."""
     load = loadavg()
-    body = job_body(model, split, strategy)
     status, times = run_job(cluster, cfg.rounds, cfg.job_timeout_s, body)
-    _check_ran(status, cfg, model, split, body)
+    _check_ran(status, cfg, split, body)
     return {
         "split": split,
         "strategy": strategy,
@@ -264,14 +485,12 @@ def _cell(
     }
 
 
-def _check_ran(
-    status: dict[str, Any], cfg: Config, model: str, split: str, body: dict[str, Any]
-) -> None:
+def _check_ran(status: dict[str, Any], cfg: Config, split: str, body: dict[str, Any]) -> None:
     """The server's answer names the model, split, server optimizer and training asked for."""
     want_train = train_view(cfg.train) | body.get("train", {})
     want_opt = {k: v for k, v in body.items() if k not in ("model", "partition", "train")}
     problems = []
-    if status["model"]["arch"] != MODELS[model]["arch"]:
+    if status["model"]["arch"] != body["model"]["arch"]:
         problems.append(f"model {status['model']['arch']}")
     if status["partition"] != str(parse_partition(split)):
         problems.append(f"partition {status['partition']}")

@@ -5,7 +5,7 @@
     .venv/bin/python -m tests.bench.run --only overhead,memory --out /tmp/bench
     .venv/bin/python -m tests.bench.run --only cnn --smoke --out /tmp/bench-cnn
     .venv/bin/python -m tests.bench.run --only zoo --out /tmp/bench-zoo
-    .venv/bin/python -m tests.bench.run --quality          # quality.md/.json/.png (~9 min)
+    .venv/bin/python -m tests.bench.run --quality          # quality.md/.json/.png (~15 min)
     .venv/bin/python -m tests.bench.run --quality --smoke --out /tmp/q   # its smallest form
 
 Each benchmark runs in its own processes on free loopback ports, under a temporary
@@ -241,7 +241,8 @@ def _wrap_up(
 
 
 def quality_config(smoke: bool) -> quality.Config:
-    """The quality case's sizes; smoke: 2 nodes, 2 rounds, the MLP, 2 strategies, 2 splits."""
+    """The quality case's sizes; smoke: 2 nodes, 2 rounds, the MLP, 2 strategies, 2 splits,
+    2 seeds and one tuning setting."""
     if not smoke:
         return quality.Config()
     return quality.Config(
@@ -250,6 +251,9 @@ def quality_config(smoke: bool) -> quality.Config:
         splits=("iid", "classes:2"),
         nodes=2,
         rounds=2,
+        seeds=(0, 1),
+        tuning=((2e-3, 32),),
+        tuning_strategies=("FedAvg",),
         warmup=False,
         budget_s=300.0,
         job_timeout_s=120.0,

@@ -193,8 +193,9 @@ def _check_zoo(zoo: dict[str, Any]) -> None:
 
 def test_quality_smoke_writes_its_report_and_leaves_report_md(tmp_path: Path) -> None:
     """``--quality --smoke``: 2 nodes x 2 rounds, the MLP, FedAvg and FedAdam, iid and
-    classes:2. Each job ran what it asked for, every round has an accuracy, the reference
-    one per epoch, the targets are judged, and ``report.md`` is not written."""
+    classes:2, seeds 0 and 1, one tuning setting. Each job ran what it asked for, every
+    round has an accuracy, each seed its own reference with one per epoch, each cell is
+    the mean of its seeds, the targets are judged, and ``report.md`` is not written."""
     out = tmp_path / "quality"
     proc = subprocess.run(
         [sys.executable, "-m", "tests.bench.run", "--quality", "--smoke", "--out", str(out)],
@@ -213,11 +214,22 @@ def test_quality_smoke_writes_its_report_and_leaves_report_md(tmp_path: Path) ->
     assert mlp["name"] == "mlp" and len(mlp["centralised"]["per_epoch_accuracy"]) == 2
     cells = {(c["split"], c["strategy"]): c for c in mlp["cells"]}
     assert set(cells) == {(s, t) for s in ("iid", "classes:2") for t in ("FedAvg", "FedAdam")}
-    assert len({c["run_id"] for c in cells.values()}) == 4
+    assert len({r["run_id"] for c in cells.values() for r in c["runs"]}) == 8  # 2 seeds
     for (_, strategy), cell in cells.items():
-        assert len(cell["per_round_accuracy"]) == 2
-        assert 0 < cell["final_accuracy"] <= 1 and _is_number(cell["gap"])
+        assert len(cell["per_round_accuracy"]) == 2 and cell["seeds"] == [0, 1]
+        finals = [r["final_accuracy"] for r in cell["runs"]]
+        assert cell["final_accuracy"] == pytest.approx(sum(finals) / 2)
+        assert cell["final_min"] == min(finals) and _is_number(cell["gap"])
         assert cell["server_opt"]["strategy"] == ("fedadam" if strategy == "FedAdam" else "none")
+    assert mlp["centralised"]["seeds"] == [0, 1]
+    [central_0, central_1] = mlp["centralised"]["runs"]
+    assert central_0["per_epoch_accuracy"] != central_1["per_epoch_accuracy"]  # its own seed
+    tuning = quality["tuning"]
+    settings = [(r["lr"], r["batch_size"]) for r in tuning["rows"]]
+    assert settings == [(0.001, 32), (0.002, 32)]  # the main setting, then the grid's
+    assert all(len(r["centralised"]["seeds"]) == 2 for r in tuning["rows"])
+    assert all(r["strategies"]["FedAvg"]["seeds"] == [0, 1] for r in tuning["rows"])
+    assert _is_number(tuning["best_gap"]) and result["targets"]["iid_tuned"]["met"] is None
     assert all(sum(1 for v in h if v) <= 2 for h in quality["labels"]["classes:2"].values())
     assert {c["nodes"] for c in cells.values() if c["split"] == "classes:2"} == {5}  # 5 x 2 >= 10
     assert {c["nodes"] for c in cells.values() if c["split"] == "iid"} == {2}
@@ -225,6 +237,7 @@ def test_quality_smoke_writes_its_report_and_leaves_report_md(tmp_path: Path) ->
     assert set(result["targets"]["classes2"]["mlp"]["gains"]) == {"FedAdam"}
     markdown = (out / "quality.md").read_text()
     assert "## Targets" in markdown and "## classes:2" in markdown and "Failed" not in markdown
+    assert "## MLP, IID: the client's lr and batch size" in markdown
     if result["plot"]:  # matplotlib comes with the offline-mnist extra
         png = out / result["plot"]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
