@@ -1,4 +1,4 @@
-"""Local labelled data read under limits: an image folder, or a ``.safetensors``/``.npz`` file.
+"""Local labelled data read under limits: an image folder, a ``.safetensors``/``.npz`` file or IDX.
 
 The orchestrator imports a user's dataset with these readers (``POST /datasets/import``), and
 nodes are to read their own local data with the same ones, so the readers and every limit
@@ -19,6 +19,8 @@ or the field.
   declared sizes are within the limit; ``.safetensors`` with fedavg's one safetensors
   parser (``node.shared.weights.decode_tensors``), as strict as the library's. The classes
   are ``class_names`` when given, else "0".."K-1" for labels 0..K-1.
+* **IDX**: an images file named as MNIST's (``*-images-idx3-ubyte``, plain or ``.gz``) and
+  the labels file beside it (``*-labels-idx1-ubyte``), parsed by ``node.shared.idx``.
 * **Classes**: 2..``max_classes``, and at least two of them must hold samples; a class may
   hold none (a label that never occurs), but no label may lie outside 0..K-1.
 """
@@ -38,6 +40,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from node.shared.errors import DataError, WeightsError
+from node.shared.idx import IMAGES_PART, is_idx_images, labels_beside, read_idx
 from node.shared.model import MAX_INPUT_ELEMENTS
 from node.shared.weights import decode_tensors
 
@@ -49,7 +52,7 @@ COLOUR_MODES: Final = frozenset({"P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"})
 MAX_CHANNELS_LAST: Final = 4  # NxHxWxC with C above this is taken for a mistake (NxCxHxW?)
 MAX_CLASS_NAME: Final = 100  # characters
 LABEL_DTYPES: Final = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})
-IMAGE_FOLDER, NPZ, SAFETENSORS = "image-folder", "npz", "safetensors"
+IMAGE_FOLDER, NPZ, SAFETENSORS, IDX = "image-folder", "npz", "safetensors", "idx"
 # Errors that Pillow raises for a file it cannot read (SyntaxError: a broken PNG chunk).
 _PIL_ERRORS: Final = (OSError, SyntaxError, ValueError, EOFError)
 
@@ -84,7 +87,7 @@ class LocalData:
     x: torch.Tensor
     y: torch.Tensor
     class_names: tuple[str, ...]
-    data_format: str  # IMAGE_FOLDER, NPZ or SAFETENSORS
+    data_format: str  # IMAGE_FOLDER, NPZ, SAFETENSORS or IDX
     detail: str  # how the samples were made, e.g. "RGB 32x32, 3 resized"
 
 
@@ -107,9 +110,12 @@ def read_local_data(
     if size is not None:
         raise DataError("size: resizing is for image folders; array files keep their shape")
     readers = {".npz": read_npz, ".safetensors": read_safetensors}
-    reader = readers.get(path.suffix.lower())
+    reader = read_idx_pair if is_idx_images(path) else readers.get(path.suffix.lower())
     if reader is None or not path.is_file():
-        raise DataError(f"path: {path.name} is not an image folder, a .safetensors or a .npz file")
+        raise DataError(
+            f"path: {path.name} is not an image folder, a .safetensors or .npz file, or an "
+            f"IDX images file (*-{IMAGES_PART}[.gz])"
+        )
     progress("read", 0, 1)
     data = reader(path, limits, class_names=class_names)
     progress("read", 1, 1)
@@ -360,6 +366,29 @@ def read_safetensors(
     if y.dtype not in LABEL_DTYPES:
         raise DataError(f"{shown}: y: dtype {_name(y.dtype)}, expected integer labels")
     return labelled(shown, x, y.to(torch.int64), class_names, limits, SAFETENSORS)
+
+
+def read_idx_pair(
+    path: Path, limits: DataLimits = DEFAULT_LIMITS, *, class_names: Sequence[str] | None = None
+) -> LocalData:
+    """An IDX images file (``*-images-idx3-ubyte``, plain or ``.gz``, as MNIST ships them)
+    and its labels file beside it (``*-labels-idx1-ubyte``). Each is read no deeper than
+    the byte limit, so a gzip bomb costs no more than that."""
+    shown, labels = path.name, labels_beside(path)
+    if labels.is_symlink() or not labels.is_file():
+        raise DataError(f"{shown}: its labels file {labels.name} (or .gz) is not beside it")
+    for file in (path, labels):
+        _check_file(file.name, file, limits)
+    try:
+        dims, pixels = read_idx(path, ndim=3, max_bytes=limits.max_bytes)
+        (count,), label_bytes = read_idx(labels, ndim=1, max_bytes=limits.max_bytes)
+    except DataError as exc:
+        raise DataError(str(exc).replace(str(path.parent) + os.sep, "")) from None
+    if count != dims[0]:
+        raise DataError(f"{labels.name}: {count} labels for {dims[0]} images in {shown}")
+    x = torch.frombuffer(bytearray(pixels), dtype=torch.uint8).reshape(dims)
+    y = torch.frombuffer(bytearray(label_bytes), dtype=torch.uint8).to(torch.int64)
+    return labelled(shown, x, y, class_names, limits, IDX)
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -6,16 +6,14 @@ then the bytes. Each catalogue entry names its four files and the folders they m
 
 from __future__ import annotations
 
-import gzip
-import math
-import struct
-import zlib
 from pathlib import Path
 from typing import Final
 
 import structlog
 import torch
 
+from node.shared.errors import DataError
+from node.shared.idx import MAX_IDX_BYTES, read_idx
 from server.datasets.catalog import CatalogEntry
 from server.datasets.common import DatasetError, Splits
 from server.datasets.progress import Progress
@@ -23,8 +21,6 @@ from server.datasets.progress import Progress
 log = structlog.get_logger(__name__)
 
 SOURCE: Final = "idx-files"
-# EMNIST digits' train images are 188 MB, the largest in the catalogue; bounds a gzip bomb.
-MAX_IDX_BYTES: Final = 256 * 1024 * 1024
 
 
 def read_idx_folders(entry: CatalogEntry, folders: list[Path], progress: Progress) -> Splits | None:
@@ -95,26 +91,10 @@ def _pair(
 
 
 def _read_idx(path: Path, *, ndim: int) -> tuple[tuple[int, ...], bytes]:
-    """Header and payload of an unsigned-byte IDX file (magic 0x0000080N, big-endian dims)."""
     try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
-            raw = f.read(MAX_IDX_BYTES + 1)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(f"{path}: cannot read IDX file: {exc}") from exc
-    if len(raw) > MAX_IDX_BYTES:
-        raise DatasetError(f"{path}: larger than {MAX_IDX_BYTES} bytes, not an IDX file we know")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    if raw[:4] != bytes((0, 0, 0x08, ndim)):
-        raise DatasetError(f"{path}: IDX magic is 0x{raw[:4].hex()}, expected 0x0000080{ndim}")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) - header != math.prod(dims):
-        size = len(raw) - header
-        raise DatasetError(
-            f"{path}: dims {dims} need {math.prod(dims)} data bytes, file has {size}"
-        )
-    return dims, raw[header:]
+        return read_idx(path, ndim=ndim, max_bytes=MAX_IDX_BYTES)
+    except DataError as exc:
+        raise DatasetError(str(exc)) from exc.__cause__
 
 
 def where_to_put(entry: CatalogEntry, datasets_dir: Path) -> str:

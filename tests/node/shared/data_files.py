@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import struct
 import zlib
 from collections.abc import Mapping
@@ -81,3 +82,19 @@ def labelled_arrays(
     """Random uint8 ``x`` [n, *shape] and labels cycling through ``classes``."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, *shape), dtype=np.uint8), np.arange(n) % classes
+
+
+def write_idx_pair(
+    folder: Path, x: np.ndarray, y: np.ndarray, prefix: str = "train", gz: bool = False
+) -> Path:
+    """``<prefix>-images-idx3-ubyte`` and ``<prefix>-labels-idx1-ubyte`` (``.gz`` if asked)
+    holding uint8 ``x`` [N, H, W] and ``y``; returns the images file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = bytes((0, 0, 8, 3)) + struct.pack(">3I", *x.shape) + x.astype(np.uint8).tobytes()
+    labels = bytes((0, 0, 8, 1)) + struct.pack(">I", len(y)) + y.astype(np.uint8).tobytes()
+    paths = []
+    for part, blob in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+        path = folder / f"{prefix}-{part}{'.gz' if gz else ''}"
+        path.write_bytes(gzip.compress(blob) if gz else blob)
+        paths.append(path)
+    return paths[0]

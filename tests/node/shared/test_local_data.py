@@ -1,7 +1,8 @@
-"""The local-data readers on files the tests write: image folders, .npz and .safetensors."""
+"""The local-data readers on files the tests write: image folders, .npz, .safetensors, IDX."""
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 from node.shared.errors import DataError
 from node.shared.local_data import (
     DEFAULT_LIMITS,
+    IDX,
     IMAGE_FOLDER,
     NPZ,
     SAFETENSORS,
@@ -22,6 +24,7 @@ from node.shared.local_data import (
 from tests.node.shared.data_files import (
     labelled_arrays,
     png_header_only,
+    write_idx_pair,
     write_image,
     write_image_folder,
     write_npz,
@@ -355,3 +358,67 @@ def test_unknown_formats_and_misplaced_fields_are_refused(tmp_path: Path) -> Non
     path = write_npz(tmp_path / "a.npz", x=x, y=y)
     with pytest.raises(DataError, match=r"^size: resizing is for image folders"):
         read_local_data(path, size=(4, 4))
+
+
+# -- IDX pairs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_an_idx_pair_is_read_from_its_images_file_and_the_labels_beside_it(
+    tmp_path: Path, gz: bool
+) -> None:
+    x, y = labelled_arrays(12, (7, 5), classes=4)
+    images = write_idx_pair(tmp_path / "digits", x, y, gz=gz)
+    data = read_local_data(images)
+    assert data.data_format == IDX and data.class_names == ("0", "1", "2", "3")
+    assert torch.equal(data.x, torch.from_numpy(x).unsqueeze(1)) and data.x.shape == (12, 1, 7, 5)
+    assert data.y.tolist() == y.tolist()
+
+
+def test_an_idx_pair_with_a_gzipped_labels_file_beside_a_plain_images_file(tmp_path: Path) -> None:
+    x, y = labelled_arrays(6, classes=2)
+    images = write_idx_pair(tmp_path, x, y)
+    labels = tmp_path / "train-labels-idx1-ubyte"
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels.read_bytes()))
+    labels.unlink()
+    assert read_local_data(images).y.tolist() == y.tolist()
+
+
+def test_idx_pairs_that_do_not_fit_are_refused_by_name(tmp_path: Path) -> None:
+    x, y = labelled_arrays(6, classes=2)
+    images = write_idx_pair(tmp_path / "a", x, y)
+    (tmp_path / "a" / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(
+        DataError, match=r"labels file train-labels-idx1-ubyte \(or .gz\) is not beside"
+    ):
+        read_local_data(images)
+    short = write_idx_pair(tmp_path / "b", x, y[:5])
+    with pytest.raises(DataError, match="5 labels for 6 images"):
+        read_local_data(short)
+    broken = write_idx_pair(tmp_path / "c", x, y)
+    broken.write_bytes(broken.read_bytes()[:-1])
+    with pytest.raises(DataError, match="need 120 data bytes, file has 119"):
+        read_local_data(broken)
+    wrong = write_idx_pair(tmp_path / "d", x, np.array([0, 1, 2, 0, 1, 9]))
+    with pytest.raises(DataError, match="label"):
+        read_local_data(wrong, class_names=("a", "b", "c"))
+    zeros = np.zeros((200, 5, 4), dtype=np.uint8)  # 4,016 bytes gzipped to a few dozen
+    bomb = write_idx_pair(tmp_path / "e", zeros, np.arange(200) % 2, gz=True)
+    with pytest.raises(DataError, match="larger than 1000 bytes"):
+        read_local_data(bomb, replace(DEFAULT_LIMITS, max_bytes=1000))
+
+
+def test_a_linked_labels_file_is_refused(tmp_path: Path) -> None:
+    """The server checks the images path against its import roots; the labels file beside
+    it must not lead elsewhere."""
+    x, y = labelled_arrays(6, classes=2)
+    elsewhere = write_idx_pair(tmp_path / "elsewhere", x, y)
+    images = tmp_path / "inside" / "train-images-idx3-ubyte"
+    images.parent.mkdir()
+    images.write_bytes(elsewhere.read_bytes())
+    os.symlink(
+        tmp_path / "elsewhere" / "train-labels-idx1-ubyte",
+        images.parent / "train-labels-idx1-ubyte",
+    )
+    with pytest.raises(DataError, match="is not beside it"):
+        read_local_data(images)

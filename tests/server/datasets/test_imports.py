@@ -24,7 +24,12 @@ from server.datasets import (
     stratified_split,
 )
 from server.datasets import imports as imports_module
-from tests.node.shared.data_files import labelled_arrays, write_image_folder, write_npz
+from tests.node.shared.data_files import (
+    labelled_arrays,
+    write_idx_pair,
+    write_image_folder,
+    write_npz,
+)
 
 
 def request(path: Path | str, dataset_id: str = "pets", **fields: Any) -> ImportRequest:
@@ -193,6 +198,14 @@ def test_an_array_file_is_imported_with_its_class_names(tmp_path: Path, roots: l
         for xi, yi in zip(torch.cat([train_x, test_x]), torch.cat([train_y, test_y]), strict=True)
     }
     assert rebuilt == {(bytes(xi), int(yi)) for xi, yi in zip(x, y, strict=True)}
+
+
+def test_an_idx_pair_is_imported_from_its_images_file(tmp_path: Path, roots: list[Path]) -> None:
+    x, y = labelled_arrays(30, (28, 28), classes=3)
+    images = write_idx_pair(roots[0] / "digits", x, y, gz=True)
+    info = import_dataset(tmp_path / "datasets", request(images, "digits"), roots)
+    assert info.input_shape == (1, 28, 28) and info.class_names == ("0", "1", "2")
+    assert "idx" in info.source_detail and info.train_samples + info.test_samples == 30
 
 
 def test_a_class_with_one_sample_is_refused(tmp_path: Path, roots: list[Path]) -> None:
