@@ -4,6 +4,8 @@
 # Run it again to upgrade: settings you edited are never overwritten.
 #
 #   sudo deploy/install.sh                       # install from this checkout
+#   sudo deploy/install.sh --role server --orchestrator http://orch.lan:11999
+#   sudo FEDAVG_NODE_TOKEN=... deploy/install.sh --role node --orchestrator http://orch.lan:11999
 #   sudo deploy/install.sh --uninstall [--purge] # remove it
 #   DESTDIR=/tmp/stage deploy/install.sh --no-pip  # stage into a directory; touch nothing
 #
@@ -19,6 +21,8 @@ readonly UNITS=(fedavg-server.service fedavg-node@.service fedavg-showcase.servi
 readonly ENV_FILES=(server.env node.env showcase.env)
 readonly SCRIPTS=(fedavg-server fedavg-node fedavg-showcase)
 readonly MARKER=.fedavg-install
+readonly CPU_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+readonly MIN_PYTHON_MINOR=11 # Python 3.11
 
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly SRC_DIR
@@ -29,7 +33,10 @@ DESTDIR=${DESTDIR:-}
 PYTHON=${PYTHON:-python3}
 EXTRAS=""
 WHEEL_DIR=""
-TORCH_INDEX=""
+TORCH_INDEX=auto
+TORCH_REASON=""
+ROLE=""
+ORCHESTRATOR=""
 SKIP_PIP=${FEDAVG_INSTALL_SKIP_PIP:-0}
 NO_DEPS=0
 SYSTEM_SITE=0
@@ -55,8 +62,20 @@ Options:
   --wheel-from DIR     install offline from a wheel directory (pip --no-index --find-links
                        DIR); build one elsewhere with: pip wheel -w DIR /path/to/fedavg
   --torch-index URL    install torch and torchvision from this index first, e.g.
-                       https://download.pytorch.org/whl/cpu (CPU only, far smaller) or
-                       https://download.pytorch.org/whl/cu126
+                       https://download.pytorch.org/whl/cu126. Default (auto): a machine
+                       with no NVIDIA GPU (no nvidia-smi, no /dev/nvidia0) gets the
+                       CPU-only build from $CPU_TORCH_INDEX, a tenth of the
+                       download; one with a GPU gets PyPI's CUDA build. 'pypi': PyPI's
+                       build whatever the machine has.
+  --role server|node   write what this machine's role needs into $CONF_DIR (a variable
+                       already set there is kept):
+                       server: FEDAVG_HOST=0.0.0.0, FEDAVG_NODE_TOKEN and
+                         FEDAVG_ADMIN_TOKEN (from the environment, else generated), and
+                         FEDAVG_ALLOWED_HOSTS when --orchestrator names a host name;
+                       node: ORCHESTRATOR_URL (--orchestrator, required) and
+                         FEDAVG_NODE_TOKEN from the environment (the server's join token)
+  --orchestrator URL   the orchestrator as the nodes reach it, e.g. http://orch.lan:11999
+                       (several, comma-separated: failover)
   --system-site-packages
                        let the venv see the system's packages (e.g. a distro's torch)
   --no-deps            install only the fedavg package; its dependencies must already be
@@ -89,7 +108,8 @@ need_value() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
 parse_args() {
     while [[ $# -gt 0 ]]; do
         case $1 in
-            --prefix=* | --destdir=* | --python=* | --extras=* | --wheel-from=* | --torch-index=*)
+            --prefix=* | --destdir=* | --python=* | --extras=* | --wheel-from=* | \
+                --torch-index=* | --role=* | --orchestrator=*)
                 local opt=${1%%=*} value=${1#*=}
                 shift
                 set -- "$opt" "$value" "$@"
@@ -101,6 +121,8 @@ parse_args() {
             --extras) need_value "$@"; EXTRAS=$2; shift ;;
             --wheel-from) need_value "$@"; WHEEL_DIR=$2; shift ;;
             --torch-index) need_value "$@"; TORCH_INDEX=$2; shift ;;
+            --role) need_value "$@"; ROLE=$2; shift ;;
+            --orchestrator) need_value "$@"; ORCHESTRATOR=$2; shift ;;
             --system-site-packages) SYSTEM_SITE=1 ;;
             --no-deps) NO_DEPS=1 ;;
             --no-pip) SKIP_PIP=1 ;;
@@ -129,9 +151,125 @@ check_args() {
     [[ $SKIP_PIP == 0 || $SKIP_PIP == 1 ]] || die "FEDAVG_INSTALL_SKIP_PIP must be 0 or 1"
     [[ -z $WHEEL_DIR || -d $WHEEL_DIR ]] || die "--wheel-from: no directory $WHEEL_DIR"
     [[ $PURGE == 0 || $ACTION == uninstall ]] || die "--purge goes with --uninstall"
+    check_role
     if [[ -z $DESTDIR && $(id -u) != 0 ]]; then
         die "run as root (sudo $0), or stage into a directory with --destdir DIR"
     fi
+}
+
+check_role() {
+    case $ROLE in
+        "" | server) ;;
+        node) [[ -n $ORCHESTRATOR ]] ||
+            die "--role node needs --orchestrator URL (where this node reaches the orchestrator, like http://orch.lan:11999)" ;;
+        *) die "--role must be server or node, not '$ROLE'" ;;
+    esac
+    [[ -z $ORCHESTRATOR || -n $ROLE ]] || die "--orchestrator goes with --role server|node"
+    # Both end up in an env file: plain URLs and tokens, nothing a shell or systemd reads.
+    local url_re='^https?://[][A-Za-z0-9._~%@:-]+(/[A-Za-z0-9._~%/-]*)?$' url urls=()
+    IFS=, read -ra urls <<<"$ORCHESTRATOR"
+    for url in "${urls[@]}"; do
+        [[ $url =~ $url_re ]] || die "--orchestrator: '$url' is not a URL like http://orch.lan:11999"
+    done
+    local token_re='^[A-Za-z0-9._~+/=-]+$' name
+    for name in FEDAVG_NODE_TOKEN FEDAVG_ADMIN_TOKEN; do
+        [[ -z ${!name:-} || ${!name} =~ $token_re ]] ||
+            die "$name from the environment may hold only letters, digits and ._~+/=-"
+    done
+}
+
+# Ubuntu 22.04 ships Python 3.10: say so before anything is written, with the ways out.
+check_python() {
+    local found
+    found=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) ||
+        die "no Python at '$PYTHON' (choose one with --python)"
+    if [[ $found =~ ^3\.([0-9]+)$ ]] && ((BASH_REMATCH[1] >= MIN_PYTHON_MINOR)); then
+        return
+    fi
+    cat >&2 <<EOF
+install.sh: error: $PYTHON is Python $found; fedavg needs 3.$MIN_PYTHON_MINOR or newer (Ubuntu 22.04 ships 3.10).
+Install a newer one where the services can read it (not under /home or /root), then run
+this again with --python:
+  Ubuntu, deadsnakes PPA:  sudo add-apt-repository ppa:deadsnakes/ppa
+                           sudo apt-get install python3.12 python3.12-venv
+                           sudo $0 --python python3.12 ...
+  any Linux, with uv:      sudo UV_PYTHON_INSTALL_DIR=/opt/python uv python install 3.12
+                           sudo $0 --python /opt/python/cpython-3.12*/bin/python3.12 ...
+EOF
+    exit 1
+}
+
+has_nvidia_gpu() { command -v nvidia-smi >/dev/null 2>&1 || [[ -e /dev/nvidia0 ]]; }
+
+# TORCH_INDEX becomes the index torch comes from (empty: PyPI), TORCH_REASON says why.
+choose_torch_index() {
+    if [[ $NO_DEPS == 1 ]] || [[ -n $WHEEL_DIR && $TORCH_INDEX == auto ]]; then
+        TORCH_INDEX="" # no dependencies, or offline from wheels: no index to ask
+        return
+    fi
+    case $TORCH_INDEX in
+        auto)
+            if has_nvidia_gpu; then
+                TORCH_INDEX=""
+                TORCH_REASON="an NVIDIA GPU is here: PyTorch's CUDA build from PyPI"
+            else
+                TORCH_INDEX=$CPU_TORCH_INDEX
+                TORCH_REASON="no NVIDIA GPU here (no nvidia-smi, no /dev/nvidia0): CPU-only PyTorch from $CPU_TORCH_INDEX (--torch-index pypi for the CUDA build)"
+            fi ;;
+        pypi) TORCH_INDEX=""; TORCH_REASON="PyTorch from PyPI (--torch-index pypi)" ;;
+        *) TORCH_REASON="PyTorch from $TORCH_INDEX (--torch-index)" ;;
+    esac
+}
+
+# set_env_value FILE NAME VALUE [SECRET]: uncomment-and-set NAME in an env file (its
+# documented "#NAME=default" line, else a new line at the end); a NAME already set is kept.
+set_env_value() {
+    local file=$1 name=$2 value=$3 secret=${4:-} shown=$3 edited
+    [[ -z $secret ]] || shown="(secret)"
+    if grep -q "^$name=" "$file"; then
+        say "kept $name from your ${file#"$DESTDIR"}"
+        return
+    fi
+    edited=$(mktemp)
+    awk -v name="$name" -v value="$value" '
+        !done && index($0, "#" name "=") == 1 { print name "=" value; done = 1; next }
+        { print }
+        END { if (!done) print name "=" value }' "$file" >"$edited"
+    cat "$edited" >"$file" # in place: the file keeps its mode and group
+    rm -f "$edited"
+    say "set $name=$shown in ${file#"$DESTDIR"}"
+}
+
+new_token() { "$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+
+# The host of the first URL, when it is a name the server must be told to answer to.
+orchestrator_host_name() {
+    local host=${ORCHESTRATOR%%,*}
+    host=${host#*://}
+    host=${host%%/*}
+    host=${host%:*}
+    [[ $host =~ ^[0-9.]+$ || $host == \[* || $host == localhost ]] || printf '%s\n' "$host"
+}
+
+apply_role() {
+    local conf=$DESTDIR$CONF_DIR host
+    case $ROLE in
+        server)
+            set_env_value "$conf/server.env" FEDAVG_HOST 0.0.0.0
+            set_env_value "$conf/server.env" FEDAVG_NODE_TOKEN "${FEDAVG_NODE_TOKEN:-$(new_token)}" secret
+            set_env_value "$conf/server.env" FEDAVG_ADMIN_TOKEN "${FEDAVG_ADMIN_TOKEN:-$(new_token)}" secret
+            host=$(orchestrator_host_name)
+            if [[ -n $host ]]; then
+                set_env_value "$conf/server.env" FEDAVG_ALLOWED_HOSTS "$host"
+            fi ;;
+        node)
+            set_env_value "$conf/node.env" ORCHESTRATOR_URL "$ORCHESTRATOR"
+            if [[ -n ${FEDAVG_NODE_TOKEN:-} ]]; then
+                set_env_value "$conf/node.env" FEDAVG_NODE_TOKEN "$FEDAVG_NODE_TOKEN" secret
+            elif ! grep -q '^FEDAVG_NODE_TOKEN=' "$conf/node.env"; then
+                warn "no FEDAVG_NODE_TOKEN given: set the server's join token in $CONF_DIR/node.env"
+            fi ;;
+    esac
 }
 
 systemd_running() { [[ -z $DESTDIR && -d /run/systemd/system ]]; }
@@ -163,8 +301,6 @@ ensure_venv() {
     if [[ $SYSTEM_SITE == 1 ]]; then
         args+=(--system-site-packages)
     fi
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
-        die "$PYTHON is missing or older than Python 3.11 (choose one with --python)"
     if [[ $SKIP_PIP == 1 ]]; then
         [[ -x $venv/bin/python ]] && { say "venv $venv exists"; return; }
         args+=(--without-pip)
@@ -186,7 +322,10 @@ pip_install() {
     if [[ -n $EXTRAS ]]; then
         extras="[$EXTRAS]"
     fi
-    if [[ -n $TORCH_INDEX && $NO_DEPS == 0 ]]; then
+    if [[ -n $TORCH_REASON ]]; then
+        say "$TORCH_REASON"
+    fi
+    if [[ -n $TORCH_INDEX ]]; then
         say "installing torch and torchvision from $TORCH_INDEX"
         "${pip[@]}" --index-url "$TORCH_INDEX" torch torchvision
     fi
@@ -252,13 +391,18 @@ do_install() {
     ensure_user
     install -d -m 0755 "$root"
     ensure_venv "$root/venv"
+    choose_torch_index
     if [[ $SKIP_PIP == 1 ]]; then
         say "skipping pip (--no-pip): install fedavg into $PREFIX/venv yourself"
+        if [[ -n $TORCH_REASON ]]; then
+            say "  (torch first: $TORCH_REASON)"
+        fi
     else
         pip_install "$root/venv"
     fi
     install_file "$DEPLOY_DIR/README.md" "$root/share/doc/DEPLOY.md" 0644
     install_settings "$root"
+    apply_role
     install_units
     printf 'installed-from=%s\n' "$SRC_DIR" >"$root/${MARKER:?}"
     if systemd_running; then
@@ -284,6 +428,9 @@ fedavg is installed in $PREFIX. Next steps:
     address); on every node set ORCHESTRATOR_URL=http://<orchestrator>:11999 and
     the same FEDAVG_NODE_TOKEN. Make a token with:
       python3 -c 'import secrets; print(secrets.token_urlsafe(32))'
+    Or let --role write them: --role server on the orchestrator, then on each worker
+      sudo FEDAVG_NODE_TOKEN=<the server's, from: sudo grep ^FEDAVG_NODE_TOKEN= $CONF_DIR/server.env> \\
+          $0 --role node --orchestrator http://<orchestrator>:11999
 
  2. Start what this machine runs:
       orchestrator: systemctl enable --now fedavg-server
@@ -359,7 +506,7 @@ main() {
     parse_args "$@"
     check_args
     case $ACTION in
-        install) do_install ;;
+        install) check_python && do_install ;;
         uninstall) do_uninstall ;;
     esac
 }

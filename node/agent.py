@@ -34,7 +34,7 @@ from node.shared.protocol import (
     encode,
 )
 from node.shared.wandb_sink import WandbSink
-from node.transport import HttpTransport, TransferError
+from node.transport import HttpTransport, TransferError, unreachable_reason
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +76,7 @@ class Agent:
         index, attempt = 0, 0
         while not self._stopping.is_set():
             url = urls[index % len(urls)]
+            failure = None
             try:
                 welcomed = await self._serve(url)
             except JoinRefused:
@@ -87,8 +88,7 @@ class Agent:
                 ProtocolError,
                 TransferError,
             ) as exc:
-                self._log.warning("orchestrator_unreachable", url=url, error=repr(exc))
-                welcomed = False
+                failure, welcomed = unreachable_reason(exc), False
             if self._stopping.is_set():
                 break
             if welcomed:
@@ -98,7 +98,17 @@ class Agent:
             delay = min(self.settings.max_backoff_s, 0.5 * 2 ** min(attempt, 10)) * random.uniform(
                 0.5, 1.5
             )
-            self._log.info("reconnecting", in_s=round(delay, 2), next_url=urls[index % len(urls)])
+            next_url = urls[index % len(urls)]
+            if failure is not None:  # one line a retry: what failed, in words, and when again
+                self._log.warning(
+                    "orchestrator_unreachable",
+                    url=url,
+                    reason=failure,
+                    retry_in_s=round(delay, 1),
+                    next_url=next_url,
+                )
+            else:
+                self._log.info("reconnecting", in_s=round(delay, 2), next_url=next_url)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
@@ -251,6 +261,13 @@ class Agent:
             if await self.pipeline.run(transport, outbox, job, target):
                 last_done = (target.job_id, target.round)
 
-    def _stale(self, target: Target) -> bool:
-        """True once newer weights replaced ``target`` or the node is stopping (thread-safe)."""
-        return self.target is not target or self._stopping.is_set()
+    def _stale(self, target: Target) -> str | None:
+        """Why ``target`` is not worth training any more, or None while it is (thread-safe)."""
+        current = self.target
+        if self._stopping.is_set():
+            return "the node is stopping"
+        if current is target:
+            return None
+        if current is not None:
+            return "newer weights arrived"
+        return "the job ended" if self.assignment is None else "the connection closed"

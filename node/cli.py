@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import structlog
@@ -15,7 +16,9 @@ import torch
 
 from node.agent import Agent, JoinRefused
 from node.identity import IdentityError, load_or_create
+from node.local_datasets import NodeDataset, load_node_dataset
 from node.settings import NodeSettings, NodeSettingsError
+from node.shared.errors import DataError
 from node.shared.logs import configure_logging
 from node.shared.model import ModelSpec
 from node.trainer import measure_capacity, resolve_device
@@ -29,7 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="A fedavg worker: joins the orchestrator, trains its shard, uploads weights.",
         epilog="Environment: ORCHESTRATOR_URL, NODE_NAME, NODE_ID, FEDAVG_DEVICE, "
         "FEDAVG_TORCH_THREADS, VALIDATION_SPLIT, FEDAVG_NODE_TOKEN, FEDAVG_CA_CERT, "
-        "FEDAVG_CACHE_DIR, FEDAVG_RECONNECT_MAX, NODE_CAPACITY. Flags win.",
+        "FEDAVG_CACHE_DIR, FEDAVG_HOME, FEDAVG_RECONNECT_MAX, FEDAVG_IDLE_TIMEOUT, "
+        "FEDAVG_HEARTBEAT, NODE_CAPACITY, NODE_DATA, NODE_TEST_SPLIT, NODE_SHARE_LABEL_COUNTS. "
+        "Flags win. A bad value exits with status 2.",
     )
     parser.add_argument("--orchestrator", help="URL, or several comma-separated for failover")
     parser.add_argument("--name", help="display name (NODE_NAME, default: host name)")
@@ -49,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--ca-cert", help="CA bundle to trust for https:// (FEDAVG_CA_CERT)")
     parser.add_argument(
+        "--home", type=Path, help="data directory (FEDAVG_HOME; the cache dir is under it)"
+    )
+    parser.add_argument(
         "--cache-dir", help="where shards and the node's identity are kept (FEDAVG_CACHE_DIR)"
     )
     parser.add_argument(
@@ -57,26 +65,80 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="exit once a job is done instead of waiting for the next",
     )
+    _add_data_arguments(parser)
     parser.add_argument("--log-format", choices=("auto", "json", "console"))
     return parser.parse_args(argv)
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The node's own data: datasets that never leave it."""
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="NAME=PATH",
+        help="a dataset of this node's own, which never leaves it (repeatable; NODE_DATA, "
+        "';'-separated): an image folder, a .safetensors/.npz file with x and y, or an IDX "
+        "images file with its labels beside it",
+    )
+    parser.add_argument(
+        "--test-split",
+        type=float,
+        help="fraction of each own dataset held out to evaluate on (NODE_TEST_SPLIT, 0.2)",
+    )
+    parser.add_argument(
+        "--share-label-counts",
+        action="store_true",
+        default=None,
+        help="tell the server each own dataset's label counts (NODE_SHARE_LABEL_COUNTS; "
+        "off: they reveal what the node holds)",
+    )
+
+
+def _settings(args: argparse.Namespace) -> NodeSettings:
+    """The environment with the flags on top, its files checked (exit 2 when not usable)."""
+    env = {**os.environ, "FEDAVG_HOME": str(args.home)} if args.home else os.environ
+    settings = NodeSettings.from_env(
+        env,
+        orchestrator=args.orchestrator,
+        name=args.name,
+        node_id=args.node_id,
+        device=args.device,
+        threads=args.threads,
+        capacity=args.capacity,
+        exit_after_job=args.exit_after_job,
+        log_format=args.log_format,
+        ca_cert=None if args.ca_cert is None else Path(args.ca_cert),
+        cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
+        test_split=args.test_split,
+        share_label_counts=args.share_label_counts,
+    ).with_data_flags(args.data)
+    settings.check_files()
+    return settings
+
+
+def load_own_data(settings: NodeSettings) -> list[NodeDataset]:
+    """Read, check and cache each own dataset before joining: a path that is wrong fails
+    the start, not a job an hour later. What is logged is what the node may announce."""
+    loaded = []
+    for spec in settings.data:
+        log.info("local_data_reading", dataset=spec.name, path=str(spec.path))
+        started = time.perf_counter()
+        data = load_node_dataset(spec, settings.cache_dir, test_split=settings.test_split, seed=0)
+        said = data.announcement(share_label_counts=settings.share_label_counts)
+        log.info(
+            "local_data_ready",
+            seconds=round(time.perf_counter() - started, 2),
+            detail=data.detail,
+            **said,
+        )
+        loaded.append(data)
+    return loaded
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        settings = NodeSettings.from_env(
-            os.environ,
-            orchestrator=args.orchestrator,
-            name=args.name,
-            node_id=args.node_id,
-            device=args.device,
-            threads=args.threads,
-            capacity=args.capacity,
-            exit_after_job=args.exit_after_job,
-            log_format=args.log_format,
-            ca_cert=None if args.ca_cert is None else Path(args.ca_cert),
-            cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
-        )
+        settings = _settings(args)
         device = resolve_device(settings.device)
         identity = load_or_create(
             settings.cache_dir,
@@ -88,6 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fedavg-node: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(settings.log_format)
+    try:
+        load_own_data(settings)
+    except DataError as exc:
+        print(f"fedavg-node: NODE_DATA/--data: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     torch.set_num_interop_threads(1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -27,10 +27,15 @@ from node.shared.protocol import Progress, TrainConfig, UploadQuery, encode, rea
 from node.shared.shards import decode_xy
 from node.shared.wandb_sink import WandbSink
 from node.shared.weights import WIRE_DTYPES, WeightsMeta, decode_weights, sha256_hex, weights_parts
-from node.trainer import Aborted, LocalResult, split_validation, train_locally
+from node.trainer import Aborted, LocalResult, Step, split_validation, train_locally
 from node.transport import HttpTransport, TransferError
 
 log = structlog.get_logger(__name__)
+
+MAX_PROGRESS_PER_S = 10.0
+"""A node's progress frames a second at most: under half the server's default frame budget
+(``FEDAVG_NODE_FRAME_RATE``, 20/s), with room for the heartbeat's pings."""
+MARKS_PER_EPOCH = 4  # a progress frame at each quarter of an epoch, however short
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +75,13 @@ class RoundPipeline:
         device: torch.device,
         wandb: WandbSink,
         *,
-        is_stale: Callable[[Target], bool],
+        is_stale: Callable[[Target], str | None],
     ) -> None:
         self.settings = settings
         self.device = device
         self.wandb = wandb
         self.rounds_trained = 0
-        self._is_stale = is_stale  # thread-safe: the training thread polls it
+        self._is_stale = is_stale  # why a target is stale, or None; the training thread polls it
         self._data: LocalData | None = None
         self._weights_buffer: bytearray | None = None  # reused by each round's download
         self._log = log.bind(node_id=settings.node_id)
@@ -99,11 +104,12 @@ class RoundPipeline:
                 seed=job.config.seed * 100_003 + target.round,
                 val=data.val,
                 on_progress=self._progress_reporter(target, outbox),
-                should_abort=functools.partial(self._is_stale, target),
+                should_abort=lambda: self._is_stale(target) is not None,
                 in_place=True,  # the download is ours alone: train its tensors, no copy
             )
         except Aborted:
-            self._log.info("round_abandoned", round=target.round, reason="newer weights arrived")
+            reason = self._is_stale(target) or "stale"
+            self._log.info("round_abandoned", round=target.round, reason=reason)
             return False
         await self._upload(transport, job, target, result)
         return True
@@ -147,29 +153,28 @@ class RoundPipeline:
 
     def _progress_reporter(
         self, target: Target, outbox: asyncio.Queue[str]
-    ) -> Callable[[int, int, float], None]:
+    ) -> Callable[[Step], None]:
         loop = asyncio.get_running_loop()
-        interval = self.settings.progress_interval_s
-        last = [0.0]
+        pacer = ProgressPacer(self.settings.progress_interval_s)
         tty = sys.stderr.isatty()
 
-        def report(batch: int, batches: int, loss: float) -> None:  # runs in the training thread
-            now = time.monotonic()
-            if batch != batches and now - last[0] < interval:
-                return
-            last[0] = now
-            text = encode(
-                Progress(
-                    job_id=target.job_id,
-                    round=target.round,
-                    batch=batch,
-                    batches=batches,
-                    loss=reading(loss),
+        def report(step: Step) -> None:  # runs in the training thread
+            due = pacer.due(step, time.monotonic())
+            if due:
+                text = encode(
+                    Progress(
+                        job_id=target.job_id,
+                        round=target.round,
+                        batch=step.batch,
+                        batches=step.batches,
+                        loss=reading(step.loss),
+                        epoch=step.epoch,
+                        epochs=step.epochs,
+                    )
                 )
-            )
-            loop.call_soon_threadsafe(_offer, outbox, text)
-            if tty:
-                draw_progress_bar(target.round, batch, batches, loss)
+                loop.call_soon_threadsafe(_offer, outbox, text)
+            if tty and (due or step.batch == step.batches):
+                draw_progress_bar(target.round, step)
 
         return report
 
@@ -193,13 +198,38 @@ class RoundPipeline:
         return self._data
 
 
-def draw_progress_bar(round_: int, batch: int, batches: int, loss: float, width: int = 30) -> None:
+def draw_progress_bar(round_: int, step: Step, width: int = 30) -> None:
     """The local epoch on a terminal: one line, redrawn in place, ended when the epoch is."""
-    filled = width * batch // max(1, batches)
+    filled = width * step.batch // max(1, step.batches)
     bar = "#" * filled + "." * (width - filled)
-    end = "\n" if batch >= batches else ""
-    sys.stderr.write(f"\r  round {round_:>3} [{bar}] {batch}/{batches}  loss {loss:.4f}{end}")
+    epoch = f" epoch {step.epoch}/{step.epochs}" if step.epochs > 1 else ""
+    end = "\n" if step.batch >= step.batches else ""
+    sys.stderr.write(
+        f"\r  round {round_:>3}{epoch} [{bar}] {step.batch}/{step.batches}"
+        f"  loss {step.loss:.4f}{end}"
+    )
     sys.stderr.flush()
+
+
+class ProgressPacer:
+    """Which training steps get a progress frame: one every ``interval_s`` in a long epoch,
+    and one at each quarter of every epoch, so that a 0.3 s round still shows its bar move
+    and each epoch's number; never more than ``max_per_s`` a second, whatever the round's
+    length, which keeps a node far under the server's frame budget. Time is an argument."""
+
+    def __init__(self, interval_s: float, max_per_s: float = MAX_PROGRESS_PER_S) -> None:
+        self.interval_s = interval_s
+        self.min_gap_s = 1.0 / max_per_s
+        self._last: float | None = None
+        self._mark = (0, 0)  # (epoch, quarter) of the last step sent
+
+    def due(self, step: Step, now: float) -> bool:
+        mark = (step.epoch, MARKS_PER_EPOCH * step.batch // max(1, step.batches))
+        since = math.inf if self._last is None else now - self._last
+        if since < self.min_gap_s or (since < self.interval_s and mark <= self._mark):
+            return False
+        self._last, self._mark = now, mark
+        return True
 
 
 def _offer(outbox: asyncio.Queue[str], text: str) -> None:

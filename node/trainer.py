@@ -16,7 +16,20 @@ from torch import nn
 from node.shared.model import ModelSpec, build_model, model_with_state, normalize
 from node.shared.protocol import TrainConfig
 
-ProgressFn = Callable[[int, int, float], None]  # batch, batches, running loss
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """How far a round's local training is: batch i of n of epoch e of E (all 1-based), and
+    the running training loss."""
+
+    batch: int
+    batches: int
+    epoch: int
+    epochs: int
+    loss: float
+
+
+ProgressFn = Callable[[Step], None]
 
 
 class Aborted(Exception):
@@ -83,7 +96,7 @@ def train_locally(
     x_dev, y_dev = x.to(device), y.to(device)
     tally = _Tally()
     batches = _batches_per_epoch(len(y), config)
-    for _ in range(config.local_epochs):
+    for epoch in range(1, config.local_epochs + 1):
         order = torch.randperm(len(y), generator=generator).to(device)
         for i in range(batches):
             if should_abort():
@@ -97,7 +110,7 @@ def train_locally(
             optimizer.step()
             tally.add(loss, logits, yb)
             if on_progress is not None:
-                on_progress(i + 1, batches, tally.loss / tally.seen)
+                on_progress(Step(i + 1, batches, epoch, config.local_epochs, tally.mean_loss))
     return _result(model, spec, tally, val, device=device, started=started, samples=len(y))
 
 
@@ -148,6 +161,10 @@ class _Tally:
     correct: int = 0
     seen: int = 0
 
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(1, self.seen)
+
     def add(self, loss: torch.Tensor, logits: torch.Tensor, yb: torch.Tensor) -> None:
         self.loss += loss.item() * len(yb)
         self.correct += int((logits.argmax(1) == yb).sum())
@@ -166,7 +183,7 @@ def _result(
 ) -> LocalResult:
     """Metrics (validation included) and the trained state, on the CPU."""
     metrics = {
-        "train_loss": tally.loss / max(1, tally.seen),
+        "train_loss": tally.mean_loss,
         "train_accuracy": tally.correct / max(1, tally.seen),
     }
     if val is not None and len(val[1]) > 0:

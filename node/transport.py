@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -141,3 +143,22 @@ class HttpTransport:
             message = error.get("message") if isinstance(error, dict) else str(answer)
             raise TransferError(f"upload refused: {resp.status} {message}", resp.status)
         return answer
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Why an attempt to reach the orchestrator failed, in words ("connection refused"), for
+    the one log line a retry gets instead of ``ClientConnectorError(ConnectionKey(...))``."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its TLS certificate is not trusted ({exc.certificate_error}; see --ca-cert)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve {exc.host!r} ({cause.strerror})"
+        if cause.errno:
+            return f"{os.strerror(cause.errno).lower()} at {exc.host}:{exc.port}"
+        return str(cause) or type(cause).__name__
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return f"HTTP {exc.status} to the WebSocket upgrade ({exc.message})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

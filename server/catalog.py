@@ -1,4 +1,8 @@
-"""The saved-model catalogue: the final models under FEDAVG_HOME/models, listed and served."""
+"""The saved-model catalogue: the models under FEDAVG_HOME/models, listed and served.
+
+A finished job saves two: its final model (``kind`` "final") and its best round's
+(``kind`` "best", with ``best_round``, ``best_metric`` and ``best_value``).
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,10 @@ class ModelCatalog:
                 entries.append(entry)
         for stale in set(self._entries) - seen:
             del self._entries[stale]
-        return sorted(entries, key=lambda e: str(e["created"]), reverse=True)
+        # Newest first; of one job's pair (written together), the final model first.
+        return sorted(
+            entries, key=lambda e: (str(e["created"]), e["kind"] == "final"), reverse=True
+        )
 
     def model_path(self, name: str) -> Path:
         if not _safe_name(name) or not name.endswith(".safetensors"):
@@ -63,11 +70,21 @@ def _model_entry(path: Path) -> dict[str, Any] | None:
         return None
     stat = path.stat()
     created = meta.get("created") or datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()
-    return {
+    entry: dict[str, Any] = {
         "name": path.name,
         "url": f"/models/{path.name}",
         "size": stat.st_size,
         "sha256": sha256_hex(data),
         "created": created,
+        "kind": "best" if meta.get("kind") == "best" else "final",  # older files: final
         "metadata": {**meta, "model_spec": spec},
     }
+    if entry["kind"] == "best":
+        try:
+            entry["best_round"] = int(meta["best_round"])
+            entry["best_metric"] = meta["best_metric"]
+            entry["best_value"] = float(meta["best_value"])
+        except (KeyError, ValueError):
+            log.warning("model_file_unreadable", path=str(path), reason="best_round")
+            return None
+    return entry

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import signal
 import ssl
@@ -17,6 +18,7 @@ import structlog
 import torch
 from aiohttp import web
 
+from node.shared.errors import FedavgError
 from node.shared.logs import configure_logging
 from node.shared.protocol import WireDtype
 from server import failpoints
@@ -25,6 +27,12 @@ from server.web.app import create_app
 from server.web.connections import CONNECTIONS, LimitedSite, raise_fd_limit
 
 log = structlog.get_logger(__name__)
+
+EXIT_BAD_SETTING = 2  # a bad flag or variable, or an address we cannot listen on
+
+
+class ListenError(FedavgError):
+    """The address or port cannot be listened on (in use, not ours, not allowed)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         failpoints.arm(settings.failpoints)
     except (SettingsError, ValueError) as exc:
         print(f"fedavg-server: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+        raise SystemExit(EXIT_BAD_SETTING) from exc
     configure_logging(settings.log_format)
     # One intra-op thread: the orchestrator's tensor work (folds, copies, hashing) is bound
     # by memory, not compute, and evaluation runs in one niced background thread, so the
@@ -93,7 +101,11 @@ def main(argv: list[str] | None = None) -> None:
         epoch_sync_timeout=settings.round_deadline_s,
     )
     fd_limit = raise_fd_limit()  # before create_app: the connection cap follows it
-    asyncio.run(serve(create_app(settings), settings, ssl_context, fd_limit))
+    try:
+        asyncio.run(serve(create_app(settings), settings, ssl_context, fd_limit))
+    except ListenError as exc:
+        print(f"fedavg-server: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_SETTING) from exc
 
 
 async def serve(
@@ -121,7 +133,7 @@ async def serve(
             ssl_context=ssl_context,
             backlog=1024,  # hundreds of nodes may (re)connect at once after a restart
         )
-        await site.start()
+        await _listen(site, settings)
         log.info(
             "connection_limits",
             fd_limit=fd_limit,
@@ -138,6 +150,22 @@ async def serve(
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def _listen(site: LimitedSite, settings: Settings) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"port {settings.port} is in use on {settings.host}: choose another with "
+                "--port N (FEDAVG_PORT), or stop the program that holds it"
+            ) from exc
+        raise ListenError(
+            f"cannot listen on {where}: {exc.strerror or exc} "
+            "(check --host/FEDAVG_HOST and --port/FEDAVG_PORT)"
+        ) from exc
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number

@@ -86,7 +86,7 @@ class DatasetShelf:
         except DatasetError as exc:
             raise NotFound(str(exc)) from exc
         if info is None:
-            raise NotFound(f"dataset {dataset_id!r} is not prepared{_prepare_hint(dataset_id)}")
+            raise NotFound(_not_prepared(dataset_id))
         return info
 
     async def _run(self, dataset_id: str, work: Callable[..., DatasetInfo]) -> DatasetInfo:
@@ -114,7 +114,18 @@ def _in_thread(
     return asyncio.to_thread(work, progress=Throttled(publish, PROGRESS_INTERVAL_S))
 
 
-def _prepare_hint(dataset_id: str) -> str:
+def _not_prepared(dataset_id: str) -> str:
+    """What to do about a dataset that is not on disk: prepare it when the catalogue knows
+    it, else it is unknown (a typo, or data not imported yet)."""
     if dataset_id == MNIST_ID:
-        return " (POST /datasets/mnist/prepare, or the seed's /datasets/prepare-mnist, first)"
-    return f" (POST /datasets/{dataset_id}/prepare first)" if dataset_id in CATALOG else ""
+        return (
+            f"dataset {dataset_id!r} is not prepared: POST /datasets/mnist/prepare, or the "
+            "seed's /datasets/prepare-mnist, first"
+        )
+    if dataset_id in CATALOG:
+        return f"dataset {dataset_id!r} is not prepared: POST /datasets/{dataset_id}/prepare first"
+    return (
+        f"unknown dataset {dataset_id[:80]!r}: the catalogue has {', '.join(CATALOG)} "
+        "(POST /datasets/<name>/prepare), and your own data comes in with "
+        "POST /datasets/import; GET /datasets lists what is prepared"
+    )

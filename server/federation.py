@@ -124,39 +124,15 @@ class Federation:
         """Apply a progress report to the node's row; False (dropped, counted) when it is not
         about the job and round the node is training."""
         job = self.job
-        if (
-            job is None
-            or job.finished.is_set()
-            or session.job_id != job.job_id
-            or progress.job_id != job.job_id
-        ):
-            self.metrics.frames_dropped.labels(reason="wrong_job").inc()
+        if job is None or job.finished.is_set() or progress.job_id != job.job_id:
+            refusal: str | None = "wrong_job"
+        else:
+            refusal = session.progress_refusal(progress)
+        if refusal is not None:
+            self.metrics.frames_dropped.labels(reason=refusal).inc()
             return False
-        expected = session.training_round
-        if not 1 <= progress.round <= job.rounds or (
-            expected is not None and progress.round != expected
-        ):
-            self.metrics.frames_dropped.labels(reason="wrong_round").inc()
-            return False
-        session.last_seen = self.clock()
-        session.round, session.batch, session.batches = (
-            progress.round,
-            progress.batch,
-            progress.batches,
-        )
-        session.loss = progress.loss
-        session.state = "training"
-        self.bus.publish(
-            "progress",
-            {
-                "round": progress.round,
-                "batch": progress.batch,
-                "batches": progress.batches,
-                "loss": progress.loss,
-            },
-            node_id=session.node_id,
-            timeline=False,
-        )
+        data = session.show_progress(progress)
+        self.bus.publish("progress", data, node_id=session.node_id, timeline=False)
         return True
 
     def nodes(self, limit: int = 500, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

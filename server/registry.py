@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import WSCloseCode
 
-from node.shared.protocol import Frame, Hello, encode
+from node.shared.protocol import Frame, Hello, Progress, encode
 
 log = structlog.get_logger(__name__)
 
@@ -33,8 +33,9 @@ class FrameBudget:
     """A token bucket over one socket's incoming frames: ``rate`` per second, bursts of
     ``2 * rate``. Time comes in as an argument, so it is tested without a clock.
 
-    The honest node sends a progress frame at most every 0.25 s, far under any sane rate;
-    a frame over budget is dropped, and a socket that drops many within a window is flooding.
+    The honest node sends at most 10 progress frames a second (node/pipeline.py), under any
+    sane rate; a frame over budget is dropped, and a socket that drops many within a window
+    is flooding.
     """
 
     __slots__ = ("burst", "dropped", "flood_drops", "rate", "stamp", "tokens", "window")
@@ -78,11 +79,13 @@ class NodeSession:
     state: str = "idle"
     job_id: str | None = None
     # The round this node was last told to train (train frame, or weights_ready + 1), set by
-    # the job; None: not known, so progress is checked against the job only.
+    # the job; None: it trains nothing for us (never told, or told the job is done).
     training_round: int | None = None
     round: int = 0
     batch: int = 0
     batches: int = 0
+    epoch: int = 1  # of epochs, as the last progress frame said (1-based)
+    epochs: int = 1
     loss: float | None = None
     val_accuracy: float | None = None
     shard_samples: int | None = None
@@ -100,6 +103,31 @@ class NodeSession:
             self.close()
             return False
         return True
+
+    def progress_refusal(self, progress: Progress) -> str | None:
+        """Why a progress frame must not reach this row (``wrong_job``, ``wrong_round``), or
+        None. Only the round the node was last told to train counts: frames still in flight
+        after a ``done`` (or a ``weights_ready``) are about a round that is over for us."""
+        if progress.job_id != self.job_id:
+            return "wrong_job"
+        if self.training_round is None or progress.round != self.training_round:
+            return "wrong_round"
+        return None
+
+    def show_progress(self, progress: Progress) -> dict[str, Any]:
+        """Take a progress frame (already checked to be about what this node trains) into
+        the row; returns the ``progress`` event's data."""
+        self.round, self.batch, self.batches = progress.round, progress.batch, progress.batches
+        self.epoch, self.epochs, self.loss = progress.epoch, progress.epochs, progress.loss
+        self.state = "training"
+        return {
+            "round": self.round,
+            "batch": self.batch,
+            "batches": self.batches,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "loss": self.loss,
+        }
 
     def close(self, code: int = WSCloseCode.OK) -> None:
         """Ask the writer task to close the socket (it drains what is queued first)."""
@@ -125,6 +153,8 @@ class NodeSession:
             "round": self.round,
             "batch": self.batch,
             "batches": self.batches,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
             "loss": self.loss,
             "val_accuracy": self.val_accuracy,
             "shard_samples": self.shard_samples,

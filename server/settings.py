@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from node.shared import env_values
 from node.shared.errors import FedavgError, SpecError
 from node.shared.logs import LogFormat
 from node.shared.model import ARCHS, MAX_PARAMS, ModelSpec, parameter_count
@@ -154,7 +155,7 @@ class Settings:
     def _job_problems(self) -> list[str]:
         problems = []
         if not 0 <= self.port <= 65535:
-            problems.append(f"port {self.port} is not 0..65535")
+            problems.append(f"FEDAVG_PORT/--port {self.port} is not 0..65535")
         if not (math.isfinite(self.round_deadline_s) and self.round_deadline_s > 0):
             problems.append("EPOCH_SYNC_TIMEOUT must be > 0 seconds")
         if not 1 <= self.default_rounds <= self.max_rounds:
@@ -165,9 +166,6 @@ class Settings:
             problems.append(f"FEDAVG_SEED must be 0..{MAX_SEED}")
         if self.aggregation not in AGGREGATIONS:
             problems.append(f"AGGREGATION must be one of {', '.join(AGGREGATIONS)}")
-        lr = self.train_config.lr
-        if not (math.isfinite(lr) and lr > 0) or self.train_config.batch_size < 1:
-            problems.append("FEDAVG_LR must be > 0 and FEDAVG_BATCH_SIZE >= 1")
         return [*problems, *self._model_problems()]
 
     def _model_problems(self) -> list[str]:
@@ -222,9 +220,10 @@ class Settings:
             problems.append(
                 "TLS needs both FEDAVG_TLS_CERT and FEDAVG_TLS_KEY (--tls-cert/--tls-key)"
             )
-        for tls_file in (self.tls_cert, self.tls_key):
+        for tls_file, named in ((self.tls_cert, "CERT"), (self.tls_key, "KEY")):
             if tls_file is not None and not tls_file.is_file():
-                problems.append(f"TLS file {tls_file} does not exist")
+                flag = f"--tls-{named.lower()}"
+                problems.append(f"FEDAVG_TLS_{named}/{flag} {tls_file} does not exist")
         return problems
 
     def _participant_problems(self) -> list[str]:
@@ -281,7 +280,10 @@ class Settings:
         try:
             context.load_cert_chain(self.tls_cert, self.tls_key)
         except (ssl.SSLError, OSError) as exc:
-            raise SettingsError(f"cannot load the TLS certificate/key: {exc}") from exc
+            raise SettingsError(
+                f"FEDAVG_TLS_CERT/FEDAVG_TLS_KEY (--tls-cert/--tls-key): cannot load "
+                f"{self.tls_cert} with {self.tls_key}: {exc}"
+            ) from exc
         return context
 
     @property
@@ -300,50 +302,66 @@ def _model_values(
     """The model's arch, layer sizes and dropout (MODEL_*) and the local training (FEDAVG_LR,
     ...). A job may choose its own; these are the defaults. Input shape, classes and
     normalisation come from each job's dataset."""
-    arch = _choice(env.get("MODEL_ARCH", spec_defaults.arch), ARCHS, "MODEL_ARCH")
+    arch = env_values.choice(env, "MODEL_ARCH", spec_defaults.arch, ARCHS)
     if arch != spec_defaults.arch:
         spec_defaults = ModelSpec(arch=arch)
-    hidden = tuple(
-        int(env.get(f"MODEL_HIDDEN_{i + 1}", str(h))) for i, h in enumerate(spec_defaults.hidden)
-    )
-    dropout = tuple(
-        float(env.get(f"MODEL_DROPOUT_{i + 1}", str(p)))
-        for i, p in enumerate(spec_defaults.dropout)
-    )
-    spec = replace(spec_defaults, hidden=hidden, dropout=dropout)
+    spec = _model_spec(env, spec_defaults)
     train = _train_config(
-        lr=float(env.get("FEDAVG_LR", "1e-3")),
-        batch_size=int(env.get("FEDAVG_BATCH_SIZE", "32")),
-        local_epochs=int(env.get("FEDAVG_LOCAL_EPOCHS", "1")),
-        proximal_mu=float(env.get("FEDAVG_PROXIMAL_MU", "0")),
-        max_batches=int(env["FEDAVG_MAX_BATCHES"]) if env.get("FEDAVG_MAX_BATCHES") else None,
-        optimizer=_choice(env.get("FEDAVG_OPTIMIZER", "adam"), ("adam", "sgd"), "FEDAVG_OPTIMIZER"),
-        wire_dtype=_choice(
-            wire_dtype or env.get("FEDAVG_WIRE_DTYPE", "float32"),
-            get_args(WireDtype),
+        lr=env_values.number(env, "FEDAVG_LR", 1e-3),
+        batch_size=env_values.whole(env, "FEDAVG_BATCH_SIZE", 32),
+        local_epochs=env_values.whole(env, "FEDAVG_LOCAL_EPOCHS", 1),
+        proximal_mu=env_values.number(env, "FEDAVG_PROXIMAL_MU", 0.0),
+        max_batches=env_values.optional_whole(env, "FEDAVG_MAX_BATCHES"),
+        optimizer=env_values.choice(env, "FEDAVG_OPTIMIZER", "adam", ("adam", "sgd")),
+        wire_dtype=env_values.check_choice(
+            wire_dtype or env.get("FEDAVG_WIRE_DTYPE") or "float32",
             "FEDAVG_WIRE_DTYPE",
+            get_args(WireDtype),
         ),
     )
-    max_params = int(env.get("FEDAVG_MAX_PARAMS", str(DEFAULT_MAX_PARAMS)))
-    return {"model_spec": spec, "max_params": max_params, "train_config": train}
+    return {
+        "model_spec": spec,
+        "max_params": env_values.whole(env, "FEDAVG_MAX_PARAMS", DEFAULT_MAX_PARAMS),
+        "train_config": train,
+    }
+
+
+def _model_spec(env: Mapping[str, str], defaults: ModelSpec) -> ModelSpec:
+    """MODEL_HIDDEN_i and MODEL_DROPOUT_i over the arch's defaults; a spec they make invalid
+    is refused naming the ones that are set."""
+    hidden = tuple(
+        env_values.whole(env, f"MODEL_HIDDEN_{i + 1}", h) for i, h in enumerate(defaults.hidden)
+    )
+    dropout = tuple(
+        env_values.number(env, f"MODEL_DROPOUT_{i + 1}", p) for i, p in enumerate(defaults.dropout)
+    )
+    try:
+        return replace(defaults, hidden=hidden, dropout=dropout)
+    except SpecError as exc:
+        given = [
+            f"{name}={value}"
+            for name, value in sorted(env.items())
+            if name.startswith(("MODEL_HIDDEN_", "MODEL_DROPOUT_")) and value
+        ]
+        raise ValueError(f"{', '.join(given) or 'MODEL_ARCH'}: {exc}") from None
 
 
 def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
     """Where the server listens and keeps its files, how jobs run, and the tokens."""
     return {
-        "host": env.get("FEDAVG_HOST", defaults.host),
-        "port": int(env.get("FEDAVG_PORT", str(defaults.port))),
+        "host": env_values.text(env, "FEDAVG_HOST", defaults.host),
+        "port": env_values.whole(env, "FEDAVG_PORT", defaults.port),
         "home": fedavg_home(env),
-        "datasets_dir": _path(env.get("FEDAVG_DATASETS_DIR")),
-        "models_dir": _path(env.get("FEDAVG_MODELS_DIR")),
-        "round_deadline_s": float(env.get("EPOCH_SYNC_TIMEOUT", "120")),
-        "default_rounds": int(env.get("DEFAULT_EPOCHS", "5")),
-        "shard_overlap": float(env.get("SHARD_OVERLAP", "0.15")),
-        "partition": _partition(env.get("FEDAVG_PARTITION", "iid")),
+        "datasets_dir": env_values.optional_path(env, "FEDAVG_DATASETS_DIR"),
+        "models_dir": env_values.optional_path(env, "FEDAVG_MODELS_DIR"),
+        "round_deadline_s": env_values.number(env, "EPOCH_SYNC_TIMEOUT", 120.0),
+        "default_rounds": env_values.whole(env, "DEFAULT_EPOCHS", 5),
+        "shard_overlap": env_values.number(env, "SHARD_OVERLAP", 0.15),
+        "partition": _partition(env.get("FEDAVG_PARTITION") or "iid"),
         "server_opt": _server_opt(env),
-        "aggregation": env.get("AGGREGATION", "weighted"),
-        "seed": int(env.get("FEDAVG_SEED", "0")),
-        "mnist_download": _bool(env.get("FEDAVG_MNIST_DOWNLOAD", "true"), "FEDAVG_MNIST_DOWNLOAD"),
+        "aggregation": env_values.text(env, "AGGREGATION", "weighted"),
+        "seed": env_values.whole(env, "FEDAVG_SEED", 0),
+        "mnist_download": env_values.boolean(env, "FEDAVG_MNIST_DOWNLOAD", True),
         "admin_token": env.get("FEDAVG_ADMIN_TOKEN") or None,
         "node_token": env.get("FEDAVG_NODE_TOKEN") or None,
     }
@@ -352,28 +370,33 @@ def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
 def _upload_values(env: Mapping[str, str]) -> dict[str, Any]:
     """The heartbeat, what an upload may cost, and what a round accepts and waits for."""
     return {
-        "heartbeat_s": float(env.get("FEDAVG_HEARTBEAT", "10")),
-        "max_upload_bytes": int(env.get("FEDAVG_MAX_UPLOAD_MB", "512")) * MiB,
-        "upload_slots": int(env.get("FEDAVG_UPLOAD_SLOTS", "4")),
-        "idle_timeout_s": float(env.get("FEDAVG_IDLE_TIMEOUT", "60")),
-        "min_upload_rate": int(float(env.get("FEDAVG_MIN_UPLOAD_KBPS", "64")) * 1024),
-        "max_capacity_ratio": float(env.get("FEDAVG_MAX_CAPACITY_RATIO", "1")),
-        "max_update_ratio": float(env.get("FEDAVG_MAX_UPDATE_RATIO", "10")),
-        "max_missed_rounds": int(env.get("FEDAVG_MAX_MISSED_ROUNDS", "2")),
+        "heartbeat_s": env_values.number(env, "FEDAVG_HEARTBEAT", 10.0),
+        "max_upload_bytes": env_values.whole(env, "FEDAVG_MAX_UPLOAD_MB", 512) * MiB,
+        "upload_slots": env_values.whole(env, "FEDAVG_UPLOAD_SLOTS", 4),
+        "idle_timeout_s": env_values.number(env, "FEDAVG_IDLE_TIMEOUT", 60.0),
+        "min_upload_rate": _kib_per_s(env_values.number(env, "FEDAVG_MIN_UPLOAD_KBPS", 64.0)),
+        "max_capacity_ratio": env_values.number(env, "FEDAVG_MAX_CAPACITY_RATIO", 1.0),
+        "max_update_ratio": env_values.number(env, "FEDAVG_MAX_UPDATE_RATIO", 10.0),
+        "max_missed_rounds": env_values.whole(env, "FEDAVG_MAX_MISSED_ROUNDS", 2),
     }
+
+
+def _kib_per_s(kbps: float) -> int:
+    # NaN and Inf cannot become bytes/s; 0 is refused by validate() with the variable's name.
+    return int(kbps * 1024) if math.isfinite(kbps) else 0
 
 
 def _output_values(env: Mapping[str, str]) -> dict[str, Any]:
     """Logs, W&B, crash-test failpoints and the TLS files."""
     return {
-        "log_format": _choice(
-            env.get("FEDAVG_LOG_FORMAT", "auto"), ("auto", "json", "console"), "FEDAVG_LOG_FORMAT"
+        "log_format": env_values.choice(
+            env, "FEDAVG_LOG_FORMAT", "auto", ("auto", "json", "console")
         ),
         "wandb_mode": wandb_mode(env),
         "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
         "failpoints": env.get("FEDAVG_FAILPOINTS", ""),
-        "tls_cert": _path(env.get("FEDAVG_TLS_CERT")),
-        "tls_key": _path(env.get("FEDAVG_TLS_KEY")),
+        "tls_cert": env_values.optional_path(env, "FEDAVG_TLS_CERT"),
+        "tls_key": env_values.optional_path(env, "FEDAVG_TLS_KEY"),
     }
 
 
@@ -382,40 +405,49 @@ def _connection_values(env: Mapping[str, str]) -> dict[str, Any]:
     return {
         "allowed_hosts": _csv(env.get("FEDAVG_ALLOWED_HOSTS", "")),
         "allowed_origins": _csv(env.get("FEDAVG_ALLOWED_ORIGINS", "")),
-        "header_timeout_s": float(env.get("FEDAVG_HEADER_TIMEOUT", "10")),
+        "header_timeout_s": env_values.number(env, "FEDAVG_HEADER_TIMEOUT", 10.0),
         "max_connections": _auto_int(
             env.get("FEDAVG_MAX_CONNECTIONS", "auto"), "FEDAVG_MAX_CONNECTIONS"
         ),
-        "max_pending_per_peer": int(env.get("FEDAVG_MAX_PENDING_PER_PEER", "64")),
-        "node_frame_rate": float(env.get("FEDAVG_NODE_FRAME_RATE", "20")),
-        "max_offline_nodes": int(env.get("FEDAVG_MAX_OFFLINE_NODES", "256")),
-        "max_node_ids": int(env.get("FEDAVG_MAX_NODE_IDS", "10000")),
-        "max_events": int(env.get("FEDAVG_MAX_EVENTS", "100000")),
+        "max_pending_per_peer": env_values.whole(env, "FEDAVG_MAX_PENDING_PER_PEER", 64),
+        "node_frame_rate": env_values.number(env, "FEDAVG_NODE_FRAME_RATE", 20.0),
+        "max_offline_nodes": env_values.whole(env, "FEDAVG_MAX_OFFLINE_NODES", 256),
+        "max_node_ids": env_values.whole(env, "FEDAVG_MAX_NODE_IDS", 10_000),
+        "max_events": env_values.whole(env, "FEDAVG_MAX_EVENTS", 100_000),
     }
 
 
 def _import_values(env: Mapping[str, str]) -> dict[str, Any]:
     """Where imported data may come from, and what one import may read."""
     roots = re.split(r"[,:]", env.get("FEDAVG_IMPORT_ROOTS", ""))  # either separator
-    max_mb = _whole(env.get("FEDAVG_IMPORT_MAX_MB", "2048"), "FEDAVG_IMPORT_MAX_MB")
-    max_samples = _whole(
-        env.get("FEDAVG_IMPORT_MAX_SAMPLES", "1000000"), "FEDAVG_IMPORT_MAX_SAMPLES"
-    )
     return {
         "import_roots": tuple(Path(root.strip()) for root in roots if root.strip()),
-        "import_max_bytes": max_mb * MiB,
-        "import_max_samples": max_samples,
+        "import_max_bytes": env_values.whole(env, "FEDAVG_IMPORT_MAX_MB", 2048) * MiB,
+        "import_max_samples": env_values.whole(env, "FEDAVG_IMPORT_MAX_SAMPLES", 1_000_000),
     }
 
 
+# The variable behind each TrainConfig field, so a refused value is named as the user set it.
+TRAIN_VARIABLES = {
+    "lr": "FEDAVG_LR",
+    "batch_size": "FEDAVG_BATCH_SIZE",
+    "local_epochs": "FEDAVG_LOCAL_EPOCHS",
+    "proximal_mu": "FEDAVG_PROXIMAL_MU",
+    "max_batches": "FEDAVG_MAX_BATCHES",
+    "optimizer": "FEDAVG_OPTIMIZER",
+    "wire_dtype": "FEDAVG_WIRE_DTYPE",
+}
+
+
 def _train_config(**values: Any) -> TrainConfig:
-    try:
-        return TrainConfig(**values)
-    except ValueError as exc:
-        raise ValueError(
-            "local training: FEDAVG_LR must be > 0, FEDAVG_BATCH_SIZE >= 1 (at most 65536), "
-            f"FEDAVG_LOCAL_EPOCHS >= 1 (at most 1000), FEDAVG_MAX_BATCHES >= 1 ({exc})"
-        ) from exc
+    """TrainConfig owns the bounds; each value is tried alone first, so the error names the
+    one variable that breaks them."""
+    for name, value in values.items():
+        try:
+            TrainConfig(**{name: value})
+        except ValueError as exc:
+            raise ValueError(f"{TRAIN_VARIABLES[name]}={value!r}: {exc}") from None
+    return TrainConfig(**values)
 
 
 SERVER_OPT_VARIABLES = {
@@ -427,14 +459,12 @@ SERVER_OPT_VARIABLES = {
 def _server_opt(env: Mapping[str, str]) -> dict[str, Any]:
     """FEDAVG_STRATEGY and its FEDAVG_SERVER_LR / FEDAVG_SERVER_MOMENTUM; Flower's defaults
     for the rest (a job may choose its own)."""
-    name = env.get("FEDAVG_STRATEGY", "none")
+    name = env.get("FEDAVG_STRATEGY") or "none"
     hyper = {}
     for field_name, variable in SERVER_OPT_VARIABLES.items():
-        if env.get(variable):
-            try:
-                hyper[field_name] = float(env[variable])
-            except ValueError:
-                raise ValueError(f"{variable}={env[variable]!r} is not a number") from None
+        value = env_values.optional_number(env, variable)
+        if value is not None:
+            hyper[field_name] = value
     try:
         return dict(make_server_optimizer(name, {}, **hyper).config)
     except ValueError as exc:
@@ -450,19 +480,8 @@ def _partition(value: str) -> Partition:
         raise ValueError(f"FEDAVG_PARTITION: {exc.reason}") from None
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None
-
-
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
-
-
-def _whole(value: str, name: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a whole number") from None
 
 
 def _auto_int(value: str, name: str) -> int:
@@ -494,18 +513,3 @@ def origin_key(origin: str) -> tuple[str, str, int] | None:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         return None
     return scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme]
-
-
-def _bool(value: str, name: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={value!r} is not a boolean (true/false)")
-
-
-def _choice(value: str, choices: tuple[str, ...], name: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} must be one of {', '.join(choices)}")
-    return value

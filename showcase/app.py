@@ -20,7 +20,7 @@ from typing import Literal
 import panel as pn
 import structlog
 
-from showcase import render
+from showcase import layout, render
 from showcase.components import DrawCanvas, ModelUpload
 from showcase.errors import InvalidModelError, ShowcaseError, SourceError
 from showcase.models import (
@@ -51,8 +51,15 @@ IMAGE_HINT = "Upload a PNG or JPEG: the model sees it centre-cropped and resized
 class ShowcaseApp:
     """One session's page and state."""
 
-    def __init__(self, source: ModelSource, cache: ModelCache, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        cache: ModelCache,
+        max_upload_bytes: int,
+        dashboard_url: str | None = None,
+    ) -> None:
         self.source = source
+        self.dashboard_url = dashboard_url
         self.cache = cache
         self.max_upload_bytes = max_upload_bytes
         self.model: LoadedModel | None = None
@@ -63,30 +70,50 @@ class ShowcaseApp:
         self._last_error: str | None = None
         self._uploads: dict[str, tuple[ModelInfo, LoadedModel]] = {}
 
-        self.canvas = DrawCanvas(width=290, height=290)
+        self.canvas = DrawCanvas(width=290, height=290, margin=(5, 10))
         self.clear_button = pn.widgets.Button(label="Clear", width=90)
         self.predict_button = pn.widgets.Button(label="Predict", color="primary", width=90)
-        self.image_input = pn.widgets.FileInput(accept=ACCEPT, multiple=False, width=290)
-        self.picker = pn.widgets.Select(label="Model", options={}, width=380)
-        self.upload = ModelUpload(max_bytes=max_upload_bytes, width=380, height=50)
-        self.model_status = pn.pane.Alert("", alert_type="info", visible=False, width=380)
-        self.details = pn.pane.HTML("", stylesheets=[CSS], width=380)
-        self.unservable = pn.pane.HTML("", stylesheets=[CSS], width=380)
+        self.image_input = pn.widgets.FileInput(
+            accept=ACCEPT, multiple=False, width=290, stylesheets=[layout.FILE_INPUT_CSS]
+        )
+        wide = {"sizing_mode": "stretch_width"}  # as wide as the model card
+        self.picker = pn.widgets.Select(label="Model", options={}, **wide)
+        self.upload = ModelUpload(
+            max_bytes=max_upload_bytes,
+            height=70,
+            margin=(5, 10),
+            stylesheets=[layout.FILE_INPUT_CSS],
+            **wide,
+        )
+        self.model_status = pn.pane.Alert(
+            "", alert_type="info", visible=False, stylesheets=[layout.ALERT_CSS], **wide
+        )
+        self.details = pn.pane.HTML("", stylesheets=[CSS], **wide)
+        self.unservable = pn.pane.HTML("", stylesheets=[CSS], **wide)
         self.result = pn.pane.HTML(hint(HINT), stylesheets=[CSS], width=320, min_height=80)
         self.bars = pn.pane.HTML("", stylesheets=[CSS], width=320)
         self.seen = pn.pane.HTML("", stylesheets=[CSS], width=320)
-        self.drawing = pn.Column(
-            pn.pane.Markdown("## Draw a digit", margin=(0, 10)),
+        self.drawing, self.imaging = self._input_cards()
+        self._watch()
+
+    def _input_cards(self) -> tuple[pn.Column, pn.Column]:
+        """The first column: the canvas, or the image upload (shown for an image model)."""
+        drawing = layout.card(
+            "draw",
+            layout.heading("Draw a digit"),
             self.canvas,
             pn.Row(self.clear_button, self.predict_button),
         )
-        self.imaging = pn.Column(
-            pn.pane.Markdown("## Upload an image", margin=(0, 10)),
+        imaging = layout.card(
+            "draw",
+            layout.heading("Upload an image"),
             pn.pane.HTML(render.help_text(IMAGE_HINT), stylesheets=[CSS], width=290),
             self.image_input,
             visible=False,
         )
+        return drawing, imaging
 
+    def _watch(self) -> None:
         self.canvas.param.watch(lambda _: self.predict(), "value")
         self.clear_button.on_click(lambda _: self.clear())
         self.predict_button.on_click(lambda _: self.predict(on_demand=True))
@@ -97,21 +124,20 @@ class ShowcaseApp:
     # --- layout ---------------------------------------------------------------------------
 
     def view(self) -> pn.viewable.Viewable:
-        answer = pn.Column(
-            pn.pane.Markdown("## The model thinks", margin=(0, 10)),
-            self.result,
-            self.bars,
-            self.seen,
+        answer = layout.card(
+            "answer", layout.heading("The model thinks"), self.result, self.bars, self.seen
         )
-        model = pn.Column(
-            pn.pane.Markdown("## Model", margin=(0, 10)),
+        model = layout.card(
+            "model",
+            layout.heading("Model"),
             self.picker,
             self.details,
             self.upload,
             self.model_status,
             self.unservable,
         )
-        return pn.FlexBox(self.drawing, self.imaging, answer, model, gap="24px", margin=10)
+        title = layout.title_bar(self.source.description, self.dashboard_url)
+        return layout.page(title, self.drawing, self.imaging, answer, model)
 
     # --- models ---------------------------------------------------------------------------
 
@@ -316,7 +342,9 @@ def _b64decode(text: str) -> bytes:
 
 def create_page(settings: Settings, source: ModelSource, cache: ModelCache) -> pn.viewable.Viewable:
     """A fresh page for one browser session, refreshing its model list in the background."""
-    app = ShowcaseApp(source, cache, settings.max_upload_bytes)
+    # An orchestrator's models: its dashboard is the same address.
+    dashboard = settings.orchestrator_urls[0] if settings.orchestrator_urls else None
+    app = ShowcaseApp(source, cache, settings.max_upload_bytes, dashboard)
     app.refresh()
     if pn.state.curdoc is not None:
         # Panel awaits coroutine functions; its annotation only names plain callables.

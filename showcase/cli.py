@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,12 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
     parser.add_argument("--port", type=int, help="port to listen on (SHOWCASE_PORT; 7860)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
+        "--home",
+        type=Path,
+        help="data directory (FEDAVG_HOME): serve the models in <home>/models, as the "
+        "server saves them there",
+    )
+    where.add_argument(
         "--models-dir",
         type=Path,
         help="folder of saved .safetensors models (FEDAVG_MODELS_DIR; <FEDAVG_HOME>/models)",
@@ -47,16 +55,20 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Settings:
         help="another host:port browsers may use to reach the app (SHOWCASE_ALLOW_ORIGIN)",
     )
     args = parser.parse_args(argv)
+    if args.home is not None:
+        env = {**env, "FEDAVG_HOME": str(args.home)}
     try:
-        return Settings.from_env(env).with_overrides(
+        settings = Settings.from_env(env)
+        return settings.with_overrides(
             host=args.host,
             port=args.port,
-            models_dir=args.models_dir,
+            models_dir=settings.models_dir if args.home is not None else args.models_dir,
             orchestrator=args.orchestrator,
             allow_origins=tuple(args.allow_origin),
         )
-    except SettingsError as exc:
-        parser.error(str(exc))
+    except SettingsError as exc:  # one line, as the server and nodes say it
+        print(f"fedavg-showcase: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
 
 
 def build_source(settings: Settings) -> ModelSource:
@@ -87,22 +99,39 @@ def serve(
     def page() -> Any:  # Panel serves a plain function as "/" (a partial would be shown as text)
         return create_page(settings, source, cache)
 
-    return pn.serve(  # type: ignore[no-untyped-call]
-        page,
-        port=settings.port,
-        address=settings.host,
-        websocket_origin=settings.websocket_origins,
-        websocket_max_message_size=settings.websocket_max_message_bytes,
-        show=False,
-        threaded=threaded,
-        title="fedavg · try the model",
-    )
+    try:
+        return pn.serve(  # type: ignore[no-untyped-call]
+            page,
+            port=settings.port,
+            address=settings.host,
+            websocket_origin=settings.websocket_origins,
+            websocket_max_message_size=settings.websocket_max_message_bytes,
+            show=False,
+            threaded=threaded,
+            title="fedavg · try the model",
+        )
+    except OSError as exc:  # binding the port: anything else is a bug, with its traceback
+        if exc.errno == errno.EADDRINUSE:
+            raise SettingsError(
+                f"port {settings.port} is in use on {settings.host}: choose another with "
+                "--port N (SHOWCASE_PORT), or stop the program that holds it"
+            ) from exc
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+            raise SettingsError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
+                "(check --host/SHOWCASE_HOST and --port/SHOWCASE_PORT)"
+            ) from exc
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_args(argv, os.environ)
     configure_logging(settings.log_format)
-    serve(settings)
+    try:
+        serve(settings)
+    except SettingsError as exc:
+        print(f"fedavg-showcase: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
 
 
 if __name__ == "__main__":

@@ -87,10 +87,30 @@ class ModelInfo:
     def test_accuracy(self) -> float | None:
         return _fraction_or_none(self.extra.get("test_accuracy"))
 
+    @property
+    def kind(self) -> str | None:
+        """``final`` (the last round's model) or ``best (round r)`` (the best round's by the
+        job's metric), as the metadata says; None for a file that does not say."""
+        kind = self.extra.get("kind")
+        if kind == "best":
+            best_round = _int_or_none(self.extra.get("best_round"))
+            return "best" if best_round is None else f"best (round {best_round})"
+        return "final" if kind == "final" else None
+
     def label(self) -> str:
-        """One line for the picker: date, dataset, arch, input, rounds, nodes, accuracy."""
+        """One line for the picker, what tells models apart first, since a narrow picker
+        cuts the end off: date (or file name), accuracy, kind, then dataset, arch, input,
+        rounds and nodes."""
         dated = self.created is not None and self.problem is None
         parts = [self.created.strftime("%Y-%m-%d %H:%M") if dated and self.created else self.name]
+        if self.origin == "upload":
+            parts.insert(0, "uploaded")
+        if self.problem is not None:
+            parts.append("cannot serve")
+        if self.test_accuracy is not None:
+            parts.append(f"acc {self.test_accuracy:.1%}")
+        if self.kind is not None:
+            parts.append(self.kind)
         parts.append(self.dataset)
         if self.meta is not None:
             parts += [self.meta.spec.arch, shape_text(self.meta.spec)]
@@ -98,19 +118,15 @@ class ModelInfo:
             parts.append(f"{self.rounds} rounds")
         if self.nodes is not None:
             parts.append(f"{self.nodes} nodes")
-        if self.test_accuracy is not None:
-            parts.append(f"acc {self.test_accuracy:.1%}")
-        if self.origin == "upload":
-            parts.insert(0, "uploaded")
-        if self.problem is not None:
-            parts.append("cannot serve")
         return " · ".join(parts)
 
     def details(self) -> dict[str, str]:
         """The metadata a person cares about, formatted for display."""
         spec = self.meta.spec if self.meta is not None else None
-        return {
-            "file": self.name,
+        details = {"file": self.name}
+        if self.kind is not None:  # files saved before models said which they are do not
+            details["kind"] = self.kind
+        details |= {
             "dataset": self.dataset,
             "rounds": "?" if self.rounds is None else str(self.rounds),
             "nodes": "?" if self.nodes is None else str(self.nodes),
@@ -121,6 +137,7 @@ class ModelInfo:
             "classes": "?" if spec is None else _classes_text(spec, self.extra),
             "size": f"{self.size / 1024:.0f} KiB",
         }
+        return details
 
 
 def describe_arch(spec: ModelSpec) -> str:

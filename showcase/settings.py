@@ -26,13 +26,14 @@ def default_models_dir(env: Mapping[str, str]) -> Path:
     return fedavg_home(env) / "models"
 
 
-def parse_urls(text: str) -> tuple[str, ...]:
-    """A comma-separated list of orchestrator base URLs, each checked to be http(s)."""
+def parse_urls(text: str, source: str = "ORCHESTRATOR_URL") -> tuple[str, ...]:
+    """A comma-separated list of orchestrator base URLs, each checked to be http(s);
+    ``source`` (the variable or flag) is named when one is not."""
     urls = tuple(u.strip().rstrip("/") for u in text.split(",") if u.strip())
     for url in urls:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise SettingsError(f"orchestrator URL {url!r} must look like http://host:port")
+            raise SettingsError(f"{source}: {url!r} must look like http://host:port")
     return urls
 
 
@@ -119,12 +120,12 @@ class Settings:
         if host is not None:
             changes["host"] = host
         if port is not None:
-            changes["port"] = port
+            changes["port"] = _port(str(port), "--port")
         if models_dir is not None:
             changes["models_dir"] = models_dir.expanduser()
             changes["orchestrator_urls"] = ()
         if orchestrator is not None:
-            urls = parse_urls(orchestrator)
+            urls = parse_urls(orchestrator, "--orchestrator")
             if not urls:
                 raise SettingsError("--orchestrator needs a URL")
             changes["orchestrator_urls"] = urls

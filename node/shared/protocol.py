@@ -25,6 +25,7 @@ FLOAT_MAX = 1.7976931348623157e308  # sys.float_info.max
 MAX_FRAME_BYTES = 64 * 1024
 MAX_TEXT = 4096
 MIN_SECRET, MAX_SECRET = 16, 256  # a node's id secret: 32 random bytes, urlsafe, is 43
+MAX_LOCAL_EPOCHS = 1000  # TrainConfig.local_epochs and Progress.epochs
 MAX_PROXIMAL_MU = 1e4  # FedProx's mu: the paper tries 0.001..1; far above is a typo
 ID_TAKEN = "id_taken"  # Error.code answering a hello whose secret is not its id's
 
@@ -57,8 +58,8 @@ class TrainConfig:
             problems.append("lr must be a positive finite number")
         if not 1 <= self.batch_size <= 1 << 16:
             problems.append("batch_size must be 1..65536")
-        if not 1 <= self.local_epochs <= 1000:
-            problems.append("local_epochs must be 1..1000")
+        if not 1 <= self.local_epochs <= MAX_LOCAL_EPOCHS:
+            problems.append(f"local_epochs must be 1..{MAX_LOCAL_EPOCHS}")
         if self.max_batches is not None and self.max_batches < 1:
             problems.append("max_batches must be >= 1")
         if self.validation_split is not None and not 0 <= self.validation_split < 1:
@@ -100,6 +101,14 @@ class Progress:
     batch: int
     batches: int
     loss: float | None
+    # Which local epoch the batch is in, 1-based; a node from before epochs were reported
+    # sends neither, and that reads as the one epoch.
+    epoch: int = 1
+    epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.epoch <= self.epochs <= MAX_LOCAL_EPOCHS:
+            raise ValueError(f"epoch must be within 1..epochs, and epochs 1..{MAX_LOCAL_EPOCHS}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,24 @@
 """What every part of the dataset package shares: its errors, the splits a source yields, and
-the one stratified split (MNIST's offline subset, imports)."""
+the one stratified split (MNIST's offline subset, imports), which lives in ``node.shared``
+because nodes split their own data with it too."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from node.shared.errors import DataError, FedavgError
+from node.shared.splits import stratified_split
+
+__all__ = [
+    "DatasetError",
+    "DatasetExists",
+    "OutsideImportRoots",
+    "Splits",
+    "UnknownDataset",
+    "stratified_split",
+]
 
 
 class DatasetError(FedavgError):
@@ -37,26 +47,3 @@ class Splits:
     test_y: torch.Tensor
     source: str
     source_detail: str
-
-
-def stratified_split(
-    y: torch.Tensor, num_classes: int, test_fraction: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of ``(train, test)``: per class, a seeded ``floor(n x test_fraction)`` of its
-    ``n`` samples go to test, at least one and at most ``n - 1`` when ``n >= 2`` (so such a
-    class is in both splits; a class of one sample stays in train). Each split is then
-    shuffled, so no class order leaks. The same ``y`` and seed always give the same split.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    train_parts, test_parts = [], []
-    for label in range(num_classes):
-        idx = (y == label).nonzero().flatten()
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        n = idx.numel()
-        n_test = min(max(math.floor(n * test_fraction), 1), n - 1) if n >= 2 else 0
-        test_parts.append(idx[:n_test])
-        train_parts.append(idx[n_test:])
-    train, test = torch.cat(train_parts), torch.cat(test_parts)
-    train = train[torch.randperm(train.numel(), generator=gen)]
-    test = test[torch.randperm(test.numel(), generator=gen)]
-    return train, test

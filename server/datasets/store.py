@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ import structlog
 import torch
 
 from node.shared.atomic import atomic_write_bytes
+from node.shared.local_data import DATASET_NAME_RE
 from node.shared.shards import ShardError, decode_xy, encode_xy
 from node.shared.weights import sha256_hex
 from server.datasets.catalog import CATALOG, CatalogEntry
@@ -28,7 +28,7 @@ from server.datasets.progress import Progress, silent
 
 log = structlog.get_logger(__name__)
 
-DATASET_ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DATASET_ID_RE: Final = DATASET_NAME_RE  # the same names for server datasets and node data
 SPLITS: Final = ("train", "test")
 
 _T = TypeVar("_T")

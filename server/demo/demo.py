@@ -1,25 +1,32 @@
 """``fedavg-demo``: a whole federation on this machine — orchestrator, N nodes, MNIST, FedAvg.
 
-It starts the real programs as processes, prepares MNIST, trains, prints one line per
-round as it closes (pushed over the dashboard socket), and shows where the model was saved.
+It starts the real programs as processes, prepares MNIST, trains, and follows the job as
+``fedavg train`` does (``server.console.follow``: a line per closed round, pushed over the
+dashboard socket, and a live board of the nodes on a terminal), then shows where the model
+was saved.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import functools
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
 import aiohttp
+from rich.console import Console
 
 from node.shared.paths import cpu_count, fedavg_home
 from node.shared.protocol import WireDtype
+from server.console.errors import ConsoleError
+from server.console.follow import follow, print_line, receive_snapshot
+from server.console.views import NodeBoard
 from server.demo.local_cluster import ClusterError, LocalCluster, free_port, port_is_free
 
 
@@ -41,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=get_args(WireDtype),
         help="how weights travel: float32 (default), or bfloat16/float16 for half the bytes",
     )
+    # Slower rounds, so the dashboard's bars can be watched filling (the default round is
+    # well under a second here).
+    parser.add_argument("--batch-size", type=int, help="local batch size (default: the server's)")
+    parser.add_argument(
+        "--local-epochs", type=int, help="local epochs per round (default: the server's)"
+    )
     parser.add_argument(
         "--keep-running",
         action="store_true",
@@ -50,6 +63,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 1 <= args.nodes <= 64 or not 1 <= args.rounds <= 1000:
         parser.error("--nodes must be 1..64 and --epochs 1..1000")
     return args
+
+
+def job_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``POST /train/mnist`` body: the rounds, and the training settings asked for."""
+    train = {
+        name: getattr(args, name)
+        for name in ("batch_size", "local_epochs")
+        if getattr(args, name) is not None
+    }
+    return {"rounds": args.rounds, **({"train": train} if train else {})}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: _raise_interrupt())
     try:
         code = asyncio.run(_run(cluster, args, started))
-    except ClusterError as exc:
+    except (ClusterError, ConsoleError) as exc:
         print(f"\nfedavg-demo: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
@@ -76,12 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(code)
 
 
-def _raise_interrupt() -> None:
-    raise KeyboardInterrupt
-
-
-async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) -> int:
-    print(f"fedavg demo: {args.nodes} nodes, {args.rounds} rounds, data in {cluster.home}")
+async def _start_federation(
+    cluster: LocalCluster, args: argparse.Namespace, say: Callable[[str], None]
+) -> None:
+    """The orchestrator and the nodes up and connected, and MNIST prepared."""
     # Server and nodes start together (both import torch, which takes seconds); the nodes
     # retry every second until the server answers.
     cluster.start_server()
@@ -91,78 +112,53 @@ async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) 
             f"node-{i}", "--device", args.device, threads=threads, env={"FEDAVG_RECONNECT_MAX": "1"}
         )
     await asyncio.to_thread(cluster.wait_healthy)
-    print(f"orchestrator up at {cluster.url}  (dashboard: {cluster.url}/, logs: {cluster.log_dir})")
+    say(f"orchestrator up at {cluster.url}  (dashboard: {cluster.url}/, logs: {cluster.log_dir})")
     await asyncio.to_thread(cluster.wait_nodes, args.nodes)
-    print(f"{args.nodes} nodes connected ({threads} torch thread(s) each)")
+    say(f"{args.nodes} nodes connected ({threads} torch thread(s) each)")
     info = await asyncio.to_thread(cluster.request, "POST", "/datasets/prepare-mnist", 600.0)
-    print(
+    say(
         f"MNIST ready: {info['train_samples']} train / {info['test_samples']} test samples "
         f"from {info['source']}\n  ({info['source_detail']})"
     )
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+async def _run(cluster: LocalCluster, args: argparse.Namespace, started: float) -> int:
+    console = Console()
+    say = functools.partial(print_line, console)
+    say(f"fedavg demo: {args.nodes} nodes, {args.rounds} rounds, data in {cluster.home}")
+    await _start_federation(cluster, args, say)
     async with (
         aiohttp.ClientSession() as http,
-        http.ws_connect(cluster.url + "/ws/dashboard") as ws,
+        http.ws_connect(cluster.url + "/ws/dashboard", max_msg_size=16 << 20) as ws,
     ):
-        await ws.receive()  # the snapshot
-        job = await asyncio.to_thread(cluster.request, "POST", f"/train/mnist?epochs={args.rounds}")
-        print(f"job {job['job_id']} started\n")
-        print(
-            f"{'round':>5}  {'nodes':>5}  {'test acc':>8}  {'test loss':>9}  {'seconds':>7}  note"
-        )
-        result = await asyncio.wait_for(_follow(ws, job["job_id"]), args.timeout)
-    elapsed = time.monotonic() - started
-    if result["kind"] != "job_done":
-        print(f"\njob ended: {result['kind']} ({result['data'].get('error')})", file=sys.stderr)
+        snapshot = await receive_snapshot(ws)
+        job = await asyncio.to_thread(cluster.request, "POST", "/train/mnist", body=job_body(args))
+        startup = time.monotonic() - started
+        say(f"job {job['job_id']} started\n")
+        board = NodeBoard(job["job_id"], job["rounds"])
+        board.seed(snapshot.get("nodes", []))
+        ended = await asyncio.wait_for(follow(ws, board, console), args.timeout)
+    if ended["state"] != "completed":
+        print(f"\njob ended: {ended['state']} ({ended.get('error')})", file=sys.stderr)
         return 1
-    model = cluster.home / "models" / str(result["data"]["model_name"])
-    print(
-        f"\nfinal test accuracy {result['data']['final_accuracy']:.4f} after {args.rounds} rounds; "
-        f"wall time {elapsed:.1f} s"
+    status = await asyncio.to_thread(cluster.request, "GET", "/sync/status")
+    model = cluster.home / "models" / str(ended["model_name"])
+    say(f"\nfinal test accuracy {ended['final_accuracy']:.4f} after {args.rounds} rounds")
+    say(
+        f"start-up (processes, dataset) {startup:.1f} s · "
+        f"training (job start to model saved) {status['elapsed_s']:.1f} s"
     )
-    print(f"saved model: {model}")
+    say(f"saved model: {model}")
     showcase = Path(sys.executable).parent / "fedavg-showcase"  # the venv's, even off PATH
-    print(f"try it:      {showcase} --models-dir {model.parent}")
+    say(f"try it:      {showcase} --models-dir {model.parent}")
     if args.keep_running:
-        print(f"federation still running: dashboard {cluster.url}/  (stop with Ctrl-C)")
+        say(f"federation still running: dashboard {cluster.url}/  (stop with Ctrl-C)")
         await asyncio.Event().wait()
     return 0
-
-
-async def _follow(ws: aiohttp.ClientWebSocketResponse, job_id: str) -> dict[str, Any]:
-    """Print each closed round; return the job's final event."""
-    tty = sys.stdout.isatty()
-    async for msg in ws:
-        if msg.type is not aiohttp.WSMsgType.TEXT:
-            continue
-        event = json.loads(msg.data)
-        if event.get("run_id") != job_id:
-            continue
-        kind, data = event["kind"], event["data"]
-        if kind == "progress" and tty:
-            print(
-                f"\r  training round {data['round']}: {event['node_id']} batch "
-                f"{data['batch']}/{data['batches']} loss {data['loss']:.3f}   ",
-                end="",
-                flush=True,
-            )
-        elif kind == "round_closed":
-            note = (
-                "partial average (missing: " + ", ".join(data["missing"]) + ")"
-                if data["partial"]
-                else ""
-            )
-            row = (
-                f"{data['round']:>5}  {len(data['contributors']):>5}  "
-                f"{data['test_accuracy']:>8.4f}  {data['test_loss']:>9.4f}  "
-                f"{data['seconds']:>7.2f}  {note}"
-            )
-            print(
-                ("\r" if tty else "") + row,
-                flush=True,
-            )
-        elif kind in ("job_done", "job_failed", "job_stopped"):
-            return {"kind": kind, "data": data}
-    raise ClusterError("the orchestrator closed the dashboard socket before the job ended")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ class Job:
         self.finished = asyncio.Event()
         self.finished_at: float | None = None
         self._lock = asyncio.Lock()
-        self.participants = Participants(ctx.registry, job_id, self.shards, names, self.train_frame)
+        self.participants = _participants(self, names)
         self.names = self.participants.names
         self.files = WeightsFiles(ctx.runs_dir / job_id, job_id, spec, wire_layout, checkpoints)
         self.checkpoints = self.files.checkpoints  # the same dict: the files keep it current
@@ -126,7 +126,7 @@ class Job:
             if self.machine.finished:  # crashed after the last round, before the final model
                 state = await asyncio.to_thread(self.files.read, self.rounds)
                 self.final_accuracy = self.history[-1]["test_accuracy"]
-                self.model_name = await asyncio.to_thread(self.settler.write_final_model, state)
+                self.model_name = await asyncio.to_thread(self.settler.write_models, state)
                 self._finish("completed")
             else:
                 self._reference = await asyncio.to_thread(self.files.read, self.machine.last_closed)
@@ -143,44 +143,38 @@ class Job:
         await self.settler.wait_settled()
 
     async def stop(self, reason: str) -> None:
+        """Stop now: the nodes are told at once, and the rounds closed before the stop still
+        settle and are recorded before the run's end (under load an evaluation can take
+        minutes, and the nodes must not train on meanwhile)."""
         async with self._lock:
+            if self.finished.is_set():
+                return
+            self._release_nodes("stopped")
             await self.settler.wait_settled()
             if not self.finished.is_set():
                 self._finish("stopped", reason)
 
-    def _finish(self, status: str, error: str | None = None) -> None:
-        self.status, self.error = status, error
-        # The server keeps the last job for its views: not its accumulators, upload buffers
-        # and served bytes (a few hundred MiB for a big model). Later downloads read disk.
+    def _release_nodes(self, status: str) -> None:
+        """No more rounds: refuse and cut uploads, stop the deadline, send ``done`` (once)."""
         self.intake.end(status)
-        self.files.release()
-        self._reference = None
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
         model_url = f"/models/{self.model_name}" if self.model_name else ""
-        self.settler.record_end(status, error, self.model_name, self.final_accuracy)
         self.participants.send_done(Done(job_id=self.job_id, model_url=model_url, status=status))  # type: ignore[arg-type]
+
+    def _finish(self, status: str, error: str | None = None) -> None:
+        self.status, self.error = status, error
+        self._release_nodes(status)
+        # The server keeps the last job for its views: not its accumulators, upload buffers
+        # and served bytes (a few hundred MiB for a big model). Later downloads read disk.
+        self.files.release()
+        self._reference = None
+        self.settler.record_end(status, error, self.model_name, self.final_accuracy)
         self.finished_at = self.ctx.clock()
         self.finished.set()
         self._log.info("job_finished", status=status, error=error, model=self.model_name)
 
     # -- nodes ---------------------------------------------------------------------------------
-
-    def train_frame(self, node_id: str) -> Train:
-        shard = self.shards[node_id]
-        latest = self.checkpoints[max(self.checkpoints)]
-        return Train(
-            job_id=self.job_id,
-            dataset=self.dataset.dataset_id,
-            shard_url=f"/shards/{self.job_id}/{node_id}",
-            shard_sha256=shard.sha256,
-            model_spec=self.spec,
-            config=self.config,
-            rounds=self.rounds,
-            round=latest.round + 1,
-            weights_url=weights_url(self.job_id, latest.round),
-            weights_sha256=latest.sha256,
-        )
 
     def node_rejoined(self, node_id: str) -> None:
         """A participant came back: hand it the newest weights so it trains the open round.
@@ -320,7 +314,7 @@ class Job:
             self.final_accuracy = accuracy
             # From the float32 average, whatever the wire dtype of the published file.
             final = published.state if refused else self.intake.final_average()
-            self.model_name = await asyncio.to_thread(self.settler.write_final_model, final)
+            self.model_name = await asyncio.to_thread(self.settler.write_models, final)
             failpoints.reach("final_model.before_commit")
             self._finish("completed")
 
@@ -331,6 +325,24 @@ class Job:
 
     def view(self) -> dict[str, Any]:
         return _view(self)
+
+
+def _train_frame(job: Job, node_id: str) -> Train:
+    """The ``train`` frame that sends ``node_id`` into the open round, from the newest weights."""
+    shard = job.shards[node_id]
+    latest = job.checkpoints[max(job.checkpoints)]
+    return Train(
+        job_id=job.job_id,
+        dataset=job.dataset.dataset_id,
+        shard_url=f"/shards/{job.job_id}/{node_id}",
+        shard_sha256=shard.sha256,
+        model_spec=job.spec,
+        config=job.config,
+        rounds=job.rounds,
+        round=latest.round + 1,
+        weights_url=weights_url(job.job_id, latest.round),
+        weights_sha256=latest.sha256,
+    )
 
 
 def _view(job: Job) -> dict[str, Any]:
@@ -416,6 +428,11 @@ def _run_row(job: Job, initial: Checkpoint) -> dict[str, Any]:
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:
     return {f: getattr(config, f) for f in config.__dataclass_fields__}
+
+
+def _participants(job: Job, names: Mapping[str, str]) -> Participants:
+    frame_for = functools.partial(_train_frame, job)
+    return Participants(job.ctx.registry, job.job_id, job.shards, names, frame_for)
 
 
 def _intake(job: Job, layout: Layout, wire_layout: Layout) -> Intake:

@@ -29,6 +29,7 @@ class Participants:
         self._shards = shards
         self.names = dict(names)  # node names at the start: the registry forgets after a restart
         self._train_frame = train_frame
+        self.done: Done | None = None  # once sent, the job asks its nodes for nothing more
 
     def connected(self) -> list[NodeSession]:
         return [s for s in self._registry.connected() if s.node_id in self._shards]
@@ -42,8 +43,11 @@ class Participants:
         return [self.names.get(n) or (nodes[n].name if n in nodes else n) for n in node_ids]
 
     def send_train(self, node_id: str) -> None:
+        """Send a node into the open round; once the job is done, tell it that instead."""
         session = self._registry.nodes.get(node_id)
-        if session is not None and session.connected:
+        if session is not None and session.connected and self.done is not None:
+            session.send(self.done)  # it came back while a stopped job's rounds settle
+        elif session is not None and session.connected:
             frame = self._train_frame(node_id)
             session.send(frame)
             session.job_id, session.state = self._job_id, "training"
@@ -53,6 +57,8 @@ class Participants:
 
     def push_ready(self, ready: WeightsReady, not_waited_for: Collection[str]) -> None:
         """Tell every connected participant the next round's weights are out."""
+        if self.done is not None:
+            return
         for session in self.connected():  # all expected: opened just now
             if session.job_id == self._job_id:
                 session.send(ready)
@@ -63,6 +69,11 @@ class Participants:
                 self.send_train(session.node_id)
 
     def send_done(self, done: Done) -> None:
+        """Tell the connected participants the job is over (once): they stop training, and
+        their progress frames still in flight no longer count (``training_round`` is None)."""
+        if self.done is not None:
+            return
+        self.done = done
         for session in self.connected():
             session.send(done)
             session.state, session.training_round = "idle", None

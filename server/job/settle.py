@@ -1,5 +1,5 @@
 """Settling closed rounds off the critical path: evaluation, checkpoint, row, ``round_closed``;
-then the run's end: the final model file, the run's row and event.
+then the run's end: the final and best model files, the run's row and event.
 
 A round's nodes start the next one as soon as its average is published; what follows it
 costs them nothing. Settling may lag up to :data:`SETTLE_BACKLOG` rounds behind (a close
@@ -32,6 +32,7 @@ from server import failpoints
 from server.core.evaluate import evaluate
 from server.core.rounds import RoundClosed
 from server.datasets import DatasetInfo
+from server.job.best import DEFAULT_BEST_METRIC, best_metadata, best_model_name, best_round
 from server.job.checkpoints import Published, WeightsFiles
 from server.job.context import JobContext
 from server.job.participants import Participants
@@ -216,30 +217,50 @@ class Settler:
             run_id=self._job_id,
         )
 
-    def write_final_model(self, state: Mapping[str, torch.Tensor]) -> str:
-        """Write the trained model (float32, its history in the metadata); its file name.
-        Blocking: call it in a thread."""
+    def write_models(self, final: Mapping[str, torch.Tensor]) -> str:
+        """Write the trained model and the best round's, by :data:`DEFAULT_BEST_METRIC`
+        (both float32, the history in their metadata); returns the final one's file name.
+        The best is its round's checkpoint, read back and checked: nothing is kept per
+        round for it. Blocking: call it in a thread."""
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        best = best_round(self._history, DEFAULT_BEST_METRIC)
+        if best is not None:
+            round_ = int(best["round"])
+            extra = best_metadata(best, DEFAULT_BEST_METRIC)
+            state = self._files.read(round_)
+            self._write_model(best_model_name(self._job_id), state, round_, extra, created)
         last = self._history[-1]
+        extra = {"kind": "final", "test_accuracy": f"{last['test_accuracy']:.6f}"}
+        extra["test_loss"] = f"{last['test_loss']:.6f}"
+        name = f"{self._job_id}.safetensors"
+        # The final model last: a run's row names it once the job is recorded as completed.
+        crash_here = functools.partial(failpoints.reach, "final_model.before_rename")
+        self._write_model(name, final, self._rounds, extra, created, crash_here)
+        return name
+
+    def _write_model(
+        self,
+        name: str,
+        state: Mapping[str, torch.Tensor],
+        round_: int,
+        extra: Mapping[str, str],
+        created: str,
+        before_rename: Callable[[], None] | None = None,
+    ) -> None:
         extra = {
-            "kind": "final",
+            **extra,
             "dataset": self._dataset.dataset_id,
             "dataset_source": self._dataset.source,
             "class_names": json.dumps(list(self._dataset.class_names)),
             "rounds": str(self._rounds),
             "contributors": json.dumps([h["contributors"] for h in self._history]),
-            "test_accuracy": f"{last['test_accuracy']:.6f}",
-            "test_loss": f"{last['test_loss']:.6f}",
             "run_id": self._job_id,
             "aggregation": self._ctx.aggregation,
             "server_opt": json.dumps(dict(self._ctx.server_opt)),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": created,
         }
         data = encode_weights(
             {k: v.float() for k, v in state.items()},  # a checkpoint may be in a half type
-            WeightsMeta(spec=self._spec, round=self._rounds, job_id=self._job_id, extra=extra),
+            WeightsMeta(spec=self._spec, round=round_, job_id=self._job_id, extra=extra),
         )
-        name = f"{self._job_id}.safetensors"
-        atomic_write_bytes(
-            self._ctx.models_dir / name, data, lambda: failpoints.reach("final_model.before_rename")
-        )
-        return name
+        atomic_write_bytes(self._ctx.models_dir / name, data, before_rename)

@@ -28,7 +28,7 @@ from server import jsonsafe
 from server.core.job_request import train_view
 from server.core.partition import PartitionError, parse_partition
 from server.datasets import CATALOG, DatasetError, DatasetInfo, ImportRequest, UnknownDataset
-from server.errors import ApiError, BadRequest, ErrorCode, NotFound, http_status
+from server.errors import ApiError, BadRequest, Conflict, ErrorCode, NotFound, http_status
 from server.federation import Federation
 from server.settings import Settings
 from server.store import Store
@@ -327,8 +327,14 @@ async def _prepared(preparing: Awaitable[DatasetInfo]) -> web.Response:
 
 
 async def prepare_shards(request: web.Request) -> web.Response:
+    """A shard plan without training; 409 while a job runs, whose nodes train theirs."""
     require_admin(request, request.app[SETTINGS])
     fed = _fed(request)
+    if fed.job is not None and not fed.job.finished.is_set():
+        raise Conflict(
+            f"job {fed.job.job_id} is running: shards cannot be planned while it trains; "
+            "stop it first (POST /jobs/stop) or wait until it ends"
+        )
     try:
         partition = parse_partition(request.query.get("partition", str(fed.settings.partition)))
     except PartitionError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import weakref
@@ -40,8 +41,13 @@ CLOSE_TIMEOUT_S = 5.0
 async def node_socket(request: web.Request) -> web.WebSocketResponse:
     fed = request.app[FEDERATION]
     check_node_join(request, fed.settings)
+    # Pings and pongs come to the read loop (autoping off), so the heartbeat's pongs say the
+    # node is alive (last_seen) and pings count against the frame budget like any frame.
     ws = web.WebSocketResponse(
-        heartbeat=fed.settings.heartbeat_s, max_msg_size=MAX_FRAME_BYTES, timeout=CLOSE_TIMEOUT_S
+        heartbeat=fed.settings.heartbeat_s,
+        autoping=False,
+        max_msg_size=MAX_FRAME_BYTES,
+        timeout=CLOSE_TIMEOUT_S,
     )
     await ws.prepare(request)
     request.app[OPEN_SOCKETS].add(ws)
@@ -73,7 +79,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
 async def _receive_hello(ws: web.WebSocketResponse) -> Hello | None:
     """The node's first frame, its hello; None when it sent none (answered, then closed)."""
     try:
-        msg = await asyncio.wait_for(ws.receive(), HELLO_TIMEOUT_S)
+        msg = await asyncio.wait_for(_first_message(ws), HELLO_TIMEOUT_S)
         if msg.type is not WSMsgType.TEXT:
             raise ProtocolError("the first frame must be a 'hello' text frame")
         return decode_as(msg.data, Hello)
@@ -83,6 +89,21 @@ async def _receive_hello(ws: web.WebSocketResponse) -> Hello | None:
             await ws.send_str(json.dumps({"type": "error", "code": "protocol", "message": reason}))
             await ws.close(code=WSCloseCode.POLICY_VIOLATION)
         return None
+
+
+async def _first_message(ws: web.WebSocketResponse) -> WSMessage:
+    """The first message that is not a heartbeat's ping or pong (pings are answered)."""
+    while True:
+        msg = await ws.receive()
+        if msg.type is WSMsgType.PING:
+            await _pong(ws, msg)
+        elif msg.type is not WSMsgType.PONG:
+            return msg
+
+
+async def _pong(ws: web.WebSocketResponse, ping: WSMessage) -> None:
+    with contextlib.suppress(ConnectionError):  # closing: the read loop ends next
+        await ws.pong(ping.data)
 
 
 async def _read_frames(ws: web.WebSocketResponse, fed: Federation, session: NodeSession) -> str:
@@ -95,6 +116,12 @@ async def _read_frames(ws: web.WebSocketResponse, fed: Federation, session: Node
             if _cut_if_flooding(fed, session, budget):
                 reason = "flooding"
                 break
+            continue
+        session.last_seen = fed.clock()  # any frame, a heartbeat's pong too
+        if msg.type is WSMsgType.PING:
+            await _pong(ws, msg)
+            continue
+        if msg.type is WSMsgType.PONG:
             continue
         ended = _apply_frame(fed, session, msg)
         if ended is not None:

@@ -1,6 +1,8 @@
 // The three charts, drawn by uPlot (static/vendor/uPlot.iife.min.js, a global `uPlot`).
-// Redraws are throttled: events only mark a chart dirty, and at most one redraw per chart
-// happens every REDRAW_MS, so a burst of progress frames costs one setData.
+// Accuracy and loss change once a round: they redraw at once, in the same task as the run
+// panel's cards, so a chart never shows an older round than the card beside it. The node-loss
+// chart follows every progress frame: its redraws are throttled (at most one every
+// REDRAW_MS), so a burst of frames costs one setData.
 
 import { num, pct, setText } from "./dom.js";
 
@@ -28,10 +30,16 @@ export class Charts {
     for (const box of Object.values(this.boxes)) this.observer.observe(box);
   }
 
-  /** Mark charts for a redraw ("global" = accuracy and loss, "nodes" = per-node loss). */
+  /** Redraw charts: "global" (accuracy and loss) now, "nodes" (per-node loss) throttled. */
   invalidate(...which) {
     for (const name of which) this.dirty.add(name);
-    if (this.timer === null) this.timer = setTimeout(() => this.flush(), this.plots.accuracy ? REDRAW_MS : 0);
+    if (this.dirty.has("global") && typeof globalThis.uPlot === "function") {
+      this.dirty.delete("global");
+      this.drawGlobal();
+    }
+    if (this.dirty.size && this.timer === null) {
+      this.timer = setTimeout(() => this.flush(), this.plots.nodes ? REDRAW_MS : 0);
+    }
   }
 
   flush() {

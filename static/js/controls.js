@@ -9,7 +9,7 @@
 
 import { adminToken, api } from "./api.js";
 import { DatasetPicker } from "./datasets.js";
-import { byId, int, shape, setText } from "./dom.js";
+import { byId, int, pct, shape, setText } from "./dom.js";
 
 export class Controls {
   /**
@@ -79,6 +79,21 @@ export class Controls {
     setText(this.el.message, text);
     this.el.message.className = `message message-${tone}`;
     this.el.message.dataset.tone = tone;
+  }
+
+  /** The job ended (on any page's or client's word): its end replaces "Job … started". An
+   * action under way keeps the line; its own answer comes next. */
+  jobEnded(run) {
+    if (this.busy) return;
+    const job = run.run_id ? `Job ${run.run_id}` : "The job";
+    if (run.state === "completed") {
+      const accuracy = typeof run.final_accuracy === "number" ? `: final test accuracy ${pct(run.final_accuracy, 2)}` : "";
+      this.say("ok", `${job} completed${accuracy}.`);
+    } else if (run.state === "failed") {
+      this.say("error", `${job} failed: ${run.error ?? "unknown error"}`);
+    } else {
+      this.say("info", run.error ? `${job} ${run.state}: ${run.error}` : `${job} ${run.state}.`);
+    }
   }
 
   /** Buttons follow the run and the picker: start while nothing runs, stop while something does. */

@@ -25,6 +25,9 @@ const views = {
   controls: new Controls(state, document.body.dataset.adminTokenRequired === "true"),
 };
 const conn = byId("conn");
+const ENDS = new Set(["job_done", "job_failed", "job_stopped"]);
+// The page's model and views, for a test (or a curious person) to read what is drawn.
+window.__dashboard = { state, views };
 
 function onSnapshot(msg) {
   state.loadSnapshot(msg);
@@ -75,12 +78,6 @@ function loadDatasets() {
     });
 }
 
-/** job_started does not carry the model and training settings: the status view does. */
-async function loadJobDetails(runId) {
-  const status = await api("GET", "/sync/status").catch(() => null);
-  if (status?.run_id === runId && state.loadJobDetails(status)) views.run.render();
-}
-
 function onEvent(ev) {
   const changed = state.apply(ev);
   if (changed.timeline) views.timeline.prepend(ev);
@@ -92,10 +89,8 @@ function onEvent(ev) {
   }
   if (changed.charts) views.charts.invalidate("global");
   if (changed.nodeChart) views.charts.invalidate("nodes");
-  if (ev.kind === "job_started") {
-    views.charts.reset();
-    loadJobDetails(state.run.run_id);
-  }
+  if (ev.kind === "job_started") views.charts.reset();
+  if (ENDS.has(ev.kind)) views.controls.jobEnded(state.run);
   if (changed.models) views.models.refresh();
   if (changed.preparing) views.controls.renderProgress();
   if (changed.datasets) loadDatasets();

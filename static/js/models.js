@@ -40,7 +40,10 @@ export class ModelList {
     const when = Number.isNaN(created.getTime())
       ? String(model.created ?? "")
       : created.toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "short" });
+    // A job saves its final model and its best round's (GET /models' kind and best_round).
+    const kind = model.kind === "best" ? `best (round ${model.best_round ?? "?"})` : model.kind;
     const facts = [
+      typeof kind === "string" ? kind : null,
       meta.dataset ? `${meta.dataset}${meta.dataset_source ? ` (${meta.dataset_source})` : ""}` : null,
       meta.rounds ? `${meta.rounds} rounds` : null,
       meta.aggregation ? `${meta.aggregation} averaging` : null,

@@ -1,6 +1,7 @@
 // The node table: one row per node, kept by node id. A progress event updates the cells of
 // its own row only; the whole table is re-synced only when nodes join, leave or change state.
-// The Shard cell holds the shard's size and its label distribution bar (labels.js).
+// The Shard cell holds the shard's size and its label distribution bar (labels.js); the
+// progress cell says which local epoch the bar is on when a round has several.
 
 import { ago, byId, h, int, num, pct, setText } from "./dom.js";
 import { LabelBar } from "./labels.js";
@@ -71,6 +72,7 @@ export class NodeTable {
       round: h("td", { class: "num" }),
       bar: h("progress", { max: "1", value: "0", "aria-label": `${node.name} local epoch` }),
       batch: h("span", { class: "bar-label" }),
+      epoch: h("span", { class: "epoch-label", hidden: true }),
       loss: h("td", { class: "num" }),
       val: h("td", { class: "num" }),
       seen: h("td", { class: "seen" }),
@@ -84,7 +86,7 @@ export class NodeTable {
       h("td", { class: "num col-shard" }, cells.shard, cells.labels.el),
       h("td", { class: "col-state" }, cells.badge, cells.missed),
       cells.round,
-      h("td", { class: "col-progress" }, h("div", { class: "bar" }, cells.bar, cells.batch)),
+      h("td", { class: "col-progress" }, h("div", { class: "bar" }, cells.epoch, cells.bar, cells.batch)),
       cells.loss,
       cells.val,
       cells.seen,
@@ -116,6 +118,11 @@ export class NodeTable {
     if (cells.bar.max !== Math.max(batches, 1)) cells.bar.max = Math.max(batches, 1);
     if (cells.bar.value !== batch) cells.bar.value = batch;
     setText(cells.batch, batches ? `${batch} / ${batches}` : "—");
+    // Several local epochs: the bar restarts each epoch, so say which one it is on. A server
+    // that does not report epochs shows nothing here.
+    const epochs = node.epochs > 1 && node.epoch >= 1 ? node.epochs : 0;
+    setText(cells.epoch, epochs ? `epoch ${Math.min(node.epoch, epochs)}/${epochs}` : "");
+    cells.epoch.hidden = !epochs;
     setText(cells.loss, num(node.loss));
     setText(cells.val, pct(node.val_accuracy));
     setText(cells.seen, ago(node.last_seen, this.state.now()));

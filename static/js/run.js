@@ -1,6 +1,7 @@
 // The run panel: dataset, model (arch, input shape, local training), the job's label
-// partition, round r of E, state, time in round, the straggler deadline counting down,
-// partial rounds and accuracy. `tick` refreshes the two clocks each second.
+// partition, its strategy (server optimizer, FedProx, averaging), round r of E, state, time
+// in round, the straggler deadline counting down, partial rounds and accuracy. `tick`
+// refreshes the two clocks each second.
 
 import { byId, duration, int, pct, setText, shape } from "./dom.js";
 
@@ -26,6 +27,35 @@ function trainText(train) {
   ].filter(Boolean).join(" · ");
 }
 
+const STRATEGIES = { none: "FedAvg", fedavgm: "FedAvgM", fedadagrad: "FedAdagrad", fedadam: "FedAdam", fedyogi: "FedYogi" };
+
+/** The job's strategy in a few words: the server optimizer (`server_opt`, "none" is FedAvg)
+ * with its learning rate (and FedAvgM's momentum), and FedProx's μ when the nodes use it,
+ * e.g. "FedAdam · server lr 0.01" or "FedProx μ 0.01". */
+function strategyText(serverOpt, train) {
+  const mu = train?.proximal_mu > 0 ? `FedProx μ ${train.proximal_mu}` : null;
+  const name = serverOpt?.strategy;
+  if (!name) return mu ?? "—"; // no job yet, or a server that does not say
+  if (name === "none") return mu ?? STRATEGIES.none;
+  return [
+    STRATEGIES[name] ?? name,
+    serverOpt.server_lr != null ? `server lr ${serverOpt.server_lr}` : null,
+    serverOpt.server_momentum != null ? `momentum ${serverOpt.server_momentum}` : null,
+    mu,
+  ].filter(Boolean).join(" · ");
+}
+
+/** Every hyper-parameter of the strategy, for the line's tooltip. */
+function strategyTitle(serverOpt, train) {
+  if (!serverOpt?.strategy) return "";
+  const { strategy, ...hyper } = serverOpt;
+  const optimizer = strategy === "none"
+    ? "server optimizer: none (FedAvg: the average is the next global model)"
+    : `server optimizer ${strategy}: ${Object.entries(hyper).map(([k, v]) => `${k} ${v}`).join(", ")}`;
+  const prox = train?.proximal_mu > 0 ? `; FedProx: proximal_mu ${train.proximal_mu}` : "; no proximal term";
+  return optimizer + prox;
+}
+
 /** What a partition means, for the line's tooltip. */
 function partitionTitle(partition) {
   const [kind, arg] = String(partition).split(":");
@@ -44,6 +74,7 @@ export class RunPanel {
       time: byId("run-time"), uploads: byId("run-uploads"), deadline: byId("run-deadline"), partial: byId("run-partial"),
       accuracy: byId("run-accuracy"), progress: byId("run-progress"), runId: byId("run-id"),
       model: byId("run-model"), modelSub: byId("run-model-sub"), partition: byId("run-partition"),
+      strategy: byId("run-strategy"), aggregation: byId("run-aggregation"),
     };
   }
 
@@ -62,6 +93,9 @@ export class RunPanel {
     setText(el.modelSub, trainText(run.train));
     setText(el.partition, run.partition ? `Partition ${run.partition}` : "");
     el.partition.title = run.partition ? partitionTitle(run.partition) : "";
+    setText(el.strategy, strategyText(run.server_opt, run.train));
+    el.strategy.title = strategyTitle(run.server_opt, run.train);
+    setText(el.aggregation, run.aggregation ? `${run.aggregation} averaging` : "");
     setText(el.round, run.rounds ? `${run.round || 0} of ${run.rounds}` : "—");
     setText(el.state, run.state ?? "idle");
     el.state.className = `badge run-${run.state ?? "idle"}`;
@@ -75,7 +109,6 @@ export class RunPanel {
     el.progress.value = history.length;
     const parts = [];
     if (run.run_id) parts.push(`run ${run.run_id}`);
-    if (run.aggregation) parts.push(`${run.aggregation} averaging`);
     if (run.error) parts.push(run.error);
     setText(el.runId, parts.join(" · "));
     this.tick();

@@ -19,7 +19,6 @@ export class DashboardState {
     this.dataset = null; // {dataset_id, source} of the last prepared dataset
     this.preparing = null; // {dataset, stage, done, total} of the preparation under way
     this.preparedAt = new Map(); // dataset id -> server time its last preparation ended
-    this.plan = null; // {dataset, partition} of the last shards_planned: the next job's
     this.history = []; // round_closed data, in round order
     this.nodes = new Map(); // node_id -> node view, as in GET /nodes, kept current by events
     this.nodeLoss = new Map(); // node_id -> [[x, loss], ...] with x = round - 1 + batch/batches
@@ -57,15 +56,6 @@ export class DashboardState {
     this.preparedAt.set(datasetId, this.now());
     if (this.preparing?.dataset !== datasetId) return false;
     this.preparing = null;
-    return true;
-  }
-
-  /** GET /sync/status after job_started, which does not carry the job's model and settings. */
-  loadJobDetails(status) {
-    if (!status || !status.run_id || status.run_id !== this.run.run_id) return false;
-    this.run.model = status.model;
-    this.run.train = status.train;
-    this.run.partition = status.partition;
     return true;
   }
 
@@ -161,6 +151,14 @@ function forgetOldOffline(state) {
   }
 }
 
+/** How far into its round a progress frame is, 0..1: batch i of n of epoch e of E (the
+ * bar restarts each epoch), or of the one epoch when the frame names none; null if unknown. */
+function roundShare({ batch, batches, epoch, epochs }) {
+  if (!(batches > 0)) return null;
+  const inEpoch = batch / batches;
+  return epochs > 1 && epoch >= 1 ? (Math.min(epoch, epochs) - 1 + inEpoch) / epochs : inEpoch;
+}
+
 function setDeadline(state, deadline, ts) {
   state.run.deadlineAt = typeof deadline === "number" ? state.now() + (deadline - ts) : null;
 }
@@ -179,9 +177,11 @@ const HANDLERS = {
     if (node) {
       Object.assign(node, {
         round: data.round, batch: data.batch, batches: data.batches, loss: data.loss, state: "training",
+        epoch: data.epoch, epochs: data.epochs, // absent from an older server's frames
       });
     }
-    if (data.batches > 0) state.addLossPoint(ev.node_id, data.round - 1 + data.batch / data.batches, data.loss);
+    const x = roundShare(data);
+    if (x !== null) state.addLossPoint(ev.node_id, data.round - 1 + x, data.loss);
     changed.nodeChart = true;
   },
   dataset_progress(state, ev, data, _node, changed) {
@@ -205,15 +205,13 @@ const HANDLERS = {
       const node = state.nodeByName(name);
       if (node) Object.assign(node, { shard_samples: samples, shard_labels: labels[name] ?? null });
     }
-    state.plan = { dataset: data.dataset, partition: data.partition };
     changed.nodes = true;
   },
   job_started(state, ev, data, _node, changed) {
     state.run = {
       state: "running", run_id: ev.run_id, dataset: data.dataset, dataset_source: data.source,
       round: 0, rounds: data.rounds, round_open: false, partial_rounds: 0, aggregation: data.aggregation,
-      // job_started does not say; the plan it was started on (published just before) does.
-      partition: state.plan?.dataset === data.dataset ? state.plan.partition : undefined,
+      model: data.model, train: data.train, server_opt: data.server_opt, partition: data.partition,
     };
     if (state.dataset?.dataset_id !== data.dataset) {
       state.dataset = { dataset_id: data.dataset, source: data.source };
@@ -230,7 +228,7 @@ const HANDLERS = {
     setDeadline(state, data.deadline, ev.ts);
     for (const name of data.expected ?? []) {
       const node = state.nodeByName(name);
-      if (node && node.connected) Object.assign(node, { state: "training", round: data.round, batch: 0 });
+      if (node && node.connected) Object.assign(node, { state: "training", round: data.round, batch: 0, epoch: 1 });
     }
     // Missed too many rounds in a row: the round does not wait for them (until they upload).
     for (const name of data.not_waited_for ?? []) {
@@ -248,6 +246,7 @@ const HANDLERS = {
       Object.assign(node, { state: "waiting", val_accuracy: data.val_accuracy ?? node.val_accuracy });
       if (typeof data.train_loss === "number") node.loss = data.train_loss;
       if (node.batches) node.batch = node.batches;
+      if (node.epochs) node.epoch = node.epochs;
     }
     state.addLossPoint(ev.node_id, data.round, data.train_loss);
     if (data.round === state.run.round && state.run.round_open) {

@@ -250,7 +250,8 @@ def _step(
 
 
 def _over_budget(cfg: Config, state: dict[str, Any], t0: float) -> bool:
-    return time.monotonic() - t0 + state.get("last_s", 0.0) > cfg.budget_s
+    last: float = state.get("last_s", 0.0)
+    return time.monotonic() - t0 + last > cfg.budget_s
 
 
 def _central(

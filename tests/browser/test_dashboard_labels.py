@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, expect
+from playwright.sync_api import Page, expect
 
-from server.demo.local_cluster import LocalCluster, free_port
+from server.demo.local_cluster import LocalCluster
+from tests.browser.dashboard_page import texts_seen, watch_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 NODES = ("node-1", "node-2", "node-3")
 PARTITION = "dirichlet:0.1"
-ENV = {"FEDAVG_MNIST_DOWNLOAD": "false", "FEDAVG_MAX_BATCHES": "3"}
 
 # Each row's bar as drawn: its data, its accessible text, and every segment's class, count,
 # colour and rendered width.
@@ -47,27 +46,6 @@ READ_BARS = """() => Object.fromEntries([...document.querySelectorAll("#nodes-bo
     }];
   },
 ))"""
-
-
-@pytest.fixture
-def page_errors(page: Page) -> list[str]:
-    errors: list[str] = []
-
-    def on_console(msg: ConsoleMessage) -> None:
-        if msg.type == "error":
-            errors.append(msg.text)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    return errors
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(home=tmp_path / "home", port=free_port(), env=ENV) as running:
-        running.start_server()
-        running.wait_healthy()
-        yield running
 
 
 def share_text(count: int, total: int) -> str:
@@ -152,11 +130,14 @@ def test_each_row_shows_its_label_distribution_and_the_run_panel_the_partition(
 
     page.get_by_label("Partition", exact=True).fill(PARTITION)
     page.locator("#epochs").fill("1")
+    watch_text(page, "control-message")
     with page.expect_request(lambda r: "/train/" in r.url and r.method == "POST") as sent:
         page.get_by_role("button", name="Start job").click()
     assert parse_qs(urlparse(sent.value.url).query) == {"epochs": ["1"], "partition": [PARTITION]}
+    # One quick round: "started" may already have given way to "completed".
+    expect(message).to_have_text(re.compile(r" (started: |completed)"), timeout=30_000)
     started = re.compile(rf" started: .*, partition {re.escape(PARTITION)}\.$")
-    expect(message).to_have_text(started, timeout=30_000)
+    assert any(started.search(t) for t in texts_seen(page, "control-message"))
     status = cluster.request("GET", "/sync/status")
     assert status["partition"] == PARTITION
     partition = page.locator("#run-partition")

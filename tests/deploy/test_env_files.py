@@ -70,14 +70,18 @@ UNIT_OF = {
     "showcase.env": "fedavg-showcase.service",
 }
 PACKAGE_OF = {"server.env": "server", "node.env": "node", "showcase.env": "showcase"}
+# Not the service's settings: the `fedavg` command (a client, run from any machine).
+CLIENTS = ("server/console",)
 # Read by the programs but not theirs to document: the platform's own variables.
 NOT_SETTINGS = {"HOME", "PATH", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "TERM"}
 # Variables the units set for the process, not settings a user changes.
 UNIT_ONLY = {"PYTHONUNBUFFERED", "HOME"}
-# env.get("NAME" / environ["NAME" / getenv("NAME" / f"MODEL_HIDDEN_{i + 1}" style.
+# env.get("NAME" / environ["NAME" / getenv("NAME" / env_values.whole(env, "NAME" (the
+# readers of node/shared/env_values.py) / f"MODEL_HIDDEN_{i + 1}" style.
 READ_PATTERN = re.compile(
-    r"""(?:env|environ)(?:\.get)?[\[(]\s*f?["']([A-Z][A-Z0-9_]*)(\{[^}]*\})?["']"""
-    r"""|getenv\(\s*["']([A-Z][A-Z0-9_]*)["']"""
+    r"""(?:(?:env|environ)(?:\.get)?[\[(]|env_values\.[a-z_]+\(\s*env,)"""
+    r"""\s*f?["'](?P<name>[A-Z][A-Z0-9_]*)(?P<index>\{[^}]*\})?["']"""
+    r"""|getenv\(\s*["'](?P<getenv>[A-Z][A-Z0-9_]*)["']"""
 )
 
 
@@ -85,9 +89,11 @@ def read_by_source(package: str) -> set[str]:
     """Environment variables a package's modules read (MODEL_HIDDEN_{i} -> _1, _2, ...)."""
     names: set[str] = set()
     for module in (REPO / package).glob("**/*.py"):
+        if str(module.relative_to(REPO)).startswith(CLIENTS):
+            continue
         for match in READ_PATTERN.finditer(module.read_text()):
-            name = match.group(1) or match.group(3)
-            if match.group(2):  # an f-string index: the documented names carry the digits
+            name = match["name"] or match["getenv"]
+            if match["index"]:  # an f-string index: the documented names carry the digits
                 continue
             names.add(name)
     return names - NOT_SETTINGS
@@ -136,10 +142,14 @@ def test_every_documented_setting_has_an_explanation(env_file: str) -> None:
 
 
 def test_the_source_scan_finds_settings() -> None:
-    """The scan's own check, on a literal: it must see env.get, environ[...] and getenv."""
-    sample = 'env.get("FEDAVG_A", "1"); os.environ["FEDAVG_B"]; os.getenv("FEDAVG_C")'
-    found = {m.group(1) or m.group(3) for m in READ_PATTERN.finditer(sample)}
-    assert found == {"FEDAVG_A", "FEDAVG_B", "FEDAVG_C"}
+    """The scan's own check, on a literal: it must see env.get, environ[...], getenv and the
+    env_values readers."""
+    sample = (
+        'env.get("FEDAVG_A", "1"); os.environ["FEDAVG_B"]; os.getenv("FEDAVG_C"); '
+        'env_values.whole(env, "FEDAVG_D", 1); env_values.optional_path(\n    env, "FEDAVG_E")'
+    )
+    found = {m["name"] or m["getenv"] for m in READ_PATTERN.finditer(sample)}
+    assert found == {"FEDAVG_A", "FEDAVG_B", "FEDAVG_C", "FEDAVG_D", "FEDAVG_E"}
 
 
 def test_unit_defaults_agree_with_the_documented_ones() -> None:

@@ -297,3 +297,115 @@ def test_install_with_pip_from_a_wheel_directory(tmp_path: Path) -> None:
     assert values(read_unit(stage / "etc/systemd/system/fedavg-server.service"), "User") == [
         "fedavg"
     ]
+
+
+def fake_program(folder: Path, name: str, script: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    program = folder / name
+    program.write_text(f"#!/bin/sh\n{script}\n")
+    program.chmod(0o755)
+    return program
+
+
+def set_values(path: Path) -> dict[str, str]:
+    """The active (uncommented) NAME=value lines of an env file."""
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_an_old_python_is_refused_first_with_the_ways_out(tmp_path: Path) -> None:
+    python310 = fake_program(tmp_path / "bin", "python3.10", "echo 3.10")
+    stage = tmp_path / "stage"
+    result = run_install("--no-pip", "--python", str(python310), destdir=stage)
+    assert result.returncode != 0
+    assert f"{python310} is Python 3.10; fedavg needs 3.11 or newer" in result.stderr
+    assert "Ubuntu 22.04 ships 3.10" in result.stderr
+    assert "ppa:deadsnakes/ppa" in result.stderr and "uv python install" in result.stderr
+    assert not stage.exists()  # said before anything is written
+
+
+def no_gpu_here() -> bool:
+    return shutil.which("nvidia-smi") is None and not Path("/dev/nvidia0").exists()
+
+
+@pytest.mark.skipif(not no_gpu_here(), reason="this machine has an NVIDIA GPU")
+def test_a_machine_without_a_gpu_gets_the_cpu_torch_index(tmp_path: Path) -> None:
+    out = ok(run_install("--no-pip", destdir=tmp_path / "stage"))
+    assert "no NVIDIA GPU here" in out
+    assert "CPU-only PyTorch from https://download.pytorch.org/whl/cpu" in out
+    out = ok(run_install("--no-pip", "--torch-index", "pypi", destdir=tmp_path / "again"))
+    assert "whl/cpu" not in out and "PyTorch from PyPI (--torch-index pypi)" in out
+
+
+def test_a_machine_with_a_gpu_keeps_the_cuda_build(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    fake_program(bin_dir, "nvidia-smi", "exit 0")
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    out = ok(run_install("--no-pip", destdir=tmp_path / "stage", env={"PATH": path}))
+    assert "an NVIDIA GPU is here" in out and "whl/cpu" not in out
+    index = "https://download.pytorch.org/whl/cu126"
+    out = ok(run_install("--no-pip", "--torch-index", index, destdir=tmp_path / "again"))
+    assert f"PyTorch from {index} (--torch-index)" in out
+
+
+def test_role_server_writes_the_bind_address_tokens_and_host_name(tmp_path: Path) -> None:
+    args = ("--no-pip", "--role", "server", "--orchestrator", "http://orch.lan:11999")
+    out = ok(run_install(*args, destdir=tmp_path, env={"FEDAVG_ADMIN_TOKEN": "admin-tok"}))
+    server_env = tmp_path / "etc/fedavg/server.env"
+    values = set_values(server_env)
+    assert values["FEDAVG_HOST"] == "0.0.0.0"
+    assert values["FEDAVG_ALLOWED_HOSTS"] == "orch.lan"
+    assert values["FEDAVG_ADMIN_TOKEN"] == "admin-tok"
+    assert len(values["FEDAVG_NODE_TOKEN"]) >= 32  # generated
+    assert values["FEDAVG_NODE_TOKEN"] not in out  # secrets are not printed
+    assert stat.S_IMODE(server_env.stat().st_mode) == 0o640
+    # The documented line became the setting: the explanation above it is still there.
+    text = server_env.read_text()
+    assert "#FEDAVG_HOST=" not in text and "Address to listen on" in text
+    assert set_values(tmp_path / "etc/fedavg/node.env") == {}
+
+    again = ok(run_install(*args, destdir=tmp_path))  # a rerun keeps what is set
+    assert set_values(server_env) == values
+    assert "kept FEDAVG_NODE_TOKEN from your /etc/fedavg/server.env" in again
+
+
+def test_role_server_on_an_address_needs_no_allowed_host(tmp_path: Path) -> None:
+    args = ("--no-pip", "--role", "server", "--orchestrator", "http://10.0.0.1:11999")
+    ok(run_install(*args, destdir=tmp_path))
+    assert "FEDAVG_ALLOWED_HOSTS" not in set_values(tmp_path / "etc/fedavg/server.env")
+
+
+def test_role_node_writes_the_orchestrator_and_the_join_token(tmp_path: Path) -> None:
+    urls = "http://orch.lan:11999,http://10.0.0.2:11999"
+    args = ("--no-pip", "--role", "node", "--orchestrator", urls)
+    ok(run_install(*args, destdir=tmp_path, env={"FEDAVG_NODE_TOKEN": "join-tok"}))
+    values = set_values(tmp_path / "etc/fedavg/node.env")
+    assert values == {"ORCHESTRATOR_URL": urls, "FEDAVG_NODE_TOKEN": "join-tok"}
+    assert set_values(tmp_path / "etc/fedavg/server.env") == {}
+
+
+def test_role_node_without_a_token_says_where_to_put_it(tmp_path: Path) -> None:
+    args = ("--no-pip", "--role", "node", "--orchestrator", "http://orch.lan:11999")
+    result = run_install(*args, destdir=tmp_path)
+    ok(result)
+    assert "no FEDAVG_NODE_TOKEN given" in result.stderr and "/etc/fedavg/node.env" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--role", "node"], {}, "--role node needs --orchestrator URL"),
+        (["--role", "worker"], {}, "--role must be server or node"),
+        (["--orchestrator", "http://o:1"], {}, "--orchestrator goes with --role"),
+        (["--role", "node", "--orchestrator", "o:11999"], {}, "is not a URL like"),
+        (["--role", "node", "--orchestrator", "http://o:1 #x"], {}, "is not a URL like"),
+        (["--role", "server"], {"FEDAVG_NODE_TOKEN": "a b"}, "may hold only"),
+    ],
+)
+def test_bad_role_arguments_are_refused_before_anything_is_written(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = run_install("--no-pip", *args, env={"DESTDIR": str(tmp_path / "stage"), **env})
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "stage").exists()

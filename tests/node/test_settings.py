@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from node.local_datasets import DataSpec
 from node.settings import NodeSettings, NodeSettingsError
 
 ENV = {"HOME": "/home/fed", "NODE_NAME": "alpha", "NODE_ID": "alpha-1"}
@@ -127,14 +128,14 @@ def test_flag_name_drives_the_generated_id() -> None:
         ({"FEDAVG_DEVICE": "tpu"}, "device 'tpu' must be auto, cpu or cuda"),
         ({"FEDAVG_TORCH_THREADS": "0"}, "threads must be >= 1"),
         ({"FEDAVG_TORCH_THREADS": "-2"}, "threads must be >= 1"),
-        ({"FEDAVG_TORCH_THREADS": "many"}, "bad setting"),
+        ({"FEDAVG_TORCH_THREADS": "many"}, "FEDAVG_TORCH_THREADS='many' is not a whole"),
         ({"VALIDATION_SPLIT": "1"}, r"VALIDATION_SPLIT must be within \[0, 1\)"),
         ({"VALIDATION_SPLIT": "-0.1"}, "VALIDATION_SPLIT"),
         ({"VALIDATION_SPLIT": "nan"}, "VALIDATION_SPLIT"),
-        ({"VALIDATION_SPLIT": "a tenth"}, "bad setting"),
+        ({"VALIDATION_SPLIT": "a tenth"}, "VALIDATION_SPLIT='a tenth' is not a number"),
         ({"NODE_NAME": "x" * 129}, "1..128 characters"),
         ({"NODE_ID": "x" * 129}, "1..128 characters"),
-        ({"FEDAVG_LOG_FORMAT": "xml"}, "FEDAVG_LOG_FORMAT must be auto, json or console"),
+        ({"FEDAVG_LOG_FORMAT": "xml"}, "FEDAVG_LOG_FORMAT/--log-format must be auto, json"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(env: dict[str, str], fragment: str) -> None:
@@ -156,10 +157,17 @@ def test_bad_flags_are_refused_too() -> None:
         NodeSettings.from_env(ENV, orchestrator="ftp://x")
 
 
-@pytest.mark.parametrize("name", ["idle_timeout_s", "max_backoff_s", "progress_interval_s"])
+@pytest.mark.parametrize(
+    ("name", "variable"),
+    [
+        ("idle_timeout_s", "FEDAVG_IDLE_TIMEOUT"),
+        ("max_backoff_s", "FEDAVG_RECONNECT_MAX"),
+        ("progress_interval_s", "progress_interval_s"),
+    ],
+)
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
-def test_timeouts_must_be_positive_and_finite(name: str, value: float) -> None:
-    with pytest.raises(NodeSettingsError, match=name):
+def test_timeouts_must_be_positive_and_finite(name: str, variable: str, value: float) -> None:
+    with pytest.raises(NodeSettingsError, match=variable):
         NodeSettings.from_env(ENV, **{name: value})
     assert getattr(NodeSettings.from_env(ENV, **{name: 2.5}), name) == 2.5
 
@@ -172,3 +180,73 @@ def test_the_heartbeat_and_a_pinned_capacity_come_from_the_environment() -> None
     for bad in ({"FEDAVG_HEARTBEAT": "0"}, {"NODE_CAPACITY": "-1"}, {"NODE_CAPACITY": "nan"}):
         with pytest.raises(NodeSettingsError):
             NodeSettings.from_env(bad, name="n")
+
+
+# Every variable the node reads as a number.
+NUMERIC_VARIABLES = (
+    "FEDAVG_TORCH_THREADS", "NODE_CAPACITY", "VALIDATION_SPLIT", "FEDAVG_IDLE_TIMEOUT",
+    "FEDAVG_RECONNECT_MAX", "FEDAVG_HEARTBEAT",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("variable", NUMERIC_VARIABLES)
+@pytest.mark.parametrize("value", ["x", "abc", "1,5"])
+def test_an_unreadable_value_is_refused_naming_its_variable(variable: str, value: str) -> None:
+    with pytest.raises(NodeSettingsError) as info:
+        NodeSettings.from_env({**ENV, variable: value})
+    assert f"{variable}={value!r}" in str(info.value)
+    assert "invalid literal" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"FEDAVG_TORCH_THREADS": "0"}, "FEDAVG_TORCH_THREADS"),
+        ({"NODE_CAPACITY": "0"}, "NODE_CAPACITY"),
+        ({"VALIDATION_SPLIT": "1.5"}, "VALIDATION_SPLIT"),
+        ({"FEDAVG_IDLE_TIMEOUT": "0"}, "FEDAVG_IDLE_TIMEOUT"),
+        ({"FEDAVG_RECONNECT_MAX": "-1"}, "FEDAVG_RECONNECT_MAX"),
+        ({"FEDAVG_HEARTBEAT": "inf"}, "FEDAVG_HEARTBEAT"),
+        ({"FEDAVG_DEVICE": "tpu"}, "FEDAVG_DEVICE"),
+        ({"ORCHESTRATOR_URL": "ws://x"}, "ORCHESTRATOR_URL"),
+    ],
+)
+def test_an_out_of_range_value_names_its_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(NodeSettingsError, match=named):
+        NodeSettings.from_env({**ENV, **env})
+
+
+def test_the_idle_timeout_comes_from_the_environment() -> None:
+    assert NodeSettings.from_env({**ENV, "FEDAVG_IDLE_TIMEOUT": "5"}).idle_timeout_s == 5.0
+
+
+def test_own_data_comes_from_node_data_or_the_flags_which_replace_it() -> None:
+    env = {"NODE_DATA": "pets=/srv/pets; digits=/srv/d,1.npz", "NODE_TEST_SPLIT": "0.25"}
+    settings = NodeSettings.from_env(env, name="n")
+    assert settings.data == (
+        DataSpec("pets", Path("/srv/pets")),
+        DataSpec("digits", Path("/srv/d,1.npz")),  # ";" separates: a path may hold commas
+    )
+    assert settings.test_split == 0.25 and settings.share_label_counts is False
+    flagged = settings.with_data_flags(["cars=/srv/cars"])
+    assert flagged.data == (DataSpec("cars", Path("/srv/cars")),)
+    assert settings.with_data_flags(None) is settings
+    shared = NodeSettings.from_env({"NODE_SHARE_LABEL_COUNTS": "true"}, name="n")
+    assert shared.share_label_counts is True and shared.data == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"NODE_DATA": "pets"}, "NODE_DATA: 'pets' is not NAME=PATH"),
+        ({"NODE_DATA": "a=/x;a=/y"}, "NODE_DATA: dataset 'a' is given twice"),
+        ({"NODE_TEST_SPLIT": "1"}, r"NODE_TEST_SPLIT/--test-split must be within \(0, 1\)"),
+        ({"NODE_TEST_SPLIT": "most"}, "NODE_TEST_SPLIT"),
+        ({"NODE_SHARE_LABEL_COUNTS": "perhaps"}, "NODE_SHARE_LABEL_COUNTS"),
+    ],
+)
+def test_bad_own_data_settings_name_their_variable(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(NodeSettingsError, match=fragment):
+        NodeSettings.from_env(env, name="n")
+    with pytest.raises(NodeSettingsError, match="--data: 'x' is not NAME=PATH"):
+        NodeSettings.from_env({}, name="n").with_data_flags(["x"])

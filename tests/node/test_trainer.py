@@ -13,6 +13,7 @@ from node.shared.protocol import TrainConfig
 from node.trainer import (
     Aborted,
     LocalResult,
+    Step,
     measure_capacity,
     proximal_anchors,
     proximal_term,
@@ -68,7 +69,7 @@ def test_a_last_batch_of_one_sample_trains() -> None:
     x, y = _data(9)
     seen: list[tuple[int, int]] = []
     result = _train(
-        x, y, TrainConfig(batch_size=4), on_progress=lambda b, n, _loss: seen.append((b, n))
+        x, y, TrainConfig(batch_size=4), on_progress=lambda s: seen.append((s.batch, s.batches))
     )
     assert result.samples == 9
     assert _finite(result)
@@ -193,15 +194,11 @@ def test_aborted_when_should_abort_says_so() -> None:
 
 def test_progress_reports_increasing_batches_over_each_local_epoch() -> None:
     x, y = _data(10)
-    seen: list[tuple[int, int, float]] = []
-    _train(
-        x,
-        y,
-        TrainConfig(batch_size=3, local_epochs=2),
-        on_progress=lambda b, n, loss: seen.append((b, n, loss)),
-    )
-    assert [(b, n) for b, n, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)] * 2
-    assert all(math.isfinite(loss) and loss > 0 for _, _, loss in seen)
+    seen: list[Step] = []
+    _train(x, y, TrainConfig(batch_size=3, local_epochs=2), on_progress=seen.append)
+    assert [(s.batch, s.batches) for s in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)] * 2
+    assert [(s.epoch, s.epochs) for s in seen] == [(1, 2)] * 4 + [(2, 2)] * 4
+    assert all(math.isfinite(s.loss) and s.loss > 0 for s in seen)
 
 
 def test_measure_capacity_is_positive_and_finite() -> None:

@@ -166,3 +166,37 @@ def test_a_version_seen_gone_is_forgotten(folder: Path) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
     assert catalog.models()[0]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def _write_with(folder: Path, name: str, extra: dict[str, str]) -> None:
+    meta = WeightsMeta(spec=SPEC, round=2, job_id="j", extra=extra)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(bytes(encode_weights(init_state(SPEC, 0), meta)))
+
+
+def test_a_jobs_final_and_best_models_are_listed_final_first_with_what_each_is(
+    folder: Path,
+) -> None:
+    created = {"created": "2025-06-01T00:00:00+00:00"}
+    best = {"kind": "best", "best_round": "2", "best_metric": "test_accuracy"}
+    _write_with(folder, "j.best.safetensors", {**created, **best, "best_value": "0.912500"})
+    _write_with(folder, "j.safetensors", {**created, "kind": "final"})
+    _write_with(folder, "old.safetensors", {"created": "2024-01-01T00:00:00+00:00"})  # no kind
+
+    listed = {m["name"]: m for m in ModelCatalog(folder).models()}
+
+    assert list(listed) == ["j.safetensors", "j.best.safetensors", "old.safetensors"]
+    assert [m["kind"] for m in listed.values()] == ["final", "best", "final"]
+    entry = listed["j.best.safetensors"]
+    assert (entry["best_round"], entry["best_metric"], entry["best_value"]) == (
+        2,
+        "test_accuracy",
+        0.9125,
+    )
+    assert "best_round" not in listed["j.safetensors"]
+
+
+def test_a_best_model_whose_round_is_not_a_number_is_not_listed(folder: Path) -> None:
+    bad = {"kind": "best", "best_round": "two", "best_metric": "test_accuracy", "best_value": "1"}
+    _write_with(folder, "bad.best.safetensors", bad)
+    assert ModelCatalog(folder).models() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -98,12 +99,12 @@ def test_model_hidden_and_dropout_variables_shape_the_spec() -> None:
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
-        ({"MODEL_HIDDEN_1": "wide"}, "bad setting"),
-        ({"MODEL_HIDDEN_2": "0"}, "hidden layers must be"),
-        ({"MODEL_HIDDEN_2": "-5"}, "hidden layers must be"),
-        ({"MODEL_HIDDEN_1": "1e3"}, "bad setting"),
-        ({"MODEL_DROPOUT_1": "1.5"}, "dropout"),
-        ({"MODEL_DROPOUT_1": "half"}, "bad setting"),
+        ({"MODEL_HIDDEN_1": "wide"}, "MODEL_HIDDEN_1='wide' is not a whole number"),
+        ({"MODEL_HIDDEN_2": "0"}, "MODEL_HIDDEN_2=0: hidden layers must be"),
+        ({"MODEL_HIDDEN_2": "-5"}, "MODEL_HIDDEN_2=-5: hidden layers must be"),
+        ({"MODEL_HIDDEN_1": "1e3"}, "MODEL_HIDDEN_1='1e3'"),
+        ({"MODEL_DROPOUT_1": "1.5"}, "MODEL_DROPOUT_1=1.5: dropout"),
+        ({"MODEL_DROPOUT_1": "half"}, "MODEL_DROPOUT_1='half' is not a number"),
     ],
 )
 def test_bad_model_variables_are_refused(env: dict[str, str], fragment: str) -> None:
@@ -143,21 +144,21 @@ def test_flags_override_env(tmp_path: Path) -> None:
     [
         ({"FEDAVG_PORT": "70000"}, "port 70000 is not 0..65535"),
         ({"FEDAVG_PORT": "-1"}, "port -1"),
-        ({"FEDAVG_PORT": "http"}, "bad setting"),
+        ({"FEDAVG_PORT": "http"}, "FEDAVG_PORT='http' is not a whole number"),
         ({"EPOCH_SYNC_TIMEOUT": "-5"}, "EPOCH_SYNC_TIMEOUT must be"),
         ({"EPOCH_SYNC_TIMEOUT": "0"}, "EPOCH_SYNC_TIMEOUT must be"),
         ({"EPOCH_SYNC_TIMEOUT": "nan"}, "EPOCH_SYNC_TIMEOUT must be"),
         ({"EPOCH_SYNC_TIMEOUT": "inf"}, "EPOCH_SYNC_TIMEOUT must be"),
-        ({"EPOCH_SYNC_TIMEOUT": "soon"}, "bad setting"),
+        ({"EPOCH_SYNC_TIMEOUT": "soon"}, "EPOCH_SYNC_TIMEOUT='soon' is not a number"),
         ({"DEFAULT_EPOCHS": "0"}, "DEFAULT_EPOCHS must be 1..1000"),
         ({"DEFAULT_EPOCHS": "1001"}, "DEFAULT_EPOCHS must be 1..1000"),
         ({"SHARD_OVERLAP": "1.5"}, "SHARD_OVERLAP"),
         ({"SHARD_OVERLAP": "nan"}, "SHARD_OVERLAP"),
         ({"AGGREGATION": "mean"}, "AGGREGATION must be one of " + ", ".join(AGGREGATIONS)),
-        ({"FEDAVG_LR": "0"}, "FEDAVG_LR must be > 0"),
-        ({"FEDAVG_LR": "nan"}, "FEDAVG_LR must be > 0"),
-        ({"FEDAVG_LR": "inf"}, "FEDAVG_LR must be > 0"),
-        ({"FEDAVG_BATCH_SIZE": "0"}, "FEDAVG_BATCH_SIZE >= 1"),
+        ({"FEDAVG_LR": "0"}, "FEDAVG_LR=0.0: lr must be a positive"),
+        ({"FEDAVG_LR": "nan"}, "FEDAVG_LR=nan: lr must be a positive"),
+        ({"FEDAVG_LR": "inf"}, "FEDAVG_LR=inf: lr must be a positive"),
+        ({"FEDAVG_BATCH_SIZE": "0"}, "FEDAVG_BATCH_SIZE=0: batch_size must be 1..65536"),
         ({"FEDAVG_OPTIMIZER": "adamw"}, "FEDAVG_OPTIMIZER='adamw' must be one of adam, sgd"),
         (
             {"FEDAVG_WIRE_DTYPE": "int8"},
@@ -167,12 +168,12 @@ def test_flags_override_env(tmp_path: Path) -> None:
         ({"FEDAVG_HEARTBEAT": "0"}, "FEDAVG_HEARTBEAT"),
         ({"FEDAVG_HEARTBEAT": "nan"}, "FEDAVG_HEARTBEAT"),
         ({"FEDAVG_MAX_UPLOAD_MB": "0"}, "FEDAVG_MAX_UPLOAD_MB"),
-        ({"FEDAVG_MAX_UPLOAD_MB": "1.5"}, "bad setting"),
+        ({"FEDAVG_MAX_UPLOAD_MB": "1.5"}, "FEDAVG_MAX_UPLOAD_MB='1.5'"),
         ({"FEDAVG_LOG_FORMAT": "xml"}, "FEDAVG_LOG_FORMAT"),
-        ({"FEDAVG_SEED": "x"}, "bad setting"),
+        ({"FEDAVG_SEED": "x"}, "FEDAVG_SEED='x' is not a whole number"),
         ({"FEDAVG_PARTITION": "zipf:1"}, "FEDAVG_PARTITION: unknown kind 'zipf'"),
         ({"FEDAVG_PARTITION": "dirichlet:x"}, "FEDAVG_PARTITION: dirichlet's alpha"),
-        ({"FEDAVG_PROXIMAL_MU": "-1"}, "bad setting"),
+        ({"FEDAVG_PROXIMAL_MU": "-1"}, "FEDAVG_PROXIMAL_MU=-1.0: proximal_mu must be"),
         ({"MODEL_ARCH": "transformer"}, "MODEL_ARCH='transformer' must be one of mlp, cnn"),
         ({"FEDAVG_STRATEGY": "sgd"}, "FEDAVG_STRATEGY: unknown server optimizer 'sgd'"),
         ({"FEDAVG_STRATEGY": "fedadam", "FEDAVG_SERVER_LR": "-1"}, "FEDAVG_SERVER_LR: must be"),
@@ -215,7 +216,7 @@ def test_the_problems_come_in_one_fixed_order() -> None:
         "FEDAVG_IDLE_TIMEOUT",
         "FEDAVG_UPLOAD_SLOTS",
         "TLS",
-        "TLS",
+        "FEDAVG_TLS_CERT/--tls-cert",
         "FEDAVG_HEADER_TIMEOUT",
         "FEDAVG_MAX_EVENTS",
     ]
@@ -271,7 +272,7 @@ def test_the_parameter_budget_defaults_to_20m_and_is_read_from_the_env() -> None
     [
         ({"FEDAVG_MAX_PARAMS": "0"}, "FEDAVG_MAX_PARAMS must be 1..100000000"),
         ({"FEDAVG_MAX_PARAMS": "100000001"}, "FEDAVG_MAX_PARAMS must be 1..100000000"),
-        ({"FEDAVG_MAX_PARAMS": "2e7"}, "bad setting"),
+        ({"FEDAVG_MAX_PARAMS": "2e7"}, "FEDAVG_MAX_PARAMS='2e7' is not a whole number"),
         ({"FEDAVG_MAX_PARAMS": "200000"}, "242,762 parameters, over FEDAVG_MAX_PARAMS=200000"),
     ],
 )
@@ -291,3 +292,55 @@ def test_the_default_model_partition_and_fedprox_come_from_the_environment() -> 
         {**ENV, "FEDAVG_STRATEGY": "fedavgm", "FEDAVG_SERVER_MOMENTUM": "0.9"}
     )
     assert fedavgm.server_opt == {"strategy": "fedavgm", "server_lr": 1.0, "server_momentum": 0.9}
+
+
+# Every variable the server reads as a number, a boolean or a choice.
+NUMERIC_VARIABLES = (
+    "FEDAVG_PORT", "EPOCH_SYNC_TIMEOUT", "DEFAULT_EPOCHS", "SHARD_OVERLAP", "FEDAVG_SEED",
+    "MODEL_HIDDEN_1", "MODEL_HIDDEN_2", "MODEL_HIDDEN_3", "MODEL_DROPOUT_1", "MODEL_DROPOUT_2",
+    "FEDAVG_LR", "FEDAVG_BATCH_SIZE", "FEDAVG_LOCAL_EPOCHS", "FEDAVG_PROXIMAL_MU",
+    "FEDAVG_MAX_BATCHES", "FEDAVG_MAX_PARAMS", "FEDAVG_SERVER_LR", "FEDAVG_SERVER_MOMENTUM",
+    "FEDAVG_HEARTBEAT", "FEDAVG_MAX_UPLOAD_MB", "FEDAVG_UPLOAD_SLOTS", "FEDAVG_IDLE_TIMEOUT",
+    "FEDAVG_MIN_UPLOAD_KBPS", "FEDAVG_MAX_CAPACITY_RATIO", "FEDAVG_MAX_UPDATE_RATIO",
+    "FEDAVG_MAX_MISSED_ROUNDS", "FEDAVG_HEADER_TIMEOUT", "FEDAVG_MAX_CONNECTIONS",
+    "FEDAVG_MAX_PENDING_PER_PEER", "FEDAVG_NODE_FRAME_RATE", "FEDAVG_MAX_OFFLINE_NODES",
+    "FEDAVG_MAX_NODE_IDS", "FEDAVG_MAX_EVENTS", "FEDAVG_IMPORT_MAX_MB",
+    "FEDAVG_IMPORT_MAX_SAMPLES", "FEDAVG_MNIST_DOWNLOAD", "FEDAVG_OPTIMIZER",
+    "FEDAVG_WIRE_DTYPE", "FEDAVG_LOG_FORMAT", "MODEL_ARCH", "FEDAVG_PARTITION",
+    "FEDAVG_STRATEGY",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("variable", NUMERIC_VARIABLES)
+def test_an_unreadable_value_is_refused_naming_its_variable(variable: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**ENV, variable: "abc"})
+    message = str(info.value)
+    assert variable in message
+    assert "invalid literal" not in message and "could not convert" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("FEDAVG_LR", "-1"),
+        ("FEDAVG_BATCH_SIZE", "0"),
+        ("FEDAVG_LOCAL_EPOCHS", "0"),
+        ("FEDAVG_MAX_BATCHES", "0"),
+        ("FEDAVG_PROXIMAL_MU", "-1"),
+        ("MODEL_HIDDEN_1", "0"),
+        ("MODEL_DROPOUT_2", "1"),
+        ("FEDAVG_MIN_UPLOAD_KBPS", "inf"),
+        ("FEDAVG_MIN_UPLOAD_KBPS", "nan"),
+    ],
+)
+def test_an_out_of_range_value_names_its_variable_and_no_other(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**ENV, variable: value})
+    named = set(re.findall(r"\b(?:FEDAVG|MODEL)_[A-Z0-9_]+", str(info.value)))
+    assert named == {variable}, str(info.value)
+
+
+def test_an_empty_value_counts_as_unset() -> None:
+    empty = {name: "" for name in NUMERIC_VARIABLES}
+    assert Settings.from_env({**ENV, **empty}) == Settings.from_env(ENV)

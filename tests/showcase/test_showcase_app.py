@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,9 +63,11 @@ def test_the_newest_model_is_picked_and_described(models_dir: Path) -> None:
     app = make_app(models_dir)
 
     labels = list(app.picker.options)
-    assert labels[0].startswith(
-        "2025-06-01 12:00 · mnist · mlp · 1\u00d728\u00d728 · 5 rounds · 3 nodes · acc "
-    )
+    assert re.fullmatch(
+        r"2025-06-01 12:00 · acc \d+\.\d% · final · mnist · mlp · 1\u00d728\u00d728"
+        r" · 5 rounds · 3 nodes",
+        labels[0],
+    ), labels[0]
     assert labels[1].startswith("2024-01-01 00:00")
     assert app.picker.value == "final-run-test.safetensors"
     assert app.model is not None
@@ -208,7 +211,7 @@ def test_uploading_a_model_picks_it(tmp_path: Path, trained: TrainedModel, mnist
     app.upload.nonce += 1
 
     assert app.picker.value.startswith("upload:")
-    assert next(iter(app.picker.options)).startswith("uploaded · 2025-06-01 12:00 · mnist")
+    assert next(iter(app.picker.options)).startswith("uploaded · 2025-06-01 12:00 · acc ")
     assert app.model is not None and app.prediction is not None
     assert not app.model_status.visible
     assert app.upload.data == ""  # the session keeps no second copy

@@ -199,11 +199,12 @@ def test_models_it_cannot_serve_stay_listed_with_why(cifar_dir: Path) -> None:
     labels = {key: label for label, key in app.picker.options.items()}
     assert len(labels) == 4
     assert labels["five.safetensors"] == (
-        "five.safetensors · mnist · cnn · 5\u00d732\u00d732 · 3 rounds · 2 nodes · acc 90.0%"
-        " · cannot serve"
+        "five.safetensors · cannot serve · acc 90.0% · final · mnist · cnn · 5\u00d732\u00d732"
+        " · 3 rounds · 2 nodes"
     )
-    assert labels["vit.safetensors"] == "vit.safetensors · vit-set · cannot serve"
-    assert labels["junk.safetensors"].startswith("junk.safetensors · ? · cannot serve")
+    assert labels["vit.safetensors"].startswith("vit.safetensors · cannot serve · ")
+    assert labels["vit.safetensors"].endswith(" · vit-set")
+    assert labels["junk.safetensors"].startswith("junk.safetensors · cannot serve · ?")
     lines = app.unservable.object
     assert "five.safetensors: cannot serve: its input has 5 channels" in lines
     assert (

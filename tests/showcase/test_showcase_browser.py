@@ -8,97 +8,24 @@ aborted and recorded, and must not happen.
 from __future__ import annotations
 
 import itertools
-import socket
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
+from showcase_page import SEVEN, TIMEOUT_MS, Showcase, open_app, start, stroke
 from showcase_support import TrainedModel, cifar_model_bytes, model_bytes, png_bytes
 
-from showcase.cli import serve
-from showcase.settings import Settings
 from showcase.upload import ACCEPT, predict_upload
 
 pytestmark = pytest.mark.browser
-
-TIMEOUT_MS = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"the showcase did not start on port {port}")
-
-
-@dataclass
-class Showcase:
-    url: str
-    models_dir: Path
-
-
-def start(models_dir: Path, **overrides: Any) -> Iterator[Showcase]:
-    port = free_port()
-    settings = Settings(port=port, models_dir=models_dir, refresh_s=0.5, **overrides)
-    server = serve(settings, threaded=True)
-    try:
-        wait_for_port(port)
-        yield Showcase(f"http://127.0.0.1:{port}/", models_dir)
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def showcase(models_dir: Path) -> Iterator[Showcase]:
     yield from start(models_dir)
-
-
-@pytest.fixture
-def page_errors(page: Page) -> list[str]:
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    return errors
-
-
-def open_app(page: Page, url: str) -> Any:
-    page.goto(url)
-    canvas = page.locator("#draw-canvas")
-    expect(canvas).to_be_visible(timeout=TIMEOUT_MS)
-    expect(page.locator("#model-upload")).to_be_attached(timeout=TIMEOUT_MS)
-    box = canvas.bounding_box()
-    assert box is not None
-    return box
-
-
-def stroke(page: Page, box: Any, points: list[tuple[float, float]]) -> None:
-    """One mouse stroke through points given as fractions of the canvas."""
-    x0, y0 = box["x"], box["y"]
-    w, h = box["width"], box["height"]
-    page.mouse.move(x0 + points[0][0] * w, y0 + points[0][1] * h)
-    page.mouse.down()
-    for x, y in points[1:]:
-        page.mouse.move(x0 + x * w, y0 + y * h, steps=12)
-    page.mouse.up()
-
-
-SEVEN = [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)]
 
 
 def test_drawing_a_digit_shows_the_prediction_and_the_bars(
@@ -170,7 +97,9 @@ def test_new_models_and_uploads_appear_in_the_picker(
         model_bytes(created=datetime(2030, 1, 2, 3, 4, tzinfo=UTC), dataset="fresh-mnist")
     )
     expect(picker.locator("option")).to_have_count(2, timeout=TIMEOUT_MS)
-    expect(picker.locator("option").first).to_contain_text("2030-01-02 03:04 · fresh-mnist")
+    expect(picker.locator("option").first).to_contain_text(
+        "2030-01-02 03:04 · acc 90.0% · final · fresh-mnist"
+    )
 
     upload = tmp_path / "mine.safetensors"
     upload.write_bytes(model_bytes(dataset="uploaded-set"))

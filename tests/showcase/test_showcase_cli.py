@@ -197,3 +197,36 @@ def test_main_sets_up_the_shared_logging_in_the_configured_format(
     cli.main(["--port", "7001"])
 
     assert calls == [("logging", "console"), ("serve", 7001)]
+
+
+def test_home_serves_its_models_folder_whatever_the_orchestrator_variable() -> None:
+    env = {**HOME, "ORCHESTRATOR_URL": "http://orch:11999"}
+    settings = parse_args(["--home", "/srv/fed"], env)
+    assert settings.models_dir == Path("/srv/fed/models")
+    assert settings.orchestrator_urls == ()
+    # FEDAVG_MODELS_DIR still moves the folder, as it does for the server's --home.
+    moved = parse_args(["--home", "/srv/fed"], {**env, "FEDAVG_MODELS_DIR": "/m"})
+    assert moved.models_dir == Path("/m")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        ([], {"SHOWCASE_PORT": "abc"}, "SHOWCASE_PORT"),
+        ([], {"ORCHESTRATOR_URL": "o:1"}, "ORCHESTRATOR_URL"),
+        (["--orchestrator", "o:1"], {}, "--orchestrator"),
+        (["--port", "0"], {}, "--port"),
+        ([], {"FEDAVG_LOG_FORMAT": "xml"}, "FEDAVG_LOG_FORMAT"),
+        (["--home", "/h", "--orchestrator", "http://o"], {}, "not allowed with"),
+    ],
+)
+def test_a_bad_value_stops_startup_in_one_line_naming_it(
+    argv: list[str], env: dict[str, str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv, {**HOME, **env})
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err
+    if named != "not allowed with":  # argparse's own refusals come with their usage line
+        assert err.count("\n") == 1 and err.startswith("fedavg-showcase: ")

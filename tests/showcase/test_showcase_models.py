@@ -180,9 +180,10 @@ def test_label_and_details_show_dataset_rounds_nodes_accuracy_and_date() -> None
 
     assert (
         m.label()
-        == "2025-06-01 12:30 · mnist · mlp · 1\u00d728\u00d728 · 5 rounds · 3 nodes · acc 91.2%"
+        == "2025-06-01 12:30 · acc 91.2% · mnist · mlp · 1\u00d728\u00d728 · 5 rounds · 3 nodes"
     )
     details = m.details()
+    assert "kind" not in details  # the file does not say whether it is the final or the best
     assert details["dataset"] == "mnist"
     assert details["rounds"] == "5"
     assert details["nodes"] == "3"
@@ -197,6 +198,19 @@ def test_label_and_details_show_dataset_rounds_nodes_accuracy_and_date() -> None
         '"horse", "ship", "truck"]'
     )
     assert named.details()["classes"] == "10 (airplane, automobile, bird, cat, …)"
+
+
+def test_the_kind_says_final_or_best_with_its_round() -> None:
+    best = info(kind="best", best_round=3, test_accuracy=0.95, created="2025-06-01T12:30:00")
+    assert best.kind == "best (round 3)"
+    assert best.label().startswith("2025-06-01 12:30 · acc 95.0% · best (round 3) · ?")
+    assert best.details()["kind"] == "best (round 3)"
+    final = info(kind="final")
+    assert final.kind == "final" and " · final · " in final.label()
+    assert info(kind="best").kind == "best"  # no round given
+    assert info(kind="best", best_round="soon").kind == "best"
+    assert info(kind="something-else").kind is None
+    assert info().kind is None
 
 
 def test_bad_or_missing_metadata_values_show_as_unknown_not_errors() -> None:

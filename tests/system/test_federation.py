@@ -55,7 +55,10 @@ def test_three_nodes_five_rounds_train_and_save_a_model(cluster: LocalCluster) -
 
     # The saved file reloads into a fresh model and reproduces the reported accuracy.
     models = cluster.request("GET", "/models")["models"]
-    assert [m["metadata"]["run_id"] for m in models] == [job["job_id"]]
+    assert [(m["metadata"]["run_id"], m["kind"]) for m in models] == [
+        (job["job_id"], "final"),
+        (job["job_id"], "best"),
+    ]
     path = cluster.home / "models" / models[0]["name"]
     state, meta = decode_weights(path.read_bytes())
     # The settings' MLP, normalised with the dataset's own statistics.

@@ -48,11 +48,12 @@ def wait_for_exit(cluster: LocalCluster, timeout: float = 120) -> None:
 
 
 def check_models_are_whole(home: Path) -> list[Path]:
-    """Every *.safetensors in models/ parses and validates; temp files are never models."""
+    """Every *.safetensors in models/ parses and validates; temp files are never models.
+    Returns the final models (each job also saves its best round's)."""
     models = sorted((home / "models").glob("*.safetensors"))
     for path in models:
         decode_weights(path.read_bytes())
-    return models
+    return [p for p in models if not p.name.endswith(".best.safetensors")]
 
 
 def timeline_kinds(home: Path) -> list[str]:

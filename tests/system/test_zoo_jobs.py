@@ -40,7 +40,9 @@ def saved_model(
     cluster: LocalCluster, job_id: str
 ) -> tuple[dict[str, torch.Tensor], ModelSpec, Mapping[str, str]]:
     (model,) = [
-        m for m in cluster.request("GET", "/models")["models"] if m["metadata"]["run_id"] == job_id
+        m
+        for m in cluster.request("GET", "/models")["models"]
+        if m["metadata"]["run_id"] == job_id and m["kind"] == "final"
     ]
     state, meta = decode_weights((cluster.home / "models" / model["name"]).read_bytes())
     return state, meta.spec, meta.extra
@@ -88,7 +90,7 @@ def test_a_resnet_job_on_cifar10_format_files(make_cluster: MakeCluster) -> None
     assert json.loads(extra["class_names"]) == list(CATALOG["cifar10"].class_names)
 
     # The showcase serves it in its upload mode: a photo-sized PNG in, the top 5 out.
-    (model,) = cluster.request("GET", "/models")["models"]
+    model, _best = cluster.request("GET", "/models")["models"]
     assert serve_mode(spec) == "upload"
     photo = io.BytesIO()
     Image.new("RGB", (96, 64), (200, 30, 30)).save(photo, format="PNG")

@@ -84,6 +84,7 @@ EXAMPLES: list[Frame] = [
     Done(job_id="mnist-1", model_url="/models/mnist-1.safetensors"),
     Done(job_id="mnist-1", model_url="", status="stopped"),
     Error(code="protocol", message="bad frame"),
+    Progress(job_id="mnist-1", round=3, batch=7, batches=20, loss=0.25, epoch=2, epochs=5),
 ]
 
 
@@ -465,3 +466,18 @@ def test_a_bad_fedprox_mu_is_a_protocol_error(mu: object, fragment: str) -> None
     if isinstance(mu, float) and math.isfinite(mu):
         with pytest.raises(ValueError, match="proximal_mu"):
             TrainConfig(proximal_mu=mu)
+
+
+def test_a_progress_frame_without_epochs_reads_as_the_one_epoch() -> None:
+    # What a node from before epochs were reported sends.
+    old = {"type": "progress", "job_id": "j", "round": 2, "batch": 3, "batches": 9, "loss": 0.5}
+    frame = decode(json.dumps(old))
+    assert isinstance(frame, Progress) and (frame.epoch, frame.epochs) == (1, 1)
+    assert json.loads(encode(frame)) == {**old, "epoch": 1, "epochs": 1}
+
+
+@pytest.mark.parametrize("epoch, epochs", [(0, 1), (3, 2), (1, 0), (1, 1001), (-1, 5)])
+def test_a_progress_epoch_outside_its_epochs_is_refused(epoch: int, epochs: int) -> None:
+    data = {**_progress(loss=0.5), "epoch": epoch, "epochs": epochs}
+    with pytest.raises(ProtocolError, match="epoch"):
+        decode(json.dumps(data))

@@ -568,7 +568,7 @@ async def test_two_nodes_two_rounds(make_client: MakeClient) -> None:
     assert 0 <= final["final_accuracy"] <= 1
 
     models = (await (await client.get("/models")).json())["models"]
-    assert len(models) == 1
+    assert [m["kind"] for m in models] == ["final", "best"]  # the final first of the pair
     assert models[0]["url"] == done_a.model_url
     resp = await client.get(done_a.model_url)
     assert resp.status == 200

@@ -98,7 +98,10 @@ async def test_bad_data_is_a_400_naming_the_file_or_the_field(
         (corrupt, "corrupt/cat/3.png: not a PNG or JPEG image (cannot identify image file)"),
         (huge, "huge/dog/big.png: 16x9000 pixels (height x width); each side must be 1..4096"),
         (single, "classes: only one class ('cat'); a classifier needs at least 2"),
-        (root / "table.csv", "path: table.csv is not an image folder, a .safetensors or a .npz"),
+        (
+            root / "table.csv",
+            "path: table.csv is not an image folder, a .safetensors or .npz file, or an IDX",
+        ),
         (root / "missing", f"path: {root}/missing does not exist"),
     ]
     for path, message in cases:

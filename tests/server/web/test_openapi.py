@@ -282,7 +282,7 @@ async def _lived_in(client: Client) -> tuple[ClientWebSocketResponse, str]:
     assert (await client.post("/train/mnist?epochs=3")).status == 202
     assert isinstance(decode(await _text(ws)), Train)
     models = await (await client.get("/models")).json()
-    assert len(models["models"]) == 1
+    assert [m["kind"] for m in models["models"]] == ["final", "best"]
     return ws, welcome.session_token
 
 

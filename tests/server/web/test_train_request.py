@@ -95,7 +95,12 @@ async def test_a_json_body_carries_a_spec_and_the_training_settings(client: Clie
         ("/train/mnist", {"epochs": 2}, 400, "epochs: unknown field"),
         ("/train/mnist?epochs=2", {"rounds": 3}, 400, "rounds: the query says 2 and the body 3"),
         ("/train/mnist", [1, 2], 400, "the body must be a JSON object"),
-        ("/train/nothing-here", {"model": "cnn"}, 404, "not prepared"),
+        (
+            "/train/nothing-here",
+            {"model": "cnn"},
+            404,
+            "unknown dataset .nothing-here.: the catalogue has",
+        ),
     ],
 )
 async def test_a_bad_choice_is_refused_with_its_field_and_no_job_starts(

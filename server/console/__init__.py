@@ -1,0 +1,1 @@
+"""The ``fedavg`` command: drive an orchestrator over its public REST and WebSocket API."""
