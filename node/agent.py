@@ -26,6 +26,8 @@ from node.shared.protocol import (
     Frame,
     Hello,
     Left,
+    OwnData,
+    OwnDataset,
     Train,
     WeightsReady,
     Welcome,
@@ -50,9 +52,16 @@ class Agent:
     """One node's life: connect, say hello, follow the frames, hand rounds to the pipeline."""
 
     def __init__(
-        self, settings: NodeSettings, capacity: float, device: torch.device, *, secret: str
+        self,
+        settings: NodeSettings,
+        capacity: float,
+        device: torch.device,
+        *,
+        secret: str,
+        own_data: tuple[OwnDataset, ...] = (),
     ) -> None:
         self.settings = settings
+        self.own_data = own_data  # what the node tells each orchestrator it holds
         self._secret = secret  # proves we own settings.node_id (node/identity.py)
         self.capacity = capacity
         self.device = device
@@ -127,6 +136,8 @@ class Agent:
                 welcome = await self._welcome(ws)
                 transport.session_token = welcome.session_token
                 self._log.info("connected", url=url, session=welcome.node_id)
+                if self.own_data:
+                    await ws.send_str(encode(OwnData(datasets=self.own_data)))
                 await self._session(ws, transport)
                 return True
         finally:

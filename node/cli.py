@@ -129,7 +129,7 @@ def load_own_data(settings: NodeSettings) -> list[NodeDataset]:
             "local_data_ready",
             seconds=round(time.perf_counter() - started, 2),
             detail=data.detail,
-            **said,
+            **dataclasses.asdict(said),
         )
         loaded.append(data)
     return loaded
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from exc
     configure_logging(settings.log_format)
     try:
-        load_own_data(settings)
+        own_data = load_own_data(settings)
     except DataError as exc:
         print(f"fedavg-node: NODE_DATA/--data: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         threads=torch.get_num_threads(),
         orchestrators=list(settings.orchestrators),
     )
-    agent = Agent(settings, capacity, device, secret=identity.secret)
+    said = tuple(d.announcement(share_label_counts=settings.share_label_counts) for d in own_data)
+    agent = Agent(settings, capacity, device, secret=identity.secret, own_data=said)
     try:
         asyncio.run(_run(agent))
     except JoinRefused as exc:

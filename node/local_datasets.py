@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import torch
 
@@ -39,12 +39,12 @@ from node.shared.atomic import atomic_write_bytes
 from node.shared.errors import DataError, WeightsError
 from node.shared.idx import is_idx_images, labels_beside
 from node.shared.local_data import (
-    DATASET_NAME_RE,
     DEFAULT_LIMITS,
     DataLimits,
     LocalData,
     read_local_data,
 )
+from node.shared.protocol import DATASET_NAME_RE, OwnDataset
 from node.shared.shards import ShardError, decode_xy, encode_xy
 from node.shared.splits import stratified_split
 from node.shared.weights import read_metadata
@@ -87,21 +87,12 @@ def parse_data_specs(values: Sequence[str], setting: str = "--data") -> tuple[Da
 class DataSchema:
     """What a model trained on the data must fit; the server compares nodes by it."""
 
-    input_shape: tuple[int, int, int]  # (C, H, W)
+    input_shape: tuple[int, int, int]  # (C, H, W), uint8 pixels
     class_names: tuple[str, ...]
-    dtype: str = "uint8"
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_shape": list(self.input_shape),
-            "dtype": self.dtype,
-            "num_classes": self.num_classes,
-            "class_names": list(self.class_names),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,19 +108,20 @@ class NodeDataset:
     fingerprint: str
     detail: str  # the format and the source path, for the node's log
 
-    def announcement(self, *, share_label_counts: bool = False) -> dict[str, Any]:
+    def announcement(self, *, share_label_counts: bool = False) -> OwnDataset:
         """What the node tells the server: no sample, and label counts only if allowed."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "schema": self.schema.to_dict(),
-            "train_samples": len(self.train_y),
-            "test_samples": len(self.test_y),
-            "fingerprint": self.fingerprint,
-        }
+        counts = None
         if share_label_counts:
-            counts = torch.bincount(self.train_y, minlength=self.schema.num_classes)
-            out["label_counts"] = counts.tolist()
-        return out
+            counts = tuple(torch.bincount(self.train_y, minlength=self.schema.num_classes).tolist())
+        return OwnDataset(
+            name=self.name,
+            input_shape=self.schema.input_shape,
+            class_names=self.schema.class_names,
+            train_samples=len(self.train_y),
+            test_samples=len(self.test_y),
+            fingerprint=self.fingerprint,
+            label_counts=counts,
+        )
 
 
 def load_node_dataset(

@@ -232,6 +232,7 @@ class Federation:
             max_update_ratio=self.settings.max_update_ratio,
             max_missed_rounds=self.settings.max_missed_rounds,
             server_opt=server_opt or {"strategy": "none"},
+            best_metric=self.settings.best_metric,
             clock=self.clock,
         )
 

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiohttp import WSCloseCode
 
-from node.shared.protocol import Frame, Hello, Progress, encode
+from node.shared.protocol import Frame, Hello, OwnDataset, Progress, encode
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +90,8 @@ class NodeSession:
     val_accuracy: float | None = None
     shard_samples: int | None = None
     shard_labels: list[int] | None = None  # the shard's samples per class
+    # The datasets the node holds itself (its own_data frame): what it says, never samples.
+    own_data: tuple[OwnDataset, ...] = ()
     close_code: int = WSCloseCode.OK
 
     def send(self, frame: Frame) -> bool:
@@ -159,7 +161,25 @@ class NodeSession:
             "val_accuracy": self.val_accuracy,
             "shard_samples": self.shard_samples,
             "shard_labels": self.shard_labels,
+            "own_data": [own_data_view(d) for d in self.own_data],
         }
+
+
+def own_data_view(dataset: OwnDataset) -> dict[str, Any]:
+    """A dataset a node announced, as the API shows it (label counts only if it sent them)."""
+    view: dict[str, Any] = {
+        "name": dataset.name,
+        "input_shape": list(dataset.input_shape),
+        "dtype": dataset.dtype,
+        "num_classes": len(dataset.class_names),
+        "class_names": list(dataset.class_names),
+        "train_samples": dataset.train_samples,
+        "test_samples": dataset.test_samples,
+        "fingerprint": dataset.fingerprint,
+    }
+    if dataset.label_counts is not None:
+        view["label_counts"] = list(dataset.label_counts)
+    return view
 
 
 class NodeRegistry:

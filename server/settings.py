@@ -23,6 +23,7 @@ from node.shared.wandb_sink import wandb_mode
 from server.core.partition import IID, Partition, PartitionError, parse_partition
 from server.core.server_opt import make_server_optimizer
 from server.core.shard_plan import MAX_SEED
+from server.job.best import BEST_METRICS, DEFAULT_BEST_METRIC
 
 AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
 MiB = 1024 * 1024
@@ -49,6 +50,7 @@ class Settings:
     # The server optimizer a job steps with after the combine, unless it says ("none": FedAvg).
     server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
     aggregation: str = "weighted"
+    best_metric: str = DEFAULT_BEST_METRIC  # what a job's saved best round is chosen by
     model_spec: ModelSpec = field(default_factory=ModelSpec)
     max_params: int = DEFAULT_MAX_PARAMS  # a job's model may have at most this many parameters
     train_config: TrainConfig = field(default_factory=TrainConfig)
@@ -166,6 +168,8 @@ class Settings:
             problems.append(f"FEDAVG_SEED must be 0..{MAX_SEED}")
         if self.aggregation not in AGGREGATIONS:
             problems.append(f"AGGREGATION must be one of {', '.join(AGGREGATIONS)}")
+        if self.best_metric not in BEST_METRICS:
+            problems.append(f"FEDAVG_BEST_METRIC must be one of {', '.join(BEST_METRICS)}")
         return [*problems, *self._model_problems()]
 
     def _model_problems(self) -> list[str]:
@@ -360,6 +364,9 @@ def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
         "partition": _partition(env.get("FEDAVG_PARTITION") or "iid"),
         "server_opt": _server_opt(env),
         "aggregation": env_values.text(env, "AGGREGATION", "weighted"),
+        "best_metric": env_values.choice(
+            env, "FEDAVG_BEST_METRIC", DEFAULT_BEST_METRIC, tuple(BEST_METRICS)
+        ),
         "seed": env_values.whole(env, "FEDAVG_SEED", 0),
         "mnist_download": env_values.boolean(env, "FEDAVG_MNIST_DOWNLOAD", True),
         "admin_token": env.get("FEDAVG_ADMIN_TOKEN") or None,

@@ -137,6 +137,11 @@ class Store:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC LIMIT ?", (limit,))
         return [_run_dict(r) for r in rows]
 
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """One run's row (as :meth:`runs` lists it), or None if there is no such run."""
+        row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _run_dict(row) if row else None
+
     def record_round(self, row: RoundRow) -> None:
         data = {f: getattr(row, f) for f in RoundRow.__dataclass_fields__}
         data["contributors"] = json.dumps(row.contributors)
@@ -175,11 +180,18 @@ class Store:
             (run_id, round_, node_id, node_name, samples, json.dumps(dict(metrics)), received_at),
         )
 
-    def node_metrics(self, run_id: str) -> list[dict[str, Any]]:
+    def node_metrics(self, run_id: str, limit: int = -1, offset: int = 0) -> list[dict[str, Any]]:
+        """A run's per-node rows by round, then node id; ``limit`` of them (-1: all) from
+        ``offset`` on."""
         rows = self._db.execute(
-            "SELECT * FROM node_metrics WHERE run_id = ? ORDER BY round, node_id", (run_id,)
+            "SELECT * FROM node_metrics WHERE run_id = ? ORDER BY round, node_id LIMIT ? OFFSET ?",
+            (run_id, limit, offset),
         )
         return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
+
+    def node_metrics_count(self, run_id: str) -> int:
+        query = "SELECT COUNT(*) FROM node_metrics WHERE run_id = ?"
+        return int(self._db.execute(query, (run_id,)).fetchone()[0])
 
     def add_event(
         self,

@@ -28,7 +28,6 @@ or the field.
 from __future__ import annotations
 
 import os
-import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,8 +44,6 @@ from node.shared.idx import IMAGES_PART, is_idx_images, labels_beside, read_idx
 from node.shared.model import MAX_INPUT_ELEMENTS
 from node.shared.weights import decode_tensors
 
-DATASET_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-"""A dataset's name, on the server (``/train/{name}``) and as a node announces its own."""
 MiB: Final = 1 << 20
 GiB: Final = 1 << 30
 FORMATS: Final = ("PNG", "JPEG")

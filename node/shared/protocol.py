@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar, get_type_hints
+from typing import Any, ClassVar, Final, Literal, TypeVar, get_type_hints
 from urllib.parse import urlencode
 
 from node.shared.errors import ProtocolError, SpecError
@@ -27,6 +28,11 @@ MAX_TEXT = 4096
 MIN_SECRET, MAX_SECRET = 16, 256  # a node's id secret: 32 random bytes, urlsafe, is 43
 MAX_LOCAL_EPOCHS = 1000  # TrainConfig.local_epochs and Progress.epochs
 MAX_PROXIMAL_MU = 1e4  # FedProx's mu: the paper tries 0.001..1; far above is a typo
+DATASET_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+"""A dataset's name, on the server (``/train/{name}``) and as a node announces its own."""
+MAX_OWN_DATASETS = 32  # datasets one node may announce
+MAX_CLASSES = 1000  # as node.shared.local_data's DataLimits
+MAX_LIST = 1000  # items in a list field of a frame
 ID_TAKEN = "id_taken"  # Error.code answering a hello whose secret is not its id's
 
 
@@ -112,6 +118,61 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnDataset:
+    """A dataset a node holds, as it describes it: its schema, counts and a content
+    fingerprint, never a sample; its label counts only when its owner allows
+    (``--share-label-counts``)."""
+
+    name: str
+    input_shape: tuple[int, ...]  # (C, H, W)
+    class_names: tuple[str, ...]
+    train_samples: int
+    test_samples: int
+    fingerprint: str  # sha256 of the decoded content (node.local_datasets.fingerprint)
+    dtype: Literal["uint8"] = "uint8"
+    label_counts: tuple[int, ...] | None = None  # train samples per class
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not DATASET_NAME_RE.fullmatch(self.name):
+            problems.append(f"name must match {DATASET_NAME_RE.pattern}")
+        if len(self.input_shape) != 3 or not 1 <= self.input_shape[0] <= 4:
+            problems.append("input_shape must be [C, H, W] with C of 1..4")
+        elif not all(1 <= side <= 4096 for side in self.input_shape[1:]):
+            problems.append("input_shape: each side must be 1..4096")
+        if not 2 <= len(self.class_names) <= MAX_CLASSES:
+            problems.append(f"class_names: 2..{MAX_CLASSES} classes")
+        if not (1 <= self.train_samples <= MAX_COUNT and 1 <= self.test_samples <= MAX_COUNT):
+            problems.append(f"train_samples and test_samples must be 1..{MAX_COUNT}")
+        if len(self.fingerprint) != 64 or not set(self.fingerprint) <= set("0123456789abcdef"):
+            problems.append("fingerprint must be 64 lower-case hex digits (a sha256)")
+        if self.label_counts is not None and (
+            len(self.label_counts) != len(self.class_names)
+            or any(c < 0 for c in self.label_counts)
+            or sum(self.label_counts) != self.train_samples
+        ):
+            problems.append("label_counts: one count >= 0 per class, summing to train_samples")
+        if problems:
+            raise ValueError(f"dataset {self.name[:64]!r}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class OwnData:
+    """The datasets a node holds (node -> server), sent after each ``welcome``: the data
+    never leaves the node, this is what the server may know of it."""
+
+    type: ClassVar[str] = "own_data"
+    datasets: tuple[OwnDataset, ...]
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.datasets]
+        if not 1 <= len(names) <= MAX_OWN_DATASETS:
+            raise ValueError(f"datasets: 1..{MAX_OWN_DATASETS} of them")
+        if len(set(names)) != len(names):
+            raise ValueError("datasets: each name once")
+
+
+@dataclass(frozen=True, slots=True)
 class Left:
     type: ClassVar[str] = "left"
     reason: str = ""
@@ -168,14 +229,15 @@ class Error:
     message: str
 
 
-NodeFrame = Hello | Progress | Left
+NodeFrame = Hello | Progress | OwnData | Left
 ServerFrame = Welcome | Train | WeightsReady | Done | Error
 Frame = NodeFrame | ServerFrame
 
-F = TypeVar("F", Hello, Progress, Left, Welcome, Train, WeightsReady, Done, Error)
+F = TypeVar("F", Hello, Progress, OwnData, Left, Welcome, Train, WeightsReady, Done, Error)
 
 FRAME_TYPES: dict[str, type[Any]] = {
-    cls.type: cls for cls in (Hello, Progress, Left, Welcome, Train, WeightsReady, Done, Error)
+    cls.type: cls
+    for cls in (Hello, Progress, OwnData, Left, Welcome, Train, WeightsReady, Done, Error)
 }
 
 
@@ -279,6 +341,8 @@ def _to_json(obj: Any) -> dict[str, Any]:
             value = value.to_dict()  # JSON-native: lists, not tuples
         elif dataclasses.is_dataclass(value):
             value = _to_json(value)
+        elif isinstance(value, tuple):
+            value = [_to_json(v) if dataclasses.is_dataclass(v) else v for v in value]
         out[f.name] = value
     return out
 
@@ -328,6 +392,11 @@ def _check(hint: Any, value: Any, where: str) -> Any:
         if value not in typing.get_args(hint):
             raise ProtocolError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
         return value
+    if origin is tuple:  # tuple[X, ...]: a JSON list of at most MAX_LIST items
+        (item, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            raise ProtocolError(f"{where}: expected a list of at most {MAX_LIST} items")
+        return tuple(_check(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if hint is type(None):
         if value is not None:
             raise ProtocolError(f"{where}: expected null")
@@ -341,6 +410,11 @@ def _check(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ProtocolError(f"{where}: expected an object")
         return _from_json(typing.cast(type[Any], hint), value, where)
+    return _check_scalar(hint, value, where)
+
+
+def _check_scalar(hint: Any, value: Any, where: str) -> Any:
+    """A string, an integer or a finite number, each bounded."""
     if hint is str:
         if not isinstance(value, str) or len(value) > MAX_TEXT:
             raise ProtocolError(f"{where}: expected a string of at most {MAX_TEXT} characters")

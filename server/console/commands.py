@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from rich.console import Console, Group, RenderableType
@@ -192,10 +193,21 @@ async def stop(api: Orchestrator, args: argparse.Namespace, out: Output) -> int:
 
 
 async def _record(api: Orchestrator, run_id: str | None) -> dict[str, Any]:
-    state, details, past = await asyncio.gather(
-        api.get("/sync/status"), api.get("/monitor/nodes"), api.get("/runs")
-    )
-    return run_record(run_id, state, details, past["runs"])
+    """``run_id``'s record (None: the orchestrator's current or last run), every page of its
+    per-node rows fetched."""
+    if run_id is None:
+        run_id = (await api.get("/sync/status")).get("run_id")
+        if run_id is None:
+            raise Refused(404, "no run has happened on this orchestrator yet")
+    path = f"/runs/{quote(run_id, safe='')}"
+    first = await api.get(path)
+    rows = list(first["nodes"])
+    while len(rows) < first["nodes_total"]:
+        page = (await api.get(path, {"offset": str(len(rows))}))["nodes"]
+        if not page:  # the run's rows changed under us: what was read is what we have
+            break
+        rows += page
+    return run_record(first, rows)
 
 
 async def export(api: Orchestrator, args: argparse.Namespace, out: Output) -> int:

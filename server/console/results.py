@@ -1,18 +1,18 @@
 """A run's results to take away: its rounds and per-node metrics as one record, as CSV rows,
 and as a plot of accuracy and loss per round, globally and per node.
 
-The record is built from the API's own views (``/sync/status`` history, ``/monitor/nodes``
-histories, the ``/runs`` row); these serve the orchestrator's current or last run.
+The record is built from ``GET /runs/{run_id}``, which serves any run the orchestrator has
+stored, current or past.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from server.console.errors import ConsoleError, Refused
+from server.console.errors import ConsoleError
 
 GLOBAL = "global"  # the scope of a round's row in the CSV; a node's rows carry its name
 FIXED_COLUMNS = (
@@ -28,33 +28,21 @@ FIXED_COLUMNS = (
 )
 
 
-def run_record(
-    run_id: str | None,
-    status: Mapping[str, Any],
-    node_details: Mapping[str, Any],
-    runs: Sequence[Mapping[str, Any]],
-) -> dict[str, Any]:
-    """``{"run", "rounds", "nodes"}`` for ``run_id`` (None: the status's run)."""
-    served = status.get("run_id")
-    if served is None:
-        raise Refused(404, "no run has happened on this orchestrator yet")
-    if run_id is not None and run_id != served:
-        known = any(r.get("run_id") == run_id for r in runs)
-        raise Refused(
-            404,
-            f"the orchestrator serves rounds for its current or last run only ({served}); "
-            + (f"{run_id} is an older run" if known else f"it has no run {run_id!r}")
-            + ": export each run when it ends",
-        )
-    row = next((dict(r) for r in runs if r.get("run_id") == served), {"run_id": served})
-    row.setdefault("status", status.get("state"))
+def run_record(answer: Mapping[str, Any], node_rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"run", "rounds", "nodes"}`` from ``GET /runs/{run_id}`` (``answer``, its first page)
+    and every page's per-node rows: one flat row per node and round, by round then name."""
     nodes = [
-        {"node": n["name"], "node_id": n["node_id"], **h}
-        for n in node_details.get("nodes", [])
-        for h in n.get("history", [])
+        {
+            "node": n["name"],
+            "node_id": n["node_id"],
+            "round": n["round"],
+            "samples": n["samples"],
+            **n.get("metrics", {}),
+        }
+        for n in node_rows
     ]
-    nodes.sort(key=lambda h: (h.get("round", 0), h["node"]))
-    return {"run": row, "rounds": list(status.get("history", [])), "nodes": nodes}
+    nodes.sort(key=lambda h: (h["round"], h["node"]))
+    return {"run": dict(answer["run"]), "rounds": list(answer["rounds"]), "nodes": nodes}
 
 
 def csv_text(record: Mapping[str, Any]) -> str:

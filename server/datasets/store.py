@@ -19,7 +19,7 @@ import structlog
 import torch
 
 from node.shared.atomic import atomic_write_bytes
-from node.shared.local_data import DATASET_NAME_RE
+from node.shared.protocol import DATASET_NAME_RE
 from node.shared.shards import ShardError, decode_xy, encode_xy
 from node.shared.weights import sha256_hex
 from server.datasets.catalog import CATALOG, CatalogEntry

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from server.events import EventBus
+from server.job.best import DEFAULT_BEST_METRIC
 from server.metrics import Metrics
 from server.registry import NodeRegistry
 from server.store import Store
@@ -34,4 +35,5 @@ class JobContext:
     max_missed_rounds: int = 2
     # The server optimizer after each round's combine (its config; "none" is FedAvg).
     server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
+    best_metric: str = DEFAULT_BEST_METRIC  # the saved best round's metric (server.job.best)
     clock: Callable[[], float] = time.time

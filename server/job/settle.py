@@ -32,7 +32,7 @@ from server import failpoints
 from server.core.evaluate import evaluate
 from server.core.rounds import RoundClosed
 from server.datasets import DatasetInfo
-from server.job.best import DEFAULT_BEST_METRIC, best_metadata, best_model_name, best_round
+from server.job.best import best_metadata, best_model_name, best_round
 from server.job.checkpoints import Published, WeightsFiles
 from server.job.context import JobContext
 from server.job.participants import Participants
@@ -218,15 +218,16 @@ class Settler:
         )
 
     def write_models(self, final: Mapping[str, torch.Tensor]) -> str:
-        """Write the trained model and the best round's, by :data:`DEFAULT_BEST_METRIC`
-        (both float32, the history in their metadata); returns the final one's file name.
-        The best is its round's checkpoint, read back and checked: nothing is kept per
-        round for it. Blocking: call it in a thread."""
+        """Write the trained model and the best round's, by the context's ``best_metric``
+        (FEDAVG_BEST_METRIC; both float32, the history in their metadata); returns the final
+        one's file name. The best is its round's checkpoint, read back and checked: nothing
+        is kept per round for it. Blocking: call it in a thread."""
         created = datetime.now(UTC).isoformat(timespec="seconds")
-        best = best_round(self._history, DEFAULT_BEST_METRIC)
+        metric = self._ctx.best_metric
+        best = best_round(self._history, metric)
         if best is not None:
             round_ = int(best["round"])
-            extra = best_metadata(best, DEFAULT_BEST_METRIC)
+            extra = best_metadata(best, metric)
             state = self._files.read(round_)
             self._write_model(best_model_name(self._job_id), state, round_, extra, created)
         last = self._history[-1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import sys
 import time
 import weakref
@@ -30,6 +31,7 @@ from server.core.partition import PartitionError, parse_partition
 from server.datasets import CATALOG, DatasetError, DatasetInfo, ImportRequest, UnknownDataset
 from server.errors import ApiError, BadRequest, Conflict, ErrorCode, NotFound, http_status
 from server.federation import Federation
+from server.job.restore import run_history
 from server.settings import Settings
 from server.store import Store
 from server.web import monitor
@@ -44,6 +46,9 @@ log = structlog.get_logger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 NODES_PAGE, NODES_PAGE_MAX = 500, 5000  # GET /nodes: the default and largest page
 IMPORT_BODY_MAX = 256 << 10  # POST /datasets/import: a path and up to 1000 class names
+# GET /runs/{run_id}: a run's rounds (at most its max_rounds) and a page of its per-node rows.
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+RUN_NODES_PAGE = RUN_NODES_PAGE_MAX = 20_000
 
 
 def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
@@ -107,6 +112,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/models", models),
         web.get("/models/{name}", download_model),
         web.get("/runs", runs),
+        web.get("/runs/{run_id}", run_details),
         web.get("/metrics", prometheus_metrics),
         web.get("/monitor/overview", monitor_overview),
         web.get("/monitor/nodes", monitor_nodes),
@@ -217,6 +223,35 @@ async def models(request: web.Request) -> web.Response:
 
 async def runs(request: web.Request) -> web.Response:
     return _json({"runs": _fed(request).store.runs()})
+
+
+async def run_details(request: web.Request) -> web.Response:
+    """Any stored run, current or past: its row, its rounds, and a page of its per-node
+    metrics (by round, then node id; ``?limit=&offset=``, with ``nodes_total``)."""
+    run_id = request.match_info["run_id"]
+    if not RUN_ID_RE.fullmatch(run_id):
+        raise BadRequest(f"invalid run id {run_id[:80]!r}: must match {RUN_ID_RE.pattern}")
+    limit = int_query(request, "limit", RUN_NODES_PAGE, 1, RUN_NODES_PAGE_MAX)
+    offset = int_query(request, "offset", 0, 0, 2**31)
+    store = _fed(request).store
+    run = store.run(run_id)
+    if run is None:
+        raise NotFound(f"no run {run_id!r} on this orchestrator (GET /runs lists them)")
+    nodes = [
+        {k: row[k] for k in ("round", "node_id", "samples", "metrics", "received_at")}
+        | {"name": row["node_name"]}
+        for row in store.node_metrics(run_id, limit, offset)
+    ]
+    return _json(
+        {
+            "run": run,
+            "rounds": run_history(store, run),
+            "nodes": nodes,
+            "nodes_total": store.node_metrics_count(run_id),
+            "offset": offset,
+            "limit": limit,
+        }
+    )
 
 
 async def download_model(request: web.Request) -> web.StreamResponse:

@@ -18,6 +18,7 @@ from node.shared.protocol import (
     Error,
     Hello,
     Left,
+    OwnData,
     Progress,
     decode,
     decode_as,
@@ -158,6 +159,10 @@ def _apply_frame(fed: Federation, session: NodeSession, msg: WSMessage) -> str |
         return "protocol error"
     if isinstance(frame, Progress):
         fed.node_progress(session, frame)
+    elif isinstance(frame, OwnData):
+        # Replaced whole on every send (after each welcome): the node's data as it is now.
+        session.own_data = frame.datasets
+        log.info("node_own_data", datasets=[d.name for d in frame.datasets])
     elif isinstance(frame, Left):
         return frame.reason or "left"
     else:

@@ -16,6 +16,7 @@ from node.local_datasets import (
     parse_data_specs,
 )
 from node.shared.errors import DataError
+from node.shared.protocol import OwnData, OwnDataset, decode, encode
 from tests.node.shared.data_files import (
     labelled_arrays,
     write_idx_pair,
@@ -67,17 +68,20 @@ def test_the_announcement_holds_no_sample_and_label_counts_only_when_allowed(
     path = write_npz(tmp_path / "d.npz", x=x, y=y)
     data = load_node_dataset(DataSpec("d", path), tmp_path / "cache")
     said = data.announcement()
-    assert set(said) == {"name", "schema", "train_samples", "test_samples", "fingerprint"}
-    assert said["schema"] == {
-        "input_shape": [1, 5, 4],
-        "dtype": "uint8",
-        "num_classes": 4,
-        "class_names": ["0", "1", "2", "3"],
-    }
-    assert said["train_samples"] + said["test_samples"] == 40
+    assert said == OwnDataset(
+        name="d",
+        input_shape=(1, 5, 4),
+        class_names=("0", "1", "2", "3"),
+        train_samples=len(data.train_y),
+        test_samples=len(data.test_y),
+        fingerprint=data.fingerprint,
+    )
+    assert said.train_samples + said.test_samples == 40 and said.label_counts is None
     shared = data.announcement(share_label_counts=True)
-    assert sum(shared["label_counts"]) == said["train_samples"]
-    assert len(shared["label_counts"]) == 4
+    assert shared.label_counts is not None and len(shared.label_counts) == 4
+    assert sum(shared.label_counts) == said.train_samples
+    frame = decode(encode(OwnData(datasets=(shared,))))  # what travels, and back
+    assert frame == OwnData(datasets=(shared,))
 
 
 def test_the_fingerprint_is_the_content_whatever_the_format_or_the_name(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert settings.default_rounds == 5
     assert settings.shard_overlap == 0.15
     assert settings.aggregation == "weighted"
+    assert settings.best_metric == "test_accuracy"
     assert settings.model_spec == ModelSpec()
     assert settings.train_config == TrainConfig()
     assert settings.seed == 0
@@ -170,6 +171,10 @@ def test_flags_override_env(tmp_path: Path) -> None:
         ({"FEDAVG_MAX_UPLOAD_MB": "0"}, "FEDAVG_MAX_UPLOAD_MB"),
         ({"FEDAVG_MAX_UPLOAD_MB": "1.5"}, "FEDAVG_MAX_UPLOAD_MB='1.5'"),
         ({"FEDAVG_LOG_FORMAT": "xml"}, "FEDAVG_LOG_FORMAT"),
+        (
+            {"FEDAVG_BEST_METRIC": "accuracy"},
+            "FEDAVG_BEST_METRIC='accuracy' must be one of test_accuracy, test_loss",
+        ),
         ({"FEDAVG_SEED": "x"}, "FEDAVG_SEED='x' is not a whole number"),
         ({"FEDAVG_PARTITION": "zipf:1"}, "FEDAVG_PARTITION: unknown kind 'zipf'"),
         ({"FEDAVG_PARTITION": "dirichlet:x"}, "FEDAVG_PARTITION: dirichlet's alpha"),
@@ -184,6 +189,16 @@ def test_flags_override_env(tmp_path: Path) -> None:
 def test_bad_values_are_refused_with_a_clear_message(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(SettingsError, match=fragment):
         Settings.from_env({**ENV, **env})
+
+
+@pytest.mark.parametrize("metric", ["test_accuracy", "test_loss"])
+def test_the_best_metric_is_read_from_the_environment(metric: str) -> None:
+    assert Settings.from_env({**ENV, "FEDAVG_BEST_METRIC": metric}).best_metric == metric
+
+
+def test_a_best_metric_set_in_code_is_checked_too() -> None:
+    with pytest.raises(SettingsError, match="FEDAVG_BEST_METRIC must be one of"):
+        Settings(best_metric="f1").validate()
 
 
 def test_bad_flags_are_refused() -> None:
@@ -307,7 +322,7 @@ NUMERIC_VARIABLES = (
     "FEDAVG_MAX_NODE_IDS", "FEDAVG_MAX_EVENTS", "FEDAVG_IMPORT_MAX_MB",
     "FEDAVG_IMPORT_MAX_SAMPLES", "FEDAVG_MNIST_DOWNLOAD", "FEDAVG_OPTIMIZER",
     "FEDAVG_WIRE_DTYPE", "FEDAVG_LOG_FORMAT", "MODEL_ARCH", "FEDAVG_PARTITION",
-    "FEDAVG_STRATEGY",
+    "FEDAVG_STRATEGY", "FEDAVG_BEST_METRIC",
 )  # fmt: skip
 
 

@@ -99,6 +99,14 @@ def test_runs_are_newest_first_with_a_limit(store: Store) -> None:
     assert [r["run_id"] for r in store.runs(limit=2)] == ["run-0", "run-2"]
 
 
+def test_one_run_by_its_id(store: Store) -> None:
+    store.create_run(**_run("run-1"))
+    store.create_run(**_run("run-2", created=200.0))
+    run = store.run("run-1")
+    assert run is not None and run == store.runs()[1]
+    assert store.run("run-3") is None
+
+
 def test_a_duplicate_run_id_is_refused(store: Store) -> None:
     store.create_run(**_run())
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
@@ -232,3 +240,15 @@ def test_node_id_bindings_are_bounded_but_never_those_in_use(path: Path) -> None
         assert store.node_secret_sha256("fake-499") == "h"
     finally:
         store.close()
+
+
+def test_node_metrics_come_in_pages_with_their_count(store: Store) -> None:
+    for round_ in (1, 2, 3):
+        for node in ("n1", "n2"):
+            store.record_node_metrics("run-1", round_, node, node, 10, {}, 1.0)
+    store.record_node_metrics("run-2", 1, "n1", "n1", 10, {}, 1.0)
+    assert store.node_metrics_count("run-1") == 6
+    assert store.node_metrics_count("nosuch") == 0
+    page = [(r["round"], r["node_id"]) for r in store.node_metrics("run-1", limit=4, offset=1)]
+    assert page == [(1, "n2"), (2, "n1"), (2, "n2"), (3, "n1")]
+    assert [r["node_id"] for r in store.node_metrics("run-1", limit=4, offset=4)] == ["n1", "n2"]

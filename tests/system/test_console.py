@@ -3,7 +3,7 @@
 One cluster serves the module (an admin token set, so every control call proves it sends
 one). The installed console script runs as a subprocess, over a pipe for ``--json`` and the
 tables, and under a pseudo-terminal for the live board. The stop test runs last: it leaves a
-stopped job as the orchestrator's last run, which the export and plot tests must not see.
+stopped job as the orchestrator's last run.
 """
 
 from __future__ import annotations
@@ -151,6 +151,31 @@ def test_plot_draws_a_png_of_the_size_asked(
     assert result.returncode == 0, result.stderr
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size == (800, 600)
+
+
+def test_an_older_run_is_exported_and_plotted_after_a_newer_one(
+    cluster: LocalCluster, trained: tuple[subprocess.CompletedProcess[str], str], tmp_path: Path
+) -> None:
+    _, first = trained
+    before = as_json(cluster, "export", first)
+    newer = as_json(cluster, "train", "mnist", "--rounds", "1", "--model", SMALL_MLP)
+    assert newer["state"] == "completed" and newer["run_id"] != first
+    older = as_json(cluster, "export", first)
+    assert older["run"]["run_id"] == first and older["run"]["status"] == "completed"
+    assert older["rounds"] == before["rounds"] and len(older["rounds"]) == 2
+    assert older["nodes"] == before["nodes"] and len(older["nodes"]) == 4
+    latest = as_json(cluster, "export")  # no RUN: the last run
+    assert latest["run"]["run_id"] == newer["run_id"] and len(latest["rounds"]) == 1
+    assert [h["test_accuracy"] for h in latest["rounds"]] == [
+        h["test_accuracy"] for h in newer["history"]
+    ]
+    out = tmp_path / "older.png"
+    plotted = fedavg(cluster, "plot", first, str(out), "--size", "640x480")
+    assert plotted.returncode == 0 and f"run {first})" in plotted.stdout, plotted.stderr
+    with Image.open(out) as image:
+        assert image.size == (640, 480)
+    unknown = fedavg(cluster, "export", "mnist-20200101T000000Z-0000", "--json")
+    assert unknown.returncode == 4 and "no run 'mnist-20200101T000000Z-0000'" in unknown.stderr
 
 
 def test_download_saves_the_model_as_listed(

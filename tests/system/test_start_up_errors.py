@@ -200,7 +200,7 @@ def test_a_node_reads_and_caches_its_own_data_before_it_joins(tmp_path: Path) ->
             node.wait(timeout=30)
     assert ready is not None
     assert ready["name"] == "pets" and ready["train_samples"] == 12 and ready["test_samples"] == 3
-    assert ready["schema"]["input_shape"] == [3, 8, 8]
-    assert ready["schema"]["class_names"] == ["cat", "dog"]
-    assert len(ready["fingerprint"]) == 64 and "label_counts" not in ready
+    assert ready["input_shape"] == [3, 8, 8]
+    assert ready["class_names"] == ["cat", "dog"]
+    assert len(ready["fingerprint"]) == 64 and ready["label_counts"] is None
     assert len(list((tmp_path / "home" / "node-cache" / "local-data").iterdir())) == 1

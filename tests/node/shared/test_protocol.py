@@ -26,6 +26,8 @@ from node.shared.protocol import (
     Frame,
     Hello,
     Left,
+    OwnData,
+    OwnDataset,
     Progress,
     Train,
     TrainConfig,
@@ -85,6 +87,27 @@ EXAMPLES: list[Frame] = [
     Done(job_id="mnist-1", model_url="", status="stopped"),
     Error(code="protocol", message="bad frame"),
     Progress(job_id="mnist-1", round=3, batch=7, batches=20, loss=0.25, epoch=2, epochs=5),
+    OwnData(
+        datasets=(
+            OwnDataset(
+                name="pets",
+                input_shape=(3, 32, 32),
+                class_names=("cat", "dog"),
+                train_samples=80,
+                test_samples=20,
+                fingerprint="ab" * 32,
+                label_counts=(50, 30),
+            ),
+            OwnDataset(
+                name="digits",
+                input_shape=(1, 28, 28),
+                class_names=tuple("0123456789"),
+                train_samples=4000,
+                test_samples=1000,
+                fingerprint="0" * 64,
+            ),
+        )
+    ),
 ]
 
 
@@ -481,3 +504,41 @@ def test_a_progress_epoch_outside_its_epochs_is_refused(epoch: int, epochs: int)
     data = {**_progress(loss=0.5), "epoch": epoch, "epochs": epochs}
     with pytest.raises(ProtocolError, match="epoch"):
         decode(json.dumps(data))
+
+
+def _own(**changes: Any) -> dict[str, Any]:
+    """An own_data frame as JSON, its first dataset changed."""
+    frame: dict[str, Any] = json.loads(encode(EXAMPLES[-1]))
+    frame["datasets"][0].update(changes)
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"name": "Pets"}, "name must match"),
+        ({"input_shape": [3, 32]}, r"input_shape must be \[C, H, W\]"),
+        ({"input_shape": [5, 32, 32]}, "with C of 1..4"),
+        ({"input_shape": [3, 0, 32]}, "each side must be 1..4096"),
+        ({"class_names": ["cat"], "label_counts": None}, "class_names: 2..1000 classes"),
+        ({"train_samples": 0}, "train_samples and test_samples must be 1.."),
+        ({"fingerprint": "xyz"}, "fingerprint must be 64 lower-case hex digits"),
+        ({"label_counts": [50, 31]}, "label_counts: one count >= 0 per class, summing"),
+        ({"label_counts": [80]}, "label_counts"),
+        ({"dtype": "float32"}, "is not one of"),
+        ({"input_shape": list(range(1001))}, "expected a list of at most 1000 items"),
+        ({"class_names": "cat,dog"}, "expected a list"),
+        ({"samples": [[1, 2, 3]]}, "unknown fields"),  # no room for a sample, by name either
+    ],
+)
+def test_a_bad_own_dataset_is_refused_naming_what(changes: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ProtocolError, match=fragment):
+        decode(json.dumps(_own(**changes)))
+
+
+def test_own_data_holds_1_to_32_datasets_each_named_once() -> None:
+    frame = _own()
+    with pytest.raises(ProtocolError, match="each name once"):
+        decode(json.dumps({**frame, "datasets": [frame["datasets"][0]] * 2}))
+    with pytest.raises(ProtocolError, match=r"1\.\.32 of them"):
+        decode(json.dumps({**frame, "datasets": []}))

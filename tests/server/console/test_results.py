@@ -6,10 +6,8 @@ import csv
 import io
 from typing import Any
 
-import pytest
 from PIL import Image
 
-from server.console.errors import Refused
 from server.console.results import GLOBAL, csv_text, per_node, plot_png, run_record
 
 RUN = "mnist-20261201T120000Z-abcd"
@@ -26,37 +24,30 @@ HISTORY = [
     }
     for r in (1, 2)
 ]
-DETAILS = {
-    "run_id": RUN,
-    "nodes": [
-        {
-            "node_id": f"id-{name}",
-            "name": name,
-            "history": [
-                {
-                    "round": r,
-                    "samples": 50,
-                    "train_loss": 0.9 / r,
-                    "train_accuracy": 0.6,
-                    "val_accuracy": 0.7,
-                    "seconds": 0.4,
-                }
-                for r in (2, 1)
-            ],
-        }
-        for name in ("b", "a")
-    ],
-}
+RUN_ROW = {"run_id": RUN, "status": "completed"}
+# GET /runs/{run_id}'s per-node rows, in the server's order (round, then node id).
+NODE_ROWS = [
+    {
+        "round": r,
+        "node_id": f"id-{name}",
+        "name": name,
+        "samples": 50,
+        "metrics": {"train_loss": 0.9 / r, "train_accuracy": 0.6, "val_accuracy": 0.7},
+        "received_at": 10.0 + r,
+    }
+    for r in (1, 2)
+    for name in ("b", "a")
+]
 
 
 def record() -> dict[str, Any]:
-    status = {"run_id": RUN, "state": "completed", "history": HISTORY}
-    return run_record(RUN, status, DETAILS, [{"run_id": RUN, "status": "completed"}])
+    answer = {"run": RUN_ROW, "rounds": HISTORY, "nodes": NODE_ROWS[:2], "nodes_total": 4}
+    return run_record(answer, NODE_ROWS)
 
 
 def test_the_record_holds_the_rounds_and_each_node_row_in_round_order() -> None:
     rec = record()
-    assert rec["run"] == {"run_id": RUN, "status": "completed"}
+    assert rec["run"] == RUN_ROW
     assert rec["rounds"] == HISTORY
     assert [(n["round"], n["node"]) for n in rec["nodes"]] == [
         (1, "a"),
@@ -64,19 +55,16 @@ def test_the_record_holds_the_rounds_and_each_node_row_in_round_order() -> None:
         (2, "a"),
         (2, "b"),
     ]
+    assert rec["nodes"][0] == {
+        "node": "a",
+        "node_id": "id-a",
+        "round": 1,
+        "samples": 50,
+        "train_loss": 0.9,
+        "train_accuracy": 0.6,
+        "val_accuracy": 0.7,
+    }
     assert per_node(rec["nodes"], "train_loss")["a"] == [(1, 0.9), (2, 0.45)]
-
-
-def test_only_the_current_or_last_run_is_served_and_the_refusal_says_so() -> None:
-    status = {"run_id": RUN, "history": HISTORY}
-    runs = [{"run_id": RUN}, {"run_id": "older"}]
-    with pytest.raises(Refused, match="older is an older run: export each run when it ends"):
-        run_record("older", status, DETAILS, runs)
-    with pytest.raises(Refused, match="it has no run 'typo'"):
-        run_record("typo", status, DETAILS, runs)
-    with pytest.raises(Refused, match="no run has happened"):
-        run_record(None, {"run_id": None}, {}, [])
-    assert run_record(None, status, DETAILS, runs)["run"]["run_id"] == RUN
 
 
 def test_the_csv_has_a_global_row_per_round_then_a_row_per_node_and_round() -> None:

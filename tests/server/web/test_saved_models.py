@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,10 +34,14 @@ async def _upload(
     assert resp.status == 200, await resp.text()
 
 
-async def test_a_finished_job_lists_its_final_and_its_best_model(make_client: MakeClient) -> None:
-    """Round 2 uploads really trained weights, round 3 a zeroed model (chance accuracy):
-    the final model is round 3's, and the best is round 2's checkpoint, named as such."""
-    client = await make_client()
+Change = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+async def _three_rounds(
+    client: Client, second: Change, third: Change
+) -> tuple[Train, list[dict[str, Any]]]:
+    """One node runs a 3-round job: round 1 uploads the start, rounds 2 and 3 ``second`` and
+    ``third`` of really trained weights; the job and its history."""
     node = await connect(client, "a")
     await prepare_mnist(client)
     assert (await client.post("/train/mnist?epochs=3")).status == 202
@@ -50,14 +55,34 @@ async def test_a_finished_job_lists_its_final_and_its_best_model(make_client: Ma
     trained = train_locally(
         train.model_spec, round1, x, y, train.config, device=torch.device("cpu"), seed=1
     )
-    await _upload(client, node, train, 2, trained.state, len(y))
+    await _upload(client, node, train, 2, second(trained.state), len(y))
     await node.expect(WeightsReady)
-    await _upload(
-        client, node, train, 3, {k: torch.zeros_like(v) for k, v in start.items()}, len(y)
-    )
+    await _upload(client, node, train, 3, third(trained.state), len(y))
     assert (await node.expect(Done)).status == "completed"
-
     history = (await (await client.get("/sync/status")).json())["history"]
+    return train, history
+
+
+def _as_is(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return state
+
+
+def _zeroed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.zeros_like(v) for k, v in state.items()}
+
+
+def _softened(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same model with its logits divided by 5 (the last layer's weights and bias): the
+    same predictions, so the same accuracy, but timid ones, so a higher loss."""
+    last = list(state)[-2:]
+    return {k: v / 5 if k in last else v.clone() for k, v in state.items()}
+
+
+async def test_a_finished_job_lists_its_final_and_its_best_model(make_client: MakeClient) -> None:
+    """Round 2 uploads really trained weights, round 3 a zeroed model (chance accuracy):
+    the final model is round 3's, and the best is round 2's checkpoint, named as such."""
+    client = await make_client()
+    train, history = await _three_rounds(client, _as_is, _zeroed)
     best = best_round(history, "test_accuracy")
     assert best is not None and best["round"] == 2  # what the uploads made of the rounds
     models = (await (await client.get("/models")).json())["models"]
@@ -83,3 +108,22 @@ async def test_a_finished_job_lists_its_final_and_its_best_model(make_client: Ma
     assert (meta.round, meta.job_id, meta.spec) == (2, train.job_id, train.model_spec)
     final_state = await _weights(client, final["url"])
     assert all(torch.count_nonzero(v) == 0 for v in final_state.values())
+
+
+async def test_with_best_metric_test_loss_the_best_model_is_the_lowest_loss_round(
+    make_client: MakeClient,
+) -> None:
+    """Round 2 is the trained model softened, round 3 the trained model: equal accuracy (so
+    by accuracy the earlier, round 2, would win) but round 3 has the lower loss."""
+    client = await make_client(best_metric="test_loss")
+    train, history = await _three_rounds(client, _softened, _as_is)
+    by_accuracy, by_loss = best_round(history, "test_accuracy"), best_round(history, "test_loss")
+    assert by_accuracy is not None and by_accuracy["round"] == 2  # what the uploads made
+    assert by_loss is not None and by_loss["round"] == 3
+    assert history[1]["test_accuracy"] == history[2]["test_accuracy"]
+    models = {m["kind"]: m for m in (await (await client.get("/models")).json())["models"]}
+    best = models["best"]
+    assert (best["best_round"], best["best_metric"]) == (3, "test_loss")
+    assert best["best_value"] == round(by_loss["test_loss"], 6)
+    _, meta = decode_weights(await (await client.get(best["url"])).read())
+    assert (meta.round, meta.job_id) == (3, train.job_id)
