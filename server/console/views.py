@@ -127,7 +127,8 @@ def nodes_table(nodes: Iterable[Mapping[str, Any]]) -> Table:
 
 
 def datasets_table(payload: Mapping[str, Any]) -> Table:
-    """The catalogue, prepared or not, and the imported datasets (prepared by definition)."""
+    """The catalogue, prepared or not, the imported datasets (prepared by definition), and
+    the data connected nodes hold themselves."""
     prepared = {d["dataset_id"]: d for d in payload.get("datasets", [])}
     table = Table(title="datasets", title_justify="left")
     for name in ("id", "title", "shape", "classes", "prepared", "source", "train", "test"):
@@ -146,6 +147,18 @@ def datasets_table(payload: Mapping[str, Any]) -> Table:
             str(info.get("source", "-")),
             str(info.get("train_samples", "-")),
             str(info.get("test_samples", "-")),
+        )
+    for held in payload.get("announced", []):  # data the nodes hold themselves
+        left_out = f" ({len(held['left_out'])} left out)" if held.get("left_out") else ""
+        table.add_row(
+            str(held["name"]),
+            f"held by {len(held['nodes'])} node{'s' if len(held['nodes']) != 1 else ''}",
+            "x".join(str(d) for d in held.get("input_shape", [])),
+            str(held.get("num_classes", "-")),
+            "on nodes",
+            ", ".join(held["nodes"]) + left_out,
+            str(held.get("train_samples", "-")),
+            str(held.get("test_samples", "-")),
         )
     return table
 

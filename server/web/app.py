@@ -27,6 +27,7 @@ from node.shared.errors import FedavgError, ProtocolError
 from node.shared.protocol import UploadQuery
 from server import jsonsafe
 from server.core.job_request import train_view
+from server.core.own_data import by_name
 from server.core.partition import PartitionError, parse_partition
 from server.datasets import CATALOG, DatasetError, DatasetInfo, ImportRequest, UnknownDataset
 from server.errors import ApiError, BadRequest, Conflict, ErrorCode, NotFound, http_status
@@ -210,7 +211,15 @@ async def datasets(request: web.Request) -> web.Response:
         }
         for e in CATALOG.values()
     ]
-    return _json({"datasets": [d.to_dict() for d in prepared], "catalog": catalog})
+    connected = _fed(request).registry.connected()
+    announced = by_name({s.node_id: s.own_data for s in connected if s.own_data})
+    return _json(
+        {
+            "datasets": [d.to_dict() for d in prepared],
+            "catalog": catalog,
+            "announced": [named.view() for named in announced],
+        }
+    )
 
 
 async def sync_status(request: web.Request) -> web.Response:

@@ -132,11 +132,23 @@ def test_the_tables_show_the_api_rows() -> None:
                         "test_samples": 20,
                     },
                 ],
+                "announced": [
+                    {
+                        "name": "scans",
+                        "input_shape": [1, 64, 64],
+                        "num_classes": 3,
+                        "nodes": ["a", "b"],
+                        "train_samples": 500,
+                        "test_samples": 120,
+                        "left_out": [{"node_id": "c", "why": "input_shape differs"}],
+                    }
+                ],
             }
         )
     )
     assert "1x28x28" in datasets and "60000" in datasets
     assert "pets" in datasets and "imported" in datasets
+    assert "held by 2 nodes" in datasets and "a, b (1 left out)" in datasets
     models = text(
         models_table(
             [

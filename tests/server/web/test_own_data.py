@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -84,3 +85,33 @@ async def test_an_own_data_frame_that_breaks_a_rule_closes_the_socket(
     msg = await node.ws.receive(timeout=10)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
     assert await _own_data(client, "a") == []
+
+
+async def test_datasets_lists_what_connected_nodes_hold_by_name(make_client: MakeClient) -> None:
+    client = await make_client()
+    first, second, odd = [await connect(client, n) for n in ("a", "b", "c")]
+    assert (await (await client.get("/datasets")).json())["announced"] == []
+    await first.ws.send_str(encode(OwnData(datasets=(PETS,))))
+    await second.ws.send_str(
+        encode(OwnData(datasets=(dataclasses.replace(PETS, train_samples=40, test_samples=5),)))
+    )
+    small = dataclasses.replace(PETS, input_shape=(1, 28, 28))
+    await odd.ws.send_str(encode(OwnData(datasets=(small,))))
+    for _ in range(200):
+        announced = (await (await client.get("/datasets")).json())["announced"]
+        if announced and len(announced[0]["nodes"]) + len(announced[0]["left_out"]) == 3:
+            break
+        await asyncio.sleep(0.05)
+    (pets,) = announced
+    assert pets["nodes"] == ["a", "b"] and pets["input_shape"] == [3, 32, 32]
+    assert (pets["train_samples"], pets["test_samples"]) == (120, 25)
+    assert pets["left_out"] == [
+        {"node_id": "c", "why": "input_shape [1, 28, 28], not the majority's [3, 32, 32]"}
+    ]
+    await odd.ws.close()  # a node that goes offline no longer counts
+    for _ in range(200):
+        announced = (await (await client.get("/datasets")).json())["announced"]
+        if not announced[0]["left_out"]:
+            break
+        await asyncio.sleep(0.05)
+    assert announced[0]["left_out"] == [] and announced[0]["nodes"] == ["a", "b"]
