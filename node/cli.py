@@ -21,6 +21,7 @@ from node.settings import NodeSettings, NodeSettingsError
 from node.shared.errors import DataError
 from node.shared.logs import configure_logging
 from node.shared.model import ModelSpec
+from node.shared.protocol import OwnDataset
 from node.trainer import measure_capacity, resolve_device
 
 log = structlog.get_logger(__name__)
@@ -116,9 +117,10 @@ def _settings(args: argparse.Namespace) -> NodeSettings:
     return settings
 
 
-def load_own_data(settings: NodeSettings) -> list[NodeDataset]:
+def load_own_data(settings: NodeSettings) -> list[tuple[NodeDataset, OwnDataset]]:
     """Read, check and cache each own dataset before joining: a path that is wrong fails
-    the start, not a job an hour later. What is logged is what the node may announce."""
+    the start, not a job an hour later. Each with what the node may announce of it, which
+    is what it logs."""
     loaded = []
     for spec in settings.data:
         log.info("local_data_reading", dataset=spec.name, path=str(spec.path))
@@ -131,7 +133,7 @@ def load_own_data(settings: NodeSettings) -> list[NodeDataset]:
             detail=data.detail,
             **dataclasses.asdict(said),
         )
-        loaded.append(data)
+        loaded.append((data, said))
     return loaded
 
 
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=torch.get_num_threads(),
         orchestrators=list(settings.orchestrators),
     )
-    said = tuple(d.announcement(share_label_counts=settings.share_label_counts) for d in own_data)
+    said = tuple(announced for _, announced in own_data)
     agent = Agent(settings, capacity, device, secret=identity.secret, own_data=said)
     try:
         asyncio.run(_run(agent))

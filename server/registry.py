@@ -122,6 +122,10 @@ class NodeSession:
         self.round, self.batch, self.batches = progress.round, progress.batch, progress.batches
         self.epoch, self.epochs, self.loss = progress.epoch, progress.epochs, progress.loss
         self.state = "training"
+        return self._progress()
+
+    def _progress(self) -> dict[str, Any]:
+        """Where the node's local training is: the ``progress`` event, and part of the row."""
         return {
             "round": self.round,
             "batch": self.batch,
@@ -152,12 +156,7 @@ class NodeSession:
             "last_seen": self.last_seen,
             "state": self.state,
             "job_id": self.job_id,
-            "round": self.round,
-            "batch": self.batch,
-            "batches": self.batches,
-            "epoch": self.epoch,
-            "epochs": self.epochs,
-            "loss": self.loss,
+            **self._progress(),
             "val_accuracy": self.val_accuracy,
             "shard_samples": self.shard_samples,
             "shard_labels": self.shard_labels,
