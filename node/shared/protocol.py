@@ -173,6 +173,30 @@ class OwnData:
 
 
 @dataclass(frozen=True, slots=True)
+class Evaluation:
+    """A node's reading of one global model on its own test split (node -> server): in a
+    job over the nodes' own data, each round's weights before it trains on them, and the
+    final model when asked (``evaluate``). Counts, not samples; ``correct`` of ``samples``
+    right, so a weighted mean over nodes is exact."""
+
+    type: ClassVar[str] = "evaluation"
+    readings: ClassVar[frozenset[str]] = frozenset({"loss"})  # a diverged model's loss
+    job_id: str
+    round: int  # the global model after this round (0: the initial one)
+    samples: int
+    correct: int
+    loss: float | None  # mean cross-entropy
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.round <= MAX_COUNT:
+            raise ValueError(f"round must be within 0..{MAX_COUNT}")
+        if not 1 <= self.samples <= MAX_COUNT or not 0 <= self.correct <= self.samples:
+            raise ValueError("samples must be 1..2**31 and correct within 0..samples")
+        if self.loss is not None and self.loss < 0:
+            raise ValueError("loss must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class Left:
     type: ClassVar[str] = "left"
     reason: str = ""
@@ -188,7 +212,12 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Train:
-    """Start (or resume) a job: train ``round`` from the global weights at ``weights_url``."""
+    """Start (or resume) a job: train ``round`` from the global weights at ``weights_url``.
+
+    ``data_mode`` says where the samples are. ``shards``: the server's, at ``shard_url``
+    (safetensors with that sha256). ``local``: the node's own dataset named ``dataset``,
+    whose fingerprint must be ``shard_sha256`` (what it announced); ``shard_url`` is empty,
+    and the node evaluates each round's weights on its test split before it trains."""
 
     type: ClassVar[str] = "train"
     job_id: str
@@ -199,6 +228,22 @@ class Train:
     config: TrainConfig
     rounds: int
     round: int
+    weights_url: str
+    weights_sha256: str
+    data_mode: Literal["shards", "local"] = "shards"
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluate:
+    """Evaluate the model at ``weights_url`` on the test split of the node's own dataset
+    ``dataset`` and answer with an ``evaluation`` frame for ``job_id`` and ``round``: a
+    job's final model, or a saved model in an evaluation-only job."""
+
+    type: ClassVar[str] = "evaluate"
+    job_id: str
+    dataset: str
+    round: int
+    model_spec: ModelSpec
     weights_url: str
     weights_sha256: str
 
@@ -229,15 +274,40 @@ class Error:
     message: str
 
 
-NodeFrame = Hello | Progress | OwnData | Left
-ServerFrame = Welcome | Train | WeightsReady | Done | Error
+NodeFrame = Hello | Progress | OwnData | Evaluation | Left
+ServerFrame = Welcome | Train | Evaluate | WeightsReady | Done | Error
 Frame = NodeFrame | ServerFrame
 
-F = TypeVar("F", Hello, Progress, OwnData, Left, Welcome, Train, WeightsReady, Done, Error)
+F = TypeVar(
+    "F",
+    Hello,
+    Progress,
+    OwnData,
+    Evaluation,
+    Left,
+    Welcome,
+    Train,
+    Evaluate,
+    WeightsReady,
+    Done,
+    Error,
+)
 
 FRAME_TYPES: dict[str, type[Any]] = {
     cls.type: cls
-    for cls in (Hello, Progress, OwnData, Left, Welcome, Train, WeightsReady, Done, Error)
+    for cls in (
+        Hello,
+        Progress,
+        OwnData,
+        Evaluation,
+        Left,
+        Welcome,
+        Train,
+        Evaluate,
+        WeightsReady,
+        Done,
+        Error,
+    )
 }
 
 

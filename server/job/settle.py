@@ -26,10 +26,10 @@ import torch
 from prometheus_async.aio import time as aio_time
 
 from node.shared.atomic import atomic_write_bytes
+from node.shared.evaluate import evaluate
 from node.shared.model import ModelSpec
 from node.shared.weights import WeightsMeta, encode_weights
 from server import failpoints
-from server.core.evaluate import evaluate
 from server.core.rounds import RoundClosed
 from server.datasets import DatasetInfo
 from server.job.best import best_metadata, best_model_name, best_round

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from node.shared.evaluate import evaluate
 from node.shared.model import ModelSpec, build_model, init_state, normalize
 from node.shared.protocol import TrainConfig
-from server.core.evaluate import evaluate
 from server.datasets import load_split
 from server.demo.local_cluster import free_port
 from tests.bench.common import REPO, BenchError, loadavg, summary, trained_samples

@@ -43,6 +43,7 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
 
 
 def measure(hidden: tuple[int, ...], repeats: int = 3) -> dict[str, Any]:
+    from node.shared.evaluate import evaluate
     from node.shared.model import ModelSpec, init_state, parameter_count
     from node.shared.weights import (
         WeightsMeta,
@@ -53,7 +54,6 @@ def measure(hidden: tuple[int, ...], repeats: int = 3) -> dict[str, Any]:
         weights_buffer,
     )
     from server.core.aggregation import FedAvg, UpdateBound
-    from server.core.evaluate import evaluate
 
     spec = ModelSpec(hidden=hidden, dropout=(0.3, 0.2)[: len(hidden)])
     state = init_state(spec, 0)

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 import torch
 
+from node.shared.evaluate import evaluate
 from node.shared.model import ModelSpec
 from node.shared.weights import decode_weights
-from server.core.evaluate import evaluate
 from server.datasets import load_split
 from server.demo.local_cluster import LocalCluster, free_port
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from node.shared.evaluate import evaluate
 from node.shared.model import ModelSpec
 from node.shared.weights import decode_weights
-from server.core.evaluate import evaluate
 from server.datasets import CATALOG, load_split
 from server.datasets.fallback import mnist_subset
 from server.datasets.progress import silent

@@ -23,6 +23,8 @@ from node.shared.protocol import (
     PROTOCOL_VERSION,
     Done,
     Error,
+    Evaluate,
+    Evaluation,
     Frame,
     Hello,
     Left,
@@ -81,7 +83,18 @@ EXAMPLES: list[Frame] = [
         round=1,
         weights_url="/w",
         weights_sha256="",
+        data_mode="local",
     ),
+    Evaluate(
+        job_id="eval-1",
+        dataset="digits",
+        round=0,
+        model_spec=ModelSpec(hidden=(8,), dropout=()),
+        weights_url="/models/m.safetensors",
+        weights_sha256="cd" * 32,
+    ),
+    Evaluation(job_id="j", round=0, samples=200, correct=150, loss=0.7),
+    Evaluation(job_id="j", round=5, samples=1, correct=1, loss=None),
     WeightsReady(job_id="mnist-1", round=2, url="/sync/weights?job=mnist-1&round=2", sha256="e"),
     Done(job_id="mnist-1", model_url="/models/mnist-1.safetensors"),
     Done(job_id="mnist-1", model_url="", status="stopped"),
@@ -154,6 +167,27 @@ def test_round_trip(frame: Frame) -> None:
     assert decode(text) == frame
     assert decode(text.encode()) == frame
     assert json.loads(text)["type"] == frame.type
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"correct": 11}, "correct within 0..samples"),
+        ({"correct": -1}, "correct within 0..samples"),
+        ({"samples": 0}, "samples must be"),
+        ({"round": -1}, "round must be"),
+        ({"loss": -0.5}, "loss must be >= 0"),
+    ],
+)
+def test_an_evaluation_out_of_range_is_refused(fields: dict[str, Any], fragment: str) -> None:
+    frame = {"type": "evaluation", "job_id": "j", "round": 1, "samples": 10, "correct": 5}
+    with pytest.raises(ProtocolError, match=fragment):
+        decode(json.dumps({**frame, "loss": 0.1, **fields}))
+
+
+def test_an_evaluations_non_finite_loss_reads_as_no_number() -> None:
+    text = '{"type":"evaluation","job_id":"j","round":1,"samples":4,"correct":2,"loss":NaN}'
+    assert decode(text) == Evaluation(job_id="j", round=1, samples=4, correct=2, loss=None)
 
 
 def test_defaults_fill_missing_optional_fields() -> None:

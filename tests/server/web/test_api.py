@@ -20,6 +20,7 @@ import pytest
 import torch
 from aiohttp import ClientResponse, ClientWebSocketResponse, WSMsgType, WSServerHandshakeError
 
+from node.shared.evaluate import evaluate
 from node.shared.protocol import (
     Done,
     Error,
@@ -32,7 +33,6 @@ from node.shared.protocol import (
 )
 from node.shared.shards import decode_xy
 from node.shared.weights import WIRE_DTYPES, WeightsMeta, decode_weights, encode_weights, sha256_hex
-from server.core.evaluate import evaluate
 from server.datasets import CATALOG
 from server.events import Event
 from server.job.settle import SETTLE_BACKLOG

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType
 
+from node.shared.evaluate import evaluate
 from node.shared.protocol import Done, Hello, Progress, Train, WeightsReady, encode
 from node.shared.shards import decode_xy
 from node.shared.weights import WeightsMeta, decode_weights, encode_weights
-from server.core.evaluate import evaluate
 from tests.server.web.conftest import SPEC, Client, FakeNode, MakeClient, connect, prepare_mnist
 
 

@@ -1,4 +1,5 @@
-"""Server-side evaluation of a global model on the held-out test split (runs in a worker thread)."""
+"""Evaluating a global model on labelled uint8 images: the server on its test split, a node on
+its own test split (blocking: run it in a worker thread)."""
 
 from __future__ import annotations
 
