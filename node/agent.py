@@ -2,7 +2,8 @@
 
 One connection at a time; on loss, reconnect with exponential backoff plus jitter, trying each
 orchestrator URL in turn. What the frames ask for is trained by ``node.pipeline``, in a worker
-thread, so heartbeats keep flowing.
+thread, so heartbeats keep flowing; ``evaluate`` requests are answered by ``node.evaluation``,
+before the next round is trained.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Mapping
 
 import aiohttp
 import structlog
 import torch
 
+from node.local_datasets import NodeDataset, local_job_refusal
 from node.pipeline import Assignment, RoundPipeline, Target
 from node.settings import NodeSettings
 from node.shared import __version__
@@ -23,6 +26,7 @@ from node.shared.protocol import (
     ID_TAKEN,
     Done,
     Error,
+    Evaluate,
     Frame,
     Hello,
     Left,
@@ -59,22 +63,28 @@ class Agent:
         *,
         secret: str,
         own_data: tuple[OwnDataset, ...] = (),
+        datasets: Mapping[str, NodeDataset] | None = None,
     ) -> None:
         self.settings = settings
         self.own_data = own_data  # what the node tells each orchestrator it holds
+        self.datasets = datasets or {}  # what it holds, by name: never sent
         self._secret = secret  # proves we own settings.node_id (node/identity.py)
         self.capacity = capacity
         self.device = device
         self.assignment: Assignment | None = None
         self.target: Target | None = None
         self.jobs_done = 0
+        self._job_ended = False  # a done frame came: wrap up once its evaluations are answered
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._log = log.bind(node_id=settings.node_id)
         self.wandb = WandbSink(
             settings.wandb_mode, settings.wandb_project, settings.cache_dir / "wandb"
         )
-        self.pipeline = RoundPipeline(settings, device, self.wandb, is_stale=self._stale)
+        self.pipeline = RoundPipeline(
+            settings, device, self.wandb, is_stale=self._stale, datasets=self.datasets
+        )
+        self.evaluator = self.pipeline.evaluator
 
     def stop(self) -> None:
         self._stopping.set()
@@ -178,12 +188,17 @@ class Agent:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             if self._stopping.is_set() and not ws.closed:
+                while not outbox.empty():  # a job's last evaluation may be queued still
+                    await ws.send_str(outbox.get_nowait())
                 await ws.send_str(encode(Left(reason="shutting down")))
         finally:
             self.target = None  # tells a training thread to give up
+            self.evaluator.forget_requests()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self._job_ended:  # the connection ended before the work loop could
+                self._wrap_up_job()
 
     async def _welcome(self, ws: aiohttp.ClientWebSocketResponse) -> Welcome:
         msg = await asyncio.wait_for(ws.receive(), WELCOME_TIMEOUT_S)
@@ -224,15 +239,26 @@ class Agent:
             )
             self.assignment, self.target = None, None
             self.jobs_done += 1
-            self.wandb.finish()
-            if self.settings.exit_after_job:
-                self._stopping.set()
+            self._job_ended = True
+        elif isinstance(frame, Evaluate):
+            self.evaluator.request(frame)
         elif isinstance(frame, Error):
             self._log.warning("orchestrator_error", code=frame.code, message=frame.message)
         self._changed.set()
 
     def _assign(self, frame: Train) -> None:
+        if frame.data_mode == "local":
+            why = local_job_refusal(
+                self.datasets, frame.dataset, frame.shard_sha256, frame.model_spec
+            )
+            if why is not None:  # not trained; the server leaves a silent node out in time
+                self._log.warning(
+                    "local_data_mismatch", job_id=frame.job_id, dataset=frame.dataset, reason=why
+                )
+                return
         if self.assignment is None or self.assignment.job_id != frame.job_id:
+            if self._job_ended:  # a new job already: the last one's wrap-up waits no more
+                self._wrap_up_job()
             self.wandb.start(
                 group=frame.job_id,
                 name=self.settings.name,
@@ -250,6 +276,8 @@ class Agent:
             spec=frame.model_spec,
             config=frame.config,
             rounds=frame.rounds,
+            data_mode=frame.data_mode,
+            dataset=frame.dataset,
         )
         self.target = Target(frame.job_id, frame.round, frame.weights_url, frame.weights_sha256)
         self._log.info("job_assigned", job_id=frame.job_id, round=frame.round, rounds=frame.rounds)
@@ -261,9 +289,15 @@ class Agent:
             await ws.send_str(await outbox.get())
 
     async def _work(self, transport: HttpTransport, outbox: asyncio.Queue[str]) -> None:
-        """Train each new target once; newer weights abort an epoch that is now stale."""
+        """Answer each evaluate request, one at a time and before any round; then train each
+        new target once. Newer weights abort an epoch that is now stale."""
         last_done: tuple[str, int] | None = None
         while True:
+            if self.evaluator.pending:
+                await self.evaluator.answer_next(transport, outbox)
+                continue
+            if self._job_ended:
+                self._wrap_up_job()
             target, job = self.target, self.assignment
             if target is None or job is None or (target.job_id, target.round) == last_done:
                 self._changed.clear()
@@ -271,6 +305,14 @@ class Agent:
                 continue
             if await self.pipeline.run(transport, outbox, job, target):
                 last_done = (target.job_id, target.round)
+
+    def _wrap_up_job(self) -> None:
+        """After a job's done frame and the evaluate requests sent before it: its W&B run
+        holds the final model's reading, then ends; with exit_after_job, so does the node."""
+        self._job_ended = False
+        self.wandb.finish()
+        if self.settings.exit_after_job:
+            self._stopping.set()
 
     def _stale(self, target: Target) -> str | None:
         """Why ``target`` is not worth training any more, or None while it is (thread-safe)."""

@@ -170,8 +170,14 @@ def main(argv: list[str] | None = None) -> None:
         threads=torch.get_num_threads(),
         orchestrators=list(settings.orchestrators),
     )
-    said = tuple(announced for _, announced in own_data)
-    agent = Agent(settings, capacity, device, secret=identity.secret, own_data=said)
+    agent = Agent(
+        settings,
+        capacity,
+        device,
+        secret=identity.secret,
+        own_data=tuple(announced for _, announced in own_data),
+        datasets={data.name: data for data, _ in own_data},
+    )
     try:
         asyncio.run(_run(agent))
     except JoinRefused as exc:

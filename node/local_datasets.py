@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -36,7 +36,7 @@ from typing import Final
 import torch
 
 from node.shared.atomic import atomic_write_bytes
-from node.shared.errors import DataError, WeightsError
+from node.shared.errors import DataError, SpecError, WeightsError
 from node.shared.idx import is_idx_images, labels_beside
 from node.shared.local_data import (
     DEFAULT_LIMITS,
@@ -44,6 +44,7 @@ from node.shared.local_data import (
     LocalData,
     read_local_data,
 )
+from node.shared.model import ModelSpec
 from node.shared.protocol import DATASET_NAME_RE, OwnDataset
 from node.shared.shards import ShardError, decode_xy, encode_xy
 from node.shared.splits import stratified_split
@@ -122,6 +123,36 @@ class NodeDataset:
             fingerprint=self.fingerprint,
             label_counts=counts,
         )
+
+
+def misfit(spec: ModelSpec, schema: DataSchema) -> str | None:
+    """Why a model of ``spec`` cannot be trained or evaluated on data of ``schema``, or None."""
+    try:
+        spec.check_input(schema.input_shape)
+    except SpecError as exc:
+        return str(exc)
+    if spec.num_classes != schema.num_classes:
+        return (
+            f"num_classes: the model has {spec.num_classes} outputs, "
+            f"the data has {schema.num_classes} classes"
+        )
+    return None
+
+
+def local_job_refusal(
+    datasets: Mapping[str, NodeDataset], name: str, fingerprint: str, spec: ModelSpec
+) -> str | None:
+    """Why this node cannot train a job over its own dataset ``name``, which the server
+    knows by ``fingerprint`` (what the node announced), with a model of ``spec``; or None."""
+    data = datasets.get(name)
+    if data is None:
+        return f"this node holds no dataset {name[:80]!r} (it holds {sorted(datasets)})"
+    if data.fingerprint != fingerprint:
+        return (
+            f"dataset {name!r} has fingerprint {data.fingerprint[:12]}, the job expects "
+            f"{fingerprint[:12]}: not the data this node announced"
+        )
+    return misfit(spec, data.schema)
 
 
 def load_node_dataset(

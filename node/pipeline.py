@@ -1,8 +1,11 @@
-"""One training round on a node: its shard, the global weights in, local training, weights out.
+"""One training round on a node: its data, the global weights in, local training, weights out.
 
 The agent owns the socket and decides what to train; :class:`RoundPipeline` does the work of
 a round over the connection's :class:`HttpTransport`, and keeps what outlives a connection:
-the decoded shard and the buffer each round's download refills.
+the decoded training set and the buffer each round's download refills. A job's samples are
+the server's shard (``shards`` mode) or one of the node's own datasets (``local`` mode:
+nothing is downloaded but the weights, and each round's global model is evaluated on the
+dataset's test split before it is trained on).
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 import torch
 
+from node.evaluation import LocalEvaluator
+from node.local_datasets import NodeDataset
 from node.settings import NodeSettings
 from node.shared.atomic import atomic_write_bytes
 from node.shared.errors import ProtocolError
@@ -46,6 +52,8 @@ class Assignment:
     spec: ModelSpec
     config: TrainConfig
     rounds: int
+    data_mode: Literal["shards", "local"] = "shards"
+    dataset: str = ""  # in local mode, the node's own dataset (shard_sha256: its fingerprint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +68,7 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class LocalData:
-    sha256: str
+    key: str  # the shard's sha256, or the own dataset and split it was cut from
     x: torch.Tensor
     y: torch.Tensor
     val: tuple[torch.Tensor, torch.Tensor]
@@ -76,10 +84,13 @@ class RoundPipeline:
         wandb: WandbSink,
         *,
         is_stale: Callable[[Target], str | None],
+        datasets: Mapping[str, NodeDataset] | None = None,
     ) -> None:
         self.settings = settings
         self.device = device
         self.wandb = wandb
+        self.datasets = datasets or {}  # the node's own, by name (--data NAME=PATH)
+        self.evaluator = LocalEvaluator(self.datasets, wandb, node_id=settings.node_id)
         self.rounds_trained = 0
         self._is_stale = is_stale  # why a target is stale, or None; the training thread polls it
         self._data: LocalData | None = None
@@ -90,8 +101,12 @@ class RoundPipeline:
         self, transport: HttpTransport, outbox: asyncio.Queue[str], job: Assignment, target: Target
     ) -> bool:
         """Train ``target`` and upload the result; False if newer weights made it stale first."""
-        data = await self._local_data(transport, job)
+        data = await self._training_data(transport, job)
         state = await self._global_weights(transport, job, target)
+        if job.data_mode == "local":  # read the model on the test split before it changes
+            await self.evaluator.before_round(
+                outbox, job.job_id, target.round - 1, job.spec, job.dataset, state
+            )
         try:
             result = await asyncio.to_thread(
                 train_locally,
@@ -178,9 +193,36 @@ class RoundPipeline:
 
         return report
 
-    async def _local_data(self, transport: HttpTransport, job: Assignment) -> LocalData:
+    async def _training_data(self, transport: HttpTransport, job: Assignment) -> LocalData:
+        """This job's samples to train on, split as in every mode."""
+        if job.data_mode == "local":
+            return self._own_data(job)
+        return await self._shard(transport, job)
+
+    def _own_data(self, job: Assignment) -> LocalData:
+        """The train split of the node's own dataset, less its validation split (the same
+        rule and seed as a shard's); the agent checked its fingerprint and schema."""
+        fraction = self._validation_fraction(job.config)
+        key = f"local:{job.dataset}:{job.shard_sha256}:{fraction}:{job.config.seed}"
+        if self._data is not None and self._data.key == key:
+            return self._data
+        own = self.datasets[job.dataset]
+        train_x, train_y, val_x, val_y = split_validation(
+            own.train_x, own.train_y, fraction, job.config.seed
+        )
+        self._data = LocalData(key, train_x, train_y, (val_x, val_y))
+        self._log.info(
+            "own_data_training", dataset=job.dataset, samples=len(train_y), validation=len(val_y)
+        )
+        return self._data
+
+    def _validation_fraction(self, config: TrainConfig) -> float:
+        split = config.validation_split
+        return self.settings.validation_split if split is None else split
+
+    async def _shard(self, transport: HttpTransport, job: Assignment) -> LocalData:
         """This job's shard: from memory, else the disk cache (by sha256), else downloaded once."""
-        if self._data is not None and self._data.sha256 == job.shard_sha256:
+        if self._data is not None and self._data.key == job.shard_sha256:
             return self._data
         path = self.settings.cache_dir / "shards" / f"{job.shard_sha256}.safetensors"
         raw = await asyncio.to_thread(_read_if_matches, path, job.shard_sha256)
@@ -191,8 +233,7 @@ class RoundPipeline:
         else:
             self._log.info("shard_from_cache", sha256=job.shard_sha256[:12])
         x, y = decode_xy(raw, input_shape=job.spec.input_shape, num_classes=job.spec.num_classes)
-        split = job.config.validation_split
-        fraction = self.settings.validation_split if split is None else split
+        fraction = self._validation_fraction(job.config)
         train_x, train_y, val_x, val_y = split_validation(x, y, fraction, job.config.seed)
         self._data = LocalData(job.shard_sha256, train_x, train_y, (val_x, val_y))
         return self._data

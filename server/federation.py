@@ -20,24 +20,18 @@ import structlog
 
 from node.shared import __version__
 from node.shared.errors import FedavgError
-from node.shared.protocol import Error, Hello, Progress, Welcome
+from node.shared.protocol import Error, Evaluation, Hello, Progress, Welcome
 from node.shared.wandb_sink import WandbSink
 from server.catalog import ModelCatalog
-from server.core.job_request import (
-    DataSchema,
-    JobDefaults,
-    JobRequest,
-    JobRequestError,
-    job_request,
-)
 from server.core.partition import IID, Partition, PartitionError, partition_samples
 from server.core.shard_plan import bounded_capacities, with_overlap
 from server.dataset_shelf import DatasetShelf
 from server.datasets import DatasetInfo, load_split
 from server.errors import BadRequest, Conflict, IdTaken, NotFound
 from server.events import EventBus
-from server.job.job import Job, JobContext, background_executor
+from server.job.job import DataSource, Job, JobContext, background_executor
 from server.job.restore import finished_view, remove_stale_temp_files, restore_job
+from server.job_data import job_data
 from server.metrics import Metrics
 from server.registry import NodeRegistry, NodeSession
 from server.settings import Settings
@@ -135,6 +129,19 @@ class Federation:
         self.bus.publish("progress", data, node_id=session.node_id, timeline=False)
         return True
 
+    def node_evaluation(self, session: NodeSession, frame: Evaluation) -> bool:
+        """A node's reading of a global model on its own test split: for the running job's
+        federated evaluation, or an evaluation-only run's; False (dropped, counted) when
+        neither counts it."""
+        job = self.job
+        refusal: str | None = "wrong_job"
+        if job is not None and job.evaluations is not None and frame.job_id == job.job_id:
+            refusal = job.evaluations.take(session.node_id, frame)
+        if refusal is not None:
+            self.metrics.frames_dropped.labels(reason=f"evaluation_{refusal}").inc()
+            return False
+        return True
+
     def nodes(self, limit: int = 500, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """A page of the known nodes, connected ones first (in join order), then the offline
         ones, most recently gone first; and how many there are in all."""
@@ -191,24 +198,22 @@ class Federation:
                 raise Conflict(
                     f"job {self.job.job_id} is still running (round {self.job.machine.round})"
                 )
-            request = _job_request(self.settings, self.shelf.get(dataset_id), query or {}, body)
-            info, files, _ = await self.plan(dataset_id, request.partition)
-            test_split = await asyncio.to_thread(
-                load_split, self.settings.datasets_path, dataset_id, "test"
-            )
+            data = await job_data(self, dataset_id, query or {}, body)
+            request, files = data.request, data.files
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             job = Job(
                 self._job_context(request.aggregation, request.server_opt),
                 job_id=f"{dataset_id}-{stamp}-{secrets.token_hex(2)}",
-                dataset=info,
+                dataset=data.info,
                 shards=files,
                 spec=request.spec,
                 config=request.train,
                 rounds=request.rounds,
                 seed=self.settings.seed,
-                test_split=test_split,
+                test_split=data.test_split,
                 names={n: self.registry.nodes[n].name for n in files},
-                partition=str(request.partition),
+                partition=str(request.partition) if data.mode == "shards" else "own",
+                source=DataSource(data.mode, data.test_set, data.left_out),
             )
             self.job = job
             await job.start()
@@ -255,10 +260,11 @@ class Federation:
             self.store.update_run(old["run_id"], status="interrupted", finished=self.clock())
         run = unfinished[0]
         try:
+            local = run["config"].get("data_mode") == "local"
             job = restore_job(  # small reads at start-up, before anyone is served
                 run,
                 self._job_context(run["aggregation"], run["config"].get("server_opt")),
-                self.shelf.get(run["dataset"]),
+                None if local else self.shelf.get(run["dataset"]),
                 self.settings.datasets_path,
             )
         except (FedavgError, OSError, KeyError, ValueError) as exc:
@@ -290,11 +296,15 @@ class Federation:
             )
         return self.job
 
-    def shard_file(self, session: NodeSession, job_id: str, node_id: str) -> ShardFile:
+    def shard_file(self, session: NodeSession, job_id: str, node_id: str) -> tuple[Path, str]:
+        """The path and sha256 of the asking node's own shard in job ``job_id``."""
         job = self.job_by_id(job_id)
-        if node_id != session.node_id or node_id not in job.shards:
+        shard = job.shards.get(node_id) if node_id == session.node_id else None
+        if shard is None:
             raise NotFound("no such shard for this node")
-        return job.shards[node_id]
+        if shard.path is None:
+            raise NotFound("this job trains on the node's own data: the server has no shard")
+        return shard.path, shard.sha256
 
     def status(self) -> dict[str, Any]:
         nodes = self.registry.connected()
@@ -322,27 +332,6 @@ class Federation:
             await self.job.shutdown()
         self.background.shutdown(wait=True, cancel_futures=True)
         await asyncio.to_thread(self.wandb.close)
-
-
-def _job_request(
-    settings: Settings, info: DatasetInfo, query: Mapping[str, str], body: Mapping[str, Any] | None
-) -> JobRequest:
-    """What the request asks for, over the settings' defaults and the dataset's shape."""
-    defaults = JobDefaults(
-        spec=settings.model_spec,
-        train=settings.train_config,
-        rounds=settings.default_rounds,
-        max_rounds=settings.max_rounds,
-        max_params=settings.max_params,
-        partition=settings.partition,
-        aggregation=settings.aggregation,
-        server_opt=settings.server_opt,
-    )
-    schema = DataSchema(info.input_shape, info.num_classes, info.norm_mean, info.norm_std)
-    try:
-        return job_request(defaults, schema, query, body)
-    except JobRequestError as exc:
-        raise BadRequest(str(exc)) from exc
 
 
 def _plan_shards(

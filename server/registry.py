@@ -92,6 +92,10 @@ class NodeSession:
     shard_labels: list[int] | None = None  # the shard's samples per class
     # The datasets the node holds itself (its own_data frame): what it says, never samples.
     own_data: tuple[OwnDataset, ...] = ()
+    # The node's latest reading of a global model on its own test split, and the job it was
+    # in then: the row shows it only while the node is in that job (a new job resets it).
+    evaluation: dict[str, Any] | None = None
+    evaluation_job: str | None = None
     close_code: int = WSCloseCode.OK
 
     def send(self, frame: Frame) -> bool:
@@ -135,6 +139,16 @@ class NodeSession:
             "loss": self.loss,
         }
 
+    def show_evaluation(self, round: int, samples: int, correct: int, loss: float | None) -> None:
+        """Take a counted evaluation report (the model after ``round``, ``correct`` of
+        ``samples`` on the node's test split) into the row, for the node's current job."""
+        accuracy = correct / samples if samples > 0 else None
+        self.evaluation = {"round": round, "accuracy": accuracy, "loss": loss, "samples": samples}
+        self.evaluation_job = self.job_id
+
+    def _evaluation(self) -> dict[str, Any] | None:
+        return self.evaluation if self.evaluation_job == self.job_id else None
+
     def close(self, code: int = WSCloseCode.OK) -> None:
         """Ask the writer task to close the socket (it drains what is queued first)."""
         if self.connected:
@@ -161,6 +175,7 @@ class NodeSession:
             "shard_samples": self.shard_samples,
             "shard_labels": self.shard_labels,
             "own_data": [own_data_view(d) for d in self.own_data],
+            "evaluation": self._evaluation(),
         }
 
 

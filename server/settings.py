@@ -23,7 +23,7 @@ from node.shared.wandb_sink import wandb_mode
 from server.core.partition import IID, Partition, PartitionError, parse_partition
 from server.core.server_opt import make_server_optimizer
 from server.core.shard_plan import MAX_SEED
-from server.job.best import BEST_METRICS, DEFAULT_BEST_METRIC
+from server.job.best import DEFAULT_BEST_METRIC, SETTABLE_METRICS
 
 AGGREGATIONS = ("weighted", "uniform", "median", "trimmed_mean")
 MiB = 1024 * 1024
@@ -168,8 +168,8 @@ class Settings:
             problems.append(f"FEDAVG_SEED must be 0..{MAX_SEED}")
         if self.aggregation not in AGGREGATIONS:
             problems.append(f"AGGREGATION must be one of {', '.join(AGGREGATIONS)}")
-        if self.best_metric not in BEST_METRICS:
-            problems.append(f"FEDAVG_BEST_METRIC must be one of {', '.join(BEST_METRICS)}")
+        if self.best_metric not in SETTABLE_METRICS:
+            problems.append(f"FEDAVG_BEST_METRIC must be one of {', '.join(SETTABLE_METRICS)}")
         return [*problems, *self._model_problems()]
 
     def _model_problems(self) -> list[str]:
@@ -365,7 +365,7 @@ def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
         "server_opt": _server_opt(env),
         "aggregation": env_values.text(env, "AGGREGATION", "weighted"),
         "best_metric": env_values.choice(
-            env, "FEDAVG_BEST_METRIC", DEFAULT_BEST_METRIC, tuple(BEST_METRICS)
+            env, "FEDAVG_BEST_METRIC", DEFAULT_BEST_METRIC, SETTABLE_METRICS
         ),
         "seed": env_values.whole(env, "FEDAVG_SEED", 0),
         "mnist_download": env_values.boolean(env, "FEDAVG_MNIST_DOWNLOAD", True),

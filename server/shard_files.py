@@ -1,4 +1,5 @@
-"""Shard files on disk: one safetensors per node, named by plan, reused when already written."""
+"""Each participant's part of a job's data: a shard file on disk (one safetensors per node, named
+by plan, reused when already written), or the node's own data, which the server never holds."""
 
 from __future__ import annotations
 
@@ -18,12 +19,19 @@ from server.core.shard_plan import Shard
 
 @dataclass(frozen=True, slots=True)
 class ShardFile:
+    """A participant's part: ``samples`` is the most an upload of it may claim."""
+
     node_id: str
-    path: Path
+    path: Path | None  # None: the node's own data (``sha256`` is then its fingerprint)
     sha256: str
     samples: int
     own: int
-    labels: tuple[int, ...] = ()  # the shard's samples per class (its label histogram)
+    labels: tuple[int, ...] = ()  # the part's samples per class (its label histogram)
+    test_samples: int = 0  # own data: the node's announced test split, its readings' cap
+
+    @property
+    def on_server(self) -> bool:
+        return self.path is not None
 
 
 def plan_key(

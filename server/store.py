@@ -1,5 +1,5 @@
-"""Runs, rounds, per-node metrics, node id bindings and the event timeline in SQLite under
-FEDAVG_HOME.
+"""Runs, rounds, per-node metrics and federated readings, node id bindings and the event
+timeline in SQLite under FEDAVG_HOME.
 
 Used from the event loop thread only; every write is one short transaction (WAL mode keeps
 them in the millisecond range), committed before the effect it records is announced.
@@ -18,6 +18,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from server.core.federated_eval import Reading
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -57,6 +59,17 @@ CREATE TABLE IF NOT EXISTS node_metrics (
     node_name TEXT NOT NULL,
     samples INTEGER NOT NULL,
     metrics TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (run_id, round, node_id)
+);
+CREATE TABLE IF NOT EXISTS node_evaluations (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    node_id TEXT NOT NULL,
+    node_name TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    correct INTEGER NOT NULL,
+    loss REAL,
     received_at REAL NOT NULL,
     PRIMARY KEY (run_id, round, node_id)
 );
@@ -191,6 +204,48 @@ class Store:
 
     def node_metrics_count(self, run_id: str) -> int:
         query = "SELECT COUNT(*) FROM node_metrics WHERE run_id = ?"
+        return int(self._db.execute(query, (run_id,)).fetchone()[0])
+
+    def record_node_evaluation(
+        self, run_id: str, reading: Reading, node_name: str, received_at: float
+    ) -> None:
+        """A node's federated reading of one round's model (counted: the first one only)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO node_evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                reading.round,
+                reading.node_id,
+                node_name,
+                reading.samples,
+                reading.correct,
+                reading.loss,
+                received_at,
+            ),
+        )
+
+    def node_evaluations(self, run_id: str) -> list[Reading]:
+        rows = self._db.execute(
+            "SELECT * FROM node_evaluations WHERE run_id = ? ORDER BY round, node_id", (run_id,)
+        )
+        return [
+            Reading(r["node_id"], r["round"], r["samples"], r["correct"], r["loss"]) for r in rows
+        ]
+
+    def node_evaluation_rows(
+        self, run_id: str, limit: int = -1, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """A page of a run's federated readings as the API shows them, by round, then node
+        id (``limit`` -1: all)."""
+        rows = self._db.execute(
+            "SELECT * FROM node_evaluations WHERE run_id = ? ORDER BY round, node_id "
+            "LIMIT ? OFFSET ?",
+            (run_id, limit, offset),
+        )
+        return [{**dict(r), "accuracy": r["correct"] / r["samples"]} for r in rows]
+
+    def node_evaluations_count(self, run_id: str) -> int:
+        query = "SELECT COUNT(*) FROM node_evaluations WHERE run_id = ?"
         return int(self._db.execute(query, (run_id,)).fetchone()[0])
 
     def add_event(

@@ -10,8 +10,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-BEST_METRICS: Mapping[str, int] = {"test_accuracy": 1, "test_loss": -1}
+BEST_METRICS: Mapping[str, int] = {
+    "test_accuracy": 1,
+    "test_loss": -1,
+    "federated_accuracy": 1,  # the nodes' weighted readings, where the server has no test set
+    "federated_loss": -1,
+}
 """The metrics a best round is chosen by, and their sense: 1 higher is better, -1 lower."""
+SETTABLE_METRICS = ("test_accuracy", "test_loss")  # FEDAVG_BEST_METRIC's choices
 DEFAULT_BEST_METRIC = "test_accuracy"
 
 
@@ -27,6 +33,34 @@ def best_round(
     return max(scored, key=lambda h: (sense * float(h[metric]), -int(h["round"])))
 
 
+def scored_rows(
+    history: Sequence[Mapping[str, Any]], federated: Sequence[Mapping[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """The history's rows, each with its model's federated readings (``federated_accuracy``,
+    ``_loss``, ``_samples``, ``_nodes``) where the nodes reported them."""
+    by_round = {int(f["round"]): f for f in federated}
+    rows = []
+    for row in history:
+        readings = by_round.get(int(row["round"]))
+        extra = {f"federated_{k}": readings[k] for k in FEDERATED} if readings else {}
+        rows.append({**row, **extra})
+    return rows
+
+
+FEDERATED = ("accuracy", "loss", "samples", "nodes")
+
+
+def figures(row: Mapping[str, Any]) -> dict[str, str]:
+    """A round's figures as model metadata: the server's test readings and the federated
+    ones, each only where it has a finite value."""
+    keys = ("test_accuracy", "test_loss", *(f"federated_{k}" for k in FEDERATED))
+    return {
+        k: (str(row[k]) if isinstance(row[k], int) else f"{float(row[k]):.6f}")
+        for k in keys
+        if _finite(row.get(k))
+    }
+
+
 def best_metadata(row: Mapping[str, Any], metric: str) -> dict[str, str]:
     """What a best model's metadata adds: its kind, round, and the metric it won by."""
     return {
@@ -34,8 +68,7 @@ def best_metadata(row: Mapping[str, Any], metric: str) -> dict[str, str]:
         "best_round": str(row["round"]),
         "best_metric": metric,
         "best_value": f"{float(row[metric]):.6f}",
-        "test_accuracy": f"{row['test_accuracy']:.6f}",
-        "test_loss": f"{row['test_loss']:.6f}",
+        **figures(row),
     }
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from server.events import EventBus
 from server.job.best import DEFAULT_BEST_METRIC
@@ -37,3 +37,18 @@ class JobContext:
     server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
     best_metric: str = DEFAULT_BEST_METRIC  # the saved best round's metric (server.job.best)
     clock: Callable[[], float] = time.time
+
+
+@dataclass(frozen=True, slots=True)
+class DataSource:
+    """Where a job's samples are: ``shards``, the server's, shipped to the nodes; ``local``,
+    each node's own, never sent. ``test_set`` is the prepared dataset whose test split the
+    server evaluates each round on (None: only the nodes evaluate, on theirs); ``left_out``,
+    the nodes whose own data is not the majority's schema, each with why."""
+
+    mode: Literal["shards", "local"] = "shards"
+    test_set: str | None = None
+    left_out: Mapping[str, str] = field(default_factory=dict)
+
+
+SHARDS = DataSource()

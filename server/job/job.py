@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -26,13 +26,14 @@ from server.core.job_request import train_view
 from server.core.rounds import DeadlineExtended, JobFailed, RoundClosed, RoundMachine
 from server.datasets import DatasetInfo
 from server.job.checkpoints import Checkpoint, Published, WeightsFiles, copier
-from server.job.context import JobContext
+from server.job.context import SHARDS, DataSource, JobContext
+from server.job.evaluations import JobEvaluations
 from server.job.intake import Intake
 from server.job.participants import Participants
 from server.job.settle import SETTLE_BACKLOG, Settler, background_executor
 from server.shard_files import ShardFile
 
-__all__ = ["Checkpoint", "Job", "JobContext", "background_executor", "weights_url"]
+__all__ = ["Checkpoint", "DataSource", "Job", "JobContext", "background_executor", "weights_url"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,9 +54,10 @@ class Job:
         config: TrainConfig,
         rounds: int,
         seed: int,
-        test_split: tuple[torch.Tensor, torch.Tensor],
+        test_split: tuple[torch.Tensor, torch.Tensor] | None,
         names: Mapping[str, str],
         partition: str = "iid",
+        source: DataSource = SHARDS,
         checkpoints: Mapping[int, Checkpoint] | None = None,
         history: list[dict[str, Any]] | None = None,
         started_at: float | None = None,
@@ -64,16 +66,11 @@ class Job:
         self.job_id, self.dataset, self.shards = job_id, dataset, dict(shards)
         self.spec, self.config, self.rounds, self.seed = spec, config, rounds, seed
         self.partition = partition  # how the shards split the labels, as the plan was asked
+        self.source = source  # where the samples are: shipped shards, or the nodes' own
         layout = expected_layout(spec)
         wire_layout = on_the_wire(layout, config.wire_dtype)  # what files hold
         self.history: list[dict[str, Any]] = list(history or [])
-        self.machine = RoundMachine(
-            total_rounds=rounds,
-            participants={node_id: f.samples for node_id, f in self.shards.items()},
-            deadline_s=ctx.deadline_s,
-            max_missed_rounds=ctx.max_missed_rounds,
-            last_closed=len(self.history),
-        )
+        self.machine = _machine(self)
         self.status = "starting"
         self.error: str | None = None
         self.model_name: str | None = None
@@ -88,9 +85,10 @@ class Job:
         self.checkpoints = self.files.checkpoints  # the same dict: the files keep it current
         self.intake = _intake(self, layout, wire_layout)
         self.settler = _settler(self, test_split)
+        self.evaluations = _evaluations(self) if source.mode == "local" else None
         self._timer: asyncio.Task[None] | None = None
         self._reference: Mapping[str, torch.Tensor] | None = None  # what this round started from
-        self._departures: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(run_id=job_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -125,9 +123,7 @@ class Job:
         async with self._lock:
             if self.machine.finished:  # crashed after the last round, before the final model
                 state = await asyncio.to_thread(self.files.read, self.rounds)
-                self.final_accuracy = self.history[-1]["test_accuracy"]
-                self.model_name = await asyncio.to_thread(self.settler.write_models, state)
-                self._finish("completed")
+                await self._write_final_model(state)
             else:
                 self._reference = await asyncio.to_thread(self.files.read, self.machine.last_closed)
                 self._open_next_round(expected=self.shards)
@@ -136,7 +132,7 @@ class Job:
         """The server is going down: after this returns, no deadline fires and nothing more
         is written. The rounds still settling finish (their checkpoints and rows are worth
         keeping); a round that was open resumes after the restart."""
-        pending = [t for t in (self._timer, *self._departures) if t is not None and not t.done()]
+        pending = [t for t in (self._timer, *self._tasks) if t is not None and not t.done()]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -186,10 +182,10 @@ class Job:
     def node_gone(self, node_id: str) -> None:
         """A participant's socket closed: the open round stops waiting for it now, not at
         its deadline (it closes at once if everybody else is in)."""
+        if self.evaluations is not None:
+            self.evaluations.node_left()  # the final evaluation stops waiting for it
         if node_id in self.shards and not self.finished.is_set() and self.machine.is_open:
-            task = asyncio.create_task(self._withdraw(node_id), name=f"withdraw-{node_id}")
-            self._departures.add(task)
-            task.add_done_callback(self._departures.discard)
+            self._in_background(self._withdraw(node_id), f"withdraw-{node_id}")
 
     async def _withdraw(self, node_id: str) -> None:
         async with self._lock:
@@ -309,14 +305,32 @@ class Job:
     async def _finish_last_round(
         self, closed: RoundClosed, published: Published, refused: bool
     ) -> None:
-        accuracy = await self.settler.settle_now(closed, published)
-        if accuracy is not None:
-            self.final_accuracy = accuracy
+        if await self.settler.settle_now(closed, published):
             # From the float32 average, whatever the wire dtype of the published file.
             final = published.state if refused else self.intake.final_average()
-            self.model_name = await asyncio.to_thread(self.settler.write_models, final)
-            failpoints.reach("final_model.before_commit")
-            self._finish("completed")
+            if self.evaluations is None:
+                await self._write_final_model(final)
+            else:  # the nodes evaluate it first: the last upload is answered meanwhile
+                self._in_background(self._write_final_model(final), "final-model")
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=f"{name}-{self.job_id}")
+        self._tasks.add(task)  # shutdown cancels what is still running
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write_final_model(self, final: Mapping[str, torch.Tensor]) -> None:
+        """Over the nodes' own data, the nodes evaluate the final model first; then the
+        final and best models are written and the job completes."""
+        federated, by_round = await _final_evaluation(self)
+        if self.finished.is_set():  # stopped meanwhile
+            return
+        # The server's test split where it has one for the data, else the nodes' readings.
+        last = self.history[-1]["test_accuracy"]
+        self.final_accuracy = federated["accuracy"] if last is None and federated else last
+        write = functools.partial(self.settler.write_models, final, by_round)
+        self.model_name = await asyncio.to_thread(write)
+        failpoints.reach("final_model.before_commit")
+        self._finish("completed")
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -327,6 +341,18 @@ class Job:
         return _view(self)
 
 
+async def _final_evaluation(
+    job: Job,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The nodes' readings of the final model (own data: asked for and waited for), and
+    every round's, for the model files; (None, []) over the server's shards."""
+    if job.evaluations is None:
+        return None, []
+    url, sha256 = weights_url(job.job_id, job.rounds), job.checkpoints[job.rounds].sha256
+    final = await job.evaluations.evaluate_final(job.rounds, job.spec, url, sha256)
+    return final, job.evaluations.core.summaries()
+
+
 def _train_frame(job: Job, node_id: str) -> Train:
     """The ``train`` frame that sends ``node_id`` into the open round, from the newest weights."""
     shard = job.shards[node_id]
@@ -334,8 +360,11 @@ def _train_frame(job: Job, node_id: str) -> Train:
     return Train(
         job_id=job.job_id,
         dataset=job.dataset.dataset_id,
-        shard_url=f"/shards/{job.job_id}/{node_id}",
+        # Own data: no URL; the sha256 is the fingerprint the node announced, which its data
+        # must still have (a node restarted with other data does not train on it).
+        shard_url=f"/shards/{job.job_id}/{node_id}" if shard.on_server else "",
         shard_sha256=shard.sha256,
+        data_mode=job.source.mode,
         model_spec=job.spec,
         config=job.config,
         rounds=job.rounds,
@@ -369,9 +398,10 @@ def _view(job: Job) -> dict[str, Any]:
         "model": job.spec.to_dict(),
         "train": train_view(job.config),
         "partition": job.partition,
+        **_data_view(job),
         "started_at": job.started_at,
         "elapsed_s": (job.finished_at or now) - job.started_at,
-        "history": job.history,
+        "history": _history_view(job),
         "error": job.error,
         "model_url": f"/models/{job.model_name}" if job.model_name else None,
         "final_accuracy": job.final_accuracy,
@@ -391,7 +421,29 @@ def _started_data(job: Job) -> dict[str, Any]:
         "partition": job.partition,
         "model": job.spec.to_dict(),
         "train": train_view(job.config),
+        **_data_view(job),
     }
+
+
+def _data_view(job: Job) -> dict[str, Any]:
+    """Where the job's data is, and who was left out of it (own data: the schema differs)."""
+    names_of = job.participants.names_of
+    return {
+        "data_mode": job.source.mode,
+        "test_set": job.source.test_set,
+        "left_out": [
+            {"node_id": n, "name": names_of([n])[0], "why": why}
+            for n, why in sorted(job.source.left_out.items())
+        ],
+        "federated": job.evaluations.core.summaries() if job.evaluations is not None else [],
+    }
+
+
+def _history_view(job: Job) -> list[dict[str, Any]]:
+    """The closed rounds, each with its model's federated evaluation (own data) so far."""
+    if job.evaluations is None:
+        return job.history  # each row's federated readings: None
+    return [{**h, "federated": job.evaluations.summary(int(h["round"]))} for h in job.history]
 
 
 def _run_row(job: Job, initial: Checkpoint) -> dict[str, Any]:
@@ -409,14 +461,20 @@ def _run_row(job: Job, initial: Checkpoint) -> dict[str, Any]:
             "seed": job.seed,
             "partition": job.partition,
             "server_opt": dict(job.ctx.server_opt),
+            "data_mode": job.source.mode,
+            "test_set": job.source.test_set,
+            "left_out": dict(job.source.left_out),
+            # Own data: what the server knows of it (a restart has no prepared dataset).
+            "dataset_info": job.dataset.to_dict() if job.source.mode == "local" else None,
             "shards": {
                 node_id: {
                     "name": job.names[node_id],
-                    "path": str(f.path),
+                    "path": str(f.path) if f.path is not None else None,
                     "sha256": f.sha256,
                     "samples": f.samples,
                     "own": f.own,
                     "labels": list(f.labels),
+                    "test_samples": f.test_samples,
                 }
                 for node_id, f in job.shards.items()
             },
@@ -449,7 +507,30 @@ def _intake(job: Job, layout: Layout, wire_layout: Layout) -> Intake:
     )
 
 
-def _settler(job: Job, test_split: tuple[torch.Tensor, torch.Tensor]) -> Settler:
+def _machine(job: Job) -> RoundMachine:
+    """Each participant may claim at most its part's samples (a shard's, or the train
+    samples its own data was announced with)."""
+    return RoundMachine(
+        total_rounds=job.rounds,
+        participants={node_id: f.samples for node_id, f in job.shards.items()},
+        deadline_s=job.ctx.deadline_s,
+        max_missed_rounds=job.ctx.max_missed_rounds,
+        last_closed=len(job.history),
+    )
+
+
+def _evaluations(job: Job) -> JobEvaluations:
+    return JobEvaluations(
+        job.ctx,
+        job_id=job.job_id,
+        dataset=job.dataset.dataset_id,
+        rounds=job.rounds,
+        test_samples={n: f.test_samples for n, f in job.shards.items()},
+        participants=job.participants,
+    )
+
+
+def _settler(job: Job, test_split: tuple[torch.Tensor, torch.Tensor] | None) -> Settler:
     return Settler(
         job.ctx,
         job_id=job.job_id,

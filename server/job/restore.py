@@ -6,6 +6,7 @@ and what to do when it cannot be.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from node.shared.errors import WeightsError
 from node.shared.model import ModelSpec
 from node.shared.protocol import TrainConfig
 from node.shared.weights import sha256_hex
+from server.core.federated_eval import summaries
 from server.core.job_request import TRAIN_FIELDS
 from server.datasets import DatasetInfo, load_split
-from server.job.job import Checkpoint, Job, JobContext
+from server.job.job import Checkpoint, DataSource, Job, JobContext
 from server.shard_files import ShardFile
 from server.store import Store
 
@@ -25,27 +27,26 @@ log = structlog.get_logger(__name__)
 
 
 def restore_job(
-    run: dict[str, Any], ctx: JobContext, dataset: DatasetInfo, datasets_path: Path
+    run: dict[str, Any], ctx: JobContext, dataset: DatasetInfo | None, datasets_path: Path
 ) -> Job:
-    """Rebuild a job from SQLite (``ctx.store``) and the checkpoint files it names."""
+    """Rebuild a job from SQLite (``ctx.store``) and the checkpoint files it names.
+
+    ``dataset``: the prepared dataset a shards job trained on; a job over the nodes' own
+    data has none, and its row records what the server knew of that data instead.
+    """
     config = run["config"]
-    shards = {
-        node_id: ShardFile(
-            node_id,
-            Path(d["path"]),
-            d["sha256"],
-            d["samples"],
-            d["own"],
-            tuple(d.get("labels", ())),  # a run from before histograms were recorded
-        )
-        for node_id, d in config["shards"].items()
-    }
-    missing = [str(f.path) for f in shards.values() if not f.path.is_file()]
-    if missing:
+    if config.get("data_mode") == "local":
+        dataset = DatasetInfo.from_dict(config["dataset_info"])
+    elif dataset is None:
+        raise ValueError(f"dataset {run['dataset']!r} is not prepared")
+    shards = {node_id: _part(node_id, d) for node_id, d in config["shards"].items()}
+    if missing := [str(f.path) for f in shards.values() if f.path and not f.path.is_file()]:
         raise FileNotFoundError(f"shard files are gone: {missing}")
     initial = config["initial"]
     checkpoints = {0: Checkpoint(0, Path(initial["path"]), initial["sha256"])}
     history = run_history(ctx.store, run)
+    # A shards job is tested on its dataset's split; an own-data job on the one it named.
+    test_set = config.get("test_set", dataset.dataset_id)
     for row in ctx.store.rounds(run["run_id"]):
         if row.round != len(checkpoints):
             raise ValueError(f"round {row.round} recorded after round {len(checkpoints) - 1}")
@@ -63,7 +64,8 @@ def restore_job(
         rounds=run["rounds"],
         seed=config["seed"],
         partition=config.get("partition", "iid"),
-        test_split=load_split(datasets_path, dataset.dataset_id, "test"),
+        source=DataSource(config.get("data_mode", "shards"), test_set, config.get("left_out", {})),
+        test_split=load_split(datasets_path, test_set, "test") if test_set else None,
         names={node_id: d["name"] for node_id, d in config["shards"].items()},
         checkpoints=checkpoints,
         history=history,
@@ -76,8 +78,23 @@ def restore_job(
     return job
 
 
+def _part(node_id: str, recorded: Mapping[str, Any]) -> ShardFile:
+    path = recorded["path"]
+    return ShardFile(
+        node_id,
+        Path(path) if path is not None else None,  # None: the node's own data
+        recorded["sha256"],
+        recorded["samples"],
+        recorded["own"],
+        tuple(recorded.get("labels", ())),  # a run from before histograms were recorded
+        recorded.get("test_samples", 0),
+    )
+
+
 def run_history(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
-    """A run's closed rounds as the views show them (what ``Job.history`` holds)."""
+    """A run's closed rounds as the views show them, each with its model's federated
+    readings (own data; else None)."""
+    by_round = {f["round"]: f for f in summaries(store.node_evaluations(run["run_id"]))}
     return [
         {
             "round": row.round,
@@ -89,6 +106,7 @@ def run_history(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
             "test_accuracy": row.test_accuracy,
             "test_loss": row.test_loss,
             "seconds": row.closed_at - row.opened_at,
+            "federated": by_round.get(row.round),
         }
         for row in store.rounds(run["run_id"])
     ]
@@ -96,6 +114,7 @@ def run_history(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def finished_view(store: Store, run: dict[str, Any]) -> dict[str, Any]:
     """What ``Job.view`` said of a run that ended before this server started."""
+    federated = summaries(store.node_evaluations(run["run_id"]))
     history = run_history(store, run)
     model = Path(run["model_path"]).name if run["model_path"] else None
     return {
@@ -116,6 +135,13 @@ def finished_view(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         "model": run["model_spec"],
         "train": {k: run["config"]["train"].get(k) for k in TRAIN_FIELDS},
         "partition": run["config"].get("partition", "iid"),
+        "data_mode": run["config"].get("data_mode", "shards"),
+        "test_set": run["config"].get("test_set", run["dataset"]),
+        "left_out": [
+            {"node_id": n, "name": n, "why": why}
+            for n, why in sorted(run["config"].get("left_out", {}).items())
+        ],
+        "federated": federated,
         "server_opt": run["config"].get("server_opt", {"strategy": "none"}),
         "started_at": run["created"],
         "elapsed_s": (run["finished"] or run["created"]) - run["created"],

@@ -16,7 +16,7 @@ import functools
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ from node.shared.weights import WeightsMeta, encode_weights
 from server import failpoints
 from server.core.rounds import RoundClosed
 from server.datasets import DatasetInfo
-from server.job.best import best_metadata, best_model_name, best_round
+from server.job.best import best_metadata, best_model_name, best_round, figures, scored_rows
 from server.job.checkpoints import Published, WeightsFiles
 from server.job.context import JobContext
 from server.job.participants import Participants
@@ -73,7 +73,7 @@ class Settler:
         rounds: int,
         dataset: DatasetInfo,
         spec: ModelSpec,
-        test_split: tuple[torch.Tensor, torch.Tensor],
+        test_split: tuple[torch.Tensor, torch.Tensor] | None,
         files: WeightsFiles,
         history: list[dict[str, Any]],
         participants: Participants,
@@ -85,13 +85,13 @@ class Settler:
         self._rounds = rounds
         self._dataset = dataset
         self._spec = spec
-        self._test_x, self._test_y = test_split
+        self._test_split = test_split  # None: the server has none for this data (own data)
         self._files = files
         self._history = history  # the job's: each settled round is appended
         self._participants = participants
         self._finished = finished  # the job's
         self._fail = fail  # ends the job as failed
-        self._settling: list[asyncio.Task[float | None]] = []  # rounds still settling, oldest first
+        self._settling: list[asyncio.Task[bool]] = []  # rounds still settling, oldest first
         self._log = log.bind(run_id=job_id)
 
     def settle_later(self, closed: RoundClosed, published: Published) -> None:
@@ -103,8 +103,8 @@ class Settler:
             )
         )
 
-    async def settle_now(self, closed: RoundClosed, published: Published) -> float | None:
-        """Settle a round (the last) in the foreground; its accuracy, or None (see below)."""
+    async def settle_now(self, closed: RoundClosed, published: Published) -> bool:
+        """Settle a round (the last) in the foreground; whether it was recorded (see below)."""
         previous = self._settling[-1] if self._settling else None
         return await self.settle_round(closed, published, previous)
 
@@ -117,43 +117,52 @@ class Settler:
         self,
         closed: RoundClosed,
         published: Published,
-        previous: asyncio.Task[float | None] | None,
-    ) -> float | None:
+        previous: asyncio.Task[bool] | None,
+    ) -> bool:
         """Evaluate and write the checkpoint (at once: one is CPU, the other mostly disk),
         then, after ``previous`` (the round before), record the round and announce
         ``round_closed``.
 
-        Returns the test accuracy, or None when the job failed (a full disk, say; here or
-        in an earlier round): a round whose checkpoint is not safely on disk must not count.
+        Returns False when the job failed (a full disk, say; here or in an earlier round):
+        a round whose checkpoint is not safely on disk must not count.
         """
         try:
-            evaluation = asyncio.get_running_loop().run_in_executor(
-                self._ctx.background,
-                functools.partial(
-                    evaluate, published.state, self._spec, self._test_x, self._test_y
-                ),
-            )
             (accuracy, loss), _ = await asyncio.gather(
-                aio_time(self._ctx.metrics.evaluation_duration, evaluation),
+                self._evaluate(published),
                 asyncio.to_thread(self._files.write, published),
             )
         except Exception as exc:
             self._log.exception("round_settle_failed", round=closed.round)
             if not self._finished.is_set():
                 self._fail(f"round {closed.round}: {exc!r}")
-            return None
+            return False
         finally:
             if previous is not None:
                 await previous
         self._files.written(closed.round)
         if self._finished.is_set():
-            return None
+            return False
         failpoints.reach("checkpoint.before_commit")
         self._record(closed, published, accuracy, loss)
-        return accuracy
+        return True
+
+    async def _evaluate(self, published: Published) -> tuple[float | None, float | None]:
+        """(accuracy, loss) on the server's test split, on the niced thread; (None, None)
+        when the server has none for this data (the nodes evaluate on theirs)."""
+        if self._test_split is None:
+            return None, None
+        x, y = self._test_split
+        evaluation = asyncio.get_running_loop().run_in_executor(
+            self._ctx.background, functools.partial(evaluate, published.state, self._spec, x, y)
+        )
+        return await aio_time(self._ctx.metrics.evaluation_duration, evaluation)
 
     def _record(
-        self, closed: RoundClosed, published: Published, accuracy: float, loss: float
+        self,
+        closed: RoundClosed,
+        published: Published,
+        accuracy: float | None,
+        loss: float | None,
     ) -> None:
         """The round's row (after its checkpoint file: a row always names a whole file),
         its place in the history, and its ``round_closed`` event."""
@@ -186,6 +195,7 @@ class Settler:
             "test_accuracy": accuracy,
             "test_loss": loss,
             "seconds": closed.closed_at - closed.opened_at,
+            "federated": None,  # own data: the nodes' readings, which the job's view adds
         }
         self._history.append(summary)
         self._ctx.bus.publish("round_closed", summary, run_id=self._job_id)
@@ -217,22 +227,27 @@ class Settler:
             run_id=self._job_id,
         )
 
-    def write_models(self, final: Mapping[str, torch.Tensor]) -> str:
+    def write_models(
+        self, final: Mapping[str, torch.Tensor], federated: Sequence[Mapping[str, Any]] = ()
+    ) -> str:
         """Write the trained model and the best round's, by the context's ``best_metric``
         (FEDAVG_BEST_METRIC; both float32, the history in their metadata); returns the final
         one's file name. The best is its round's checkpoint, read back and checked: nothing
-        is kept per round for it. Blocking: call it in a thread."""
+        is kept per round for it. ``federated``: the nodes' weighted readings by round (own
+        data), which choose the best where the server has no test split, and go into the
+        metadata. Blocking: call it in a thread."""
         created = datetime.now(UTC).isoformat(timespec="seconds")
         metric = self._ctx.best_metric
-        best = best_round(self._history, metric)
+        rows = scored_rows(self._history, federated)
+        if self._test_split is None:
+            metric = f"federated_{metric.removeprefix('test_')}"
+        best = best_round(rows, metric)
         if best is not None:
             round_ = int(best["round"])
             extra = best_metadata(best, metric)
             state = self._files.read(round_)
             self._write_model(best_model_name(self._job_id), state, round_, extra, created)
-        last = self._history[-1]
-        extra = {"kind": "final", "test_accuracy": f"{last['test_accuracy']:.6f}"}
-        extra["test_loss"] = f"{last['test_loss']:.6f}"
+        extra = {"kind": "final", **figures(rows[-1])}
         name = f"{self._job_id}.safetensors"
         # The final model last: a run's row names it once the job is recorded as completed.
         crash_here = functools.partial(failpoints.reach, "final_model.before_rename")

@@ -236,7 +236,8 @@ async def runs(request: web.Request) -> web.Response:
 
 async def run_details(request: web.Request) -> web.Response:
     """Any stored run, current or past: its row, its rounds, and a page of its per-node
-    metrics (by round, then node id; ``?limit=&offset=``, with ``nodes_total``)."""
+    metrics and of its nodes' federated readings (by round, then node id;
+    ``?limit=&offset=``, with ``nodes_total`` and ``evaluations_total``)."""
     run_id = request.match_info["run_id"]
     if not RUN_ID_RE.fullmatch(run_id):
         raise BadRequest(f"invalid run id {run_id[:80]!r}: must match {RUN_ID_RE.pattern}")
@@ -257,6 +258,9 @@ async def run_details(request: web.Request) -> web.Response:
             "rounds": run_history(store, run),
             "nodes": nodes,
             "nodes_total": store.node_metrics_count(run_id),
+            # Own data: each node's reading of each round's model (0: the initial one).
+            "evaluations": store.node_evaluation_rows(run_id, limit, offset),
+            "evaluations_total": store.node_evaluations_count(run_id),
             "offset": offset,
             "limit": limit,
         }
@@ -417,6 +421,11 @@ async def start_training(request: web.Request) -> web.Response:
             "partition": job.partition,
             "aggregation": job.ctx.aggregation,
             "server_opt": dict(job.ctx.server_opt),
+            "data_mode": job.source.mode,
+            "left_out": [
+                {"node_id": n, "name": job.participants.names_of([n])[0], "why": why}
+                for n, why in sorted(job.source.left_out.items())
+            ],
             "status_url": "/sync/status",
         },
         status=202,
@@ -447,9 +456,11 @@ async def download_weights(request: web.Request) -> web.StreamResponse:
 async def download_shard(request: web.Request) -> web.StreamResponse:
     fed = _fed(request)
     session = node_session(request, fed.registry)
-    shard = fed.shard_file(session, request.match_info["run_id"], request.match_info["node_id"])
+    path, sha256 = fed.shard_file(
+        session, request.match_info["run_id"], request.match_info["node_id"]
+    )
     return await bytes_with_etag(
-        request, lambda: asyncio.to_thread(shard.path.read_bytes), shard.sha256, "shard"
+        request, lambda: asyncio.to_thread(path.read_bytes), sha256, "shard"
     )
 
 

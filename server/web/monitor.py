@@ -76,12 +76,20 @@ def _node_speeds(fed: Federation, run_id: str | None) -> list[dict[str, Any]]:
 
 
 def node_details(fed: Federation) -> dict[str, Any]:
+    """Each node's row (with ``evaluation``, its latest reading in the job) and, for the
+    run, its per-round training metrics (``history``) and its readings of each round's
+    global model on its own test split (``evaluations``, a job over the nodes' own data)."""
     run_id = fed.status().get("run_id")
     history: dict[str, list[dict[str, Any]]] = {}
+    evaluations: dict[str, list[dict[str, Any]]] = {}
     if run_id:
         for row in fed.store.node_metrics(run_id):
             history.setdefault(row["node_id"], []).append(
                 {"round": row["round"], "samples": row["samples"], **row["metrics"]}
+            )
+        for row in fed.store.node_evaluation_rows(run_id):
+            evaluations.setdefault(row["node_id"], []).append(
+                {k: row[k] for k in ("round", "accuracy", "loss", "samples")}
             )
     missed: dict[str, int] = {}
     for h in fed.status().get("history", []):
@@ -93,6 +101,7 @@ def node_details(fed: Federation) -> dict[str, Any]:
             {
                 **view,
                 "history": history.get(view["node_id"], []),
+                "evaluations": evaluations.get(view["node_id"], []),
                 "rounds_missed": missed.get(view["name"], 0),
             }
             for view in fed.nodes(limit=NODES_MAX)[0]

@@ -16,6 +16,7 @@ from node.shared.protocol import (
     ID_TAKEN,
     MAX_FRAME_BYTES,
     Error,
+    Evaluation,
     Hello,
     Left,
     OwnData,
@@ -159,6 +160,8 @@ def _apply_frame(fed: Federation, session: NodeSession, msg: WSMessage) -> str |
         return "protocol error"
     if isinstance(frame, Progress):
         fed.node_progress(session, frame)
+    elif isinstance(frame, Evaluation):
+        fed.node_evaluation(session, frame)
     elif isinstance(frame, OwnData):
         # Replaced whole on every send (after each welcome): the node's data as it is now.
         session.own_data = frame.datasets

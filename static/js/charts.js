@@ -7,11 +7,11 @@
 import { num, pct, setText } from "./dom.js";
 
 const REDRAW_MS = 400;
-const HEIGHT = 220;
-const PALETTE = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2", "#dc2626", "#4d7c0f"];
-const AXIS = { stroke: "#475569", grid: { stroke: "#e2e8f0", width: 1 }, ticks: { stroke: "#cbd5e1", width: 1 } };
+export const HEIGHT = 220;
+export const PALETTE = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2", "#dc2626", "#4d7c0f"];
+export const AXIS = { stroke: "#475569", grid: { stroke: "#e2e8f0", width: 1 }, ticks: { stroke: "#cbd5e1", width: 1 } };
 
-const roundTicks = (_u, splits) => splits.map((v) => (Number.isInteger(v) ? String(v) : ""));
+export const roundTicks = (_u, splits) => splits.map((v) => (Number.isInteger(v) ? String(v) : ""));
 
 export class Charts {
   /** @param {import("./state.js").DashboardState} state */
@@ -60,21 +60,24 @@ export class Charts {
   drawGlobal() {
     const history = this.state.history;
     const x = history.map((h) => h.round);
-    this.plot("accuracy", [x, history.map((h) => h.test_accuracy * 100)], () =>
+    // A round with no server test set (own data only) has no point: a gap, never 0%.
+    const percent = (v) => (typeof v === "number" ? v * 100 : null);
+    this.plot("accuracy", [x, history.map((h) => percent(h.test_accuracy))], () =>
       this.options("accuracy", [{ label: "test accuracy", stroke: PALETTE[0], fill: "rgba(37,99,235,0.08)" }], {
         y: { range: (_u, min) => [Math.max(0, Math.floor((Number.isFinite(min) ? min : 90) - 5)), 100] },
         yLabel: "%",
         yValues: (_u, splits) => splits.map((v) => `${v}%`),
       }),
     );
-    this.plot("loss", [x, history.map((h) => h.test_loss)], () =>
+    this.plot("loss", [x, history.map((h) => (typeof h.test_loss === "number" ? h.test_loss : null))], () =>
       this.options("loss", [{ label: "test loss", stroke: PALETTE[1], fill: "rgba(219,39,119,0.07)" }], {
         y: { range: (_u, _min, max) => [0, Number.isFinite(max) && max > 0 ? max * 1.1 : 1] },
       }),
     );
     for (const name of ["accuracy", "loss"]) this.boxes[name].dataset.points = String(x.length);
     const last = history[history.length - 1];
-    setText(document.getElementById("latest-accuracy"), last ? `round ${last.round}: ${pct(last.test_accuracy, 2)}` : "no round closed yet");
+    const onServer = typeof last?.test_accuracy === "number" ? pct(last.test_accuracy, 2) : "— (no server test set)";
+    setText(document.getElementById("latest-accuracy"), last ? `round ${last.round}: ${onServer}` : "no round closed yet");
     setText(document.getElementById("latest-loss"), last ? `round ${last.round}: ${num(last.test_loss)}` : "");
   }
 

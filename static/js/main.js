@@ -4,6 +4,7 @@
 import { api } from "./api.js";
 import { Charts } from "./charts.js";
 import { Controls } from "./controls.js";
+import { FederatedChart } from "./federated.js";
 import { byId, setText } from "./dom.js";
 import { ModelList } from "./models.js";
 import { NodeTable } from "./nodes.js";
@@ -21,6 +22,7 @@ const views = {
   nodes: new NodeTable(state),
   timeline: new Timeline(state),
   charts: new Charts(state),
+  federated: new FederatedChart(state),
   models: new ModelList(),
   controls: new Controls(state, document.body.dataset.adminTokenRequired === "true"),
 };
@@ -35,6 +37,7 @@ function onSnapshot(msg) {
   views.nodes.sync();
   views.timeline.renderAll();
   views.charts.reset();
+  views.federated.reset();
   views.controls.render();
   views.controls.renderProgress();
   views.models.refresh();
@@ -42,13 +45,16 @@ function onSnapshot(msg) {
   loadDatasets();
 }
 
-/** What the snapshot does not carry: per-node loss history of the run. */
+/** What the snapshot does not carry: per-node loss history and own-data readings of the run. */
 async function loadNodeHistory() {
   const runId = state.run.run_id;
   if (!runId) return;
   const details = await api("GET", "/monitor/nodes").catch(() => null);
   if (state.run.run_id !== runId) return; // a newer snapshot or job took over meanwhile
-  if (state.loadNodeHistory(details)) views.charts.invalidate("nodes");
+  if (state.loadNodeHistory(details)) {
+    views.charts.invalidate("nodes");
+    views.federated.invalidate();
+  }
 }
 
 /** GET /datasets feeds the dataset picker and the run panel's counts. A call made while one
@@ -89,7 +95,11 @@ function onEvent(ev) {
   }
   if (changed.charts) views.charts.invalidate("global");
   if (changed.nodeChart) views.charts.invalidate("nodes");
-  if (ev.kind === "job_started") views.charts.reset();
+  if (changed.evalChart) views.federated.invalidate();
+  if (ev.kind === "job_started") {
+    views.charts.reset();
+    views.federated.reset();
+  }
   if (ENDS.has(ev.kind)) views.controls.jobEnded(state.run);
   if (changed.models) views.models.refresh();
   if (changed.preparing) views.controls.renderProgress();

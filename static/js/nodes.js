@@ -1,14 +1,15 @@
 // The node table: one row per node, kept by node id. A progress event updates the cells of
 // its own row only; the whole table is re-synced only when nodes join, leave or change state.
 // The Shard cell holds the shard's size and its label distribution bar (labels.js); the
-// progress cell says which local epoch the bar is on when a round has several.
+// progress cell says which local epoch the bar is on when a round has several. Test acc is the
+// node's latest reading of a global model on its own test split (jobs over its own data).
 
 import { ago, byId, h, int, num, pct, setText } from "./dom.js";
 import { LabelBar } from "./labels.js";
 
 const STATE_LABELS = {
   idle: "idle", training: "training", waiting: "waiting", straggler: "straggler", offline: "offline",
-  not_waited_for: "not waited for",
+  not_waited_for: "not waited for", evaluating: "evaluating",
 };
 
 export class NodeTable {
@@ -75,6 +76,7 @@ export class NodeTable {
       epoch: h("span", { class: "epoch-label", hidden: true }),
       loss: h("td", { class: "num" }),
       val: h("td", { class: "num" }),
+      test: h("td", { class: "num col-test" }),
       seen: h("td", { class: "seen" }),
     };
     const tr = h(
@@ -89,6 +91,7 @@ export class NodeTable {
       h("td", { class: "col-progress" }, h("div", { class: "bar" }, cells.epoch, cells.bar, cells.batch)),
       cells.loss,
       cells.val,
+      cells.test,
       cells.seen,
     );
     const row = { tr, cells };
@@ -125,6 +128,10 @@ export class NodeTable {
     cells.epoch.hidden = !epochs;
     setText(cells.loss, num(node.loss));
     setText(cells.val, pct(node.val_accuracy));
+    // Own data: the node's latest reading of a global model on its own test split.
+    const ev = node.evaluation;
+    setText(cells.test, pct(ev?.accuracy));
+    cells.test.title = ev ? `round ${ev.round}'s model on ${int(ev.samples)} test samples of its own, loss ${num(ev.loss)}` : "";
     setText(cells.seen, ago(node.last_seen, this.state.now()));
   }
 }

@@ -1,7 +1,8 @@
-// The run panel: dataset, model (arch, input shape, local training), the job's label
-// partition, its strategy (server optimizer, FedProx, averaging), round r of E, state, time
-// in round, the straggler deadline counting down, partial rounds and accuracy. `tick`
-// refreshes the two clocks each second.
+// The run panel: dataset and data mode (shards from the server, or the nodes' own data),
+// model (arch, input shape, local training), the job's label partition (shards only), its
+// strategy (server optimizer, FedProx, averaging), round r of E, state, time in round, the
+// straggler deadline counting down, partial rounds and accuracy. `tick` refreshes the two
+// clocks each second.
 
 import { byId, duration, int, pct, setText, shape } from "./dom.js";
 
@@ -12,6 +13,7 @@ const SOURCES = {
   "cifar-python-batches": "local CIFAR batches",
   "cifar-binary-batches": "local CIFAR batches",
   import: "imported",
+  own: "held by the nodes",
 };
 
 /** A job's local training, e.g. "sgd · lr 0.05 · batch 32 · 1 local epoch". */
@@ -25,6 +27,15 @@ function trainText(train) {
     epochs ? `${epochs} local epoch${epochs === 1 ? "" : "s"}` : null,
     train.max_batches ? `at most ${train.max_batches} batches` : null,
   ].filter(Boolean).join(" · ");
+}
+
+const DATA_MODES = { local: "own data on the nodes", shards: "shards from the server" };
+
+/** Where the job's data is, and its server-side test set when the nodes hold the data. */
+function dataModeText(run) {
+  const mode = DATA_MODES[run.data_mode];
+  if (!mode || run.data_mode !== "local") return mode ?? "";
+  return `${mode} · ${run.test_set ? `also tested on the server's ${run.test_set}` : "no server test set"}`;
 }
 
 const STRATEGIES = { none: "FedAvg", fedavgm: "FedAvgM", fedadagrad: "FedAdagrad", fedadam: "FedAdam", fedyogi: "FedYogi" };
@@ -73,7 +84,7 @@ export class RunPanel {
       dataset: byId("run-dataset"), datasetSub: byId("run-dataset-sub"), round: byId("run-round"), state: byId("run-state"),
       time: byId("run-time"), uploads: byId("run-uploads"), deadline: byId("run-deadline"), partial: byId("run-partial"),
       accuracy: byId("run-accuracy"), progress: byId("run-progress"), runId: byId("run-id"),
-      model: byId("run-model"), modelSub: byId("run-model-sub"), partition: byId("run-partition"),
+      dataMode: byId("run-data-mode"), model: byId("run-model"), modelSub: byId("run-model-sub"), partition: byId("run-partition"),
       strategy: byId("run-strategy"), aggregation: byId("run-aggregation"),
     };
   }
@@ -83,6 +94,7 @@ export class RunPanel {
     const el = this.el;
     const ds = run.dataset ? { dataset_id: run.dataset, source: run.dataset_source } : dataset;
     setText(el.dataset, ds ? `${ds.dataset_id} · ${SOURCES[ds.source] ?? ds.source ?? "unknown source"}` : "not prepared");
+    setText(el.dataMode, dataModeText(run));
     el.dataset.title = ds ? [ds.source, dataset?.source_detail].filter(Boolean).join(": ") : "";
     const counts = dataset && dataset.dataset_id === ds?.dataset_id && dataset.train_samples
       ? `${int(dataset.train_samples)} train · ${int(dataset.test_samples)} test · ${shape(dataset.input_shape)}` : "";
@@ -91,8 +103,10 @@ export class RunPanel {
     setText(el.model, model?.arch ? `${model.arch} · ${shape(model.input_shape)}` : "—");
     el.model.title = model?.arch ? `${model.num_classes ?? "?"} classes` : "";
     setText(el.modelSub, trainText(run.train));
-    setText(el.partition, run.partition ? `Partition ${run.partition}` : "");
-    el.partition.title = run.partition ? partitionTitle(run.partition) : "";
+    // The server partitions only what it ships: the nodes' own data comes split as it is.
+    const partition = run.data_mode === "local" ? null : run.partition;
+    setText(el.partition, partition ? `Partition ${partition}` : "");
+    el.partition.title = partition ? partitionTitle(partition) : "";
     setText(el.strategy, strategyText(run.server_opt, run.train));
     el.strategy.title = strategyTitle(run.server_opt, run.train);
     setText(el.aggregation, run.aggregation ? `${run.aggregation} averaging` : "");

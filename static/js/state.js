@@ -4,6 +4,9 @@
 
 const TIMELINE_MAX = 200;
 const NODE_POINTS_MAX = 1200;
+// Nodes whose own-data readings are kept one by one (each a line of the federated chart):
+// beyond this many, only the weighted mean is kept, and drawn.
+export const EVAL_NODES_MAX = 12;
 // Offline nodes kept, as the server's FEDAVG_MAX_OFFLINE_NODES default: made-up ids that
 // come and go must not grow the page for as long as it is open.
 const OFFLINE_NODES_MAX = 256;
@@ -22,6 +25,10 @@ export class DashboardState {
     this.history = []; // round_closed data, in round order
     this.nodes = new Map(); // node_id -> node view, as in GET /nodes, kept current by events
     this.nodeLoss = new Map(); // node_id -> [[x, loss], ...] with x = round - 1 + batch/batches
+    // Own-data jobs: the nodes' readings of each round's model on their own test splits.
+    this.federated = new Map(); // round -> the nodes' weighted mean {accuracy, loss, samples, nodes}
+    this.nodeEvals = new Map(); // node name -> Map(round -> accuracy), EVAL_NODES_MAX names at most
+    this.evalNodesOver = false; // more nodes reported than EVAL_NODES_MAX: only the mean is kept
     this.timeline = []; // newest first
     this.skew = 0; // server clock minus ours, seconds
   }
@@ -43,7 +50,13 @@ export class DashboardState {
     };
     if (status.dataset) this.dataset = { dataset_id: status.dataset, source: status.dataset_source };
     this.history = [...(status.history ?? [])];
-    for (const node of msg.nodes ?? []) this.nodes.set(node.node_id, { ...node });
+    for (const summary of [...(status.federated ?? []), ...this.history.map((h) => h.federated)]) {
+      this.addFederated(summary);
+    }
+    for (const node of msg.nodes ?? []) {
+      this.nodes.set(node.node_id, { ...node });
+      if (node.evaluation) this.addEvaluation(node.name, node.evaluation);
+    }
     this.timeline = (msg.timeline ?? []).slice(0, TIMELINE_MAX);
     if (!this.dataset) {
       const prepared = this.timeline.find((e) => e.kind === "dataset_prepared");
@@ -76,10 +89,11 @@ export class DashboardState {
     return Boolean(match);
   }
 
-  /** Per-round losses of each node in the current run (from GET /monitor/nodes). */
+  /** Per-round losses and own-data readings of each node in the current run (GET /monitor/nodes). */
   loadNodeHistory(details) {
     if (!details || details.run_id !== this.run.run_id) return false;
     for (const node of details.nodes ?? []) {
+      for (const reading of node.evaluations ?? []) this.addEvaluation(node.name, reading);
       const points = (node.history ?? [])
         .filter((h) => typeof h.train_loss === "number")
         .map((h) => [h.round, h.train_loss]);
@@ -104,7 +118,8 @@ export class DashboardState {
     return undefined;
   }
 
-  /** Fold one event; returns {run, node, nodes, timeline, charts, nodeChart, models, preparing, datasets}. */
+  /** Fold one event; returns {run, node, nodes, timeline, charts, nodeChart, evalChart, models,
+   * preparing, datasets}. */
   apply(ev) {
     if (typeof ev.ts === "number") this.skew = ev.ts - Date.now() / 1000;
     const changed = {};
@@ -119,6 +134,25 @@ export class DashboardState {
     if (handler) handler(this, ev, ev.data ?? {}, node, changed);
     if (node && !changed.nodes) changed.node = ev.node_id;
     return changed;
+  }
+
+  /** A round's weighted mean of the nodes' readings (a later summary of a round has more). */
+  addFederated(summary) {
+    if (!summary || typeof summary.round !== "number" || typeof summary.accuracy !== "number") return;
+    const known = this.federated.get(summary.round);
+    if (!known || (summary.samples ?? 0) >= (known.samples ?? 0)) this.federated.set(summary.round, summary);
+  }
+
+  /** One node's reading {round, accuracy} of a round's model; per node while few report. */
+  addEvaluation(name, { round, accuracy }) {
+    if (this.evalNodesOver || typeof round !== "number" || typeof accuracy !== "number") return;
+    if (!this.nodeEvals.has(name) && this.nodeEvals.size >= EVAL_NODES_MAX) {
+      this.evalNodesOver = true;
+      this.nodeEvals.clear();
+      return;
+    }
+    if (!this.nodeEvals.has(name)) this.nodeEvals.set(name, new Map());
+    this.nodeEvals.get(name).set(round, accuracy);
   }
 
   addLossPoint(nodeId, x, loss) {
@@ -212,6 +246,7 @@ const HANDLERS = {
       state: "running", run_id: ev.run_id, dataset: data.dataset, dataset_source: data.source,
       round: 0, rounds: data.rounds, round_open: false, partial_rounds: 0, aggregation: data.aggregation,
       model: data.model, train: data.train, server_opt: data.server_opt, partition: data.partition,
+      data_mode: data.data_mode, test_set: data.test_set,
     };
     if (state.dataset?.dataset_id !== data.dataset) {
       state.dataset = { dataset_id: data.dataset, source: data.source };
@@ -219,7 +254,9 @@ const HANDLERS = {
     }
     state.history = [];
     state.nodeLoss.clear();
-    Object.assign(changed, { run: true, charts: true, nodeChart: true });
+    Object.assign(state, { federated: new Map(), nodeEvals: new Map(), evalNodesOver: false });
+    for (const node of state.nodes.values()) node.evaluation = null; // readings of an older job
+    Object.assign(changed, { run: true, nodes: true, charts: true, nodeChart: true, evalChart: true });
   },
   round_opened(state, ev, data, _node, changed) {
     Object.assign(state.run, {
@@ -267,7 +304,17 @@ const HANDLERS = {
       Object.assign(state.run, { round: data.round, round_open: false, roundStartedAt: null, deadlineAt: null });
     }
     state.run.partial_rounds = state.history.filter((h) => h.partial).length;
-    Object.assign(changed, { run: true, charts: true, nodes: Boolean(data.partial) });
+    state.addFederated(data.federated);
+    Object.assign(changed, { run: true, charts: true, evalChart: true, nodes: Boolean(data.partial) });
+  },
+  node_evaluated(state, ev, data, node, changed) {
+    const reading = { round: data.round, accuracy: data.accuracy, loss: data.loss, samples: data.samples };
+    if (node) Object.assign(node, { evaluation: reading });
+    // An evaluation-only job's readings fill the rows, not the chart of the run on show.
+    if (ev.run_id && ev.run_id !== state.run.run_id) return;
+    state.addEvaluation(data.name ?? state.nodeName(ev.node_id), reading);
+    state.addFederated(data.federated);
+    changed.evalChart = true;
   },
 };
 

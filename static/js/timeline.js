@@ -30,9 +30,14 @@ const DESCRIBE = {
   straggler: (d, name) => `${name} straggled: round ${d.round} went ahead without it`,
   deadline_extended: (d) => `round ${d.round}: no upload by the deadline, waiting longer (${d.empty_deadlines}×)`,
   round_closed: (d) =>
-    `round ${d.round} of ${d.rounds} closed: test accuracy ${pct(d.test_accuracy, 2)}, loss ${num(d.test_loss)} — ` +
+    `round ${d.round} of ${d.rounds} closed: ` +
+    (typeof d.test_accuracy === "number" ? `test accuracy ${pct(d.test_accuracy, 2)}, loss ${num(d.test_loss)}` : "no server test set") +
+    (d.federated ? `, nodes' weighted mean ${pct(d.federated.accuracy, 2)}` : "") + " — " +
     `${(d.contributors ?? []).length} nodes, ${int(d.samples)} samples, ${duration(d.seconds)}` +
     (d.partial ? " (partial)" : ""),
+  node_evaluated: (d, name) =>
+    `${d.name ?? name} tested round ${d.round}'s model on its own data: ${pct(d.accuracy, 2)} of ${int(d.samples)}, ` +
+    `loss ${num(d.loss)}; weighted mean ${pct(d.federated?.accuracy, 2)} over ${int(d.federated?.nodes)} node${d.federated?.nodes === 1 ? "" : "s"}`,
   job_done: (d) => `job done: final test accuracy ${pct(d.final_accuracy, 2)}${d.model_name ? `, saved ${d.model_name}` : ""}`,
   job_failed: (d) => `job failed: ${d.error ?? "unknown error"}`,
   job_stopped: (d) => `job stopped: ${d.error ?? "by the operator"}`,

@@ -1,12 +1,14 @@
 """A node's round pipeline against a stub transport: shard caching, training, the upload's
-query, its refusals, and a round given up when newer weights arrive."""
+query, its refusals, a round given up when newer weights arrive, and a round over the node's
+own data (evaluated before it is trained on)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -14,6 +16,7 @@ import structlog
 import structlog.testing
 import torch
 
+from node.local_datasets import NodeDataset
 from node.pipeline import (
     MARKS_PER_EPOCH,
     MAX_PROGRESS_PER_S,
@@ -23,37 +26,18 @@ from node.pipeline import (
     Target,
 )
 from node.settings import NodeSettings
+from node.shared.evaluate import evaluate
 from node.shared.model import ModelSpec, init_state
-from node.shared.protocol import TrainConfig, UploadQuery, decode
+from node.shared.protocol import Evaluation, TrainConfig, UploadQuery, decode, decode_as
 from node.shared.shards import encode_xy
 from node.shared.wandb_sink import WandbSink
 from node.shared.weights import WeightsMeta, decode_weights, encode_weights, sha256_hex
 from node.trainer import Step
 from node.transport import HttpTransport, TransferError
+from tests.node.stand_ins import StubTransport, own_dataset, right_answers
 
 SPEC = ModelSpec(input_shape=(1, 4, 4), hidden=(5,), dropout=(), num_classes=3)
 CONFIG = TrainConfig(batch_size=4, seed=3)
-
-
-class StubTransport:
-    """Serves one shard and one weights file; records uploads, or refuses them with a status."""
-
-    def __init__(self, files: dict[str, bytes], refuse: int | None = None) -> None:
-        self.files = files
-        self.refuse = refuse
-        self.downloads: list[str] = []
-        self.uploads: list[tuple[str, bytes]] = []
-
-    async def download(self, path: str, sha256: str, into: bytearray | None = None) -> bytearray:
-        self.downloads.append(path)
-        assert sha256_hex(self.files[path]) == sha256
-        return bytearray(self.files[path])
-
-    async def upload_weights(self, path: str, parts: list[memoryview]) -> dict[str, Any]:
-        if self.refuse is not None:
-            raise TransferError(f"upload refused: {self.refuse}", self.refuse)
-        self.uploads.append((path, b"".join(bytes(p) for p in parts)))
-        return {"accepted": True}
 
 
 def _files() -> dict[str, bytes]:
@@ -69,15 +53,22 @@ def _job(files: dict[str, bytes]) -> tuple[Assignment, Target]:
     return job, Target("j", 2, "/weights", sha256_hex(files["/weights"]))
 
 
-def _pipeline(tmp_path: Path, *, stale: bool = False) -> RoundPipeline:
+def _pipeline(
+    tmp_path: Path,
+    *,
+    stale: bool = False,
+    own: NodeDataset | None = None,
+    wandb: WandbSink | None = None,
+) -> RoundPipeline:
     settings = NodeSettings(
         orchestrators=("http://x",), node_id="n1", name="n1", cache_dir=tmp_path
     )
     return RoundPipeline(
         settings,
         torch.device("cpu"),
-        WandbSink(None, "fedavg", tmp_path / "wandb"),
+        wandb or WandbSink(None, "fedavg", tmp_path / "wandb"),
         is_stale=lambda _target: "newer weights arrived" if stale else None,
+        datasets=None if own is None else {own.name: own},
     )
 
 
@@ -180,3 +171,77 @@ def test_progress_never_goes_out_faster_than_its_cap(step_s: float) -> None:
     sent = _paced(pacer, epochs=50, batches=40, step_s=step_s)
     duration = 50 * 40 * step_s
     assert len(sent) <= duration * MAX_PROGRESS_PER_S + 1
+
+
+class RecordedSink(WandbSink):
+    """W&B as the node sees it, with what it is given kept in a list."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(None, "fedavg", folder)
+        self.logged: list[tuple[dict[str, float], int]] = []
+
+    def log(self, values: Mapping[str, float], step: int) -> None:
+        self.logged.append((dict(values), step))
+
+
+def _local_job(
+    own: NodeDataset, files: dict[str, bytes], round_: int = 2
+) -> tuple[Assignment, Target]:
+    job = Assignment(
+        "j", "", own.fingerprint, SPEC, CONFIG, rounds=3, data_mode="local", dataset=own.name
+    )
+    return job, Target("j", round_, "/weights", sha256_hex(files["/weights"]))
+
+
+async def _run_local(
+    pipeline: RoundPipeline, transport: StubTransport, own: NodeDataset, round_: int = 2
+) -> list[str]:
+    outbox: asyncio.Queue[str] = asyncio.Queue(64)
+    job, target = _local_job(own, transport.files, round_)
+    assert await pipeline.run(cast(HttpTransport, transport), outbox, job, target)
+    await asyncio.sleep(0)  # progress frames are offered through the loop
+    return [outbox.get_nowait() for _ in range(outbox.qsize())]
+
+
+async def test_a_local_round_reads_the_global_model_then_trains_on_the_own_data(
+    tmp_path: Path,
+) -> None:
+    own = own_dataset(tmp_path)
+    files = {"/weights": _files()["/weights"]}  # no shard: the samples are the node's
+    transport, wandb = StubTransport(files), RecordedSink(tmp_path / "wandb")
+    with structlog.testing.capture_logs() as logs:
+        frames = await _run_local(_pipeline(tmp_path, own=own, wandb=wandb), transport, own)
+
+    assert transport.downloads == ["/weights"]
+    first, *rest = (decode(f) for f in frames)
+    assert isinstance(first, Evaluation) and rest and {f.type for f in rest} == {"progress"}
+    global_state, _ = decode_weights(files["/weights"])
+    accuracy, loss = evaluate(global_state, SPEC, own.test_x, own.test_y)
+    assert (first.job_id, first.round, first.samples) == ("j", 1, len(own.test_y))
+    assert first.correct == right_answers(global_state, SPEC, own.test_x, own.test_y)
+    assert first.loss == pytest.approx(loss)
+    ((path, _),) = transport.uploads
+    query = UploadQuery.decode(dict(parse_qsl(urlsplit(path).query)))
+    held_out = int(len(own.train_y) * 0.1)  # NodeSettings' validation_split
+    assert query.samples == len(own.train_y) - held_out < own.announcement().train_samples
+    (read,) = [e for e in logs if e["event"] == "local_evaluation"]
+    assert (read["round"], read["samples"], read["accuracy"]) == (1, len(own.test_y), accuracy)
+    assert ({"local/test_accuracy": accuracy, "local/test_loss": loss}, 1) in wandb.logged
+
+
+async def test_a_round_sent_again_is_not_read_again(tmp_path: Path) -> None:
+    own = own_dataset(tmp_path)
+    transport = StubTransport({"/weights": _files()["/weights"]})
+    pipeline = _pipeline(tmp_path, own=own)
+    rounds = []
+    for round_ in (2, 2, 3):  # round 2 again, as a rejoin sends it
+        frames = await _run_local(pipeline, transport, own, round_)
+        rounds += [decode_as(f, Evaluation).round for f in frames if decode(f).type == "evaluation"]
+    assert rounds == [1, 2]
+    assert len(transport.uploads) == 3  # each round is still trained
+
+
+async def test_a_shard_round_sends_no_evaluation(tmp_path: Path) -> None:
+    own = own_dataset(tmp_path)  # held, but the job is over the server's shard
+    _, frames = await _run(_pipeline(tmp_path, own=own), StubTransport(_files()))
+    assert {decode(f).type for f in frames} == {"progress"}

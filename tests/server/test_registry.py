@@ -78,3 +78,22 @@ def test_drops_spread_over_windows_are_not_a_flood() -> None:
         for _ in range(5):
             budget.allow(now)
     assert not budget.flooding
+
+
+def test_a_nodes_row_shows_its_latest_evaluation_in_its_current_job_only() -> None:
+    registry = NodeRegistry()
+    session, _ = registry.join(hello("a"), 0.0)
+    assert session.view()["evaluation"] is None
+    session.job_id = "job-1"
+    session.show_evaluation(0, 200, 50, 2.1)
+    session.show_evaluation(1, 200, 150, None)  # a loss that was not finite
+    assert session.view()["evaluation"] == {
+        "round": 1,
+        "accuracy": 0.75,
+        "loss": None,
+        "samples": 200,
+    }
+    session.job_id = "job-2"  # a new job: the old job's reading is not this one's
+    assert session.view()["evaluation"] is None
+    session.show_evaluation(0, 40, 4, 2.3)
+    assert session.view()["evaluation"] == {"round": 0, "accuracy": 0.1, "loss": 2.3, "samples": 40}

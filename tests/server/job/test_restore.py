@@ -14,6 +14,7 @@ from node.shared.model import init_state
 from node.shared.protocol import TrainConfig
 from node.shared.shards import encode_xy
 from node.shared.weights import WeightsMeta, encode_weights, sha256_hex
+from server.core.federated_eval import Reading
 from server.datasets import DatasetInfo, split_path
 from server.job.job import Checkpoint, JobContext
 from server.job.restore import finished_view, remove_stale_temp_files, restore_job, run_history
@@ -125,6 +126,7 @@ def test_history_is_the_closed_rounds_as_the_views_show_them(store: Store, tmp_p
             "test_accuracy": 0.6,
             "test_loss": 1.0,
             "seconds": 4.5,
+            "federated": None,  # a shards job: the nodes evaluate nothing
         },
         {
             "round": 2,
@@ -136,8 +138,31 @@ def test_history_is_the_closed_rounds_as_the_views_show_them(store: Store, tmp_p
             "test_accuracy": 0.7,
             "test_loss": 0.5,
             "seconds": 4.5,
+            "federated": None,
         },
     ]
+
+
+def test_history_carries_each_rounds_federated_readings(store: Store, tmp_path: Path) -> None:
+    run = create_run(store, tmp_path)
+    record_round(store, 1, checkpoint(tmp_path, 1))
+    record_round(store, 2, checkpoint(tmp_path, 2))
+    for node_id, samples, correct, loss in (("n1", 30, 15, 1.0), ("n2", 10, 9, None)):
+        store.record_node_evaluation(
+            RUN_ID, Reading(node_id, 1, samples, correct, loss), node_id, 1.0
+        )
+    store.record_node_evaluation(RUN_ID, Reading("n1", 0, 30, 3, 2.0), "n1", 0.5)
+    first, second = run_history(store, run)
+    assert first["federated"] == {
+        "round": 1,
+        "accuracy": 24 / 40,  # the summed correct over the summed samples
+        "loss": 1.0,  # over the readings that have one
+        "samples": 40,
+        "nodes": 2,
+    }
+    assert second["federated"] is None  # nobody has evaluated round 2's model yet
+    view = finished_view(store, store.runs()[0])
+    assert [f["round"] for f in view["federated"]] == [0, 1]  # the initial model too
 
 
 def test_the_finished_view_of_a_completed_run(store: Store, tmp_path: Path) -> None:
@@ -181,6 +206,10 @@ def test_the_finished_view_of_a_completed_run(store: Store, tmp_path: Path) -> N
         },
         "partition": "iid",  # recorded before partitions: today's split
         "server_opt": {"strategy": "none"},  # recorded before server optimizers: FedAvg
+        "data_mode": "shards",  # recorded before own data: the server's shards
+        "test_set": "tiny",
+        "left_out": [],
+        "federated": [],
         "started_at": 100.0,
         "elapsed_s": 60.0,
         "history": run_history(store, run),
