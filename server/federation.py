@@ -29,6 +29,7 @@ from server.dataset_shelf import DatasetShelf
 from server.datasets import DatasetInfo, load_split
 from server.errors import BadRequest, Conflict, IdTaken, NotFound
 from server.events import EventBus
+from server.job.evaluations import JobEvaluations
 from server.job.job import DataSource, Job, JobContext, background_executor
 from server.job.restore import finished_view, remove_stale_temp_files, restore_job
 from server.job_data import job_data
@@ -57,6 +58,7 @@ class Federation:
         self.registry = NodeRegistry(settings.max_offline_nodes)
         self.background = background_executor()
         self.job: Job | None = None
+        self.evaluation: JobEvaluations | None = None  # an evaluation-only run, while it runs
         self._last_run: dict[str, Any] | None = None  # the last job, when it ended before a restart
         self.shelf = DatasetShelf(settings, self.bus)
         self._job_lock = asyncio.Lock()
@@ -105,6 +107,8 @@ class Federation:
             self.registry.prune_offline(keep=self._participants())
             if self.job is not None:
                 self.job.node_gone(session.node_id)
+            if self.evaluation is not None:
+                self.evaluation.node_left()
 
     def _participants(self) -> Collection[str]:
         """The running job's shard holders: remembered even while offline."""
@@ -137,6 +141,8 @@ class Federation:
         refusal: str | None = "wrong_job"
         if job is not None and job.evaluations is not None and frame.job_id == job.job_id:
             refusal = job.evaluations.take(session.node_id, frame)
+        elif self.evaluation is not None:
+            refusal = self.evaluation.take(session.node_id, frame)
         if refusal is not None:
             self.metrics.frames_dropped.labels(reason=f"evaluation_{refusal}").inc()
             return False
@@ -202,7 +208,7 @@ class Federation:
             request, files = data.request, data.files
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             job = Job(
-                self._job_context(request.aggregation, request.server_opt),
+                self.job_context(request.aggregation, request.server_opt),
                 job_id=f"{dataset_id}-{stamp}-{secrets.token_hex(2)}",
                 dataset=data.info,
                 shards=files,
@@ -219,7 +225,7 @@ class Federation:
             await job.start()
             return job
 
-    def _job_context(
+    def job_context(
         self, aggregation: str, server_opt: Mapping[str, Any] | None = None
     ) -> JobContext:
         return JobContext(
@@ -263,7 +269,7 @@ class Federation:
             local = run["config"].get("data_mode") == "local"
             job = restore_job(  # small reads at start-up, before anyone is served
                 run,
-                self._job_context(run["aggregation"], run["config"].get("server_opt")),
+                self.job_context(run["aggregation"], run["config"].get("server_opt")),
                 None if local else self.shelf.get(run["dataset"]),
                 self.settings.datasets_path,
             )

@@ -31,6 +31,7 @@ from server.core.own_data import by_name
 from server.core.partition import PartitionError, parse_partition
 from server.datasets import CATALOG, DatasetError, DatasetInfo, ImportRequest, UnknownDataset
 from server.errors import ApiError, BadRequest, Conflict, ErrorCode, NotFound, http_status
+from server.evaluation_runs import evaluate_saved_model
 from server.federation import Federation
 from server.job.restore import run_history
 from server.settings import Settings
@@ -94,6 +95,9 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> we
     return app
 
 
+MAX_MODEL_NAME = 255  # a file name, as the file system allows
+
+
 def routes() -> list[web.RouteDef]:
     """Every HTTP and WebSocket route of the server."""
     return [
@@ -106,6 +110,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/train/{dataset_id}/prepare", prepare_shards),
         web.post("/train/{dataset_id}", start_training),
         web.post("/jobs/stop", stop_training),
+        web.post("/evaluate/{dataset_id}", evaluate_model),
         web.get("/sync/status", sync_status),
         web.get("/sync/weights", download_weights),
         web.post("/sync/weights", upload_weights),
@@ -430,6 +435,20 @@ async def start_training(request: web.Request) -> web.Response:
         },
         status=202,
     )
+
+
+async def evaluate_model(request: web.Request) -> web.Response:
+    """An evaluation-only run: every connected node holding ``dataset_id`` evaluates the
+    saved ``?model=`` on its own test split; the per-node table and the weighted mean."""
+    require_admin(request, request.app[SETTINGS])
+    model = request.query.get("model")
+    if not model or len(model) > MAX_MODEL_NAME:
+        raise BadRequest(
+            f"model is required: the file name of a saved model (GET /models), "
+            f"at most {MAX_MODEL_NAME} characters"
+        )
+    result = await evaluate_saved_model(_fed(request), request.match_info["dataset_id"], model)
+    return _json(result)
 
 
 async def stop_training(request: web.Request) -> web.Response:

@@ -126,8 +126,8 @@ async def test_a_job_over_the_nodes_own_data(make_client: MakeClient) -> None:
         asked = await node.expect(Evaluate)
         assert (asked.round, asked.dataset, asked.job_id) == (2, "digits", train.job_id)
         await _evaluated(node, train, 2, correct=correct, loss=0.5)
-    done = await a.expect(Done)
-    assert done.status == "completed"
+    for node in (a, b):
+        assert (await node.expect(Done)).status == "completed"
 
     status = await (await client.get("/sync/status")).json()
     assert status["state"] == "completed" and status["data_mode"] == "local"
@@ -141,10 +141,9 @@ async def test_a_job_over_the_nodes_own_data(make_client: MakeClient) -> None:
         "nodes": 2,
     }
     assert status["final_accuracy"] == 65 / 80  # the nodes' reading of the final model
-    model = await client.get(status["model_url"])
-    metadata = load(await model.read()) and _metadata(
-        await (await client.get(status["model_url"])).read()
-    )
+    model = await (await client.get(status["model_url"])).read()
+    assert set(load(model)) == set(start)  # a whole model, as safetensors reads it
+    metadata = _metadata(model)
     assert metadata["federated_accuracy"] == f"{65 / 80:.6f}" and metadata["federated_nodes"] == "2"
     assert "test_accuracy" not in metadata  # no server test set for the nodes' data
     details = await (await client.get(f"/runs/{train.job_id}")).json()
@@ -154,6 +153,28 @@ async def test_a_job_over_the_nodes_own_data(make_client: MakeClient) -> None:
         (2, "b", 15),
     }
     assert odd.node_id not in {e["node_id"] for e in details["evaluations"]}
+
+    # An evaluation-only run of the saved model over the same nodes.
+    file = status["model_url"].rsplit("/", 1)[1]
+    asking = asyncio.ensure_future(client.post(f"/evaluate/digits?model={file}", headers=ADMIN))
+    for node, correct in ((a, 51), (b, 11)):
+        asked = await node.expect(Evaluate)
+        assert (asked.round, asked.weights_url) == (0, f"/models/{file}")
+        assert asked.job_id.startswith("eval-digits-")
+        assert (await (await client.get(asked.weights_url)).read()) == model  # what it checks
+        answer = Evaluation(
+            job_id=asked.job_id, round=0, samples=TEST[node.node_id], correct=correct, loss=0.4
+        )
+        await node.ws.send_str(encode(answer))
+    evaluated = await asking
+    assert evaluated.status == 200, await evaluated.text()
+    table = await evaluated.json()
+    assert [(n["name"], n["correct"], n["samples"]) for n in table["nodes"]] == [
+        ("name-a", 51, 60),
+        ("name-b", 11, 20),
+    ]
+    assert table["weighted"]["accuracy"] == 62 / 80 and table["missing"] == []
+    assert table["left_out"][0]["node_id"] == "c"
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -180,6 +201,15 @@ async def test_a_reading_beyond_the_announcement_is_dropped(make_client: MakeCli
     assert status["federated"] == [
         {"round": 0, "accuracy": 0.1, "loss": 2.3, "samples": 60, "nodes": 1}
     ]
+
+
+async def test_an_evaluation_run_is_refused_when_it_cannot_run(make_client: MakeClient) -> None:
+    client = await make_client(admin_token="t" * 32)
+    missing = await client.post("/evaluate/digits", headers=ADMIN)
+    assert "model is required" in (await error_of(missing, 400))["message"]
+    unknown = await client.post("/evaluate/digits?model=nope.safetensors", headers=ADMIN)
+    await error_of(unknown, 404)
+    assert (await client.post("/evaluate/digits?model=x")).status == 401  # an admin's call
 
 
 async def test_which_data_a_name_means_is_never_guessed(make_client: MakeClient) -> None:
