@@ -245,3 +245,29 @@ async def test_which_data_a_name_means_is_never_guessed(make_client: MakeClient)
     assert train.data_mode == "local"
     status = await (await client.get("/sync/status")).json()
     assert status["test_set"] == "mnist"  # the server's split has the nodes' schema: used too
+
+
+async def test_a_restarted_server_resumes_the_job_and_its_readings(make_client: MakeClient) -> None:
+    """No prepared dataset to rebuild it from: the run's row holds what the server knew of
+    the nodes' data, and the readings before the restart still count."""
+    client = await make_client(admin_token="t" * 32)
+    a = await _holder(client, "a")
+    assert (await client.post("/train/digits?epochs=3", headers=ADMIN)).status == 202
+    train = await a.expect(Train)
+    start, _ = decode_weights(await (await client.get(train.weights_url)).read())
+    await _evaluated(a, train, 0, correct=6, loss=2.3)
+    assert (await _upload(client, a, train, 1, start, 240)).status == 200
+    await a.expect(WeightsReady)
+    await client.close()  # the orchestrator goes down between rounds
+
+    again = await make_client(admin_token="t" * 32)
+    status = await (await again.get("/sync/status")).json()
+    assert (status["state"], status["round"], status["data_mode"]) == ("running", 2, "local")
+    assert [f["round"] for f in status["federated"]] == [0]  # from SQLite
+    back = await _holder(again, "a")  # the node reconnects with its data
+    resumed = await back.expect(Train)
+    assert (resumed.job_id, resumed.round, resumed.data_mode) == (train.job_id, 2, "local")
+    assert resumed.shard_sha256 == "a" * 64
+    inflated = await _upload(again, back, resumed, 2, start, TRAIN["a"] + 1)
+    await error_of(inflated, 403)  # the cap survived the restart
+    assert (await _upload(again, back, resumed, 2, start, 240)).status == 200
