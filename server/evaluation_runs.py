@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -66,16 +67,30 @@ async def evaluate_saved_model(fed: Federation, name: str, model_file: str) -> d
     )
     fed.evaluation = evaluation
     try:
-        summary = await evaluation.evaluate_final(
-            0, spec, f"/models/{model_file}", sha256_hex(data)
-        )
+        await evaluation.evaluate_final(0, spec, f"/models/{model_file}", sha256_hex(data))
     finally:
         fed.evaluation = None
+    result = _table(evaluation, run_id, model_file, held, names)
+    fed.bus.publish("evaluation_done", result, run_id=run_id)
+    log.info(
+        "evaluation_done", run_id=run_id, weighted=result["weighted"], missing=result["missing"]
+    )
+    return result
+
+
+def _table(
+    evaluation: JobEvaluations,
+    run_id: str,
+    model_file: str,
+    held: NamedData,
+    names: Mapping[str, str],
+) -> dict[str, Any]:
+    """The answer: each node's reading, who did not answer, who was left out, the mean."""
     readings = evaluation.core.readings(0)
     answered = {r.node_id for r in readings}
-    result = {
+    return {
         "evaluation_id": run_id,
-        "dataset": name,
+        "dataset": held.name,
         "model": model_file,
         "nodes": [
             {
@@ -88,13 +103,10 @@ async def evaluate_saved_model(fed: Federation, name: str, model_file: str) -> d
             }
             for r in readings
         ],
-        "missing": sorted(names[n] for n in parts if n not in answered),
+        "missing": sorted(names[n] for n in names if n not in answered),
         "left_out": [{"node_id": n, "why": why} for n, why in sorted(held.left_out.items())],
-        "weighted": summary,
+        "weighted": evaluation.summary(0),
     }
-    fed.bus.publish("evaluation_done", result, run_id=run_id)
-    log.info("evaluation_done", run_id=run_id, weighted=summary, missing=result["missing"])
-    return result
 
 
 def _spec_of(data: bytes, model_file: str) -> ModelSpec:

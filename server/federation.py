@@ -23,11 +23,9 @@ from node.shared.errors import FedavgError
 from node.shared.protocol import Error, Evaluation, Hello, Progress, Welcome
 from node.shared.wandb_sink import WandbSink
 from server.catalog import ModelCatalog
-from server.core.partition import IID, Partition, PartitionError, partition_samples
-from server.core.shard_plan import bounded_capacities, with_overlap
+from server.core.sampling import EVERYONE, Sampling
 from server.dataset_shelf import DatasetShelf
-from server.datasets import DatasetInfo, load_split
-from server.errors import BadRequest, Conflict, IdTaken, NotFound
+from server.errors import Conflict, IdTaken, NotFound
 from server.events import EventBus
 from server.job.evaluations import JobEvaluations
 from server.job.job import DataSource, Job, JobContext, background_executor
@@ -36,7 +34,6 @@ from server.job_data import job_data
 from server.metrics import Metrics
 from server.registry import NodeRegistry, NodeSession
 from server.settings import Settings
-from server.shard_files import ShardFile, plan_key, write_shards
 from server.store import Store
 from server.wandb_log import ServerWandb
 
@@ -160,37 +157,6 @@ class Federation:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    async def plan(
-        self, dataset_id: str, partition: Partition = IID
-    ) -> tuple[DatasetInfo, dict[str, ShardFile], str]:
-        """Split the training set over the connected nodes as ``partition`` says and write
-        their shards."""
-        info = self.shelf.get(dataset_id)
-        capacities = bounded_capacities(
-            {s.node_id: s.capacity for s in self.registry.connected()},
-            self.settings.max_capacity_ratio,
-        )
-        if not capacities:
-            raise Conflict("no nodes are connected: start fedavg-node on the workers first")
-        try:
-            key, files = await asyncio.to_thread(
-                _plan_shards, self.settings, info, capacities, partition
-            )
-        except PartitionError as exc:  # classes:k that these nodes and data cannot make
-            raise BadRequest(str(exc)) from exc
-        names = {n: self.registry.nodes[n].name for n in files}
-        self.bus.publish(
-            "shards_planned",
-            {
-                "dataset": dataset_id,
-                "plan": key,
-                "partition": str(partition),
-                "shards": {names[n]: f.samples for n, f in files.items()},
-                "labels": {names[n]: list(f.labels) for n, f in files.items()},
-            },
-        )
-        return info, files, key
-
     async def start_job(
         self,
         dataset_id: str,
@@ -208,7 +174,7 @@ class Federation:
             request, files = data.request, data.files
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             job = Job(
-                self.job_context(request.aggregation, request.server_opt),
+                self.job_context(request.aggregation, request.server_opt, request.sampling),
                 job_id=f"{dataset_id}-{stamp}-{secrets.token_hex(2)}",
                 dataset=data.info,
                 shards=files,
@@ -226,7 +192,10 @@ class Federation:
             return job
 
     def job_context(
-        self, aggregation: str, server_opt: Mapping[str, Any] | None = None
+        self,
+        aggregation: str,
+        server_opt: Mapping[str, Any] | None = None,
+        sampling: Sampling = EVERYONE,
     ) -> JobContext:
         return JobContext(
             store=self.store,
@@ -244,6 +213,7 @@ class Federation:
             max_missed_rounds=self.settings.max_missed_rounds,
             server_opt=server_opt or {"strategy": "none"},
             best_metric=self.settings.best_metric,
+            sampling=sampling,
             clock=self.clock,
         )
 
@@ -269,7 +239,11 @@ class Federation:
             local = run["config"].get("data_mode") == "local"
             job = restore_job(  # small reads at start-up, before anyone is served
                 run,
-                self.job_context(run["aggregation"], run["config"].get("server_opt")),
+                self.job_context(
+                    run["aggregation"],
+                    run["config"].get("server_opt"),
+                    Sampling(**run["config"].get("sampling", EVERYONE.view())),
+                ),
                 None if local else self.shelf.get(run["dataset"]),
                 self.settings.datasets_path,
             )
@@ -338,20 +312,3 @@ class Federation:
             await self.job.shutdown()
         self.background.shutdown(wait=True, cancel_futures=True)
         await asyncio.to_thread(self.wandb.close)
-
-
-def _plan_shards(
-    settings: Settings, info: DatasetInfo, capacities: Mapping[str, float], partition: Partition
-) -> tuple[str, dict[str, ShardFile]]:
-    """The plan's key (it names the folder of its shard files) and each node's written shard,
-    with its label histogram. Blocking: call it in a thread."""
-    x, y = load_split(settings.datasets_path, info.dataset_id, "train")
-    own = partition_samples(y, capacities, partition, seed=settings.seed)
-    planned = with_overlap(own, settings.shard_overlap)
-    key = plan_key(
-        info.train_sha256, capacities, settings.shard_overlap, settings.seed, str(partition)
-    )
-    # A node whose share rounds down to nothing sits this job out.
-    kept = {node_id: shard for node_id, shard in planned.items() if shard.indices}
-    folder = settings.home / "shards" / info.dataset_id / key
-    return key, write_shards(kept, x, y, folder, info.num_classes)

@@ -1,5 +1,6 @@
-"""What a new job trains on: the server's shards or the nodes' own data, the settings asked
-for over the server's defaults, and the test split the server evaluates on, if any.
+"""What a new job trains on: the server's shards (planned and written here) or the nodes' own
+data, the settings asked for over the server's defaults, and the test split the server
+evaluates on, if any.
 
 ``Federation.start_job`` calls :func:`job_data` under its job lock; the mode rule and a local
 job's parts are :mod:`server.local_jobs`'.
@@ -23,11 +24,13 @@ from server.core.job_request import (
     JobRequestError,
     job_request,
 )
+from server.core.partition import IID, Partition, PartitionError, partition_samples
+from server.core.shard_plan import bounded_capacities, with_overlap
 from server.datasets import DatasetInfo, load_split
-from server.errors import BadRequest
+from server.errors import BadRequest, Conflict
 from server.local_jobs import DataMode, data_mode, local_dataset_info, local_parts, same_schema
 from server.settings import Settings
-from server.shard_files import ShardFile
+from server.shard_files import ShardFile, plan_key, write_shards
 
 if TYPE_CHECKING:
     from server.federation import Federation
@@ -59,10 +62,9 @@ async def job_data(
         request = job_request_of(fed.settings, info, query, body)
         test_set = _test_set_for(fed, info)
         left_out = data.left_out
-        _publish_left_out(fed, name, left_out)
     else:
         request = job_request_of(fed.settings, fed.shelf.get(name), query, body)
-        info, files, _ = await fed.plan(name, request.partition)
+        info, files, _ = await plan_shards(fed, name, request.partition)
         test_set, left_out = name, {}
     test_split = None
     if test_set is not None:
@@ -85,6 +87,7 @@ def job_request_of(
         partition=settings.partition,
         aggregation=settings.aggregation,
         server_opt=settings.server_opt,
+        sampling=settings.sampling,
     )
     schema = DataSchema(info.input_shape, info.num_classes, info.norm_mean, info.norm_std)
     try:
@@ -111,11 +114,50 @@ def _test_set_for(fed: Federation, info: DatasetInfo) -> str | None:
     return info.dataset_id if prepared is not None and same_schema(prepared, info) else None
 
 
-def _publish_left_out(fed: Federation, name: str, left_out: Mapping[str, str]) -> None:
-    for node_id, why in left_out.items():
-        session = fed.registry.nodes.get(node_id)
-        node = session.name if session is not None else node_id
-        log.warning("node_left_out", dataset=name, node=node, why=why)
-        fed.bus.publish(
-            "node_left_out", {"dataset": name, "name": node, "why": why}, node_id=node_id
+async def plan_shards(
+    fed: Federation, dataset_id: str, partition: Partition = IID
+) -> tuple[DatasetInfo, dict[str, ShardFile], str]:
+    """Split the training set over the connected nodes as ``partition`` says and write
+    their shards."""
+    info = fed.shelf.get(dataset_id)
+    capacities = bounded_capacities(
+        {s.node_id: s.capacity for s in fed.registry.connected()},
+        fed.settings.max_capacity_ratio,
+    )
+    if not capacities:
+        raise Conflict("no nodes are connected: start fedavg-node on the workers first")
+    try:
+        key, files = await asyncio.to_thread(
+            _plan_shards, fed.settings, info, capacities, partition
         )
+    except PartitionError as exc:  # classes:k that these nodes and data cannot make
+        raise BadRequest(str(exc)) from exc
+    names = {n: fed.registry.nodes[n].name for n in files}
+    fed.bus.publish(
+        "shards_planned",
+        {
+            "dataset": dataset_id,
+            "plan": key,
+            "partition": str(partition),
+            "shards": {names[n]: f.samples for n, f in files.items()},
+            "labels": {names[n]: list(f.labels) for n, f in files.items()},
+        },
+    )
+    return info, files, key
+
+
+def _plan_shards(
+    settings: Settings, info: DatasetInfo, capacities: Mapping[str, float], partition: Partition
+) -> tuple[str, dict[str, ShardFile]]:
+    """The plan's key (it names the folder of its shard files) and each node's written shard,
+    with its label histogram. Blocking: call it in a thread."""
+    x, y = load_split(settings.datasets_path, info.dataset_id, "train")
+    own = partition_samples(y, capacities, partition, seed=settings.seed)
+    planned = with_overlap(own, settings.shard_overlap)
+    key = plan_key(
+        info.train_sha256, capacities, settings.shard_overlap, settings.seed, str(partition)
+    )
+    # A node whose share rounds down to nothing sits this job out.
+    kept = {node_id: shard for node_id, shard in planned.items() if shard.indices}
+    folder = settings.home / "shards" / info.dataset_id / key
+    return key, write_shards(kept, x, y, folder, info.num_classes)

@@ -58,10 +58,7 @@ class Metrics:
             "Evaluating a global model on the test split.",
             FAST_BUCKETS,
         )
-        self.bytes_received = _counter(
-            r, "fedavg_bytes_received", "Request bytes received, by kind.", "kind"
-        )
-        self.bytes_sent = _counter(r, "fedavg_bytes_sent", "File bytes served, by kind.", "kind")
+        self._add_transfers(r)
         self.global_accuracy = _gauge(
             r, "fedavg_global_accuracy", "Test accuracy of the latest global model."
         )
@@ -69,6 +66,21 @@ class Metrics:
         self.current_round = _gauge(r, "fedavg_current_round", "The open (or last) round.")
         self._add_refusals(r)
         self._add_federated(r)
+
+    def _add_transfers(self, r: CollectorRegistry) -> None:
+        """What travels over HTTP: bytes each way, and the file requests, by kind."""
+        self.bytes_received = _counter(
+            r, "fedavg_bytes_received", "Request bytes received, by kind.", "kind"
+        )
+        self.bytes_sent = _counter(r, "fedavg_bytes_sent", "File bytes served, by kind.", "kind")
+        self.file_requests = _counter(
+            r,
+            "fedavg_file_requests",
+            "Requests for shards and weights, answered or refused, by kind.",
+            "kind",
+        )
+        for kind in ("shard", "weights"):  # 0 from the start: a count that never moves shows
+            self.file_requests.labels(kind=kind)
 
     def _add_federated(self, r: CollectorRegistry) -> None:
         """The nodes' readings of the global model on their own test splits (own-data jobs)."""

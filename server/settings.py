@@ -21,6 +21,7 @@ from node.shared.paths import default_home, fedavg_home
 from node.shared.protocol import TrainConfig, WireDtype
 from node.shared.wandb_sink import wandb_mode
 from server.core.partition import IID, Partition, PartitionError, parse_partition
+from server.core.sampling import EVERYONE, Sampling, SamplingError
 from server.core.server_opt import make_server_optimizer
 from server.core.shard_plan import MAX_SEED
 from server.job.best import DEFAULT_BEST_METRIC, SETTABLE_METRICS
@@ -49,6 +50,7 @@ class Settings:
     partition: Partition = IID  # how a job's shards split the labels, unless it says
     # The server optimizer a job steps with after the combine, unless it says ("none": FedAvg).
     server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
+    sampling: Sampling = EVERYONE  # which connected nodes a job's rounds train, unless it says
     aggregation: str = "weighted"
     best_metric: str = DEFAULT_BEST_METRIC  # what a job's saved best round is chosen by
     model_spec: ModelSpec = field(default_factory=ModelSpec)
@@ -363,6 +365,7 @@ def _job_values(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
         "shard_overlap": env_values.number(env, "SHARD_OVERLAP", 0.15),
         "partition": _partition(env.get("FEDAVG_PARTITION") or "iid"),
         "server_opt": _server_opt(env),
+        "sampling": _sampling(env),
         "aggregation": env_values.text(env, "AGGREGATION", "weighted"),
         "best_metric": env_values.choice(
             env, "FEDAVG_BEST_METRIC", DEFAULT_BEST_METRIC, SETTABLE_METRICS
@@ -478,6 +481,17 @@ def _server_opt(env: Mapping[str, str]) -> dict[str, Any]:
         field_name, _, reason = str(exc).partition(": ")
         variable = SERVER_OPT_VARIABLES.get(field_name, "FEDAVG_STRATEGY")
         raise ValueError(f"{variable}: {reason}") from None
+
+
+def _sampling(env: Mapping[str, str]) -> Sampling:
+    """FEDAVG_FRACTION (1: every node trains every round) and FEDAVG_MIN_NODES (1)."""
+    fraction = env_values.number(env, "FEDAVG_FRACTION", 1.0)
+    min_nodes = env_values.whole(env, "FEDAVG_MIN_NODES", 1)
+    try:
+        return Sampling(fraction, min_nodes)
+    except SamplingError as exc:
+        variable = "FEDAVG_MIN_NODES" if str(exc).startswith("min_nodes") else "FEDAVG_FRACTION"
+        raise ValueError(f"{variable}: {exc}") from None
 
 
 def _partition(value: str) -> Partition:

@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS node_evaluations (
     received_at REAL NOT NULL,
     PRIMARY KEY (run_id, round, node_id)
 );
+CREATE TABLE IF NOT EXISTS round_samples (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    nodes TEXT NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
@@ -205,6 +211,19 @@ class Store:
     def node_metrics_count(self, run_id: str) -> int:
         query = "SELECT COUNT(*) FROM node_metrics WHERE run_id = ?"
         return int(self._db.execute(query, (run_id,)).fetchone()[0])
+
+    def record_round_sample(self, run_id: str, round_: int, nodes: list[str]) -> None:
+        """The nodes client sampling picked for a round, as it opened (the first pick stays)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO round_samples VALUES (?, ?, ?)",
+            (run_id, round_, json.dumps(sorted(nodes))),
+        )
+
+    def round_sample(self, run_id: str, round_: int) -> list[str] | None:
+        row = self._db.execute(
+            "SELECT nodes FROM round_samples WHERE run_id = ? AND round = ?", (run_id, round_)
+        ).fetchone()
+        return None if row is None else list(json.loads(row["nodes"]))
 
     def record_node_evaluation(
         self, run_id: str, reading: Reading, node_name: str, received_at: float

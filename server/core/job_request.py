@@ -19,6 +19,13 @@ from node.shared.model import ARCHS, ModelSpec
 from node.shared.protocol import TrainConfig
 from server.core.aggregation import STRATEGIES
 from server.core.partition import IID, Partition, PartitionError, parse_partition
+from server.core.sampling import (
+    EVERYONE,
+    SAMPLING_FIELDS,
+    Sampling,
+    SamplingError,
+    parse_sampling,
+)
 from server.core.server_opt import HYPER_FIELDS, make_server_optimizer
 
 TRAIN_FIELDS: Final = (
@@ -39,6 +46,7 @@ BODY_FIELDS: Final = (
     "aggregation",
     "strategy",
     *HYPER_FIELDS,
+    *SAMPLING_FIELDS,
 )
 
 
@@ -68,6 +76,7 @@ class JobDefaults:
     partition: Partition = IID
     aggregation: str = "weighted"
     server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
+    sampling: Sampling = EVERYONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,7 @@ class JobRequest:
     partition: Partition = IID
     aggregation: str = "weighted"  # how a round's updates are combined
     server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
+    sampling: Sampling = EVERYONE  # which connected nodes each round trains
 
 
 def job_request(
@@ -110,7 +120,19 @@ def job_request(
         partition=partition,
         aggregation=aggregation or defaults.aggregation,
         server_opt=server_opt_config(defaults.server_opt, query, body),
+        sampling=_sampling(defaults.sampling, query, body),
     )
+
+
+def _sampling(default: Sampling, query: Mapping[str, str], body: Mapping[str, Any]) -> Sampling:
+    """``fraction`` and ``min_nodes`` from the query or the body (not both), else the
+    settings'."""
+    fraction = _one_of("fraction", query.get("fraction"), body.get("fraction"))
+    min_nodes = _one_of("min_nodes", query.get("min_nodes"), body.get("min_nodes"))
+    try:
+        return parse_sampling(fraction, min_nodes, default)
+    except SamplingError as exc:
+        raise JobRequestError(str(exc)) from None
 
 
 def server_opt_config(

@@ -26,6 +26,7 @@ class Verdict(StrEnum):
     DUPLICATE = "duplicate"
     EARLY = "early"
     NOT_PARTICIPANT = "not_participant"
+    NOT_SAMPLED = "not_sampled"  # a participant the round's client sampling did not pick
     BAD_SAMPLES = "bad_samples"
     FINISHED = "finished"
 
@@ -80,6 +81,7 @@ class RoundMachine:
     __slots__ = (
         "_deadline",
         "_deadline_s",
+        "_eligible",
         "_empty",
         "_expected",
         "_failed",
@@ -144,6 +146,7 @@ class RoundMachine:
         self._empty = 0
         self._expected: frozenset[str] = frozenset()
         self._opened_expected: frozenset[str] = frozenset()
+        self._eligible: frozenset[str] | None = None  # None: every participant may upload
         self._received: dict[str, int] = {}
 
     @property
@@ -198,6 +201,12 @@ class RoundMachine:
         return self._expected
 
     @property
+    def sampled(self) -> frozenset[str] | None:
+        """The participants the current (or last) round may take uploads from, when client
+        sampling picked them; None when it takes everyone's."""
+        return self._eligible
+
+    @property
     def not_waited_for(self) -> frozenset[str]:
         """Participants that missed ``max_missed_rounds`` rounds in a row: rounds open
         without expecting them until they upload again."""
@@ -210,8 +219,12 @@ class RoundMachine:
         """Node -> reported samples for the current (or last) round; a read-only view."""
         return MappingProxyType(self._received)
 
-    def open(self, expected: Iterable[str], now: float) -> int:
+    def open(
+        self, expected: Iterable[str], now: float, eligible: Iterable[str] | None = None
+    ) -> int:
         """Open the next round, expecting those of ``expected`` that are participants.
+        ``eligible`` (client sampling's pick) are the only participants whose uploads the
+        round takes; None: every participant's.
 
         With nobody expected, the first accepted upload closes the round (everybody
         expected is then in); with no upload at all the deadline rules apply as usual.
@@ -232,6 +245,9 @@ class RoundMachine:
         self._open = True
         self._expected = (frozenset(expected) & self._participants.keys()) - self.not_waited_for
         self._opened_expected = self._expected
+        self._eligible = (
+            None if eligible is None else frozenset(eligible) & self._participants.keys()
+        )
         self._received = {}
         self._opened_at = now
         self._deadline = now + self._deadline_s
@@ -249,6 +265,8 @@ class RoundMachine:
             return Verdict.LATE
         if round > self._round:
             return Verdict.EARLY
+        if self._eligible is not None and node_id not in self._eligible:
+            return Verdict.NOT_SAMPLED
         if node_id in self._received:
             return Verdict.DUPLICATE
         if not 1 <= samples <= self._participants[node_id]:

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+SAMPLING_FIELDS: Final = ("fraction", "min_nodes")  # a job request's names for them
 MAX_MIN_NODES: Final = 100_000
 """``min_nodes`` above this is a typo: the bench's largest federation is 10,000 nodes."""
 

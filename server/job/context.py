@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from server.core.sampling import EVERYONE, Sampling
 from server.events import EventBus
 from server.job.best import DEFAULT_BEST_METRIC
 from server.metrics import Metrics
@@ -36,6 +37,7 @@ class JobContext:
     # The server optimizer after each round's combine (its config; "none" is FedAvg).
     server_opt: Mapping[str, Any] = field(default_factory=lambda: {"strategy": "none"})
     best_metric: str = DEFAULT_BEST_METRIC  # the saved best round's metric (server.job.best)
+    sampling: Sampling = EVERYONE  # which of the connected participants each round trains
     clock: Callable[[], float] = time.time
 
 

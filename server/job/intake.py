@@ -244,13 +244,15 @@ class Intake:
         if verdict is Verdict.BAD_SAMPLES:
             raise Forbidden(
                 f"samples must be 1..{self._machine.max_samples(node_id)} "
-                "(the size of this node's shard)",
+                "(this node's shard, or the train samples it announced for its own data)",
                 reason="bad_samples",
             )
         messages = {
             Verdict.LATE: f"round {round_} is closed; continue from the round "
             f"{max(self._checkpoints)} weights",
             Verdict.DUPLICATE: f"round {round_} already has this node's upload",
+            Verdict.NOT_SAMPLED: f"round {round_} did not sample node {node_id}: it trains "
+            "the rounds that pick it",
             Verdict.EARLY: f"round {round_} is not open yet (open: {self._machine.round})",
             Verdict.FINISHED: f"job {self._job_id} is finished",
         }

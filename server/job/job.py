@@ -24,6 +24,7 @@ from server import failpoints
 from server.core.aggregation import UpdateBound
 from server.core.job_request import train_view
 from server.core.rounds import DeadlineExtended, JobFailed, RoundClosed, RoundMachine
+from server.core.sampling import sample_nodes
 from server.datasets import DatasetInfo
 from server.job.checkpoints import Checkpoint, Published, WeightsFiles, copier
 from server.job.context import SHARDS, DataSource, JobContext
@@ -102,6 +103,8 @@ class Job:
         self.ctx.store.create_run(**_run_row(self, initial.checkpoint))
         self.status = "running"
         self._publish("job_started", _started_data(self))
+        for node_id, why in self.source.left_out.items():  # own data not of the majority's schema
+            self._publish("node_left_out", _left_out_data(self, why), node_id=node_id)
         async with self._lock:
             self._open_next_round()
             for node_id in self.machine.expected:
@@ -177,7 +180,11 @@ class Job:
         Rounds wait for it again once it uploads (a reconnect alone does not count, or a
         node could stall rounds by reconnecting before it has missed too many)."""
         if node_id in self.shards and not self.finished.is_set() and self.machine.is_open:
-            self.participants.send_train(node_id)
+            sampled = self.machine.sampled
+            if sampled is None or node_id in sampled:
+                self.participants.send_train(node_id)
+            else:
+                self.participants.mark_not_sampled(node_id)
 
     def node_gone(self, node_id: str) -> None:
         """A participant's socket closed: the open round stops waiting for it now, not at
@@ -202,25 +209,19 @@ class Job:
     # -- rounds --------------------------------------------------------------------------------
 
     def _open_next_round(self, expected: Iterable[str] | None = None) -> None:
-        """Open the next round, expecting the participants connected now (or ``expected``)."""
+        """Open the next round, expecting the participants connected now (or ``expected``),
+        or those of them client sampling picks; the others idle this round."""
         if expected is None:
             expected = [s.node_id for s in self.participants.connected()]
-        round_ = self.machine.open(expected, self.ctx.clock())
+        picked = _sample(self, expected)
+        round_ = self.machine.open(picked or expected, self.ctx.clock(), eligible=picked)
+        self.participants.idle_unless_sampled(picked)
         bound = None
         if self._reference is not None and self.ctx.max_update_ratio > 0:
             bound = UpdateBound.around(self._reference, self.ctx.max_update_ratio)
         self.intake.open_round(bound)
         self._timer = asyncio.create_task(self._expire_later(round_), name=f"deadline-{round_}")
-        names_of = self.participants.names_of
-        self._publish(
-            "round_opened",
-            {
-                "round": round_,
-                "expected": sorted(names_of(self.machine.expected)),
-                "not_waited_for": sorted(names_of(self.machine.not_waited_for)),
-                "deadline": self.machine.deadline,
-            },
-        )
+        self._publish("round_opened", _opened_data(self, round_))
 
     async def _expire_later(self, round_: int) -> None:
         while True:
@@ -283,7 +284,7 @@ class Job:
             url=weights_url(self.job_id, closed.round),
             sha256=published.checkpoint.sha256,
         )
-        self.participants.push_ready(ready, self.machine.not_waited_for)
+        self.participants.push_ready(ready, self.machine.not_waited_for, self.machine.sampled)
         self.settler.settle_later(closed, published)
 
     async def _publish_average(self, round_: int) -> tuple[Published, bool]:
@@ -393,6 +394,8 @@ def _view(job: Job) -> dict[str, Any]:
         "deadline_in_s": None if deadline is None else max(0.0, deadline - now),
         "time_in_round_s": now - machine.opened_at if machine.is_open else None,
         "partial_rounds": sum(1 for h in job.history if h["partial"]),
+        "sampling": job.ctx.sampling.view(),
+        "sampled": None if machine.sampled is None else sorted(names_of(machine.sampled)),
         "aggregation": job.ctx.aggregation,
         "server_opt": dict(job.ctx.server_opt),
         "model": job.spec.to_dict(),
@@ -421,8 +424,14 @@ def _started_data(job: Job) -> dict[str, Any]:
         "partition": job.partition,
         "model": job.spec.to_dict(),
         "train": train_view(job.config),
+        "sampling": job.ctx.sampling.view(),
         **_data_view(job),
     }
+
+
+def _left_out_data(job: Job, why: str) -> dict[str, Any]:
+    log.warning("node_left_out", run_id=job.job_id, dataset=job.dataset.dataset_id, why=why)
+    return {"dataset": job.dataset.dataset_id, "why": why}
 
 
 def _data_view(job: Job) -> dict[str, Any]:
@@ -461,6 +470,7 @@ def _run_row(job: Job, initial: Checkpoint) -> dict[str, Any]:
             "seed": job.seed,
             "partition": job.partition,
             "server_opt": dict(job.ctx.server_opt),
+            "sampling": job.ctx.sampling.view(),
             "data_mode": job.source.mode,
             "test_set": job.source.test_set,
             "left_out": dict(job.source.left_out),
@@ -505,6 +515,33 @@ def _intake(job: Job, layout: Layout, wire_layout: Layout) -> Intake:
         wire_layout=wire_layout,
         close_round=job._close_round,
     )
+
+
+def _opened_data(job: Job, round_: int) -> dict[str, Any]:
+    machine, names_of = job.machine, job.participants.names_of
+    return {
+        "round": round_,
+        "expected": sorted(names_of(machine.expected)),
+        "not_waited_for": sorted(names_of(machine.not_waited_for)),
+        "sampled": None if machine.sampled is None else sorted(names_of(machine.sampled)),
+        "deadline": machine.deadline,
+    }
+
+
+def _sample(job: Job, candidates: Iterable[str]) -> list[str] | None:
+    """Client sampling's pick for the next round among ``candidates`` (None: everyone
+    trains). A pick is recorded as the round opens, so a restart reopens the round with the
+    pick it had, whoever is connected by then."""
+    sampling, candidates = job.ctx.sampling, list(candidates)
+    if sampling.everyone or not candidates:  # nobody to pick from: whoever comes trains
+        return None
+    round_ = job.machine.last_closed + 1
+    recorded = job.ctx.store.round_sample(job.job_id, round_)
+    if recorded is not None:
+        return recorded
+    picked = sample_nodes(candidates, sampling, seed=job.seed, job_id=job.job_id, round_=round_)
+    job.ctx.store.record_round_sample(job.job_id, round_, picked)
+    return picked
 
 
 def _machine(job: Job) -> RoundMachine:

@@ -55,12 +55,20 @@ class Participants:
             session.shard_samples = self._shards[node_id].samples
             session.shard_labels = list(self._shards[node_id].labels)
 
-    def push_ready(self, ready: WeightsReady, not_waited_for: Collection[str]) -> None:
-        """Tell every connected participant the next round's weights are out."""
+    def push_ready(
+        self,
+        ready: WeightsReady,
+        not_waited_for: Collection[str],
+        sampled: Collection[str] | None = None,
+    ) -> None:
+        """Tell every connected participant the next round's weights are out: those the
+        round's client sampling picked (``sampled``; None: everyone); the others idle."""
         if self.done is not None:
             return
         for session in self.connected():  # all expected: opened just now
-            if session.job_id == self._job_id:
+            if sampled is not None and session.node_id not in sampled:
+                self.mark_not_sampled(session.node_id)
+            elif session.job_id == self._job_id:
                 session.send(ready)
                 session.state, session.training_round = "training", ready.round + 1
                 if session.node_id in not_waited_for:  # it may still upload
@@ -77,6 +85,20 @@ class Participants:
         for session in self.connected():
             session.send(done)
             session.state, session.training_round = "idle", None
+
+    def idle_unless_sampled(self, sampled: Collection[str] | None) -> None:
+        """A round opened with client sampling's pick (None: everyone): the others idle."""
+        if sampled is None:
+            return
+        for session in self.connected():
+            if session.node_id not in sampled:
+                self.mark_not_sampled(session.node_id)
+
+    def mark_not_sampled(self, node_id: str) -> None:
+        """Not picked this round: it trains nothing (its progress frames do not count)."""
+        session = self._registry.nodes.get(node_id)
+        if session is not None and session.connected:
+            session.state, session.training_round = "not_sampled", None
 
     def mark_straggler(self, node_id: str) -> None:
         session = self._registry.nodes.get(node_id)

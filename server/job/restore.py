@@ -18,6 +18,7 @@ from node.shared.protocol import TrainConfig
 from node.shared.weights import sha256_hex
 from server.core.federated_eval import summaries
 from server.core.job_request import TRAIN_FIELDS
+from server.core.sampling import EVERYONE
 from server.datasets import DatasetInfo, load_split
 from server.job.job import Checkpoint, DataSource, Job, JobContext
 from server.shard_files import ShardFile
@@ -135,6 +136,8 @@ def finished_view(store: Store, run: dict[str, Any]) -> dict[str, Any]:
         "model": run["model_spec"],
         "train": {k: run["config"]["train"].get(k) for k in TRAIN_FIELDS},
         "partition": run["config"].get("partition", "iid"),
+        "sampling": run["config"].get("sampling", EVERYONE.view()),
+        "sampled": None,  # no round is open
         "data_mode": run["config"].get("data_mode", "shards"),
         "test_set": run["config"].get("test_set", run["dataset"]),
         "left_out": [

@@ -34,6 +34,7 @@ from server.errors import ApiError, BadRequest, Conflict, ErrorCode, NotFound, h
 from server.evaluation_runs import evaluate_saved_model
 from server.federation import Federation
 from server.job.restore import run_history
+from server.job_data import plan_shards
 from server.settings import Settings
 from server.store import Store
 from server.web import monitor
@@ -392,7 +393,7 @@ async def prepare_shards(request: web.Request) -> web.Response:
         partition = parse_partition(request.query.get("partition", str(fed.settings.partition)))
     except PartitionError as exc:
         raise BadRequest(str(exc)) from exc
-    info, files, key = await fed.plan(request.match_info["dataset_id"], partition)
+    info, files, key = await plan_shards(fed, request.match_info["dataset_id"], partition)
     shards = [
         {
             "node_id": n,
@@ -461,6 +462,7 @@ async def stop_training(request: web.Request) -> web.Response:
 
 
 async def download_weights(request: web.Request) -> web.StreamResponse:
+    _fed(request).metrics.file_requests.labels(kind="weights").inc()
     job = _fed(request).job_by_id(request.query.get("job"))
     latest = max(job.checkpoints)
     round_ = int_query(request, "round", latest, 0, job.rounds)
@@ -474,6 +476,7 @@ async def download_weights(request: web.Request) -> web.StreamResponse:
 
 async def download_shard(request: web.Request) -> web.StreamResponse:
     fed = _fed(request)
+    fed.metrics.file_requests.labels(kind="shard").inc()  # before any refusal: every hit
     session = node_session(request, fed.registry)
     path, sha256 = fed.shard_file(
         session, request.match_info["run_id"], request.match_info["node_id"]

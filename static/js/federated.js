@@ -73,7 +73,8 @@ export class FederatedChart {
       this.plot = new globalThis.uPlot(this.options(names), data, this.box);
       this.key = key;
     }
-    Object.assign(this.box.dataset, { series: String(names.length), points: String(x.length) });
+    const readings = data.slice(2).reduce((n, line) => n + line.filter((v) => v !== null).length, 0);
+    Object.assign(this.box.dataset, { series: String(names.length), points: String(x.length), readings: String(readings) });
     this.caption();
   }
 

@@ -33,7 +33,11 @@ export class ModelList {
 
   item(model) {
     const meta = model.metadata ?? {};
-    const accuracy = Number.parseFloat(meta.test_accuracy);
+    // The server's test accuracy; a model trained on the nodes' own data with no server test
+    // set has the nodes' weighted mean on their own test splits instead.
+    const onServer = Number.parseFloat(meta.test_accuracy);
+    const accuracy = Number.isFinite(onServer) ? onServer : Number.parseFloat(meta.federated_accuracy);
+    const accuracyTitle = Number.isFinite(onServer) ? "test accuracy" : "the nodes' weighted mean test accuracy, on their own test splits";
     // Only a same-origin path becomes a link: never a javascript: or //other-host URL.
     const safeUrl = typeof model.url === "string" && /^\/(?!\/)/.test(model.url) ? model.url : null;
     const created = new Date(model.created);
@@ -57,7 +61,7 @@ export class ModelList {
         safeUrl
           ? h("a", { href: safeUrl, download: model.name, class: "download", title: `download ${model.name}` }, model.name)
           : h("span", { class: "download" }, model.name),
-        h("span", { class: "model-acc", title: "test accuracy" }, pct(Number.isFinite(accuracy) ? accuracy : null, 2))),
+        h("span", { class: "model-acc", title: accuracyTitle }, pct(Number.isFinite(accuracy) ? accuracy : null, 2))),
       h("div", { class: "model-meta" }, facts.filter(Boolean).join(" · ")),
       h("div", { class: "hash", title: model.sha256 ?? "" }, model.sha256 ? `sha256 ${model.sha256}` : ""),
     );

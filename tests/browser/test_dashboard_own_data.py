@@ -156,6 +156,7 @@ def test_own_data_rounds_many_nodes_and_a_shard_job_from_the_wire_contract(
     expect(figure).to_be_visible()
     expect(page.locator("#chart-federated")).to_have_attribute("data-series", "2")
     expect(page.locator("#chart-federated")).to_have_attribute("data-points", "2")
+    expect(page.locator("#chart-federated")).to_have_attribute("data-readings", "3")
     expect(page.locator("#federated-note")).to_be_hidden()
     # Rounds 0 and 1; the mean, then n00's line, then n01's (not read round 1's model yet).
     assert page.evaluate(PLOT_DATA) == [[0, 1], [15, 70], [10, 70], [20, None]]
@@ -195,7 +196,11 @@ def wait_announced(cluster: LocalCluster, name: str, nodes: int, timeout: float 
 
 
 def test_a_job_over_the_nodes_own_data_shows_their_readings_live_and_after_a_reload(
-    page: Page, offline_guard: list[str], page_errors: list[str], tmp_path: Path
+    page: Page,
+    offline_guard: list[str],
+    page_errors: list[str],
+    tmp_path: Path,
+    artifacts_dir: Path,
 ) -> None:
     with running_cluster(tmp_path, QUICK) as cluster:
         open_dashboard(page, cluster)
@@ -208,17 +213,21 @@ def test_a_job_over_the_nodes_own_data_shows_their_readings_live_and_after_a_rel
 
         status = cluster.request("GET", "/sync/status")
         details = cluster.request("GET", "/monitor/nodes")
-        assert status["data_mode"] == "local"
-        check_own_data_page(page, status, details)
+        models = cluster.request("GET", "/models")["models"]
+        assert status["data_mode"] == "local" and len(models) == 2  # the final and the best
+        check_own_data_page(page, status, details, models)
         # A reload draws the same from the snapshot and GET /monitor/nodes alone.
         page.reload()
         expect(page.locator("#conn")).to_have_text("live")
-        check_own_data_page(page, status, details)
+        check_own_data_page(page, status, details, models)
+        page.screenshot(path=str(artifacts_dir / "dashboard-own-data-job.png"), full_page=True)
     assert offline_guard == []
     assert page_errors == []
 
 
-def check_own_data_page(page: Page, status: dict[str, Any], details: dict[str, Any]) -> None:
+def check_own_data_page(
+    page: Page, status: dict[str, Any], details: dict[str, Any], models: list[dict[str, Any]]
+) -> None:
     """The page shows what the API holds: the mean and each node's reading of every round."""
     mode = "no server test set" if status["test_set"] is None else "also tested on the server's"
     expect(page.locator("#run-data-mode")).to_contain_text(f"own data on the nodes · {mode}")
@@ -231,6 +240,8 @@ def check_own_data_page(page: Page, status: dict[str, Any], details: dict[str, A
     expect(page.locator(FIGURE)).to_be_visible()
     expect(box).to_have_attribute("data-series", "2")
     expect(box).to_have_attribute("data-points", "3")
+    # Drawn from every reading (a reload adds GET /monitor/nodes' to the snapshot's latest).
+    expect(box).to_have_attribute("data-readings", str(sum(len(r) for r in readings)))
     expect(page.locator("#latest-federated")).to_contain_text(
         f"round 2: {means[2] * 100:.2f}% over 2 nodes"
     )
@@ -242,6 +253,12 @@ def check_own_data_page(page: Page, status: dict[str, Any], details: dict[str, A
         cell = page.locator(f'#nodes-body tr[data-node-id="{row["node_id"]}"] .col-test')
         expect(cell).to_have_text(f"{row['evaluation']['accuracy'] * 100:.1f}%")
         assert row["evaluation"]["round"] == 2
+    # Each saved model shows its accuracy: the server's, else the nodes' weighted mean.
+    for model in models:
+        meta = model["metadata"]
+        figure = float(meta.get("test_accuracy", meta["federated_accuracy"]))
+        item = page.locator(f'#models-list li[data-name="{model["name"]}"] .model-acc')
+        expect(item).to_have_text(f"{figure * 100:.2f}%")
     final = status["final_accuracy"]
     expect(page.locator("#run-accuracy")).to_have_text(
         "—" if final is None else f"{final * 100:.2f}%"

@@ -23,14 +23,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
 import torch
 
 from node.local_datasets import DataSpec, load_node_dataset
-from node.shared.errors import WeightsError
 from node.shared.evaluate import evaluate
 from node.shared.protocol import (
     Done,
@@ -49,6 +48,8 @@ from tests.system.hostile import FakeNode
 from tests.system.own_data_folders import (
     DIGIT_NAMES,
     NodeFolder,
+    mnist_digits,
+    skewed_parts,
     write_node_folders,
     write_odd_folder,
 )
@@ -62,6 +63,7 @@ TEST_SPLIT, SPLIT_SEED = 0.2, 0  # the node's defaults (node/cli.py)
 ENV = {"EPOCH_SYNC_TIMEOUT": "60"}
 
 MakeCluster = Callable[..., LocalCluster]
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def metric_family(cluster: LocalCluster, name: str) -> dict[str, float]:
     with urllib.request.urlopen(cluster.url + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
     assert f"# TYPE {name}_total counter" in text, f"/metrics has no {name}_total"
-    pattern = re.compile(re.escape(name) + r"_total(?:\{(.*)\})? (\S+)")
+    pattern = re.compile("^" + re.escape(name) + r"_total(?:\{(.*)\})? (\S+)$", re.MULTILINE)
     return {m.group(1) or "": float(m.group(2)) for m in pattern.finditer(text)}
 
 
@@ -161,7 +163,13 @@ def test_four_nodes_train_and_evaluate_on_data_the_orchestrator_never_holds(
     check_the_odd_node_was_left_out(cluster, job)
     check_federated_evaluation(cluster, job["job_id"], test_samples)
     name, model = final_model(cluster, job["job_id"])
-    decode_weights(model)  # a whole model, valid against the spec it carries
+    _, meta = decode_weights(model)  # a whole model, valid against the spec it carries
+    final = cluster.request("GET", "/sync/status")["history"][-1]["federated"]
+    assert (meta.extra["federated_nodes"], meta.extra["federated_samples"]) == (
+        "4",
+        str(sum(test_samples.values())),
+    )
+    assert meta.extra["federated_accuracy"] == f"{final['accuracy']:.6f}"
     check_evaluation_only_job(cluster, name, model, folders, tmp_path / "eval-cache")
     check_no_sample_reached_the_orchestrator(cluster)
 
@@ -172,6 +180,7 @@ def check_the_odd_node_was_left_out(cluster: LocalCluster, job: dict[str, Any]) 
     timeline = cluster.request("GET", "/monitor/timeline?limit=1000")["events"]
     [left_out] = [e for e in timeline if e["kind"] == "node_left_out"]
     assert left_out["node_id"] == "node-5" and left_out["data"]["dataset"] == NAME, left_out
+    assert left_out["run_id"] == job["job_id"]  # among the job's own events
     assert "input_shape [1, 14, 14]" in left_out["data"]["why"], left_out
     assert job["nodes"] == 4
     nodes = {n["node_id"]: n for n in cluster.request("GET", "/monitor/nodes")["nodes"]}
@@ -237,11 +246,22 @@ def wait_for_history(cluster: LocalCluster, nodes: int, within: float = 60) -> l
         time.sleep(0.2)
 
 
+def single_threaded(work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` on one torch thread, as the nodes (``--threads 1``) compute it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return work(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def check_evaluation_only_job(
     cluster: LocalCluster, name: str, model: bytes, folders: list[NodeFolder], cache: Path
 ) -> None:
     """The nodes evaluate the saved model on their test splits; rebuilt here from the same
-    folders, the splits give the same counts, and the union's accuracy is the weighted mean."""
+    folders, the splits give the same counts, and the union's accuracy is the weighted mean
+    (which is also the training job's own reading of its final model)."""
     state, meta = decode_weights(model)
     splits = {
         f.name: load_node_dataset(
@@ -251,43 +271,45 @@ def check_evaluation_only_job(
     }
     x = torch.cat([s.test_x for s in splits.values()])
     y = torch.cat([s.test_y for s in splits.values()])
-    union_accuracy, _ = evaluate(state, meta.spec, x, y)
+    union_accuracy, _ = single_threaded(evaluate, state, meta.spec, x, y)
 
-    table, mean = evaluation_only(cluster, name)
+    answer = cluster.request("POST", f"/evaluate/{NAME}?model={name}", timeout=120)
+    assert answer["evaluation_id"].startswith("eval-") and answer["missing"] == [], answer
+    assert [n["node_id"] for n in answer["left_out"]] == ["node-5"], answer
+    table = {row["node_id"]: row for row in answer["nodes"]}
     assert sorted(table) == sorted(splits)  # node-5 holds other data: not asked
     for node_id, data in splits.items():
-        accuracy, _ = evaluate(state, meta.spec, data.test_x, data.test_y)
+        accuracy, _ = single_threaded(evaluate, state, meta.spec, data.test_x, data.test_y)
         assert table[node_id]["samples"] == len(data.test_y), node_id
         assert table[node_id]["correct"] == round(accuracy * len(data.test_y)), node_id
+    mean = answer["weighted"]
     assert mean["samples"] == len(y) and mean["nodes"] == len(splits)
     assert abs(mean["accuracy"] - union_accuracy) <= 1e-6
-
-
-def evaluation_only(
-    cluster: LocalCluster, model_name: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``POST /evaluate/{name}?model=``, then its per-node table and its weighted mean."""
-    job = cluster.request("POST", f"/evaluate/{NAME}?model={model_name}")
-    assert str(job["job_id"]).startswith("eval-"), job
-    reports = wait_for_reports(cluster, job["job_id"], 4)
-    table = {e["node_id"]: e["data"] for e in reports}
-    return table, reports[-1]["data"]["federated"]
+    final = cluster.request("GET", "/sync/status")["history"][-1]["federated"]
+    assert mean["accuracy"] == final["accuracy"]
 
 
 def check_no_sample_reached_the_orchestrator(cluster: LocalCluster) -> None:
-    """No shard served (bytes and hits counted), none written, and no file under the
-    orchestrator's home that reads as labelled samples."""
+    """The shard route never called and no shard byte served, none written, and no file
+    under the orchestrator's home that reads as labelled samples or holds the raw pixels of
+    any of the first digits of each node's folder."""
     sent = metric_family(cluster, "fedavg_bytes_sent")
     assert sent.get('kind="shard"', 0.0) == 0.0, sent
     assert sent.get('kind="weights"', 0.0) > 0, sent  # the counter does count what is served
+    hits = metric_family(cluster, "fedavg_file_requests")
+    assert hits['kind="shard"'] == 0.0 and hits['kind="weights"'] > 0, hits
     shards = cluster.home / "shards"
     assert not shards.exists() or not [p for p in shards.rglob("*") if p.is_file()]
     datasets = cluster.home / "datasets"
     assert not datasets.exists() or not list(datasets.iterdir())
+    x, y = mnist_digits()
+    digits = [x[int(i)].numpy().tobytes() for part in skewed_parts(y, 4) for i in part[:10]]
     for path in cluster.home.rglob("*"):
-        if path.is_file() and path.suffix != ".log":
-            with pytest.raises((ShardError, WeightsError, ValueError)):
-                decode_xy(path.read_bytes())
+        if path.is_file():
+            content = path.read_bytes()
+            assert not any(digit in content for digit in digits), path
+            with pytest.raises(ShardError):
+                decode_xy(content)
 
 
 # -- the orchestrator killed mid-job --------------------------------------------------------------

@@ -17,6 +17,7 @@ from server.core.job_request import (
     train_view,
 )
 from server.core.partition import IID, Classes, Dirichlet
+from server.core.sampling import EVERYONE, Sampling
 
 MNIST = DataSchema((1, 28, 28), 10, (0.13,), (0.31,))
 CIFAR = DataSchema((3, 32, 32), 10, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -219,6 +220,33 @@ def test_the_server_optimizer_comes_from_the_query_the_body_or_the_settings() ->
     ],
 )
 def test_a_bad_server_optimizer_names_its_field(
+    query: dict[str, str], body: dict[str, Any] | None, fragment: str
+) -> None:
+    with pytest.raises(JobRequestError, match=fragment):
+        request(query, body)
+
+
+def test_client_sampling_comes_from_the_query_the_body_or_the_settings() -> None:
+    assert request().sampling == EVERYONE
+    assert request({"fraction": "0.1", "min_nodes": "3"}).sampling == Sampling(0.1, 3)
+    assert request(body={"fraction": 0.25}).sampling == Sampling(0.25, 1)
+    sampled = JobDefaults(DEFAULTS.spec, DEFAULTS.train, 1, 5, 10**6, sampling=Sampling(0.5, 2))
+    assert request(defaults=sampled).sampling == Sampling(0.5, 2)
+    assert request({"min_nodes": "4"}, defaults=sampled).sampling == Sampling(0.5, 4)
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "fragment"),
+    [
+        ({"fraction": "0"}, None, r"fraction must be a number in \(0, 1\]"),
+        ({"fraction": "lots"}, None, "fraction must be a number"),
+        ({}, {"fraction": 2}, "fraction must be"),
+        ({}, {"min_nodes": 0}, "min_nodes must be 1.."),
+        ({"min_nodes": "two"}, None, "min_nodes must be a whole number"),
+        ({"fraction": "0.5"}, {"fraction": 0.25}, "fraction: the query says"),
+    ],
+)
+def test_bad_sampling_names_its_field(
     query: dict[str, str], body: dict[str, Any] | None, fragment: str
 ) -> None:
     with pytest.raises(JobRequestError, match=fragment):

@@ -409,3 +409,16 @@ def test_zero_missed_rounds_means_always_wait_and_negative_is_refused() -> None:
     assert m.not_waited_for == frozenset()
     with pytest.raises(ValueError, match="max_missed_rounds"):
         _machine(max_missed_rounds=-1)
+
+
+def test_a_sampled_round_takes_uploads_only_from_its_pick() -> None:
+    machine = RoundMachine(total_rounds=2, participants={"a": 10, "b": 10, "c": 10}, deadline_s=5)
+    machine.open(["a", "b"], now=0.0, eligible=["a", "b"])
+    assert machine.sampled == frozenset({"a", "b"})
+    assert machine.check("c", 1, 5) is Verdict.NOT_SAMPLED
+    assert machine.check("c", 2, 5) is Verdict.EARLY  # the round order comes first
+    assert machine.record("a", 1, 5, now=1.0) is None
+    closed = machine.record("b", 1, 5, now=2.0)
+    assert closed is not None and not closed.partial  # c was never expected: not missing
+    machine.open(["a", "b", "c"], now=3.0)
+    assert machine.sampled is None and machine.check("c", 2, 5) is Verdict.ACCEPTED

@@ -206,6 +206,8 @@ def test_the_finished_view_of_a_completed_run(store: Store, tmp_path: Path) -> N
         },
         "partition": "iid",  # recorded before partitions: today's split
         "server_opt": {"strategy": "none"},  # recorded before server optimizers: FedAvg
+        "sampling": {"fraction": 1.0, "min_nodes": 1},  # recorded before sampling: everyone
+        "sampled": None,
         "data_mode": "shards",  # recorded before own data: the server's shards
         "test_set": "tiny",
         "left_out": [],
