@@ -70,7 +70,12 @@ async def evaluate_saved_model(fed: Federation, name: str, model_file: str) -> d
         await evaluation.evaluate_final(0, spec, f"/models/{model_file}", sha256_hex(data))
     finally:
         fed.evaluation = None
-    result = _table(evaluation, run_id, model_file, held, names)
+    nodes = fed.registry.nodes
+    left_out = [
+        {"node_id": n, "name": nodes[n].name if n in nodes else n, "why": why}
+        for n, why in sorted(held.left_out.items())
+    ]
+    result = _table(evaluation, run_id, model_file, held.name, names) | {"left_out": left_out}
     fed.bus.publish("evaluation_done", result, run_id=run_id)
     log.info(
         "evaluation_done", run_id=run_id, weighted=result["weighted"], missing=result["missing"]
@@ -82,15 +87,15 @@ def _table(
     evaluation: JobEvaluations,
     run_id: str,
     model_file: str,
-    held: NamedData,
+    dataset: str,
     names: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The answer: each node's reading, who did not answer, who was left out, the mean."""
+    """The answer: each node's reading, who did not answer, the weighted mean."""
     readings = evaluation.core.readings(0)
     answered = {r.node_id for r in readings}
     return {
         "evaluation_id": run_id,
-        "dataset": held.name,
+        "dataset": dataset,
         "model": model_file,
         "nodes": [
             {
@@ -104,7 +109,6 @@ def _table(
             for r in readings
         ],
         "missing": sorted(names[n] for n in names if n not in answered),
-        "left_out": [{"node_id": n, "why": why} for n, why in sorted(held.left_out.items())],
         "weighted": evaluation.summary(0),
     }
 

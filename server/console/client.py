@@ -96,8 +96,12 @@ class Orchestrator:
         path: str,
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> Any:
-        return _parsed(path, await self._call("POST", path, query, body, ANSWER_MAX_BYTES))
+        """``read_timeout_s``: how long the answer may take to start coming (an evaluation
+        answers only once the nodes have)."""
+        answer = await self._call("POST", path, query, body, ANSWER_MAX_BYTES, read_timeout_s)
+        return _parsed(path, answer)
 
     async def download(self, path: str) -> bytes:
         return await self._call("GET", path, None, None, MODEL_MAX_BYTES)
@@ -109,10 +113,12 @@ class Orchestrator:
         query: Mapping[str, str] | None,
         body: Mapping[str, Any] | None,
         limit: int,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> bytes:
+        timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT_S, sock_read=read_timeout_s)
         try:
             async with self.session.request(
-                method, self.url + path, params=query, json=body
+                method, self.url + path, params=query, json=body, timeout=timeout
             ) as resp:
                 data = await _read_limited(resp, limit, f"{method} {path}")
                 _raise_for(resp.status, method, path, data)

@@ -31,6 +31,9 @@ from server.console.options import job_body, plot_size
 from server.console.results import csv_text, plot_png, run_record
 
 NODES_PAGE = 5000  # the server's largest page
+# The server answers an evaluation once every node has, within its round deadline
+# (EPOCH_SYNC_TIMEOUT, 120 s by default): wait far longer than any deadline set for it.
+EVALUATE_READ_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,27 +133,29 @@ async def _prepare_progress(
 async def train(api: Orchestrator, args: argparse.Namespace, out: Output) -> int:
     """Start a job, then follow it to its end (``--detach``: start it and return)."""
     body = job_body(args.rounds, vars(args))
+    query = {"mode": args.mode} if args.mode else None
     async with api.events() as ws:
         snapshot = await receive_snapshot(ws)  # before the start: no event can be missed
-        started = await api.post(f"/train/{args.dataset}", body)
+        started = await api.post(f"/train/{quote(args.dataset, safe='')}", body, query)
         if args.detach:
-            out.show(started, lambda: f"job {started['job_id']} started ({_job_text(started)})")
+            out.show(started, lambda: views.started_line(started))
             return EXIT_OK
         if not out.as_json:
-            print_line(out.console, f"job {started['job_id']} started ({_job_text(started)})\n")
-        board = views.NodeBoard(started["job_id"], started["rounds"])
+            print_line(out.console, views.started_line(started) + "\n")
+        board = views.NodeBoard(started["job_id"], started["rounds"], started.get("data_mode"))
         board.seed(snapshot.get("nodes", []))
         return await _follow_to_end(api, ws, board, out)
 
 
-def _job_text(started: dict[str, Any]) -> str:
-    arch = started.get("model", {}).get("arch")
-    strategy = started.get("server_opt", {}).get("strategy", "none")
-    return (
-        f"{started['rounds']} rounds, {started['nodes']} nodes, model {arch}, "
-        f"partition {started.get('partition')}, {started.get('aggregation')}, "
-        f"server optimizer {strategy}"
+async def evaluate(api: Orchestrator, args: argparse.Namespace, out: Output) -> int:
+    """A saved model evaluated by every node holding the data, on its own test split."""
+    answer = await api.post(
+        f"/evaluate/{quote(args.dataset, safe='')}",
+        query={"model": args.model},
+        read_timeout_s=EVALUATE_READ_TIMEOUT_S,
     )
+    out.show(answer, lambda: views.evaluation_view(answer))
+    return EXIT_OK
 
 
 async def watch(api: Orchestrator, args: argparse.Namespace, out: Output) -> int:
@@ -163,7 +168,7 @@ async def watch(api: Orchestrator, args: argparse.Namespace, out: Output) -> int
         if state.get("state") not in ("running", "starting"):
             out.show(state, lambda: views.job_summary(state))
             return EXIT_OK if state.get("state") == "completed" else EXIT_JOB
-        board = views.NodeBoard(state["run_id"], state.get("rounds", 0))
+        board = views.NodeBoard(state["run_id"], state.get("rounds", 0), state.get("data_mode"))
         board.seed(snapshot.get("nodes", []))
         board.round = int(state.get("round", 0))
         return await _follow_to_end(api, ws, board, out, state.get("history", []))
@@ -201,13 +206,18 @@ async def _record(api: Orchestrator, run_id: str | None) -> dict[str, Any]:
             raise Refused(404, "no run has happened on this orchestrator yet")
     path = f"/runs/{quote(run_id, safe='')}"
     first = await api.get(path)
-    rows = list(first["nodes"])
-    while len(rows) < first["nodes_total"]:
-        page = (await api.get(path, {"offset": str(len(rows))}))["nodes"]
-        if not page:  # the run's rows changed under us: what was read is what we have
-            break
-        rows += page
-    return run_record(first, rows)
+    rows, readings = list(first["nodes"]), list(first.get("evaluations", []))
+    # One offset pages both lists: per-node metrics and the nodes' readings (own data).
+    total = max(first["nodes_total"], first.get("evaluations_total", 0))
+    offset = page_size = int(first["limit"])
+    while offset < total:
+        page = await api.get(path, {"offset": str(offset)})
+        if not page["nodes"] and not page.get("evaluations"):
+            break  # the run's rows changed under us: what was read is what we have
+        rows += page["nodes"]
+        readings += page.get("evaluations", [])
+        offset += page_size
+    return run_record(first, rows, readings)
 
 
 async def export(api: Orchestrator, args: argparse.Namespace, out: Output) -> int:

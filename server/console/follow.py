@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.live import Live
 
 from server.console.errors import ServerFailed
-from server.console.views import ENDED, ROUND_HEADER, NodeBoard, round_line
+from server.console.views import ENDED, NodeBoard, RoundLines
 
 LIVE_REFRESH_PER_S = 8
 
@@ -23,6 +23,11 @@ LIVE_REFRESH_PER_S = 8
 def print_line(console: Console, line: str) -> None:
     """Plain text, never wrapped or marked up: scripts and tests read these lines."""
     console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_lines(console: Console, lines: Iterable[str]) -> None:
+    for line in lines:
+        print_line(console, line)
 
 
 async def receive_snapshot(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
@@ -42,9 +47,10 @@ async def follow(
 ) -> dict[str, Any]:
     """Show the job's rounds (``closed`` first: those that closed before we looked) until it
     ends; returns its final status (``state``, ``final_accuracy``, ``model_url``, ``error``)."""
-    print_line(console, ROUND_HEADER)
+    lines = RoundLines(board)
+    print_line(console, lines.header)
     for entry in closed:
-        print_line(console, round_line(entry))
+        print_lines(console, lines.closed(entry))
     live = (
         Live(board.render(), console=console, refresh_per_second=LIVE_REFRESH_PER_S)
         if console.is_terminal
@@ -58,8 +64,9 @@ async def follow(
             board.apply(event)
             if event.get("run_id") == board.job_id:
                 if event.get("kind") == "round_closed":
-                    print_line(console, round_line(event["data"]))
+                    print_lines(console, lines.closed(event["data"]))
                 elif event.get("kind") in ENDED:
+                    print_lines(console, lines.end())
                     if live is not None:
                         live.update(board.render(), refresh=True)
                     return ended_status(board, event)
@@ -79,5 +86,6 @@ def ended_status(board: NodeBoard, event: Mapping[str, Any]) -> dict[str, Any]:
         "final_accuracy": data.get("final_accuracy"),
         "model_url": data.get("model_url") or None,
         "model_name": data.get("model_name"),
+        "data_mode": "local" if board.local else "shards",
         "error": data.get("error"),
     }

@@ -27,7 +27,7 @@ exit codes:
   1  the job failed or was stopped
   2  a bad flag or value
   3  the orchestrator cannot be reached (or its certificate is not trusted)
-  4  the orchestrator refused the request (4xx: no such dataset, a job already running, ...)
+  4  the orchestrator refused the request (4xx: no such dataset or model, a job running, ...)
   5  the orchestrator failed (5xx: a dataset that cannot be found, see its log)
 
 environment:
@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         add(name, parents=both, help=text, description=text)
     add("prepare", parents=both, help="prepare a dataset, showing progress").add_argument("dataset")
     _train_parser(add("train", parents=both, help="start a job and follow it"))
+    evaluate = add(
+        "evaluate",
+        parents=both,
+        help="evaluate a saved model on the test splits of the nodes holding a dataset",
+    )
+    evaluate.add_argument("dataset", help="data the nodes hold (see `fedavg datasets`)")
+    evaluate.add_argument(
+        "--model", required=True, metavar="FILE", help="a saved model (see `fedavg models`)"
+    )
     add("watch", parents=both, help="follow the running job to its end")
     add("stop", parents=both, help="stop the running job")
     export = add("export", parents=[connection], help="a run's rounds and node metrics")
@@ -89,7 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(train: argparse.ArgumentParser) -> None:
-    train.add_argument("dataset", help="a prepared dataset (see `fedavg datasets`)")
+    train.add_argument(
+        "dataset",
+        help="a prepared dataset, or data the nodes hold themselves (`fedavg datasets` "
+        "lists both: the nodes' data as announced, 'on nodes')",
+    )
+    train.add_argument(
+        "--mode",
+        choices=("local", "shards"),
+        help="local: train on the nodes' own data, which never leaves them; shards: on the "
+        "server's prepared dataset, shipped to the nodes (needed only when the name is both)",
+    )
     train.add_argument("--rounds", type=int, help="federated rounds (default: the server's)")
     train.add_argument("--model", help="an arch (mlp, cnn, lenet5, resnet) or a JSON spec")
     train.add_argument("--partition", help="iid, dirichlet:ALPHA or classes:K")
@@ -110,7 +129,17 @@ def _train_parser(train: argparse.ArgumentParser) -> None:
 
 HANDLERS: dict[str, commands.Handler] = {
     name: getattr(commands, name)
-    for name in (*READS, "prepare", "train", "watch", "stop", "export", "plot", "download")
+    for name in (
+        *READS,
+        "prepare",
+        "train",
+        "evaluate",
+        "watch",
+        "stop",
+        "export",
+        "plot",
+        "download",
+    )
 }
 
 

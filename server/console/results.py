@@ -2,7 +2,9 @@
 and as a plot of accuracy and loss per round, globally and per node.
 
 The record is built from ``GET /runs/{run_id}``, which serves any run the orchestrator has
-stored, current or past.
+stored, current or past. A run over the nodes' own data also has, per round, the federated
+reading of the round's model (the nodes' weighted mean on their own test splits), and each
+node's reading of it (``evaluations``).
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ FIXED_COLUMNS = (
     "test_loss",
     "seconds",
 )
+# A round's federated reading, as CSV columns after test_loss (runs that have one).
+FEDERATED_COLUMNS = ("federated_accuracy", "federated_loss", "federated_nodes")
+FEDERATED_LABEL = "federated (nodes' test splits)"
+SERVER_LABEL = "server test split"
 
 
-def run_record(answer: Mapping[str, Any], node_rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """``{"run", "rounds", "nodes"}`` from ``GET /runs/{run_id}`` (``answer``, its first page)
-    and every page's per-node rows: one flat row per node and round, by round then name."""
+def run_record(
+    answer: Mapping[str, Any],
+    node_rows: Iterable[Mapping[str, Any]],
+    readings: Iterable[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """``{"run", "rounds", "nodes", "evaluations"}`` from ``GET /runs/{run_id}`` (``answer``,
+    its first page) and every page's per-node rows: one flat row per node and round, by
+    round then name; and the nodes' readings of each round's model, likewise in order."""
     nodes = [
         {
             "node": n["name"],
@@ -42,7 +53,13 @@ def run_record(answer: Mapping[str, Any], node_rows: Iterable[Mapping[str, Any]]
         for n in node_rows
     ]
     nodes.sort(key=lambda h: (h["round"], h["node"]))
-    return {"run": dict(answer["run"]), "rounds": list(answer["rounds"]), "nodes": nodes}
+    evaluations = sorted(readings, key=lambda e: (e["round"], e["node_name"]))
+    return {
+        "run": dict(answer["run"]),
+        "rounds": list(answer["rounds"]),
+        "nodes": nodes,
+        "evaluations": [dict(e) for e in evaluations],
+    }
 
 
 def csv_text(record: Mapping[str, Any]) -> str:
@@ -52,13 +69,19 @@ def csv_text(record: Mapping[str, Any]) -> str:
     for h in record["rounds"]:
         row = {k: h.get(k) for k in FIXED_COLUMNS if k in h}
         row["contributors"] = ";".join(h.get("contributors", []))
+        if h.get("federated"):
+            row |= {k: h["federated"].get(k.removeprefix("federated_")) for k in FEDERATED_COLUMNS}
         rows.append({**row, "run_id": run_id, "scope": GLOBAL})
     for n in record["nodes"]:
         row = {k: v for k, v in n.items() if k not in ("node", "node_id")}
         rows.append({**row, "run_id": run_id, "scope": n["node"]})
-    extra = sorted({k for r in rows for k in r} - set(FIXED_COLUMNS))
+    columns = list(FIXED_COLUMNS)
+    if any(h.get("federated") for h in record["rounds"]):
+        at = columns.index("test_loss") + 1
+        columns[at:at] = FEDERATED_COLUMNS
+    extra = sorted({k for r in rows for k in r} - set(columns))
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*FIXED_COLUMNS, *extra], lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=[*columns, *extra], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
@@ -73,9 +96,26 @@ def per_node(nodes: Iterable[Mapping[str, Any]], metric: str) -> dict[str, list[
     return series
 
 
+def global_lines(
+    rounds: Iterable[Mapping[str, Any]], metric: str
+) -> dict[str, list[tuple[int, float]]]:
+    """The run's lines of ``metric`` (accuracy or loss) per round: the server's test split and
+    the federated reading, each where the run has it (a run over the nodes' own data may
+    have no server test split)."""
+    lines: dict[str, list[tuple[int, float]]] = {SERVER_LABEL: [], FEDERATED_LABEL: []}
+    for h in rounds:
+        server, federated = h.get(f"test_{metric}"), (h.get("federated") or {}).get(metric)
+        if server is not None:
+            lines[SERVER_LABEL].append((int(h["round"]), float(server)))
+        if federated is not None:
+            lines[FEDERATED_LABEL].append((int(h["round"]), float(federated)))
+    return {label: points for label, points in lines.items() if points}
+
+
 def plot_png(record: Mapping[str, Any], width: int, height: int) -> bytes:
-    """Four panels: test accuracy and loss per round, and each node's accuracy and training
-    loss per round; exactly ``width`` x ``height`` pixels."""
+    """Four panels: test accuracy and loss per round (the server's and the federated, each
+    where the run has it), and each node's accuracy and training loss per round; exactly
+    ``width`` x ``height`` pixels."""
     try:
         import matplotlib
 
@@ -87,15 +127,13 @@ def plot_png(record: Mapping[str, Any], width: int, height: int) -> bytes:
         ) from None
     dpi = 100
     fig, axes = plt.subplots(2, 2, figsize=(width / dpi, height / dpi), dpi=dpi)
-    rounds = record["rounds"]
-    xs = [h["round"] for h in rounds]
-    for ax, key, title in (
-        (axes[0][0], "test_accuracy", "test accuracy"),
-        (axes[0][1], "test_loss", "test loss"),
-    ):
-        ys = [h.get(key) for h in rounds]
-        ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o")
-        ax.set_title(f"global {title}")
+    for ax, metric in ((axes[0][0], "accuracy"), (axes[0][1], "loss")):
+        lines = global_lines(record["rounds"], metric)
+        for label, points in lines.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set_title(f"global test {metric}")
+        if FEDERATED_LABEL in lines:
+            ax.legend(fontsize="small")
     accuracy = "val_accuracy" if per_node(record["nodes"], "val_accuracy") else "train_accuracy"
     for ax, key in ((axes[1][0], accuracy), (axes[1][1], "train_loss")):
         for name, points in sorted(per_node(record["nodes"], key).items()):

@@ -1,11 +1,14 @@
 """What the ``fedavg`` command shows: tables and lines made from the API's JSON, and the live
 per-node board. Pure: dicts in, rich renderables or strings out; no sockets, no clock.
 
-The per-round line is the demo's, so ``fedavg train`` and ``fedavg-demo`` print one table.
+The per-round line is the demo's, so ``fedavg train`` and ``fedavg-demo`` print one table. A
+job over the nodes' own data (``data_mode`` local) has a column more: the federated accuracy,
+the nodes' weighted reading of the round's model on their own test splits.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,12 +22,19 @@ from rich.text import Text
 ROUND_HEADER = (
     f"{'round':>5}  {'nodes':>5}  {'test acc':>8}  {'test loss':>9}  {'seconds':>7}  note"
 )
+LOCAL_ROUND_HEADER = (
+    f"{'round':>5}  {'nodes':>5}  {'test acc':>8}  {'test loss':>9}  {'fed acc':>8}  "
+    f"{'seconds':>7}  note"
+)
 ENDED = {"job_done": "completed", "job_stopped": "stopped", "job_failed": "failed"}
 
 
 def number(value: Any, digits: int = 4) -> str:
-    """A metric as text; "-" where the server had none (a diverged loss arrives as null)."""
-    return "-" if value is None else f"{float(value):.{digits}f}"
+    """A metric as text; "-" where the server had none (a diverged loss arrives as null, and
+    so does the test accuracy of a job whose data the server holds no test split of)."""
+    if value is None or not math.isfinite(float(value)):
+        return "-"
+    return f"{float(value):.{digits}f}"
 
 
 def when(ts: Any) -> str:
@@ -34,30 +44,83 @@ def when(ts: Any) -> str:
     return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def round_line(data: Mapping[str, Any]) -> str:
-    """One closed round (a ``round_closed`` event's data, or a status history entry)."""
+def round_line(
+    data: Mapping[str, Any], federated: Mapping[str, Any] | None = None, *, local: bool = False
+) -> str:
+    """One closed round (a ``round_closed`` event's data, or a status history entry); with
+    ``local``, under ``LOCAL_ROUND_HEADER``: the federated accuracy of the round's model from
+    ``federated`` (the newest summary seen), else the entry's own."""
     note = ""
     if data.get("partial"):
         note = "partial average (missing: " + ", ".join(data.get("missing", [])) + ")"
+    fed = ""
+    if local:
+        summary = federated or data.get("federated") or {}
+        fed = f"{number(summary.get('accuracy')):>8}  "
     return (
         f"{data['round']:>5}  {len(data.get('contributors', [])):>5}  "
         f"{number(data.get('test_accuracy')):>8}  {number(data.get('test_loss')):>9}  "
-        f"{number(data.get('seconds'), 2):>7}  {note}"
+        f"{fed}{number(data.get('seconds'), 2):>7}  {note}"
     ).rstrip()
 
 
+def left_out_text(left_out: Iterable[Mapping[str, Any]]) -> str:
+    """The nodes holding the data but left out of a job or an evaluation, each with why."""
+    return "; ".join(f"{n.get('name') or n.get('node_id')} ({n.get('why')})" for n in left_out)
+
+
+def started_line(started: Mapping[str, Any]) -> str:
+    """The line a started job is announced with (``POST /train``'s answer)."""
+    arch = started.get("model", {}).get("arch")
+    strategy = started.get("server_opt", {}).get("strategy", "none")
+    line = (
+        f"job {started['job_id']} started ({started['rounds']} rounds, {started['nodes']} "
+        f"nodes, model {arch}, partition {started.get('partition')}, "
+        f"{started.get('aggregation')}, server optimizer {strategy}"
+    )
+    mode = started.get("data_mode")
+    if mode == "local":
+        line += ", data local: the nodes' own, never sent"
+    elif mode is not None:
+        line += f", data {mode}"
+    line += ")"
+    if started.get("left_out"):
+        line += "; left out: " + left_out_text(started["left_out"])
+    return line
+
+
+def federated_text(summary: Mapping[str, Any]) -> str:
+    """A federated summary: the nodes' weighted reading of one round's model."""
+    nodes = summary.get("nodes")
+    return (
+        f"federated accuracy {number(summary.get('accuracy'))} (model of round "
+        f"{summary.get('round')}, {nodes} node{'' if nodes == 1 else 's'}, "
+        f"{summary.get('samples')} test samples)"
+    )
+
+
 def job_summary(status: Mapping[str, Any]) -> str:
-    """The line that ends a followed job: how it ended, its accuracy and its model."""
+    """The line that ends a followed job: how it ended, its accuracy and its model. A job
+    over the nodes' own data says which reading of the final model it has: the server's
+    test split where it has one, else the nodes' own (federated)."""
     state = status.get("state", "?")
     line = f"job {status.get('run_id')} {state} after round {status.get('round', 0)} of "
     line += f"{status.get('rounds', 0)}"
     if status.get("final_accuracy") is not None:
-        line += f"; final test accuracy {number(status['final_accuracy'])}"
+        line += f"; {_final_label(status)} {number(status['final_accuracy'])}"
     if status.get("model_url"):
         line += f"; model {str(status['model_url']).rsplit('/', 1)[-1]}"
     if status.get("error"):
         line += f"; {status['error']}"
     return line
+
+
+def _final_label(status: Mapping[str, Any]) -> str:
+    """A local job's final accuracy is the server's where it has a test split, else the
+    nodes' weighted reading; a job's end event does not say which (no ``test_set``)."""
+    if status.get("data_mode") != "local" or status.get("test_set"):
+        return "final test accuracy"
+    return "final federated accuracy" if "test_set" in status else "final accuracy"
 
 
 def status_view(status: Mapping[str, Any]) -> RenderableType:
@@ -75,16 +138,29 @@ def status_view(status: Mapping[str, Any]) -> RenderableType:
         train = status.get("train") or {}
         grid.add_row("model", f"{model.get('arch', '-')}, {_train_text(train)}")
         grid.add_row("partition", str(status.get("partition", "-")))
+        if status.get("data_mode") == "local":
+            grid.add_row("data", _local_text(status))
         strategy = (status.get("server_opt") or {}).get("strategy", "none")
         grid.add_row(
             "aggregation", f"{status.get('aggregation', '-')}, server optimizer {strategy}"
         )
         if status.get("final_accuracy") is not None:
-            grid.add_row("final test accuracy", number(status["final_accuracy"]))
+            grid.add_row(_final_label(status), number(status["final_accuracy"]))
         if status.get("error"):
             grid.add_row("error", str(status["error"]))
     grid.add_row("nodes connected", str(status.get("nodes_connected", 0)))
     return grid
+
+
+def _local_text(status: Mapping[str, Any]) -> str:
+    """A job over the nodes' own data: where it is tested, and who was left out."""
+    test_set = status.get("test_set")
+    text = "the nodes' own; server test split: " + (test_set or "none, the nodes test")
+    if status.get("federated"):
+        text += "; " + federated_text(status["federated"][-1])
+    if status.get("left_out"):
+        text += "; left out: " + left_out_text(status["left_out"])
+    return text
 
 
 def _round_text(status: Mapping[str, Any]) -> str:
@@ -204,6 +280,46 @@ def runs_table(runs: Iterable[Mapping[str, Any]]) -> Table:
     return table
 
 
+def evaluation_view(answer: Mapping[str, Any]) -> RenderableType:
+    """``fedavg evaluate``: each node's reading of the model on its own test split, their
+    weighted mean last, then who did not answer and who was left out."""
+    table = Table(
+        title=f"{answer.get('model')} on {answer.get('dataset')}'s test splits "
+        f"({answer.get('evaluation_id')})",
+        title_justify="left",
+    )
+    for name in ("node", "samples", "correct", "accuracy", "loss"):
+        table.add_column(name, justify="left" if name == "node" else "right")
+    nodes = answer.get("nodes", [])
+    for n in nodes:
+        table.add_row(
+            str(n.get("name")),
+            str(n.get("samples")),
+            str(n.get("correct")),
+            number(n.get("accuracy")),
+            number(n.get("loss")),
+        )
+    weighted = answer.get("weighted")
+    table.add_section()
+    if weighted:
+        correct = sum(int(n.get("correct", 0)) for n in nodes)
+        table.add_row(
+            f"weighted mean ({weighted.get('nodes')} nodes)",
+            str(weighted.get("samples")),
+            str(correct),
+            number(weighted.get("accuracy")),
+            number(weighted.get("loss")),
+        )
+    else:
+        table.add_row("weighted mean", "-", "-", "-", "-")
+    notes = []
+    if answer.get("missing"):
+        notes.append("did not answer: " + ", ".join(answer["missing"]))
+    if answer.get("left_out"):
+        notes.append("left out: " + left_out_text(answer["left_out"]))
+    return Group(table, *(Text(note) for note in notes))
+
+
 @dataclass(slots=True)
 class NodeRow:
     """One node of the live board, as its events leave it."""
@@ -217,22 +333,29 @@ class NodeRow:
     epochs: int | None = None
     loss: float | None = None
     val_accuracy: float | None = None
+    test_accuracy: float | None = None  # its latest reading of a global model, on its own data
 
 
 class NodeBoard:
-    """The live per-node view of one job, kept up to date by ``apply(event)``."""
+    """The live per-node view of one job, kept up to date by ``apply(event)``; in a job over
+    the nodes' own data (``data_mode`` local), also each node's latest reading of a global
+    model on its own test split and each round's federated summary (``federated``)."""
 
-    def __init__(self, job_id: str, rounds: int = 0) -> None:
+    def __init__(self, job_id: str, rounds: int = 0, data_mode: str | None = None) -> None:
         self.job_id = job_id
         self.rounds = rounds
         self.round = 0
+        self.local = data_mode == "local"
         self.rows: dict[str, NodeRow] = {}
+        self.federated: dict[int, Mapping[str, Any]] = {}  # by the round of the model read
 
     def seed(self, nodes: Iterable[Mapping[str, Any]]) -> None:
         """Start from the connected nodes of a snapshot or ``GET /nodes``."""
         for n in nodes:
             if n.get("connected"):
-                self.rows[n["node_id"]] = NodeRow(name=str(n["name"]), state=str(n["state"]))
+                row = NodeRow(name=str(n["name"]), state=str(n["state"]))
+                row.test_accuracy = (n.get("evaluation") or {}).get("accuracy")
+                self.rows[n["node_id"]] = row
 
     def apply(self, event: Mapping[str, Any]) -> None:
         kind, data = event.get("kind"), event.get("data") or {}
@@ -258,6 +381,15 @@ class NodeBoard:
             row.val_accuracy = data.get("val_accuracy", row.val_accuracy)
         elif kind == "straggler" and node_id in self.rows:
             self.rows[node_id].state = "straggler"
+        elif kind == "node_evaluated":
+            self._evaluated(node_id, data)
+
+    def _evaluated(self, node_id: str | None, data: Mapping[str, Any]) -> None:
+        if node_id in self.rows:
+            self.rows[node_id].test_accuracy = data.get("accuracy")
+        summary = data.get("federated")
+        if summary:  # the round's weighted mean so far: the newest holds every reading
+            self.federated[int(summary["round"])] = summary
 
     @staticmethod
     def _progress(row: NodeRow, data: Mapping[str, Any]) -> None:
@@ -270,11 +402,16 @@ class NodeBoard:
 
     def render(self) -> RenderableType:
         table = Table(title=f"job {self.job_id}  round {self.round}/{self.rounds}")
-        for name in ("node", "state", "round", "epoch", "progress", "batch", "loss", "val acc"):
+        if self.local and self.federated:
+            table.caption = federated_text(self.federated[max(self.federated)])
+        columns = ["node", "state", "round", "epoch", "progress", "batch", "loss", "val acc"]
+        if self.local:
+            columns.append("test acc")
+        for name in columns:
             table.add_column(name)
         for row in self.rows.values():
             epoch = f"{row.epoch}/{row.epochs}" if row.epoch is not None and row.epochs else "-"
-            table.add_row(
+            cells: list[RenderableType] = [
                 row.name,
                 row.state,
                 str(row.round or "-"),
@@ -283,7 +420,39 @@ class NodeBoard:
                 f"{row.batch}/{row.batches}" if row.batches else "-",
                 number(row.loss, 3),
                 number(row.val_accuracy),
-            )
+            ]
+            if self.local:
+                cells.append(number(row.test_accuracy))
+            table.add_row(*cells)
         if not self.rows:
             return Group(table, Text("no node connected yet"))
         return table
+
+
+class RoundLines:
+    """The per-round lines of the job a board follows. In a local job, round r's line waits
+    until round r+1 closes or the job ends: the nodes read round r's model on their test
+    splits before they train round r+1, so only then is its federated accuracy whole."""
+
+    def __init__(self, board: NodeBoard) -> None:
+        self.board = board
+        self._held: Mapping[str, Any] | None = None
+
+    @property
+    def header(self) -> str:
+        return LOCAL_ROUND_HEADER if self.board.local else ROUND_HEADER
+
+    def closed(self, entry: Mapping[str, Any]) -> list[str]:
+        """The lines to print now that ``entry`` (a closed round) is known."""
+        if not self.board.local:
+            return [round_line(entry)]
+        lines = self.end()
+        self._held = entry
+        return lines
+
+    def end(self) -> list[str]:
+        """The line still held, once nothing more will come for it."""
+        held, self._held = self._held, None
+        if held is None:
+            return []
+        return [round_line(held, self.board.federated.get(int(held["round"])), local=True)]

@@ -427,6 +427,7 @@ async def start_training(request: web.Request) -> web.Response:
             "partition": job.partition,
             "aggregation": job.ctx.aggregation,
             "server_opt": dict(job.ctx.server_opt),
+            "sampling": job.ctx.sampling.view(),
             "data_mode": job.source.mode,
             "left_out": [
                 {"node_id": n, "name": job.participants.names_of([n])[0], "why": why}

@@ -44,11 +44,24 @@ def test_every_subcommand_parses_with_its_flags() -> None:
     export = parser.parse_args(["export", "run-1", "--json", "-o", "x.json"])
     assert (export.run, export.format, export.output) == ("run-1", "json", Path("x.json"))
     assert parser.parse_args(["status", "--json", "--orchestrator", "http://h:1"]).json
+    local = parser.parse_args(["train", "digits", "--mode", "local"])
+    assert (local.dataset, local.mode) == ("digits", "local")
+    assert parser.parse_args(["train", "mnist"]).mode is None  # the server decides, or asks
+    evaluate = parser.parse_args(["evaluate", "digits", "--model", "m.safetensors", "--json"])
+    assert (evaluate.dataset, evaluate.model, evaluate.json) == ("digits", "m.safetensors", True)
 
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["export", "run-1"], ["export", "--csv", "--json"], ["train"], ["status", "--token", "x"]],
+    [
+        [],
+        ["export", "run-1"],
+        ["export", "--csv", "--json"],
+        ["train"],
+        ["status", "--token", "x"],
+        ["train", "digits", "--mode", "everywhere"],
+        ["evaluate", "digits"],
+    ],
 )
 def test_a_bad_command_line_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:

@@ -8,14 +8,19 @@ from typing import Any
 from rich.console import Console, RenderableType
 
 from server.console.views import (
+    LOCAL_ROUND_HEADER,
     ROUND_HEADER,
     NodeBoard,
+    RoundLines,
     datasets_table,
+    evaluation_view,
     job_summary,
     models_table,
     nodes_table,
+    number,
     round_line,
     runs_table,
+    started_line,
     status_view,
 )
 
@@ -222,3 +227,167 @@ def test_the_board_ignores_other_jobs_and_marks_nodes_that_come_and_go() -> None
     board.apply(event("node_left", {"name": "late"}, node_id="id-9"))
     assert board.rows["id-9"].state == "offline"
     assert "no node connected yet" in text(NodeBoard(JOB).render())
+
+
+# -- jobs over the nodes' own data (data_mode local) ------------------------------------------
+
+LEFT_OUT = [{"node_id": "c", "name": "name-c", "why": "input_shape [3, 28, 28], not [1, 28, 28]"}]
+
+
+def federated(round_: int, accuracy: float, nodes: int = 2) -> dict[str, Any]:
+    return {"round": round_, "accuracy": accuracy, "loss": 0.5, "samples": 80, "nodes": nodes}
+
+
+def closed(round_: int, **extra: Any) -> dict[str, Any]:
+    """A ``round_closed`` event's data in a local job with no server test split."""
+    entry = {"round": round_, "contributors": ["a", "b"], "seconds": 0.5, "partial": False}
+    return {**entry, "test_accuracy": None, "test_loss": None, "federated": None, **extra}
+
+
+def evaluated(node_id: str, round_: int, accuracy: float, fed_accuracy: float) -> dict[str, Any]:
+    data = {"round": round_, "name": node_id, "samples": 40, "correct": int(accuracy * 40)}
+    data |= {"accuracy": accuracy, "loss": 0.4, "federated": federated(round_, fed_accuracy)}
+    return event("node_evaluated", data, run_id=JOB, node_id=node_id)
+
+
+def test_a_round_with_no_server_test_split_shows_dashes_and_its_federated_accuracy() -> None:
+    line = round_line(closed(2, federated=federated(2, 0.8125)), local=True)
+    assert line.split()[:6] == ["2", "2", "-", "-", "0.8125", "0.50"]
+    fed_end = LOCAL_ROUND_HEADER.index("fed acc") + len("fed acc")
+    assert line.index("0.8125") + len("0.8125") == fed_end
+    # The newest summary seen wins over the entry's own; none at all is a dash.
+    newer = round_line(closed(2, federated=federated(2, 0.5)), federated(2, 0.75), local=True)
+    assert newer.split()[4] == "0.7500"
+    assert round_line(closed(3), local=True).split()[4] == "-"
+    assert number(float("nan")) == "-" and number(float("inf")) == "-"
+    # A shards job keeps its columns: no federated one.
+    assert round_line(closed(2, federated=federated(2, 0.8125))).split()[:5] == [
+        "2",
+        "2",
+        "-",
+        "-",
+        "0.50",
+    ]
+
+
+def test_a_local_round_line_waits_for_the_nodes_reading_of_its_model() -> None:
+    board = NodeBoard(JOB, rounds=2, data_mode="local")
+    board.seed([node("a", "a"), node("b", "b")])
+    lines = RoundLines(board)
+    assert lines.header == LOCAL_ROUND_HEADER
+    assert lines.closed(closed(1)) == []  # its model is read before round 2 is trained
+    board.apply(evaluated("a", 1, 0.7, 0.7))
+    board.apply(evaluated("b", 1, 0.9, 0.75))
+    (first,) = lines.closed(closed(2))
+    assert first.split()[0] == "1" and first.split()[4] == "0.7500"
+    board.apply(evaluated("a", 2, 0.95, 0.95))  # the final model, before the job's end
+    (last,) = lines.end()
+    assert last.split()[0] == "2" and last.split()[4] == "0.9500"
+    assert lines.end() == []
+
+
+def test_a_shards_job_prints_each_round_at_once_under_the_demo_header() -> None:
+    lines = RoundLines(NodeBoard(JOB, rounds=2, data_mode="shards"))
+    assert lines.header == ROUND_HEADER
+    (line,) = lines.closed({**closed(1), "test_accuracy": 0.9})
+    assert line == round_line({**closed(1), "test_accuracy": 0.9})
+    assert lines.end() == []
+
+
+def test_the_board_shows_each_nodes_local_test_accuracy_in_a_local_job() -> None:
+    board = NodeBoard(JOB, rounds=3, data_mode="local")
+    evaluation = {"round": 1, "accuracy": 0.625, "loss": 0.9, "samples": 40}
+    board.seed([node("a", "alpha", evaluation=evaluation), node("b", "beta", evaluation=None)])
+    assert board.rows["a"].test_accuracy == 0.625 and board.rows["b"].test_accuracy is None
+    board.apply(evaluated("b", 2, 0.875, 0.8))
+    board.apply({**evaluated("a", 2, 0.1, 0.1), "run_id": "other-job"})  # not this job's
+    shown = text(board.render())
+    assert "test acc" in shown and "0.6250" in shown and "0.8750" in shown
+    assert "federated accuracy 0.8000 (model of round 2, 2 nodes, 80 test samples)" in shown
+    shards = NodeBoard(JOB, rounds=3)
+    shards.seed([node("a", "alpha")])
+    assert "test acc" not in text(shards.render())
+
+
+def test_the_start_line_says_where_the_data_is_and_who_was_left_out() -> None:
+    started = {
+        "job_id": JOB,
+        "rounds": 2,
+        "nodes": 2,
+        "model": {"arch": "mlp"},
+        "partition": "iid",
+        "aggregation": "weighted",
+        "server_opt": {"strategy": "none"},
+    }
+    assert started_line({**started, "data_mode": "shards", "left_out": []}) == (
+        f"job {JOB} started (2 rounds, 2 nodes, model mlp, partition iid, weighted, "
+        "server optimizer none, data shards)"
+    )
+    local = started_line({**started, "data_mode": "local", "left_out": LEFT_OUT})
+    assert local.startswith(f"job {JOB} started (2 rounds, 2 nodes, model mlp")
+    assert "data local: the nodes' own, never sent)" in local
+    assert local.endswith("; left out: name-c (input_shape [3, 28, 28], not [1, 28, 28])")
+
+
+def test_a_local_jobs_status_and_summary_name_their_federated_reading() -> None:
+    status = {
+        "run_id": JOB,
+        "state": "completed",
+        "round": 2,
+        "rounds": 2,
+        "data_mode": "local",
+        "test_set": None,
+        "federated": [federated(0, 0.1), federated(2, 0.8125)],
+        "left_out": LEFT_OUT,
+        "final_accuracy": 0.8125,
+    }
+    shown = text(status_view(status))
+    assert "the nodes' own; server test split: none" in shown
+    assert "federated accuracy 0.8125 (model of round 2" in shown and "name-c (" in shown
+    assert "final federated accuracy" in shown
+    assert "final federated accuracy 0.8125" in job_summary(status)
+    tested = job_summary({**status, "test_set": "mnist"})
+    assert "final test accuracy 0.8125" in tested
+    no_test_set_known = {k: v for k, v in status.items() if k != "test_set"}  # an end event's
+    assert "; final accuracy 0.8125" in job_summary(no_test_set_known)
+
+
+def test_an_evaluation_shows_each_node_then_the_weighted_mean_then_who_is_missing() -> None:
+    answer = {
+        "evaluation_id": "eval-digits-20261201T120000Z-abcd",
+        "dataset": "digits",
+        "model": "m.safetensors",
+        "nodes": [
+            {
+                "node_id": "a",
+                "name": "name-a",
+                "samples": 60,
+                "correct": 51,
+                "accuracy": 0.85,
+                "loss": 0.4,
+            },
+            {
+                "node_id": "b",
+                "name": "name-b",
+                "samples": 20,
+                "correct": 11,
+                "accuracy": 0.55,
+                "loss": None,
+            },
+        ],
+        "missing": ["name-d"],
+        "left_out": [{"node_id": "c", "why": "input_shape differs"}],
+        "weighted": {"round": 0, "accuracy": 62 / 80, "loss": 0.4, "samples": 80, "nodes": 2},
+    }
+    shown = text(evaluation_view(answer))
+    rows = [line for line in shown.splitlines() if line.startswith("│")]
+    assert [row.split("│")[1].strip() for row in rows] == [
+        "name-a",
+        "name-b",
+        "weighted mean (2 nodes)",
+    ]
+    assert [c.strip() for c in rows[-1].split("│")[2:6]] == ["80", "62", "0.7750", "0.4000"]
+    assert [c.strip() for c in rows[1].split("│")[2:6]] == ["20", "11", "0.5500", "-"]
+    assert "did not answer: name-d" in shown and "left out: c (input_shape differs)" in shown
+    nobody = text(evaluation_view({**answer, "nodes": [], "weighted": None, "missing": []}))
+    assert "weighted mean" in nobody and "did not answer" not in nobody
