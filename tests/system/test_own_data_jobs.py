@@ -371,6 +371,43 @@ async def test_a_killed_orchestrator_resumes_the_job_over_the_nodes_own_data(
     check_no_sample_reached_the_orchestrator(cluster)
 
 
+async def test_nodes_restarted_with_their_id_and_data_rejoin_the_running_job(
+    make_cluster: MakeCluster, folders: list[NodeFolder], tmp_path: Path
+) -> None:
+    """Both nodes SIGKILLed once round 1 has closed: the open round waits (its deadline
+    extends while nobody uploads), and the nodes, restarted with the same cache (so the
+    same id and secret) and data, get its train frame again and finish the job."""
+    rounds = 6
+    cluster = make_cluster(**ENV)
+    two, caches = folders[:2], tmp_path / "node-caches"
+    for f in two:
+        start_data_node(cluster, f.name, f.path, caches)
+    await asyncio.to_thread(wait_announced, cluster, [f.name for f in two])
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(cluster.url + "/ws/dashboard") as ws,
+    ):
+        await ws.receive()  # the snapshot
+        job = await asyncio.to_thread(cluster.request, "POST", f"/train/{NAME}?epochs={rounds}")
+        async for msg in ws:
+            event = json.loads(msg.data)
+            if event["kind"] == "round_closed" and event["data"]["round"] == 1:
+                break
+        for f in two:
+            cluster.kill(f.name, signal.SIGKILL)
+        killed_at = time.time()
+    status = cluster.request("GET", "/sync/status")
+    assert status["state"] == "running", status  # killed mid-job, not after it
+    for f in two:
+        start_data_node(cluster, f.name, f.path, caches)
+    status = await asyncio.to_thread(cluster.wait_job, 240)
+    assert (status["run_id"], status["state"]) == (job["job_id"], "completed"), status
+    assert sorted(status["history"][-1]["contributors"]) == ["node-1", "node-2"]
+    rows = await asyncio.to_thread(wait_announced, cluster, [f.name for f in two])
+    assert all(r["connected_at"] > killed_at for r in rows.values())  # new sessions, same ids
+    assert status["history"][-1]["federated"]["nodes"] == 2
+
+
 # -- a node that claims more than it holds -------------------------------------------------------
 
 CLAIMS = {"honest-a": (120, 30), "honest-b": (80, 20), "liar": (50, 10)}  # (train, test) counts
