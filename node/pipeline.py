@@ -33,7 +33,14 @@ from node.shared.protocol import Progress, TrainConfig, UploadQuery, encode, rea
 from node.shared.shards import decode_xy
 from node.shared.wandb_sink import WandbSink
 from node.shared.weights import WIRE_DTYPES, WeightsMeta, decode_weights, sha256_hex, weights_parts
-from node.trainer import Aborted, LocalResult, Step, split_validation, train_locally
+from node.trainer import (
+    Aborted,
+    LocalResult,
+    OptimizerState,
+    Step,
+    split_validation,
+    train_locally,
+)
 from node.transport import HttpTransport, TransferError
 
 log = structlog.get_logger(__name__)
@@ -85,6 +92,8 @@ class RoundPipeline:
         *,
         is_stale: Callable[[Target], str | None],
         datasets: Mapping[str, NodeDataset] | None = None,
+        round_slots: asyncio.Semaphore | None = None,
+        keep_weights_buffer: bool = True,
     ) -> None:
         self.settings = settings
         self.device = device
@@ -94,13 +103,34 @@ class RoundPipeline:
         self.rounds_trained = 0
         self._is_stale = is_stale  # why a target is stale, or None; the training thread polls it
         self._data: LocalData | None = None
+        # keep_optimizer_state: the last round's optimizer state, and the job it belongs to.
+        self._optimizer_state: tuple[str, OptimizerState] | None = None
         self._weights_buffer: bytearray | None = None  # reused by each round's download
+        # Virtual nodes (node/virtual.py) share the slots, so at most that many rounds run at
+        # once in the process, and drop the buffer after each round: idle, a virtual node
+        # holds its shard and no weights.
+        self._round_slots = round_slots
+        self._keep_weights_buffer = keep_weights_buffer
         self._log = log.bind(node_id=settings.node_id)
 
     async def run(
         self, transport: HttpTransport, outbox: asyncio.Queue[str], job: Assignment, target: Target
     ) -> bool:
-        """Train ``target`` and upload the result; False if newer weights made it stale first."""
+        """Train ``target`` and upload the result; False if newer weights made it stale first
+        (or while the round waited for a slot)."""
+        async with self._round_slots or contextlib.nullcontext():
+            if (reason := self._is_stale(target)) is not None:
+                self._log.info("round_abandoned", round=target.round, reason=reason)
+                return False
+            try:
+                return await self._round(transport, outbox, job, target)
+            finally:
+                if not self._keep_weights_buffer:
+                    self._weights_buffer = None
+
+    async def _round(
+        self, transport: HttpTransport, outbox: asyncio.Queue[str], job: Assignment, target: Target
+    ) -> bool:
         data = await self._training_data(transport, job)
         state = await self._global_weights(transport, job, target)
         if job.data_mode == "local":  # read the model on the test split before it changes
@@ -121,13 +151,25 @@ class RoundPipeline:
                 on_progress=self._progress_reporter(target, outbox),
                 should_abort=lambda: self._is_stale(target) is not None,
                 in_place=True,  # the download is ours alone: train its tensors, no copy
+                optimizer_state=self._carried_state(job),
             )
         except Aborted:
             reason = self._is_stale(target) or "stale"
             self._log.info("round_abandoned", round=target.round, reason=reason)
             return False
+        if result.optimizer_state is not None:
+            self._optimizer_state = (job.job_id, result.optimizer_state)
         await self._upload(transport, job, target, result)
         return True
+
+    def _carried_state(self, job: Assignment) -> OptimizerState | None:
+        """The optimizer state this job's last round left, if the job keeps it (another
+        job's is dropped: its model may not even have the same shapes)."""
+        kept = self._optimizer_state
+        if kept is None or kept[0] != job.job_id or not job.config.keep_optimizer_state:
+            self._optimizer_state = None
+            return None
+        return kept[1]
 
     async def _global_weights(
         self, transport: HttpTransport, job: Assignment, target: Target

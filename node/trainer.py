@@ -6,9 +6,11 @@ heartbeat and the control frames keep flowing while a long round trains.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,11 +38,16 @@ class Aborted(Exception):
     """Newer global weights arrived: this local epoch is worth nothing any more."""
 
 
+OptimizerState = dict[str, Any]
+"""An optimizer's ``state_dict()``: what a node keeps between rounds when asked to."""
+
+
 @dataclass(frozen=True, slots=True)
 class LocalResult:
     state: dict[str, torch.Tensor]
     samples: int
     metrics: dict[str, float]
+    optimizer_state: OptimizerState | None = None  # with keep_optimizer_state only
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,9 +82,11 @@ def train_locally(
     on_progress: ProgressFn | None = None,
     should_abort: Callable[[], bool] = lambda: False,
     in_place: bool = False,
+    optimizer_state: OptimizerState | None = None,
 ) -> LocalResult:
     """Train ``config.local_epochs`` epochs from ``global_state``; raises Aborted when
-    ``should_abort`` says so.
+    ``should_abort`` says so. ``optimizer_state`` (the last round's, under
+    ``config.keep_optimizer_state``) goes on where that round's optimizer stopped.
 
     With ``in_place``, a CPU model trains ``global_state``'s own tensors (the caller owns
     them, say a download nobody else reads) and the result's state is those tensors: no
@@ -90,6 +99,8 @@ def train_locally(
     model = model_with_state(spec, global_state, device, share=in_place)
     model.train()
     optimizer = _optimizer(list(model.parameters()), config)
+    if optimizer_state is not None and config.keep_optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
     anchors = proximal_anchors(model, config.proximal_mu)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
@@ -111,7 +122,10 @@ def train_locally(
             tally.add(loss, logits, yb)
             if on_progress is not None:
                 on_progress(Step(i + 1, batches, epoch, config.local_epochs, tally.mean_loss))
-    return _result(model, spec, tally, val, device=device, started=started, samples=len(y))
+    result = _result(model, spec, tally, val, device=device, started=started, samples=len(y))
+    if not config.keep_optimizer_state:
+        return result
+    return dataclasses.replace(result, optimizer_state=optimizer.state_dict())
 
 
 Anchors = list[tuple[nn.Parameter, torch.Tensor]]

@@ -57,6 +57,9 @@ class TrainConfig:
     # FedProx (Li et al. 2020; Flower's ``proximal_mu``): each node adds
     # (mu / 2) * ||w - w_global||^2 to its local loss. 0 is plain FedAvg, bit for bit.
     proximal_mu: float = 0.0
+    # Each node keeps its optimizer's state (Adam's moments, SGD's nothing) from one round
+    # of a job to the next instead of starting it afresh on every global model.
+    keep_optimizer_state: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -485,6 +488,10 @@ def _check(hint: Any, value: Any, where: str) -> Any:
 
 def _check_scalar(hint: Any, value: Any, where: str) -> Any:
     """A string, an integer or a finite number, each bounded."""
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where}: expected true or false")
+        return value
     if hint is str:
         if not isinstance(value, str) or len(value) > MAX_TEXT:
             raise ProtocolError(f"{where}: expected a string of at most {MAX_TEXT} characters")

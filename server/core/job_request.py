@@ -35,6 +35,7 @@ TRAIN_FIELDS: Final = (
     "local_epochs",
     "max_batches",
     "proximal_mu",
+    "keep_optimizer_state",
 )
 """The local-training settings a job may choose (seed and wire dtype stay the server's)."""
 
@@ -255,12 +256,14 @@ _TRAIN_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "local_epochs": (int,),
     "max_batches": (int, type(None)),
     "proximal_mu": (int, float),
+    "keep_optimizer_state": (bool,),
 }
 
 
 def _check_type(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, _TRAIN_TYPES[name]):
-        kinds = " or ".join("null" if t is type(None) else t.__name__ for t in _TRAIN_TYPES[name])
+    types = _TRAIN_TYPES[name]
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        kinds = " or ".join("null" if t is type(None) else t.__name__ for t in types)
         raise JobRequestError(f"train.{name}: expected {kinds}, got {str(value)[:40]!r}")
     if name == "optimizer" and value not in ("adam", "sgd"):
         raise JobRequestError(f"train.optimizer: one of adam, sgd, got {str(value)[:40]!r}")

@@ -5,6 +5,8 @@ own data (evaluated before it is trained on)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import itertools
 from collections.abc import Mapping
 from pathlib import Path
@@ -245,3 +247,31 @@ async def test_a_shard_round_sends_no_evaluation(tmp_path: Path) -> None:
     own = own_dataset(tmp_path)  # held, but the job is over the server's shard
     _, frames = await _run(_pipeline(tmp_path, own=own), StubTransport(_files()))
     assert {decode(f).type for f in frames} == {"progress"}
+
+
+async def test_a_job_that_keeps_the_optimizer_state_carries_it_to_its_next_round(
+    tmp_path: Path,
+) -> None:
+    files, pipeline = _files(), _pipeline(tmp_path)
+    transport = StubTransport(files)
+    keep = dataclasses.replace(CONFIG, keep_optimizer_state=True)
+    job, target = _job(files)
+    job = dataclasses.replace(job, config=keep)
+    outbox: asyncio.Queue[str] = asyncio.Queue(64)
+    run = functools.partial(pipeline.run, cast(HttpTransport, transport), outbox)
+
+    def steps() -> set[float]:
+        assert pipeline._optimizer_state is not None
+        return {float(s["step"]) for s in pipeline._optimizer_state[1]["state"].values()}
+
+    assert await run(job, target)
+    assert steps() == {3.0}  # 11 samples, batch 4
+    assert await run(job, dataclasses.replace(target, round=3))
+    assert steps() == {6.0}  # went on from the last round's moments
+    other = dataclasses.replace(job, job_id="k")
+    assert await run(other, dataclasses.replace(target, job_id="k"))
+    assert steps() == {3.0}  # another job starts afresh
+    assert await run(
+        dataclasses.replace(other, config=CONFIG), dataclasses.replace(target, job_id="k")
+    )
+    assert pipeline._optimizer_state is None  # a job that does not keep it drops it

@@ -385,3 +385,29 @@ def test_the_proximal_terms_gradient_is_mu_times_the_distance_to_the_global_weig
         torch.testing.assert_close(p.grad, mu * d)
     assert model[2].bias.grad is None
     assert all(torch.equal(a, g) for (_, a), g in zip(anchors, global_values, strict=True))
+
+
+def test_a_kept_optimizer_state_goes_on_where_the_last_round_stopped() -> None:
+    x, y = _data(40)
+    keep = TrainConfig(batch_size=8, keep_optimizer_state=True)
+    first = _train(x, y, keep)
+    assert first.optimizer_state is not None
+    steps = [s["step"] for s in first.optimizer_state["state"].values()]
+    assert all(float(step) == 5 for step in steps)  # 40 samples, batch 8
+    second = train_locally(
+        SPEC, first.state, x, y, keep, device=CPU, seed=2, optimizer_state=first.optimizer_state
+    )
+    assert second.optimizer_state is not None
+    assert all(float(s["step"]) == 10 for s in second.optimizer_state["state"].values())
+    fresh = train_locally(SPEC, first.state, x, y, keep, device=CPU, seed=2)
+    assert any(not torch.equal(second.state[k], fresh.state[k]) for k in fresh.state)
+
+
+def test_without_keep_no_state_is_returned_or_used() -> None:
+    x, y = _data(40)
+    plain = TrainConfig(batch_size=8)
+    kept = _train(x, y, TrainConfig(batch_size=8, keep_optimizer_state=True)).optimizer_state
+    assert _train(x, y, plain).optimizer_state is None
+    with_state = _train(x, y, plain, optimizer_state=kept)
+    without = _train(x, y, plain)
+    assert all(torch.equal(with_state.state[k], without.state[k]) for k in without.state)

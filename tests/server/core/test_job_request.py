@@ -92,6 +92,7 @@ def test_a_whole_spec_in_the_body() -> None:
         "local_epochs": 2,
         "max_batches": None,
         "proximal_mu": 0.0,
+        "keep_optimizer_state": False,
     }
     assert set(train_view(got.train)) == set(TRAIN_FIELDS)
 

@@ -203,6 +203,7 @@ def test_the_finished_view_of_a_completed_run(store: Store, tmp_path: Path) -> N
             "local_epochs": None,
             "max_batches": None,
             "proximal_mu": None,
+            "keep_optimizer_state": None,
         },
         "partition": "iid",  # recorded before partitions: today's split
         "server_opt": {"strategy": "none"},  # recorded before server optimizers: FedAvg

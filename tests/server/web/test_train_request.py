@@ -66,6 +66,7 @@ async def test_a_json_body_carries_a_spec_and_the_training_settings(client: Clie
         "local_epochs": 2,
         "max_batches": None,
         "proximal_mu": 0.0,
+        "keep_optimizer_state": False,
     }
     train = await node.expect(Train)
     assert (train.model_spec.arch, train.model_spec.channels) == ("lenet5", (4, 8))
