@@ -64,6 +64,8 @@ class Agent:
         secret: str,
         own_data: tuple[OwnDataset, ...] = (),
         datasets: Mapping[str, NodeDataset] | None = None,
+        round_slots: asyncio.Semaphore | None = None,
+        keep_weights_buffer: bool = True,
     ) -> None:
         self.settings = settings
         self.own_data = own_data  # what the node tells each orchestrator it holds
@@ -82,7 +84,13 @@ class Agent:
             settings.wandb_mode, settings.wandb_project, settings.cache_dir / "wandb"
         )
         self.pipeline = RoundPipeline(
-            settings, device, self.wandb, is_stale=self._stale, datasets=self.datasets
+            settings,
+            device,
+            self.wandb,
+            is_stale=self._stale,
+            datasets=self.datasets,
+            round_slots=round_slots,  # shared by a process's virtual nodes (node/virtual.py)
+            keep_weights_buffer=keep_weights_buffer,
         )
         self.evaluator = self.pipeline.evaluator
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import structlog
 import torch
 
 from node.agent import Agent, JoinRefused
-from node.identity import IdentityError, load_or_create
+from node.identity import Identity, IdentityError, load_or_create
 from node.local_datasets import NodeDataset, load_node_dataset
 from node.settings import NodeSettings, NodeSettingsError
 from node.shared.errors import DataError
@@ -23,6 +22,7 @@ from node.shared.logs import configure_logging
 from node.shared.model import ModelSpec
 from node.shared.protocol import OwnDataset
 from node.trainer import measure_capacity, resolve_device
+from node.virtual import VirtualNode, run_agents, virtual_agents, virtual_nodes
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Environment: ORCHESTRATOR_URL, NODE_NAME, NODE_ID, FEDAVG_DEVICE, "
         "FEDAVG_TORCH_THREADS, VALIDATION_SPLIT, FEDAVG_NODE_TOKEN, FEDAVG_CA_CERT, "
         "FEDAVG_CACHE_DIR, FEDAVG_HOME, FEDAVG_RECONNECT_MAX, FEDAVG_IDLE_TIMEOUT, "
-        "FEDAVG_HEARTBEAT, NODE_CAPACITY, NODE_DATA, NODE_TEST_SPLIT, NODE_SHARE_LABEL_COUNTS. "
+        "FEDAVG_HEARTBEAT, NODE_CAPACITY, NODE_DATA, NODE_TEST_SPLIT, NODE_SHARE_LABEL_COUNTS, "
+        "NODE_VIRTUAL, NODE_VIRTUAL_WORKERS. "
         "Flags win. A bad value exits with status 2.",
     )
     parser.add_argument("--orchestrator", help="URL, or several comma-separated for failover")
@@ -67,8 +68,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="exit once a job is done instead of waiting for the next",
     )
     _add_data_arguments(parser)
+    _add_virtual_arguments(parser)
     parser.add_argument("--log-format", choices=("auto", "json", "console"))
     return parser.parse_args(argv)
+
+
+def _add_virtual_arguments(parser: argparse.ArgumentParser) -> None:
+    """Many logical nodes in this one process (node/virtual.py)."""
+    parser.add_argument(
+        "--virtual",
+        type=int,
+        metavar="N",
+        help="run N logical nodes in this process, each with its own id, socket and shard "
+        "(NODE_VIRTUAL, 1..1000, default 1)",
+    )
+    parser.add_argument(
+        "--virtual-workers",
+        type=int,
+        metavar="K",
+        help="of the virtual nodes, at most K train a round at once "
+        "(NODE_VIRTUAL_WORKERS, 1..N, default 1)",
+    )
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +132,8 @@ def _settings(args: argparse.Namespace) -> NodeSettings:
         cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
         test_split=args.test_split,
         share_label_counts=args.share_label_counts,
+        virtual=args.virtual,
+        virtual_workers=args.virtual_workers,
     ).with_data_flags(args.data)
     settings.check_files()
     return settings
@@ -137,17 +159,25 @@ def load_own_data(settings: NodeSettings) -> list[tuple[NodeDataset, OwnDataset]
     return loaded
 
 
+def _identities(settings: NodeSettings) -> tuple[NodeSettings, Identity, list[VirtualNode]]:
+    """The node's own identity (its id into the settings) and, with --virtual N > 1, the N
+    virtual nodes' (node/virtual.py)."""
+    identity = load_or_create(
+        settings.cache_dir,
+        settings.node_id if settings.explicit_node_id else None,
+        generated_id=settings.node_id,
+    )
+    settings = dataclasses.replace(settings, node_id=identity.node_id)
+    virtual = virtual_nodes(settings, identity.node_id) if settings.virtual > 1 else []
+    return settings, identity, virtual
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         settings = _settings(args)
         device = resolve_device(settings.device)
-        identity = load_or_create(
-            settings.cache_dir,
-            settings.node_id if settings.explicit_node_id else None,
-            generated_id=settings.node_id,
-        )
-        settings = dataclasses.replace(settings, node_id=identity.node_id)
+        settings, identity, virtual = _identities(settings)
     except (NodeSettingsError, IdentityError, OSError, RuntimeError) as exc:
         print(f"fedavg-node: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -160,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     torch.set_num_interop_threads(1)
-    capacity = settings.capacity or measure_capacity(ModelSpec(), device)
+    capacity = settings.capacity or measure_capacity(ModelSpec(), device)  # once a process
     log.info(
         "node_starting",
         node_id=settings.node_id,
@@ -169,7 +199,12 @@ def main(argv: list[str] | None = None) -> None:
         capacity=round(capacity, 1),
         threads=torch.get_num_threads(),
         orchestrators=list(settings.orchestrators),
+        virtual=settings.virtual,
+        virtual_workers=settings.virtual_workers,
     )
+    if virtual:
+        _run(virtual_agents(settings, virtual, capacity, device))
+        return
     agent = Agent(
         settings,
         capacity,
@@ -178,22 +213,20 @@ def main(argv: list[str] | None = None) -> None:
         own_data=tuple(announced for _, announced in own_data),
         datasets={data.name: data for data, _ in own_data},
     )
+    _run([agent])
+
+
+def _run(agents: list[Agent]) -> None:
     try:
-        asyncio.run(_run(agent))
+        asyncio.run(run_agents(agents))
     except JoinRefused as exc:
         log.error("join_refused", error=str(exc))
         raise SystemExit(3) from exc
     except KeyboardInterrupt:
         pass
     finally:
-        agent.wandb.close()
-
-
-async def _run(agent: Agent) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, agent.stop)
-    await agent.run()
+        for agent in agents:
+            agent.wandb.close()
 
 
 if __name__ == "__main__":

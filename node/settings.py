@@ -23,6 +23,8 @@ class NodeSettingsError(FedavgError):
     """A node setting that makes no sense; raised at start-up."""
 
 
+MAX_VIRTUAL = 1000  # virtual nodes in one process: each holds a socket and its shard
+
 # The durations a node reads, by the variable that sets them (progress has none: a test knob).
 SECONDS_VARIABLES = {
     "idle_timeout_s": "FEDAVG_IDLE_TIMEOUT",
@@ -57,6 +59,8 @@ class NodeSettings:
     share_label_counts: bool = False  # tell the server each own dataset's label histogram
     wandb_mode: str | None = None
     wandb_project: str = "fedavg"
+    virtual: int = 1  # logical nodes in this process (NODE_VIRTUAL / --virtual; node/virtual.py)
+    virtual_workers: int = 1  # of them, how many train a round at once
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> NodeSettings:
@@ -92,10 +96,16 @@ class NodeSettings:
                 "share_label_counts": env_values.boolean(env, "NODE_SHARE_LABEL_COUNTS", False),
                 "wandb_mode": wandb_mode(env),
                 "wandb_project": env.get("WANDB_PROJECT") or "fedavg",
+                "virtual": env_values.whole(env, "NODE_VIRTUAL", 1),
+                "virtual_workers": env_values.whole(env, "NODE_VIRTUAL_WORKERS", 1),
             }
         except ValueError as exc:
             raise NodeSettingsError(f"bad setting: {exc}") from exc
         values.update(flags)
+        if values["virtual"] > 1 and not env.get("WANDB_MODE"):
+            # An API key alone would start one W&B run per virtual node: noise. Only an
+            # explicit WANDB_MODE turns W&B on for them.
+            values["wandb_mode"] = None
         settings = cls(**values)
         settings.validate()
         return settings
@@ -127,17 +137,34 @@ class NodeSettings:
             problems.append("NODE_TEST_SPLIT/--test-split must be within (0, 1)")
         if self.log_format not in ("auto", "json", "console"):
             problems.append("FEDAVG_LOG_FORMAT/--log-format must be auto, json or console")
+        problems += self._virtual_problems()
         if problems:
             raise NodeSettingsError("; ".join(problems))
+
+    def _virtual_problems(self) -> list[str]:
+        problems = []
+        if not 1 <= self.virtual <= MAX_VIRTUAL:
+            problems.append(f"NODE_VIRTUAL/--virtual must be 1..{MAX_VIRTUAL}, got {self.virtual}")
+        elif not 1 <= self.virtual_workers <= self.virtual:
+            problems.append(
+                f"NODE_VIRTUAL_WORKERS/--virtual-workers must be 1..NODE_VIRTUAL "
+                f"({self.virtual}), got {self.virtual_workers}"
+            )
+        if self.virtual > 1 and self.data:
+            # N nodes announcing one dataset would count its samples N times.
+            problems.append("NODE_DATA/--data cannot be used with NODE_VIRTUAL/--virtual > 1")
+        return problems
 
     def with_data_flags(self, values: list[str] | None) -> NodeSettings:
         """``--data`` flags replace NODE_DATA's list when any is given."""
         if not values:
             return self
         try:
-            return replace(self, data=parse_data_specs(values, "--data"))
+            settings = replace(self, data=parse_data_specs(values, "--data"))
         except DataError as exc:
             raise NodeSettingsError(str(exc)) from exc
+        settings.validate()
+        return settings
 
     def check_files(self) -> None:
         """The one check that reads the disk, run by the CLI at start-up: a CA bundle that

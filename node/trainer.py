@@ -6,7 +6,6 @@ heartbeat and the control frames keep flowing while a long round trains.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -98,11 +97,8 @@ def train_locally(
     torch.manual_seed(seed)  # dropout masks too: a round is reproducible for its seed
     model = model_with_state(spec, global_state, device, share=in_place)
     model.train()
-    optimizer = _optimizer(list(model.parameters()), config)
-    if optimizer_state is not None and config.keep_optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
+    optimizer = _optimizer(list(model.parameters()), config, optimizer_state)
     anchors = proximal_anchors(model, config.proximal_mu)
-    loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     x_dev, y_dev = x.to(device), y.to(device)
     tally = _Tally()
@@ -114,18 +110,11 @@ def train_locally(
                 raise Aborted
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
             xb, yb = normalize(x_dev[idx], spec), y_dev[idx]
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            _backward(loss, anchors, config.proximal_mu)
-            optimizer.step()
-            tally.add(loss, logits, yb)
+            tally.add(*_step(model, optimizer, xb, yb, anchors, config.proximal_mu), yb)
             if on_progress is not None:
                 on_progress(Step(i + 1, batches, epoch, config.local_epochs, tally.mean_loss))
-    result = _result(model, spec, tally, val, device=device, started=started, samples=len(y))
-    if not config.keep_optimizer_state:
-        return result
-    return dataclasses.replace(result, optimizer_state=optimizer.state_dict())
+    kept = optimizer if config.keep_optimizer_state else None
+    return _result(model, spec, tally, val, len(y), device=device, started=started, kept=kept)
 
 
 Anchors = list[tuple[nn.Parameter, torch.Tensor]]
@@ -146,6 +135,23 @@ def proximal_term(anchors: Anchors, mu: float) -> torch.Tensor:
     return (mu / 2) * torch.stack([torch.sum((p - a) ** 2) for p, a in anchors]).sum()
 
 
+def _step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    anchors: Anchors,
+    mu: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch; its loss and logits."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(xb)
+    loss = nn.functional.cross_entropy(logits, yb)
+    _backward(loss, anchors, mu)
+    optimizer.step()
+    return loss, logits
+
+
 def _backward(loss: torch.Tensor, anchors: Anchors, mu: float) -> None:
     """Back-propagate the batch's loss, plus the proximal term each batch under FedProx (the
     reported loss stays the data loss, comparable with plain FedAvg's)."""
@@ -154,12 +160,20 @@ def _backward(loss: torch.Tensor, anchors: Anchors, mu: float) -> None:
     loss.backward()  # type: ignore[no-untyped-call]
 
 
-def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(
+    params: list[nn.Parameter], config: TrainConfig, kept: OptimizerState | None = None
+) -> torch.optim.Optimizer:
+    """The round's optimizer, going on from ``kept`` when the job keeps its state."""
     # Fused kernels update all of a step's parameters in one pass per tensor (CPU and CUDA
     # alike); the default per-tensor Adam costs more than the batch itself on a big MLP.
+    optimizer: torch.optim.Optimizer
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, fused=True)
-    return torch.optim.SGD(params, lr=config.lr, fused=True)
+        optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)
+    else:
+        optimizer = torch.optim.SGD(params, lr=config.lr, fused=True)
+    if kept is not None and config.keep_optimizer_state:
+        optimizer.load_state_dict(kept)
+    return optimizer
 
 
 def _batches_per_epoch(samples: int, config: TrainConfig) -> int:
@@ -190,12 +204,14 @@ def _result(
     spec: ModelSpec,
     tally: _Tally,
     val: tuple[torch.Tensor, torch.Tensor] | None,
+    samples: int,
     *,
     device: torch.device,
     started: float,
-    samples: int,
+    kept: torch.optim.Optimizer | None,
 ) -> LocalResult:
-    """Metrics (validation included) and the trained state, on the CPU."""
+    """Metrics (validation included) and the trained state, on the CPU; ``kept``'s state
+    when the job keeps its optimizer's."""
     metrics = {
         "train_loss": tally.mean_loss,
         "train_accuracy": tally.correct / max(1, tally.seen),
@@ -204,7 +220,8 @@ def _result(
         metrics["val_loss"], metrics["val_accuracy"] = _evaluate(model, spec, *val, device=device)
     metrics["seconds"] = time.perf_counter() - started
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return LocalResult(state=state, samples=samples, metrics=metrics)
+    optimizer_state = kept.state_dict() if kept is not None else None
+    return LocalResult(state, samples, metrics, optimizer_state)
 
 
 def _evaluate(

@@ -2,11 +2,14 @@
 // Accuracy and loss change once a round: they redraw at once, in the same task as the run
 // panel's cards, so a chart never shows an older round than the card beside it. The node-loss
 // chart follows every progress frame: its redraws are throttled (at most one every
-// REDRAW_MS), so a burst of frames costs one setData.
+// REDRAW_MS), so a burst of frames costs one setData; it draws NODE_LINES_MAX lines at most,
+// and says so under the chart when more nodes have trained.
 
-import { num, pct, setText } from "./dom.js";
+import { int, num, pct, setText } from "./dom.js";
 
 const REDRAW_MS = 400;
+// Lines of the node-loss chart, as the federated chart's EVAL_NODES_MAX: more are unreadable.
+export const NODE_LINES_MAX = 12;
 export const HEIGHT = 220;
 export const PALETTE = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2", "#dc2626", "#4d7c0f"];
 export const AXIS = { stroke: "#475569", grid: { stroke: "#e2e8f0", width: 1 }, ticks: { stroke: "#cbd5e1", width: 1 } };
@@ -81,10 +84,24 @@ export class Charts {
     setText(document.getElementById("latest-loss"), last ? `round ${last.round}: ${num(last.test_loss)}` : "");
   }
 
+  /** The nodes drawn: all that have points while few do, else NODE_LINES_MAX of them, those
+   * of the newest round first (with client sampling, the round's pick), in name order. */
+  nodeLines() {
+    const byName = (a, b) => this.state.nodeName(a).localeCompare(this.state.nodeName(b));
+    const ids = [...this.state.nodeLoss.keys()].filter((id) => this.state.nodeLoss.get(id).length > 0).sort(byName);
+    if (ids.length <= NODE_LINES_MAX) return { ids, of: ids.length };
+    const round = (id) => Math.floor(this.state.nodeLoss.get(id).at(-1)[0]);
+    const newest = [...ids].sort((a, b) => round(b) - round(a) || byName(a, b));
+    return { ids: newest.slice(0, NODE_LINES_MAX).sort(byName), of: ids.length };
+  }
+
   drawNodes() {
-    const ids = [...this.state.nodeLoss.keys()]
-      .filter((id) => this.state.nodeLoss.get(id).length > 0)
-      .sort((a, b) => this.state.nodeName(a).localeCompare(this.state.nodeName(b)));
+    const { ids, of } = this.nodeLines();
+    const note = document.getElementById("nodes-chart-note");
+    setText(note, of > ids.length
+      ? `${int(of)} nodes have trained: ${ids.length} lines drawn, the nodes of the newest round first (one line each up to ${NODE_LINES_MAX}).`
+      : "");
+    note.hidden = of <= ids.length;
     const names = ids.map((id) => this.state.nodeName(id));
     const key = ids.map((id, i) => `${id}=${names[i]}`).join("|");
     const tables = ids.map((id) => {
@@ -104,7 +121,7 @@ export class Charts {
         { y: { range: (_u, _min, max) => [0, Number.isFinite(max) && max > 0 ? max * 1.1 : 1] }, legend: true },
       ),
     );
-    this.boxes.nodes.dataset.series = String(ids.length);
+    Object.assign(this.boxes.nodes.dataset, { series: String(ids.length), nodes: String(of) });
   }
 
   plot(name, data, makeOptions) {

@@ -28,8 +28,12 @@ const views = {
 };
 const conn = byId("conn");
 const ENDS = new Set(["job_done", "job_failed", "job_stopped"]);
+// What handling the feed costs, in milliseconds: the last snapshot's render (the node table
+// draws at the next animation frame: its own figures are views.nodes.stats), and the events'
+// total and slowest. Read by the many-nodes browser test, which logs them.
+const timings = { snapshotMs: null, events: 0, eventMs: 0, eventMaxMs: 0 };
 // The page's model and views, for a test (or a curious person) to read what is drawn.
-window.__dashboard = { state, views };
+window.__dashboard = { state, views, timings };
 
 function onSnapshot(msg) {
   state.loadSnapshot(msg);
@@ -108,8 +112,15 @@ function onEvent(ev) {
 
 const socket = new DashboardSocket({
   onMessage(msg) {
-    if (msg.type === "snapshot") onSnapshot(msg);
-    else if (msg.type === "event") onEvent(msg);
+    const started = performance.now();
+    if (msg.type === "snapshot") {
+      onSnapshot(msg);
+      timings.snapshotMs = performance.now() - started;
+    } else if (msg.type === "event") {
+      onEvent(msg);
+      const spent = performance.now() - started;
+      Object.assign(timings, { events: timings.events + 1, eventMs: timings.eventMs + spent, eventMaxMs: Math.max(timings.eventMaxMs, spent) });
+    }
   },
   onStatus(status, detail) {
     conn.className = `conn conn-${status}`;

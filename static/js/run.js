@@ -1,7 +1,8 @@
 // The run panel: dataset and data mode (shards from the server, or the nodes' own data),
 // model (arch, input shape, local training), the job's label partition (shards only), its
 // strategy (server optimizer, FedProx, averaging), round r of E, state, time in round, the
-// straggler deadline counting down, partial rounds and accuracy. `tick` refreshes the two
+// straggler deadline counting down, partial rounds and accuracy, and client sampling (the
+// share of the nodes each round trains, and how many the open round picked). `tick` refreshes the two
 // clocks each second.
 
 import { byId, duration, int, pct, setText, shape } from "./dom.js";
@@ -76,6 +77,15 @@ function partitionTitle(partition) {
   return "";
 }
 
+/** Client sampling, e.g. "sampling: 10% (≥1) of the nodes, 10 picked"; "" when every
+ * node trains each round. */
+export function samplingText(sampling, sampled) {
+  const fraction = sampling?.fraction;
+  if (typeof fraction !== "number" || fraction >= 1) return "";
+  const picked = Array.isArray(sampled) ? `, ${int(sampled.length)} picked` : "";
+  return `sampling: ${Number((fraction * 100).toFixed(1))}% (≥${int(sampling.min_nodes ?? 1)}) of the nodes${picked}`;
+}
+
 export class RunPanel {
   /** @param {import("./state.js").DashboardState} state */
   constructor(state) {
@@ -85,7 +95,7 @@ export class RunPanel {
       time: byId("run-time"), uploads: byId("run-uploads"), deadline: byId("run-deadline"), partial: byId("run-partial"),
       accuracy: byId("run-accuracy"), progress: byId("run-progress"), runId: byId("run-id"),
       dataMode: byId("run-data-mode"), model: byId("run-model"), modelSub: byId("run-model-sub"), partition: byId("run-partition"),
-      strategy: byId("run-strategy"), aggregation: byId("run-aggregation"),
+      strategy: byId("run-strategy"), aggregation: byId("run-aggregation"), sampling: byId("run-sampling"),
     };
   }
 
@@ -110,6 +120,9 @@ export class RunPanel {
     setText(el.strategy, strategyText(run.server_opt, run.train));
     el.strategy.title = strategyTitle(run.server_opt, run.train);
     setText(el.aggregation, run.aggregation ? `${run.aggregation} averaging` : "");
+    setText(el.sampling, samplingText(run.sampling, run.sampled));
+    el.sampling.title = run.sampling?.fraction < 1
+      ? "each round trains a seeded pick of the connected nodes; the others idle that round" : "";
     setText(el.round, run.rounds ? `${run.round || 0} of ${run.rounds}` : "—");
     setText(el.state, run.state ?? "idle");
     el.state.className = `badge run-${run.state ?? "idle"}`;

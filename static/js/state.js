@@ -113,6 +113,13 @@ export class DashboardState {
     return this.history.filter((h) => (h.missing ?? []).includes(name)).length;
   }
 
+  /** Whether client sampling picked the node for the round open (or the last one) of the
+   * running job; never while every node trains (`sampled` is null then). */
+  isPicked(node) {
+    const { sampled, state } = this.run;
+    return state === "running" && Array.isArray(sampled) && node.connected !== false && sampled.includes(node.name);
+  }
+
   nodeByName(name) {
     for (const node of this.nodes.values()) if (node.name === name) return node;
     return undefined;
@@ -246,7 +253,8 @@ const HANDLERS = {
       state: "running", run_id: ev.run_id, dataset: data.dataset, dataset_source: data.source,
       round: 0, rounds: data.rounds, round_open: false, partial_rounds: 0, aggregation: data.aggregation,
       model: data.model, train: data.train, server_opt: data.server_opt, partition: data.partition,
-      data_mode: data.data_mode, test_set: data.test_set,
+      data_mode: data.data_mode, test_set: data.test_set, sampling: data.sampling, sampled: null,
+      nodes: data.nodes,
     };
     if (state.dataset?.dataset_id !== data.dataset) {
       state.dataset = { dataset_id: data.dataset, source: data.source };
@@ -261,7 +269,19 @@ const HANDLERS = {
   round_opened(state, ev, data, _node, changed) {
     Object.assign(state.run, {
       round: data.round, round_open: true, roundStartedAt: state.now(), expected: data.expected ?? [], received: [],
+      sampled: Array.isArray(data.sampled) ? data.sampled : null,
     });
+    // Client sampling: the job's connected nodes it did not pick idle this round. The job's
+    // nodes are job_started's; after a snapshot (whose status does not list them), the
+    // nodes holding a shard.
+    if (Array.isArray(data.sampled)) {
+      const picked = new Set(data.sampled);
+      const job = Array.isArray(state.run.nodes) ? new Set(state.run.nodes) : null;
+      for (const node of state.nodes.values()) {
+        const inJob = job ? job.has(node.name) : node.shard_samples > 0;
+        if (node.connected && inJob && !picked.has(node.name)) node.state = "not_sampled";
+      }
+    }
     setDeadline(state, data.deadline, ev.ts);
     for (const name of data.expected ?? []) {
       const node = state.nodeByName(name);

@@ -1,10 +1,17 @@
-// The event timeline, newest first: one line of plain words per stored event.
+// The event timeline, newest first: one line of plain words per stored event, naming a
+// dozen nodes at most (a job over 100+ nodes lists the first and counts the others).
 
 import { byId, clock, duration, h, int, num, pct } from "./dom.js";
 
 const MAX_ITEMS = 200;
 
-const list = (names) => (names && names.length ? names.join(", ") : "none");
+const NAMES_MAX = 12; // a line names this many nodes at most: 100+ names are not a sentence
+
+const list = (names, separator = ", ") => {
+  if (!names || !names.length) return "none";
+  const more = names.length - NAMES_MAX;
+  return more > 0 ? `${names.slice(0, NAMES_MAX).join(separator)} and ${int(more)} more` : names.join(separator);
+};
 
 /** One sentence per event kind; unknown kinds still show, with their raw data. */
 const DESCRIBE = {
@@ -14,11 +21,11 @@ const DESCRIBE = {
     `${d.dataset_id} prepared from ${d.source}: ${int(d.train_samples)} train / ${int(d.test_samples)} test samples`,
   shards_planned: (d) =>
     `${d.dataset} split over ${Object.keys(d.shards ?? {}).length} nodes: ` +
-    Object.entries(d.shards ?? {}).map(([n, s]) => `${n} ${int(s)}`).join(" · "),
+    list(Object.entries(d.shards ?? {}).map(([n, s]) => `${n} ${int(s)}`), " · "),
   job_started: (d) =>
     `job started: ${d.rounds} rounds of ${d.dataset} on ${list(d.nodes)} (${d.aggregation} averaging)`,
   round_opened: (d) =>
-    `round ${d.round} opened for ${list(d.expected)}` +
+    `round ${d.round} opened for ${list(d.expected)}${Array.isArray(d.sampled) ? " (client sampling's pick)" : ""}` +
     ((d.not_waited_for ?? []).length ? `; not waiting for ${list(d.not_waited_for)} (missed rounds)` : ""),
   upload_refused: (d, name) => `${name}'s upload for round ${d.round} was refused: ${d.error}`,
   average_refused: (d) => `round ${d.round}: the average was not finite, the weights were kept`,

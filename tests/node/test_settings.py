@@ -185,7 +185,7 @@ def test_the_heartbeat_and_a_pinned_capacity_come_from_the_environment() -> None
 # Every variable the node reads as a number.
 NUMERIC_VARIABLES = (
     "FEDAVG_TORCH_THREADS", "NODE_CAPACITY", "VALIDATION_SPLIT", "FEDAVG_IDLE_TIMEOUT",
-    "FEDAVG_RECONNECT_MAX", "FEDAVG_HEARTBEAT",
+    "FEDAVG_RECONNECT_MAX", "FEDAVG_HEARTBEAT", "NODE_VIRTUAL", "NODE_VIRTUAL_WORKERS",
 )  # fmt: skip
 
 
@@ -250,3 +250,51 @@ def test_bad_own_data_settings_name_their_variable(env: dict[str, str], fragment
         NodeSettings.from_env(env, name="n")
     with pytest.raises(NodeSettingsError, match="--data: 'x' is not NAME=PATH"):
         NodeSettings.from_env({}, name="n").with_data_flags(["x"])
+
+
+def test_virtual_nodes_default_to_one_and_come_from_env_or_flags() -> None:
+    assert (NodeSettings.from_env(ENV).virtual, NodeSettings.from_env(ENV).virtual_workers) == (
+        1,
+        1,
+    )
+    settings = NodeSettings.from_env({**ENV, "NODE_VIRTUAL": "50", "NODE_VIRTUAL_WORKERS": "4"})
+    assert (settings.virtual, settings.virtual_workers) == (50, 4)
+    flagged = NodeSettings.from_env(
+        {**ENV, "NODE_VIRTUAL": "50"}, virtual=1000, virtual_workers=1000
+    )
+    assert (flagged.virtual, flagged.virtual_workers) == (1000, 1000)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"NODE_VIRTUAL": "0"}, "NODE_VIRTUAL/--virtual must be 1..1000, got 0"),
+        ({"NODE_VIRTUAL": "1001"}, "NODE_VIRTUAL/--virtual must be 1..1000, got 1001"),
+        ({"NODE_VIRTUAL_WORKERS": "0"}, r"NODE_VIRTUAL_WORKERS/--virtual-workers must be 1..NODE"),
+        (
+            {"NODE_VIRTUAL": "4", "NODE_VIRTUAL_WORKERS": "5"},
+            r"--virtual-workers must be 1..NODE_VIRTUAL \(4\), got 5",
+        ),
+    ],
+)
+def test_virtual_limits_name_their_variable(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(NodeSettingsError, match=fragment):
+        NodeSettings.from_env({**ENV, **env})
+
+
+def test_virtual_nodes_hold_no_own_data(tmp_path: Path) -> None:
+    # N nodes announcing one dataset would count its samples N times.
+    settings = NodeSettings.from_env({**ENV, "NODE_VIRTUAL": "2"})
+    with pytest.raises(NodeSettingsError, match="NODE_DATA/--data cannot be used with"):
+        settings.with_data_flags([f"digits={tmp_path}"])
+    with pytest.raises(NodeSettingsError, match="NODE_DATA/--data cannot be used with"):
+        NodeSettings.from_env({**ENV, "NODE_VIRTUAL": "2", "NODE_DATA": f"digits={tmp_path}"})
+
+
+def test_an_api_key_alone_turns_wandb_on_for_one_node_but_not_for_virtual_ones() -> None:
+    keyed = {**ENV, "WANDB_API_KEY": "k" * 40}
+    assert NodeSettings.from_env(keyed).wandb_mode == "online"
+    assert NodeSettings.from_env({**keyed, "NODE_VIRTUAL": "3"}).wandb_mode is None
+    assert NodeSettings.from_env(keyed, virtual=3).wandb_mode is None
+    asked = {**keyed, "NODE_VIRTUAL": "3", "WANDB_MODE": "offline"}
+    assert NodeSettings.from_env(asked).wandb_mode == "offline"
