@@ -1,5 +1,6 @@
-"""Virtual nodes over the real protocol: two ``fedavg-node --virtual 10`` processes are 20
-nodes to a real orchestrator, and a sampled job's rounds train the nodes the seed picks."""
+"""Virtual nodes over the real protocol: two ``fedavg-node --virtual 50`` processes are 100
+nodes to a real orchestrator, and a sampled job's rounds (McMahan et al.'s C = 0.1) train
+the nodes the seed picks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from server.demo.local_cluster import LocalCluster
 pytestmark = pytest.mark.slow
 
 PROCESSES = ("alpha", "beta")
-PER_PROCESS = 10
+PER_PROCESS = 50
+FRACTION = 0.1
+PICKED = 10  # ceil(0.1 * 100)
 
 
 def start_virtual_nodes(cluster: LocalCluster, *extra: str) -> list[dict[str, Any]]:
@@ -39,30 +42,30 @@ def opened_rounds(cluster: LocalCluster, job_id: str) -> list[tuple[int, list[st
 
 
 def seeded_sample(names: dict[str, str], job_id: str, round_: int) -> list[str]:
-    """What the seed says round ``round_`` trains: 20 % of all the nodes, by name."""
-    picked = sample_nodes(names, Sampling(0.2, 1), seed=0, job_id=job_id, round_=round_)
-    assert len(picked) == 4
+    """What the seed says round ``round_`` trains: 10 % of all the nodes, by name."""
+    picked = sample_nodes(names, Sampling(FRACTION, 1), seed=0, job_id=job_id, round_=round_)
+    assert len(picked) == PICKED
     return sorted(names[node_id] for node_id in picked)
 
 
-def test_two_processes_of_ten_virtual_nodes_train_the_seeded_sample(
+def test_two_processes_of_fifty_virtual_nodes_train_the_seeded_sample(
     make_cluster: Callable[..., LocalCluster],
 ) -> None:
     cluster = make_cluster(FEDAVG_MAX_BATCHES="3")
     nodes = start_virtual_nodes(cluster)
     names = {n["node_id"]: n["name"] for n in nodes}
     expected_ids = {f"{p}-v{i:03d}" for p in PROCESSES for i in range(PER_PROCESS)}
-    assert len(nodes) == 20 and set(names) == expected_ids  # distinct, as if 20 processes
+    assert len(nodes) == 100 and set(names) == expected_ids  # distinct, as if 100 processes
     assert set(names.values()) == expected_ids  # --name alpha: names alpha-v000, ...
     for process in PROCESSES:  # measured once a process, announced by each of its nodes
         assert len({n["capacity"] for n in nodes if n["name"].startswith(process)}) == 1
 
-    job = cluster.request("POST", "/train/mnist?epochs=3&fraction=0.2")
-    status = cluster.wait_job(timeout=120)
+    job = cluster.request("POST", f"/train/mnist?epochs=5&fraction={FRACTION}")
+    status = cluster.wait_job(timeout=240)
     assert status["state"] == "completed", status
 
     opened = opened_rounds(cluster, job["job_id"])
-    assert opened == [(r, seeded_sample(names, job["job_id"], r)) for r in (1, 2, 3)]
+    assert opened == [(r, seeded_sample(names, job["job_id"], r)) for r in range(1, 6)]
     history: list[dict[str, Any]] = status["history"]
     assert [(h["round"], sorted(h["contributors"])) for h in history] == opened
 
@@ -72,24 +75,24 @@ def test_two_processes_of_ten_virtual_nodes_train_the_seeded_sample(
         proc.popen.send_signal(signal.SIGTERM)
         assert proc.popen.wait(timeout=30) == 0, proc.log_tail()
     nodes = cluster.request("GET", "/nodes")["nodes"]
-    assert len(nodes) == 20 and not any(n["connected"] for n in nodes)
+    assert len(nodes) == 100 and not any(n["connected"] for n in nodes)
 
 
 def test_a_restart_mid_round_keeps_the_sampling_sequence(
     make_cluster: Callable[..., LocalCluster],
 ) -> None:
-    # The 9th upload folded is round 3's first (4 a round): the server dies with round 3 open.
-    cluster = make_cluster(FEDAVG_MAX_BATCHES="3", FEDAVG_FAILPOINTS="aggregation.after_fold@9")
+    # The 21st upload folded is round 3's first (10 a round): the server dies with it open.
+    cluster = make_cluster(FEDAVG_MAX_BATCHES="3", FEDAVG_FAILPOINTS="aggregation.after_fold@21")
     nodes = start_virtual_nodes(cluster, "--capacity", "1000")  # no measuring: a quicker start
     names = {n["node_id"]: n["name"] for n in nodes}
-    job = cluster.request("POST", "/train/mnist?epochs=3&fraction=0.2")
+    job = cluster.request("POST", f"/train/mnist?epochs=3&fraction={FRACTION}")
     cluster.server.expect_exit = True
     cluster.server.popen.wait(timeout=120)
     assert cluster.server.popen.returncode == -signal.SIGKILL
 
     cluster.start_server(env={"FEDAVG_FAILPOINTS": ""})  # disarmed
     cluster.wait_healthy()
-    status = cluster.wait_job(timeout=120)
+    status = cluster.wait_job(timeout=240)
     assert status["run_id"] == job["job_id"] and status["state"] == "completed", status
 
     # The rounds not yet settled when it died were opened again, each with the seeded sample.
