@@ -30,6 +30,10 @@ def mib(x: float | None) -> str:
     return "n/a" if x is None else f"{x / 2**20:.0f} MiB"
 
 
+def mib1(x: float | None) -> str:
+    return "n/a" if x is None else f"{x / 2**20:.1f} MiB"
+
+
 def num(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -105,6 +109,7 @@ def markdown(report: dict[str, Any]) -> str:
         ("accuracy", "4. Time to accuracy", _accuracy),
         ("cnn", "5. The CNN: node compute and round overhead", _cnn),
         ("zoo", "6. The model zoo: federated and centralised accuracy", _zoo),
+        ("virtual", "7. Virtual nodes: 100 real nodes in a few processes", _virtual),
     ):
         if key not in report["benchmarks"]:
             continue
@@ -206,6 +211,7 @@ def _headline(report: dict[str, Any]) -> list[str]:
             )
     rows += _headline_cnn(b.get("cnn", {}))
     rows += _headline_zoo(b.get("zoo", {}))
+    rows += _headline_virtual(b.get("virtual", {}))
     return [*rows, ""]
 
 
@@ -725,3 +731,64 @@ def _zoo(b: dict[str, Any]) -> list[str]:
             f"| {rounds} | {epochs} | {m['load_before'][0]} |"
         )
     return [*out, ""]
+
+
+def _headline_virtual(v: dict[str, Any]) -> list[str]:
+    if "summary" not in v:
+        return []
+    s, total = v["summary"], v["config"]["total"]
+    by_processes = sorted(v["layouts"], key=lambda x: x["processes"])
+    fewest, most = by_processes[0], by_processes[-1]
+    return [
+        f"| RSS per virtual node ({total} in {fewest['processes']} to {most['processes']} "
+        f"processes) | {mib1(s['rss_per_virtual_node'])} | a node process "
+        f"{mib(s['rss_per_process'])} | {num(s['rss_per_process'] / s['rss_per_virtual_node'], 0)}"
+        "x | | |",
+        f"| {total} virtual nodes in {fewest['processes']} process(es): round | "
+        f"{span(fewest['round_s'], sec)} | {most['processes']} processes "
+        f"{span(most['round_s'], sec)} | {num(fewest['ratio_most_processes'])}x | | "
+        f"compute floor {sec(v['floor']['round_floor_s'])} |",
+    ]
+
+
+def _virtual(b: dict[str, Any]) -> list[str]:
+    cfg, s, floor = b["config"], b["summary"], b["floor"]
+    capped = f", at most {cfg['max_batches']} batches" if cfg["max_batches"] else ""
+    out = [
+        f"One `fedavg-server` (the seed MLP, {cfg['params']:,} parameters, "
+        f"{cfg['weights_bytes']:,} B per weights file) and {cfg['total']} real nodes "
+        "(`fedavg-node --virtual N`: torch, training, the whole protocol) in each layout in "
+        f"turn, {cfg['total']} / N processes of one torch thread each on {cfg['cores']} cores, "
+        "`--virtual-workers` = the cores shared out over the processes. Every node claims the "
+        f"same capacity: {cfg['total']} equal shards of {cfg['shard_samples']} samples "
+        f"(less the 10 % validation hold-out{capped}), every node in every round. Per layout a "
+        f"one-round warm-up job, then one job of {cfg['rounds']} rounds: round = round opened "
+        "-> the next round's weights out, median [min, max] over its rounds. Peak RSS = each "
+        "node process's `VmHWM` after the job. Compute floor: the nodes' own `train_locally` "
+        f"on {cfg['total']} shards of that size, one after another on one thread in a fresh "
+        f"process ({sec(floor['sequential_s'])}), over the {cfg['cores']} cores: "
+        f"**{sec(floor['round_floor_s'])}** a round.",
+        "",
+        "| nodes per process | processes | workers each | all connected | round | "
+        "against the floor | against the most processes | peak RSS per process | "
+        "all processes | final accuracy | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in b["layouts"]:
+        rss = x["process_peak_rss"]
+        out.append(
+            f"| {x['per_process']} | {x['processes']} | {x['workers']} | {sec(x['connect_s'])} "
+            f"| {span(x['round_s'], sec)} | {num(x['ratio_floor'])}x | "
+            f"{num(x['ratio_most_processes'])}x | {mib(min(rss))} - {mib(max(rss))} | "
+            f"{mib(x['total_peak_rss'])} | {acc(x['final_accuracy'])} | {x['load_before'][0]} |"
+        )
+    out += [
+        "",
+        "A least-squares line through (virtual nodes in a process, its peak RSS) over every "
+        f"process above: **{mib1(s['rss_per_virtual_node'])} per virtual node** on top of "
+        f"**{mib(s['rss_per_process'])} per process** (the torch runtime, paid once). "
+        f"{cfg['total']} nodes as {cfg['total']} processes would need about "
+        f"{mib(s['rss_all_processes_estimate'])}.",
+        "",
+    ]
+    return out

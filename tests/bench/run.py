@@ -5,6 +5,7 @@
     .venv/bin/python -m tests.bench.run --only overhead,memory --out /tmp/bench
     .venv/bin/python -m tests.bench.run --only cnn --smoke --out /tmp/bench-cnn
     .venv/bin/python -m tests.bench.run --only zoo --out /tmp/bench-zoo
+    .venv/bin/python -m tests.bench.run --only virtual --out /tmp/bench-virtual
     .venv/bin/python -m tests.bench.run --quality          # quality.md/.json/.png (~15 min)
     .venv/bin/python -m tests.bench.run --quality --smoke --out /tmp/q   # its smallest form
 
@@ -41,11 +42,12 @@ from tests.bench import (
     round_overhead,
     scale,
     server_memory,
+    virtual_nodes,
     zoo,
 )
 from tests.bench.common import REPO, loadavg, machine
 
-BENCHMARKS = ("overhead", "memory", "scale", "accuracy", "cnn", "zoo")
+BENCHMARKS = ("overhead", "memory", "scale", "accuracy", "cnn", "zoo", "virtual")
 
 
 def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str, Any]], Any]]:
@@ -110,6 +112,12 @@ def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str,
                     job_timeout_s=120,
                 ),
             ),
+            "virtual": (
+                virtual_nodes.run,
+                virtual_nodes.Config(
+                    total=12, per_process=(12, 6), rounds=2, max_batches=2, floor_repeats=1
+                ),
+            ),
         }
     sizes = tuple(int(s) for s in args.scale_sizes.split(","))
     return {
@@ -127,6 +135,8 @@ def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str,
         "accuracy": (accuracy.run, accuracy.Config(runs=runs)),
         "cnn": (cnn.run, cnn.Config(runs=runs)),
         "zoo": (zoo.run, zoo.Config()),  # one job per arch: --runs does not apply
+        # one job per layout, its rounds the samples: --runs does not apply
+        "virtual": (virtual_nodes.run, virtual_nodes.Config()),
     }
 
 

@@ -43,7 +43,7 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert report["smoke"] is True
     assert report["machine"]["cores"] >= 1
     benches = report["benchmarks"]
-    assert set(benches) == {"overhead", "memory", "scale", "accuracy", "cnn", "zoo"}
+    assert set(benches) == {"overhead", "memory", "scale", "accuracy", "cnn", "zoo", "virtual"}
     assert not [name for name, b in benches.items() if "error" in b]
 
     overhead = benches["overhead"]
@@ -117,6 +117,7 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
 
     _check_cnn(benches["cnn"])
     _check_zoo(benches["zoo"])
+    _check_virtual(benches["virtual"])
 
     markdown = (out / "report.md").read_text()
     for heading in (
@@ -127,6 +128,7 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
         "## 4. Time to accuracy",
         "## 5. The CNN: node compute and round overhead",
         "## 6. The model zoo: federated and centralised accuracy",
+        "## 7. Virtual nodes: 100 real nodes in a few processes",
     ):
         assert heading in markdown
     assert "Failed" not in markdown
@@ -137,6 +139,7 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
         "**bfloat16 wire.**",
         "| — CNN overhead share of the round |",
         "| zoo: resnet-8 (16/32/64, group norm) (",
+        "| RSS per virtual node (12 in 1 to 2 processes) |",
     ):
         assert row in markdown, row
 
@@ -189,6 +192,21 @@ def _check_zoo(zoo: dict[str, Any]) -> None:
         assert m["centralised"]["epoch_samples"] == 64  # max_batches 2 of 32
         assert 0 < m["fed_accuracy"] <= 1 and 0 < m["central_accuracy"] <= 1
         assert _is_number(m["accuracy_gap"]) and m["job_s"] > 0
+
+
+def _check_virtual(virtual: dict[str, Any]) -> None:
+    """The virtual-node case: 12 real nodes as 1 process of 12, then 2 of 6; each layout's
+    every node trained every round, and the RSS line and the floor exist."""
+    layouts = virtual["layouts"]
+    assert [(x["per_process"], x["processes"]) for x in layouts] == [(12, 1), (6, 2)]
+    for x in layouts:
+        assert x["round_s"]["n"] == 2 and len(x["process_peak_rss"]) == x["processes"]
+        assert all(r > 0 for r in x["process_peak_rss"]) and _is_number(x["ratio_floor"])
+        assert 0 < x["final_accuracy"] <= 1
+    assert virtual["floor"]["round_floor_s"] > 0
+    s = virtual["summary"]
+    assert _is_number(s["rss_per_virtual_node"]) and s["rss_per_process"] > 0
+    assert s["most_processes"] == 2
 
 
 def test_quality_smoke_writes_its_report_and_leaves_report_md(tmp_path: Path) -> None:
