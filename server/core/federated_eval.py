@@ -34,6 +34,34 @@ class Reading:
         return self.correct / self.samples
 
 
+@dataclass(slots=True)
+class _Totals:
+    """A round's running sums, so its summary costs the same with 10 readings or 10,000."""
+
+    samples: int = 0
+    correct: int = 0
+    loss_sum: float = 0.0  # the sum of loss x samples over readings with a loss
+    loss_samples: int = 0
+    nodes: int = 0
+
+    def add(self, reading: Reading) -> None:
+        self.samples += reading.samples
+        self.correct += reading.correct
+        self.nodes += 1
+        if reading.loss is not None:
+            self.loss_sum += reading.loss * reading.samples
+            self.loss_samples += reading.samples
+
+    def summary(self, round_: int) -> dict[str, Any]:
+        return {
+            "round": round_,
+            "accuracy": self.correct / self.samples,
+            "loss": self.loss_sum / self.loss_samples if self.loss_samples else None,
+            "samples": self.samples,
+            "nodes": self.nodes,
+        }
+
+
 class FederatedEvaluations:
     """One job's readings, by round, as the nodes report them."""
 
@@ -43,6 +71,7 @@ class FederatedEvaluations:
         self._caps = dict(test_samples)
         self._rounds = rounds
         self._by_round: dict[int, dict[str, Reading]] = {}
+        self._totals: dict[int, _Totals] = {}
 
     def refusal(self, reading: Reading) -> str | None:
         """Why ``reading`` does not count, or None when it does (then :meth:`add` it)."""
@@ -64,6 +93,7 @@ class FederatedEvaluations:
         why = self.refusal(reading)
         if why is None:
             self._by_round.setdefault(reading.round, {})[reading.node_id] = reading
+            self._totals.setdefault(reading.round, _Totals()).add(reading)
         return why
 
     def extend(self, readings: Iterable[Reading]) -> None:
@@ -80,8 +110,8 @@ class FederatedEvaluations:
 
     def summary(self, round_: int) -> dict[str, Any] | None:
         """The round's weighted mean over the nodes that reported, or None before any did."""
-        readings = self.readings(round_)
-        return summary(round_, readings) if readings else None
+        totals = self._totals.get(round_)
+        return totals.summary(round_) if totals is not None else None
 
     def summaries(self) -> list[dict[str, Any]]:
         """Every round's summary that has readings, by round."""
@@ -91,16 +121,10 @@ class FederatedEvaluations:
 def summary(round_: int, readings: Sequence[Reading]) -> dict[str, Any]:
     """One round's weighted mean over its (non-empty) ``readings``: the summed correct over
     the summed samples; the loss over the readings that have one."""
-    samples = sum(r.samples for r in readings)
-    losses = [(r.loss, r.samples) for r in readings if r.loss is not None]
-    loss_samples = sum(n for _, n in losses)
-    return {
-        "round": round_,
-        "accuracy": sum(r.correct for r in readings) / samples,
-        "loss": sum(loss * n for loss, n in losses) / loss_samples if losses else None,
-        "samples": samples,
-        "nodes": len(readings),
-    }
+    totals = _Totals()
+    for reading in readings:
+        totals.add(reading)
+    return totals.summary(round_)
 
 
 def summaries(readings: Iterable[Reading]) -> list[dict[str, Any]]:

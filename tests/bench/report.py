@@ -30,8 +30,8 @@ def mib(x: float | None) -> str:
     return "n/a" if x is None else f"{x / 2**20:.0f} MiB"
 
 
-def mib1(x: float | None) -> str:
-    return "n/a" if x is None else f"{x / 2**20:.1f} MiB"
+def mib2(x: float | None) -> str:
+    return "n/a" if x is None else f"{x / 2**20:.2f} MiB"
 
 
 def num(x: float | None, digits: int = 2) -> str:
@@ -737,17 +737,16 @@ def _headline_virtual(v: dict[str, Any]) -> list[str]:
     if "summary" not in v:
         return []
     s, total = v["summary"], v["config"]["total"]
-    by_processes = sorted(v["layouts"], key=lambda x: x["processes"])
-    fewest, most = by_processes[0], by_processes[-1]
+    layouts = sorted(v["layouts"], key=lambda x: x["processes"])
+    processes = " / ".join(str(x["processes"]) for x in layouts)
     return [
-        f"| RSS per virtual node ({total} in {fewest['processes']} to {most['processes']} "
-        f"processes) | {mib1(s['rss_per_virtual_node'])} | a node process "
-        f"{mib(s['rss_per_process'])} | {num(s['rss_per_process'] / s['rss_per_virtual_node'], 0)}"
-        "x | | |",
-        f"| {total} virtual nodes in {fewest['processes']} process(es): round | "
-        f"{span(fewest['round_s'], sec)} | {most['processes']} processes "
-        f"{span(most['round_s'], sec)} | {num(fewest['ratio_most_processes'])}x | | "
-        f"compute floor {sec(v['floor']['round_floor_s'])} |",
+        f"| RSS per virtual node ({total} in {processes} processes) | "
+        f"{mib2(s['rss_per_virtual_node'])} | a node process {mib(s['rss_per_process'])} | "
+        f"{num(s['rss_per_process'] / s['rss_per_virtual_node'], 0)}x | | |",
+        f"| {total} virtual nodes in {processes} processes: round | "
+        f"{' / '.join(sec(x['round_s']['median']) for x in layouts)} | compute floor "
+        f"{sec(v['floor']['round_floor_s'])} | "
+        f"{' / '.join(num(x['ratio_floor']) for x in layouts)}x | | |",
     ]
 
 
@@ -785,7 +784,7 @@ def _virtual(b: dict[str, Any]) -> list[str]:
     out += [
         "",
         "A least-squares line through (virtual nodes in a process, its peak RSS) over every "
-        f"process above: **{mib1(s['rss_per_virtual_node'])} per virtual node** on top of "
+        f"process above: **{mib2(s['rss_per_virtual_node'])} per virtual node** on top of "
         f"**{mib(s['rss_per_process'])} per process** (the torch runtime, paid once). "
         f"{cfg['total']} nodes as {cfg['total']} processes would need about "
         f"{mib(s['rss_all_processes_estimate'])}.",

@@ -139,7 +139,7 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
         "**bfloat16 wire.**",
         "| — CNN overhead share of the round |",
         "| zoo: resnet-8 (16/32/64, group norm) (",
-        "| RSS per virtual node (12 in 1 to 2 processes) |",
+        "| RSS per virtual node (12 in 1 / 2 processes) |",
     ):
         assert row in markdown, row
 
