@@ -201,11 +201,13 @@ class LocalCluster:
             f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.log_dir}"
         )
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 60.0) -> None:
+        """Send ``sig`` to the live process ``name`` and wait for it to exit: a node that
+        shuts down cleanly on SIGTERM can take many seconds on a loaded 2-core machine."""
         proc = next(p for p in self.procs if p.name == name and p.alive())
         proc.expect_exit = True
         os.kill(proc.pid, sig)
-        proc.popen.wait(timeout=10)
+        proc.popen.wait(timeout=timeout)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process we started (nodes first), then SIGKILL what remains."""

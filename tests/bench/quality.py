@@ -29,12 +29,14 @@ first job. Round r is compared with epoch r: equal epochs over the data. A cell'
 the mean over its seeds, and its gap the mean of each seed's gap to its own reference.
 
 **The tuning grid.** A comparison at one client setting favours whichever side it suits.
-So on the MLP with IID shards, FedAvg and FedAvgM (momentum 0.5) also run at each
-(lr, batch size) of ``Config.tuning``, each beside a centralised reference at the same
-setting, and the target is judged a second time with each side at its own best setting.
+So on the MLP with IID shards, the strategies of ``Config.tuning_strategies`` also run at
+each (lr, batch size) of ``Config.tuning``, and FedAvg also at 2 local epochs a round
+(``tuning_epochs``, McMahan et al.'s E), each beside a centralised reference at the same
+setting and equal epochs (rounds x E), and the target is judged again with each side at its
+own best (lr, batch) for each E: at E = 2 both sides train 10 epochs.
 
-**Time bound.** MLP jobs take about 1.5 s on a quiet 2-core machine, CNN jobs about 25 s
-(5 rounds), so the whole case is about 12 min there. A cell is skipped (and reported as
+**Time bound.** MLP jobs take about 1.5 s on a quiet 2-core machine (3 s at E = 2), CNN jobs
+about 25 s (5 rounds), so the whole case is about 20 min there. A cell is skipped (and reported as
 skipped) when starting it would take the case past ``budget_s`` by the last job's time of
 the same model; cells run in :func:`groups`' order (what the targets name first), so a loaded
 machine loses the Dirichlet CNN cells first.
@@ -121,8 +123,12 @@ class Config(Training):
     # client (lr, batch size) pairs, so each side is compared at its own best setting.
     tuning: tuple[tuple[float, int], ...] = ((1e-3, 16), (1e-3, 32), (2e-3, 16), (2e-3, 32))
     tuning_strategies: tuple[str, ...] = ("FedAvg", "FedAvgM-0.5", "FedAvg+state")
+    # The grid's local epochs per round, each setting beside a reference of rounds x that
+    # many epochs (equal epochs); beyond the main grid's own, only these strategies run.
+    tuning_epochs: tuple[int, ...] = (1, 2)
+    more_epochs_strategies: tuple[str, ...] = ("FedAvg",)
     warmup: bool = True
-    budget_s: float = 1200.0  # the case's time bound (see the module's docstring)
+    budget_s: float = 1800.0  # the case's time bound (see the module's docstring)
     job_timeout_s: float = 600.0
 
 
@@ -267,10 +273,23 @@ def _central(
     threads: int,
 ) -> dict[str, Any]:
     """The centralised reference: ``spec`` trained with ``train`` on the cluster's whole
-    training split for the job's epochs, from the seed's round-0 weights."""
+    training split for the job's epochs (rounds x ``train``'s local epochs), from the seed's
+    round-0 weights."""
     flags = [*central_flags(ModelSpec.from_dict(spec), train, fused=True), "--seed", str(seed)]
-    epochs = cfg.rounds * cfg.local_epochs
+    epochs = cfg.rounds * train.local_epochs
     return run_centralised(cluster.home, epochs, threads, cfg.job_timeout_s, flags)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One client setting of the tuning grid."""
+
+    lr: float
+    batch_size: int
+    local_epochs: int
+
+    def keys(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _tune(
@@ -281,26 +300,44 @@ def _tune(
     threads: int,
     t0: float,
 ) -> None:
-    """The MLP on IID shards at each (lr, batch size) of the tuning grid, each strategy of
-    the grid and the centralised reference with the same setting."""
-    for lr, batch in cfg.tuning:
-        spec, main_setting = None, (lr, batch) == (cfg.lr, cfg.batch_size)
-        for name in cfg.tuning_strategies:
-            if main_setting and TUNING_STRATEGIES[name] == STRATEGIES.get(name):
-                continue  # the main grid's cell: finish_tuning takes it from there
-            if _over_budget(cfg, tuning, t0):
-                continue  # finish_tuning reports what did not run
-            chosen = TUNING_STRATEGIES[name]
-            body = {"model": MODELS["mlp"], "partition": "iid", **chosen}
-            body["train"] = {**chosen.get("train", {}), "lr": lr, "batch_size": batch}
-            row = _cell(cluster, cfg, "iid", body, name)
-            row.update(seed=seed, lr=lr, batch_size=batch)
-            tuning["cells"].append(row)
-            tuning["last_s"], spec = row["job_s"], row["spec"]
-        if spec is not None and not main_setting:  # the main grid has that reference
-            train = dataclasses.replace(cfg.train, lr=lr, batch_size=batch)
-            central = _central(cluster, cfg, spec, train, seed, threads)
-            tuning["centralised"].append({**central, "lr": lr, "batch_size": batch})
+    """The MLP on IID shards at each (lr, batch size, local epochs) of the tuning grid, each
+    strategy of the grid and the centralised reference with the same setting."""
+    for epochs in cfg.tuning_epochs:
+        names = cfg.tuning_strategies
+        if epochs != cfg.local_epochs:
+            names = tuple(n for n in names if n in cfg.more_epochs_strategies)
+        for lr, batch in cfg.tuning:
+            setting = Setting(lr, batch, epochs)
+            _tune_setting(cluster, cfg, tuning, (seed, threads, t0), setting, names)
+
+
+def _tune_setting(
+    cluster: LocalCluster,
+    cfg: Config,
+    tuning: dict[str, Any],
+    run: tuple[int, int, float],
+    setting: Setting,
+    names: tuple[str, ...],
+) -> None:
+    """One setting of the grid on one seed: each strategy's job, then the reference."""
+    seed, threads, t0 = run
+    spec, main = None, setting == Setting(cfg.lr, cfg.batch_size, cfg.local_epochs)
+    for name in names:
+        if main and TUNING_STRATEGIES[name] == STRATEGIES.get(name):
+            continue  # the main grid's cell: finish_tuning takes it from there
+        if _over_budget(cfg, tuning, t0):
+            continue  # finish_tuning reports what did not run
+        chosen = TUNING_STRATEGIES[name]
+        body = {"model": MODELS["mlp"], "partition": "iid", **chosen}
+        body["train"] = {**chosen.get("train", {}), **setting.keys()}
+        row = _cell(cluster, cfg, "iid", body, name)
+        row.update(seed=seed, **setting.keys())
+        tuning["cells"].append(row)
+        tuning["last_s"], spec = row["job_s"], row["spec"]
+    if spec is not None and not main:  # the main grid has that reference
+        train = dataclasses.replace(cfg.train, **setting.keys())
+        central = _central(cluster, cfg, spec, train, seed, threads)
+        tuning["centralised"].append({**central, **setting.keys()})
 
 
 def _finish(name: str, state: dict[str, Any]) -> dict[str, Any]:
@@ -380,41 +417,49 @@ def finish_tuning(
     cfg: Config, tuning: dict[str, Any], mlp: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """The tuning grid's rows, the main grid's own setting among them (its FedAvg cells and
-    references), and the best of each side: the best strategy at its best setting against
-    the centralised reference at its own best."""
+    references), and the best of each side at each local-epoch count: the best strategy at
+    its best (lr, batch) against the centralised reference at its own best, equal epochs."""
     if not cfg.tuning or mlp is None:
         return None
-    base = (cfg.lr, cfg.batch_size)
+    base = Setting(cfg.lr, cfg.batch_size, cfg.local_epochs).keys()
     cells = list(tuning["cells"])
     cells += [
-        {**r, "lr": cfg.lr, "batch_size": cfg.batch_size}
+        {**r, **base}
         for r in mlp["cells"]
         if r["split"] == "iid" and r["strategy"] == "FedAvg" and "final_accuracy" in r
     ]
     centrals = list(tuning["centralised"])
-    centrals += [
-        {**c, "lr": cfg.lr, "batch_size": cfg.batch_size} for c in mlp["centralised"].values()
-    ]
+    centrals += [{**c, **base} for c in mlp["centralised"].values()]
+    grid = {Setting(lr, batch, e) for lr, batch in cfg.tuning for e in cfg.tuning_epochs}
     rows = []
-    for lr, batch in sorted({base, *cfg.tuning}):  # the main setting, even when not in the grid
-        here = {c["seed"]: c for c in centrals if (c["lr"], c["batch_size"]) == (lr, batch)}
-        row: dict[str, Any] = {"lr": lr, "batch_size": batch}
+    # the main setting, even when not in the grid; by local epochs, then lr and batch
+    for setting in sorted(
+        {Setting(**base), *grid}, key=lambda s: (s.local_epochs, s.lr, s.batch_size)
+    ):
+        here = {c["seed"]: c for c in centrals if _setting_of(c) == setting}
+        row: dict[str, Any] = {**setting.keys()}
         row["centralised"] = central_over_seeds(list(here.values()))
         row["strategies"] = {}
         for name in cfg.tuning_strategies:
-            runs = [
-                c
-                for c in cells
-                if c["strategy"] == name and (c["lr"], c["batch_size"]) == (lr, batch)
-            ]
+            runs = [c for c in cells if c["strategy"] == name and _setting_of(c) == setting]
             if runs:
                 row["strategies"][name] = over_seeds(runs, here)
         rows.append(row)
-    return {"rows": rows, **_best_of(rows)}
+    by_epochs = [
+        {"local_epochs": e, **_best_of([r for r in rows if r["local_epochs"] == e])}
+        for e in sorted({r["local_epochs"] for r in rows})
+    ]
+    judged = [b for b in by_epochs if b["best_gap"] is not None]
+    best = max(judged, key=lambda b: b["best_gap"]) if judged else {"best_gap": None}
+    return {"rows": rows, "by_epochs": by_epochs, **best}
+
+
+def _setting_of(row: dict[str, Any]) -> Setting:
+    return Setting(row["lr"], row["batch_size"], row["local_epochs"])
 
 
 def _best_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each side at its best setting (by the mean over seeds)."""
+    """Each side at its best setting among ``rows`` (by the mean over seeds)."""
     centrals = [(r["centralised"]["final_accuracy"], r) for r in rows if r["centralised"]]
     feds = [
         (c["final_accuracy"], name, r)
@@ -427,13 +472,8 @@ def _best_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     c_acc, c_row = max(centrals, key=lambda t: t[0])
     f_acc, f_name, f_row = max(feds, key=lambda t: t[0])
     return {
-        "best_central": {"accuracy": c_acc, "lr": c_row["lr"], "batch_size": c_row["batch_size"]},
-        "best_federated": {
-            "accuracy": f_acc,
-            "strategy": f_name,
-            "lr": f_row["lr"],
-            "batch_size": f_row["batch_size"],
-        },
+        "best_central": {"accuracy": c_acc, **_setting_of(c_row).keys()},
+        "best_federated": {"accuracy": f_acc, "strategy": f_name, **_setting_of(f_row).keys()},
         "best_gap": f_acc - c_acc,
     }
 

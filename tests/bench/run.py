@@ -21,6 +21,7 @@ into ``--out``; it leaves ``report.md`` and ``report.json`` as they are.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import shutil
 import sys
@@ -64,6 +65,14 @@ def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str,
                     floor_repeats=1,
                     profile=False,
                     job_timeout_s=120,
+                    seed=round_overhead.Seed(
+                        nodes=2,
+                        rounds=2,
+                        runs=runs,
+                        floor_repeats=1,
+                        max_batches=2,
+                        job_timeout_s=120,
+                    ),
                 ),
             ),
             "memory": (
@@ -123,7 +132,13 @@ def configs(args: argparse.Namespace) -> dict[str, tuple[Callable[..., dict[str,
     return {
         "overhead": (
             round_overhead.run,
-            round_overhead.Config(runs=runs, profile=args.profile and profile.py_spy() is not None),
+            round_overhead.Config(
+                runs=runs,
+                profile=args.profile and profile.py_spy() is not None,
+                seed=round_overhead.Seed(
+                    runs=runs, profile=args.profile and profile.py_spy() is not None
+                ),
+            ),
         ),
         "memory": (server_memory.run, server_memory.Config(runs=runs)),
         "scale": (
@@ -166,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument(
+        "--quality-budget",
+        type=float,
+        metavar="S",
+        help="the quality case's time bound in seconds (default 1800; smoke 300): raise it "
+        "on a loaded machine, where cells past the bound are skipped",
+    )
     parser.add_argument(
         "--quality",
         action="store_true",
@@ -250,9 +272,14 @@ def _wrap_up(
     return 1 if failed else 0
 
 
-def quality_config(smoke: bool) -> quality.Config:
+def quality_config(smoke: bool, budget_s: float | None = None) -> quality.Config:
     """The quality case's sizes; smoke: 2 nodes, 2 rounds, the MLP, 2 strategies, 2 splits,
-    2 seeds and one tuning setting."""
+    2 seeds and one tuning setting. ``budget_s`` replaces the time bound."""
+    cfg = _quality_sizes(smoke)
+    return cfg if budget_s is None else dataclasses.replace(cfg, budget_s=budget_s)
+
+
+def _quality_sizes(smoke: bool) -> quality.Config:
     if not smoke:
         return quality.Config()
     return quality.Config(
@@ -275,14 +302,16 @@ def run_quality(args: argparse.Namespace, argv: list[str] | None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fedavg-quality-"))
     started = time.monotonic()
     result = _header(args, argv)
-    case = functools.partial(quality.run, quality_config(args.smoke), workdir)
+    case = functools.partial(quality.run, quality_config(args.smoke, args.quality_budget), workdir)
     out, failed = _run_case("quality", case)
     result["quality"] = out
     return _wrap_up(result, started, workdir, args, quality_report.write, failed)
 
 
 def _copy_profiles(result: dict[str, Any], workdir: Path, out: Path) -> None:
-    profiles = list((result["benchmarks"].get("overhead", {}).get("profiles") or {}).values())
+    overhead = result["benchmarks"].get("overhead", {})
+    profiles = list((overhead.get("profiles") or {}).values())
+    profiles += list((overhead.get("seed", {}).get("profiles") or {}).values())
     profiles += [
         s["profile"]
         for s in result["benchmarks"].get("scale", {}).get("sizes", [])

@@ -115,6 +115,7 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert accuracy["runs"][0]["federated_bf16"]["wire_dtype"] == "bfloat16"
     assert accuracy["runs"][0]["federated"]["wire_dtype"] == "float32"
 
+    _check_seed(overhead["seed"])
     _check_cnn(benches["cnn"])
     _check_zoo(benches["zoo"])
     _check_virtual(benches["virtual"])
@@ -138,10 +139,29 @@ def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
         "| — bfloat16 wire: final test accuracy |",
         "**bfloat16 wire.**",
         "| — CNN overhead share of the round |",
+        "| seed MLP (242,762 params), 2 nodes: overhead = cycle - slowest node's compute |",
+        "### Seed MLP: overhead against the slowest node's compute",
         "| zoo: resnet-8 (16/32/64, group norm) (",
         "| RSS per virtual node (12 in 1 / 2 processes) |",
     ):
         assert row in markdown, row
+
+
+def _check_seed(seed: dict[str, Any]) -> None:
+    """The seed MLP sub-run: the default model on its own cluster, each round's overhead
+    beyond its slowest node's reported compute, and the critical path that splits it."""
+    assert seed["config"]["params"] == 242_762 and seed["config"]["batch_size"] == 64
+    run = seed["runs"][0]
+    assert run["download_bytes"] == seed["config"]["weights_bytes"]
+    assert [r["round"] for r in run["rounds"]] == [1, 2]
+    for r in run["rounds"]:
+        assert r["critical_path_other"] == pytest.approx(0.0, abs=1e-6)
+        assert r["slowest_compute"] > 0 and r["samples"] == 2000  # 4,000 / 2 nodes, no val
+        assert r["seed_overhead"] == pytest.approx(r["cycle"] - r["slowest_compute"])
+    for key in ("slowest_compute", "seed_overhead", "overhead_per_compute", "cycle", "path_close"):
+        assert _is_number(seed["summary"][key]["median"]), key
+    assert seed["summary"]["target_overhead_per_compute"] == 0.2
+    assert isinstance(seed["summary"]["target_met"], bool)
 
 
 def _check_cnn(cnn: dict[str, Any]) -> None:
@@ -220,7 +240,7 @@ def test_quality_smoke_writes_its_report_and_leaves_report_md(tmp_path: Path) ->
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=480,  # about 2.5 min on a quiet 2-core machine
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -243,8 +263,12 @@ def test_quality_smoke_writes_its_report_and_leaves_report_md(tmp_path: Path) ->
     [central_0, central_1] = mlp["centralised"]["runs"]
     assert central_0["per_epoch_accuracy"] != central_1["per_epoch_accuracy"]  # its own seed
     tuning = quality["tuning"]
-    settings = [(r["lr"], r["batch_size"]) for r in tuning["rows"]]
-    assert settings == [(0.001, 32), (0.002, 32)]  # the main setting, then the grid's
+    settings = [(r["local_epochs"], r["lr"], r["batch_size"]) for r in tuning["rows"]]
+    # the main setting, then the grid's, at 1 local epoch a round and then at 2
+    assert settings == [(1, 0.001, 32), (1, 0.002, 32), (2, 0.002, 32)]
+    assert [b["local_epochs"] for b in tuning["by_epochs"]] == [1, 2]
+    [e2] = [r for r in tuning["rows"] if r["local_epochs"] == 2]
+    assert len(e2["centralised"]["per_epoch_accuracy"]) == 4  # 2 rounds x 2 epochs
     assert all(len(r["centralised"]["seeds"]) == 2 for r in tuning["rows"])
     assert all(r["strategies"]["FedAvg"]["seeds"] == [0, 1] for r in tuning["rows"])
     assert _is_number(tuning["best_gap"]) and result["targets"]["iid_tuned"]["met"] is None
@@ -255,7 +279,7 @@ def test_quality_smoke_writes_its_report_and_leaves_report_md(tmp_path: Path) ->
     assert set(result["targets"]["classes2"]["mlp"]["gains"]) == {"FedAdam"}
     markdown = (out / "quality.md").read_text()
     assert "## Targets" in markdown and "## classes:2" in markdown and "Failed" not in markdown
-    assert "## MLP, IID: the client's lr and batch size" in markdown
+    assert "## MLP, IID: the client's lr, batch size and local epochs" in markdown
     if result["plot"]:  # matplotlib comes with the offline-mnist extra
         png = out / result["plot"]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
