@@ -420,9 +420,21 @@ def _to_json(obj: Any) -> dict[str, Any]:
     return out
 
 
+Schema = tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]
+_SCHEMAS: dict[type[Any], Schema] = {}
+
+
+def _schema(cls: type[Any]) -> Schema:
+    """A frame class's resolved field types and its fields, once per class: resolving the
+    annotations costs more than the rest of a decode, and every progress frame would pay it."""
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        schema = _SCHEMAS[cls] = get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    return schema
+
+
 def _from_json(cls: type[Any], data: dict[str, Any], where: str) -> Any:
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _schema(cls)
     unknown = set(data) - set(fields)
     if unknown:
         raise ProtocolError(f"{where}: unknown fields {sorted(unknown)}")

@@ -11,6 +11,7 @@ what we write and we read what it writes; ``tests/node/test_weights.py`` checks 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -332,10 +333,17 @@ def decode_weights(data: bytes | bytearray) -> tuple[dict[str, torch.Tensor], We
 
 
 def expected_layout(spec: ModelSpec) -> Layout:
-    """Names, shapes and dtypes of a spec's state dict (built on the meta device: no memory)."""
+    """Names, shapes and dtypes of a spec's state dict (a copy: the caller may change it)."""
+    return dict(_layout(spec))
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(spec: ModelSpec) -> tuple[tuple[str, tuple[tuple[int, ...], torch.dtype]], ...]:
+    """The layout, built once per spec on the meta device (no memory): every download's
+    check needs it, and building even the meta model costs more than the check."""
     with torch.device("meta"):
         model = build_model(spec)
-    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    return tuple((k, (tuple(v.shape), v.dtype)) for k, v in model.state_dict().items())
 
 
 def check_state(tensors: Mapping[str, torch.Tensor], layout: Layout) -> None:

@@ -158,6 +158,7 @@ def _headline(report: dict[str, Any]) -> list[str]:
                 f"{span(h['ratio_overhead_float32_floor'], num)}x | | bf16 / float32 "
                 f"overhead {num(h['overhead_vs_float32'])}x |"
             )
+        rows += _headline_seed(o.get("seed", {}))
     mem = b.get("memory", {})
     if "summary" in mem:
         s = mem["summary"]
@@ -366,6 +367,8 @@ def _overhead(b: dict[str, Any]) -> list[str]:
     out.append("")
     for name, prof in (b.get("profiles") or {}).items():
         out += _profile(name, prof)
+    if "seed" in b:
+        out += _seed(b["seed"])
     return out
 
 
@@ -790,4 +793,70 @@ def _virtual(b: dict[str, Any]) -> list[str]:
         f"{mib(s['rss_all_processes_estimate'])}.",
         "",
     ]
+    return out
+
+
+def _headline_seed(seed: dict[str, Any]) -> list[str]:
+    """Issue 18, target 1: the seed MLP's overhead against its slowest node's compute."""
+    if "summary" not in seed:
+        return []
+    s, cfg = seed["summary"], seed["config"]
+    return [
+        f"| seed MLP ({cfg['params']:,} params), {cfg['nodes']} nodes: overhead = cycle - "
+        f"slowest node's compute | {span(s['seed_overhead'])} | compute "
+        f"{span(s['slowest_compute'])} | {span(s['overhead_per_compute'], num)}x | "
+        f"≤ {num(s['target_overhead_per_compute'])}x | {yes(s['target_met'])} |",
+        f"| — seed MLP whole round (cycle) | {span(s['cycle'])} | | | | machine "
+        f"{span(s['machine_busy_share'], pct)} busy, {span(s['others_busy_share'], pct)} "
+        "not ours |",
+    ]
+
+
+def _seed(seed: dict[str, Any]) -> list[str]:
+    """Section 1's seed-MLP sub-run: per run, then the critical path and the server's work."""
+    cfg, s = seed["config"], seed["summary"]
+    epoch = "the whole epoch" if cfg["max_batches"] is None else f"{cfg['max_batches']} batches"
+    out = [
+        "### Seed MLP: overhead against the slowest node's compute",
+        "",
+        f"The server's default model (784 -> {' -> '.join(map(str, cfg['hidden']))} -> 10, "
+        f"{cfg['params']:,} parameters, weights file {mib2(cfg['weights_bytes'])}) on its own "
+        f"probed cluster: {cfg['nodes']} nodes ({cfg['threads_per_node']} torch thread each on "
+        f"{cfg['cores']} cores) with equal IID shards and no validation split "
+        f"({span(s['samples'], whole)} training samples each), batch {cfg['batch_size']}, "
+        f"{epoch} a round, {cfg['rounds']} rounds per run, {cfg['runs']} runs"
+        f"{' after a warm-up round' if cfg['warmup'] else ''}. "
+        "*compute* = the largest `seconds` the round's accepted uploads report (each "
+        "node's `train_locally` wall time); *overhead* = cycle - compute, its target ≤ "
+        f"{num(s['target_overhead_per_compute'])} x compute. With more node threads than "
+        "cores the nodes share the cores, so compute holds that sharing (and other work's): "
+        "*wall / CPU* of the slowest node's training says by how much.",
+        "",
+        "| run | cycle | slowest compute | its CPU (wall / CPU) | overhead | overhead / compute "
+        "| machine busy (not ours) | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in seed["runs"]:
+        x, cpu = r["seed"], r["cpu"]
+        out.append(
+            f"| {r['index'] + 1} | {ms(r['median']['cycle'])} | {ms(x['slowest_compute'])} | "
+            f"{ms(x['slowest_compute_cpu'])} ({num(x['stretch'])}x) | "
+            f"{ms(x['seed_overhead'])} | {num(x['overhead_per_compute'])}x | "
+            f"{pct(cpu['machine_busy_share'])} ({pct(cpu['others_busy_share'])}) | "
+            f"{r['load_before'][0]} |"
+        )
+    out += [
+        "",
+        "| | notify | download | decode | compute | encode | upload | server fold | close |",
+        "|---|---|---|---|---|---|---|---|---|",
+        _path_row("critical path", s),
+        "",
+        f"Off the path: publish {span(s['publish'])}, settle {span(s['settle'])} (evaluation "
+        f"{span(s['evaluation'])}, checkpoint {span(s['checkpoint'])}), aggregation "
+        f"{span(s['aggregation'])}. CPU per round: ours {span(s['cpu_ours_per_round'], sec)}, "
+        f"the server's {span(s['cpu_server_per_round'], sec)}.",
+        "",
+    ]
+    for name, prof in (seed.get("profiles") or {}).items():
+        out += _profile(f"{name} (seed MLP)", prof)
     return out

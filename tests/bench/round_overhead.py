@@ -40,6 +40,14 @@ runs (and the profiles) the server is restarted on the same home and port with
 the same number of runs follows. Those runs' floor is measured for the bfloat16 weights file
 (half the bytes; its average part is unchanged: the wire dtype does not touch the averaging),
 and the float32 floor just before it, so their overhead is compared with both.
+
+**Seed MLP** (issue 18, target 1; :func:`run_seed`). After that, the server's default model
+(784-256-128-64-10) on a probed cluster of its own: equal IID shards that partition the
+offline training split (``SHARD_OVERLAP=0``, equal ``NODE_CAPACITY``; 1,000 images a node
+with 4 nodes), no validation split, batch 64, whole local epochs. The same runs and
+analysis, plus per round **slowest compute** (the largest ``seconds`` the accepted uploads
+report: each node's ``train_locally`` wall time), **seed overhead** = cycle - slowest
+compute, and **overhead / compute**, whose target is at most 0.20.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -78,6 +86,21 @@ PHASES = ("notify", "download", "decode", "compute", "encode", "upload", "server
 
 
 @dataclass(frozen=True)
+class Seed:
+    """The seed MLP sub-run (:func:`run_seed`): the server's default model, whole epochs."""
+
+    nodes: int = 4
+    rounds: int = 5
+    runs: int = 3
+    batch_size: int = 64
+    floor_repeats: int = 3
+    max_batches: int | None = None  # smoke sizes; None: the whole epoch
+    warmup: bool = True  # one round first, not in the figures (a fresh process's first)
+    profile: bool = False
+    job_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     hidden: tuple[int, int, int] = (4096, 1536, 64)
     nodes: int = 4
@@ -89,6 +112,8 @@ class Config:
     job_timeout_s: float = 600.0
     # After the float32 runs: restart the server with a bfloat16 wire and measure again.
     bf16: bool = True
+    # Then the seed MLP on a cluster of its own (None: not measured).
+    seed: Seed | None = field(default_factory=lambda: Seed())
 
 
 BF16_ENV = {"FEDAVG_WIRE_DTYPE": "bfloat16"}
@@ -117,7 +142,7 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         pids = {p.name: p.pid for p in cluster.procs}
         runs = measure_runs(cluster, cfg, pids, file_bytes, params)
         if cfg.profile and profile.py_spy() is not None:
-            profiles = _profile_run(cluster, cfg, workdir)
+            profiles = profile_run(cluster, cfg, workdir)
         if cfg.bf16:
             t0 = time.perf_counter()
             restart_s = _restart_server(cluster, cfg, bf16_probe, BF16_ENV)
@@ -141,6 +166,8 @@ def run(cfg: Config, workdir: Path) -> dict[str, Any]:
         "profiles": profiles,
         "unit_costs": units,
     }
+    if cfg.seed is not None:
+        out["seed"] = run_seed(cfg.seed, workdir)
     if cfg.bf16:
         bf16 = [analyse_run(r, bf16_server_rows, node_rows) for r in bf16_runs]
         _check_wire(results, bf16)
@@ -252,14 +279,16 @@ def _check_wire(float32: list[dict[str, Any]], narrow: list[dict[str, Any]]) -> 
         )
 
 
-def _profile_run(cluster: LocalCluster, cfg: Config, workdir: Path) -> dict[str, Any]:
+def profile_run(
+    cluster: LocalCluster, cfg: Jobs, workdir: Path, prefix: str = "profile"
+) -> dict[str, Any]:
     """One extra job (not in the figures) with py-spy on the server and on node-1."""
     out: dict[str, Any] = {}
     targets = {"server": cluster.server.pid}
     node1 = next(p for p in cluster.procs if p.name == "node-1")
     targets["node-1"] = node1.pid
     recordings = {
-        k: profile.Recording(pid, workdir / f"profile-{k}.txt") for k, pid in targets.items()
+        k: profile.Recording(pid, workdir / f"{prefix}-{k}.txt") for k, pid in targets.items()
     }
     time.sleep(1.0)  # py-spy attaches
     try:
@@ -287,12 +316,22 @@ def _upload_round(path: str) -> int | None:
     return int(query["round"][0]) if "round" in query else None
 
 
-def _node_rounds(rows: list[dict[str, Any]], t0: float, t1: float) -> dict[int, dict[str, Any]]:
-    """One node's probe rows inside a job window, grouped by the round they served."""
+def _of_job(path: str) -> str | None:
+    return parse_qs(urlsplit(path).query).get("job", [None])[0]
+
+
+def _node_rounds(
+    rows: list[dict[str, Any]], t0: float, t1: float, job_id: str
+) -> dict[int, dict[str, Any]]:
+    """One node's probe rows inside a job window, grouped by the round they served. Transfers
+    of another job are skipped: with short rounds the window's margin reaches the next job's
+    first download."""
     per: dict[int, dict[str, Any]] = {}
     current: int | None = None
     for row in sorted((r for r in rows if t0 <= r["t0"] <= t1), key=lambda r: r["t0"]):
         ev = row["ev"]
+        if ev in ("download", "upload") and _of_job(row["path"]) not in (None, job_id):
+            continue
         if ev == "frame":
             if row["frame"] == "train":
                 per.setdefault(row["round"], {}).setdefault("frame", row["t0"])
@@ -335,7 +374,8 @@ def analyse_run(
     overhead, the critical path and each node's steps (the definitions at the top)."""
     times: RoundTimes = run["times"]
     t_end = times.end
-    nodes = {n: _node_rounds(rows, times.started - 1, t_end + 1) for n, rows in node_rows.items()}
+    window = (times.started - 1, t_end + 1)
+    nodes = {n: _node_rounds(rows, *window, run["run_id"]) for n, rows in node_rows.items()}
     # This job's server rows only: round numbers repeat from job to job.
     server = [x for x in server_rows if times.started <= x["t0"] <= t_end]
     uploads = {(r["node"], int(r["round"])): r for r in server if r["ev"] == "job_upload"}
@@ -529,3 +569,92 @@ def summarise(results: list[dict[str, Any]], target_ratio: float | None = 2.0) -
         None if target_ratio is None else ratio is not None and ratio <= target_ratio
     )
     return out
+
+
+# -- the seed MLP ------------------------------------------------------------------------------
+
+SEED_HIDDEN = (256, 128, 64)  # the server's default model: 784-256-128-64-10
+SEED_TARGET = 0.20  # issue 18, target 1: overhead at most 20 % of the slowest node's compute
+SEED_KEYS = (
+    "slowest_compute",
+    "slowest_compute_cpu",
+    "stretch",
+    "seed_overhead",
+    "overhead_per_compute",
+    "samples",
+)
+
+
+def seed_env(cfg: Seed) -> dict[str, str]:
+    """Equal IID shards that partition the offline training split (4,000 images: 1,000 a node
+    with 4 nodes), all of each shard trained on (no validation split), whole epochs."""
+    return cluster_env(
+        SEED_HIDDEN,
+        cfg.job_timeout_s,
+        FEDAVG_BATCH_SIZE=str(cfg.batch_size),
+        FEDAVG_MAX_BATCHES=str(cfg.max_batches or ""),  # "": whole epochs
+        SHARD_OVERLAP="0",
+        NODE_CAPACITY="1000",  # every node claims the same: equal shares
+        VALIDATION_SPLIT="0",
+    )
+
+
+def run_seed(cfg: Seed, workdir: Path) -> dict[str, Any]:
+    """The seed MLP on its own probed cluster: a warm-up round, ``cfg.runs`` measured jobs
+    (each after its floor), then an optional profiled job."""
+    file_bytes, params = weights_file_bytes(SEED_HIDDEN)
+    threads = threads_per_node(cfg.nodes)
+    profiles: dict[str, Any] = {}
+    with LocalCluster(home=workdir / "seed", port=free_port(), env=seed_env(cfg)) as cluster:
+        server_probe, node_probe = start_probed_federation(
+            cluster, workdir, "seed", cfg.nodes, threads
+        )
+        if cfg.warmup:
+            run_job(cluster, 1, cfg.job_timeout_s)
+        pids = {p.name: p.pid for p in cluster.procs}
+        runs = measure_runs(cluster, cfg, pids, file_bytes, params)
+        if cfg.profile and profile.py_spy() is not None:
+            profiles = profile_run(cluster, cfg, workdir, "profile-seed")
+        server_rows = read_jsonl(server_probe)
+        node_rows = {n: read_jsonl(p) for n, p in node_probe.items()}
+    results = [_seed_figures(r, analyse_run(r, server_rows, node_rows)) for r in runs]
+    out = summarise(results, target_ratio=None)
+    for key in SEED_KEYS:
+        out[key] = across_runs([r["seed"] for r in results], key)
+    ratio = out["overhead_per_compute"]["median"]
+    out["target_overhead_per_compute"] = SEED_TARGET
+    out["target_met"] = ratio is not None and ratio <= SEED_TARGET
+    return {
+        "config": {
+            **asdict(cfg),
+            "hidden": SEED_HIDDEN,
+            "params": params,
+            "weights_bytes": file_bytes,
+            "threads_per_node": threads,
+            "cores": cores(),
+        },
+        "runs": results,
+        "summary": out,
+        "profiles": profiles,
+    }
+
+
+def _seed_figures(run: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Each round's slowest reported compute (the ``seconds`` of the accepted uploads), the
+    overhead beyond it and its ratio to it; the run's medians of those under ``seed``."""
+    times: RoundTimes = run["times"]
+    for r in base["rounds"]:
+        reports = times.reports.get(r["round"], {})
+        seconds = {n: x["seconds"] for n, x in reports.items() if x.get("seconds") is not None}
+        slowest = max(seconds.values()) if seconds else None
+        node = max(seconds, key=seconds.__getitem__) if seconds else None
+        cpu = r["nodes"].get(node, {}).get("compute_cpu")
+        r["slowest_compute"] = slowest
+        # Its CPU seconds meanwhile: wall / CPU is how much the cores' sharing stretched it.
+        r["slowest_compute_cpu"] = cpu
+        r["stretch"] = slowest / cpu if slowest and cpu else None
+        r["seed_overhead"] = r["cycle"] - slowest if slowest is not None else None
+        r["overhead_per_compute"] = r["seed_overhead"] / slowest if slowest else None
+        r["samples"] = _max(x.get("samples") for x in reports.values())
+    base["seed"] = {k: summary(r[k] for r in base["rounds"])["median"] for k in SEED_KEYS}
+    return base

@@ -213,6 +213,15 @@ def test_one_norm_value_applies_to_every_shape_as_before() -> None:
     assert torch.equal(flat, (pixels.float() / 255.0 - 0.1307) / 0.3081)
 
 
+def test_normalize_computes_in_place_on_its_own_copy_only() -> None:
+    """It works in place for speed, but on a copy: a float input is left as it was."""
+    pixels = torch.tensor([[0.0, 255.0]])
+    out = normalize(pixels, ModelSpec())
+    assert torch.equal(pixels, torch.tensor([[0.0, 255.0]]))
+    assert out.data_ptr() != pixels.data_ptr()
+    assert torch.allclose(out, torch.tensor([[-0.1307 / 0.3081, (1 - 0.1307) / 0.3081]]))
+
+
 # init_state(ModelSpec(), 0) as recorded before the zoo: saved models and tests rely on it.
 SEED0 = {
     "1.weight": ((256, 784), (-0.00026739, 0.0191587, -0.02939447), 11.015339755864801),

@@ -161,6 +161,15 @@ def test_expected_layout_matches_an_initial_state() -> None:
     assert {k: (tuple(v.shape), v.dtype) for k, v in state.items()} == layout
 
 
+def test_expected_layout_is_a_fresh_dict_each_time() -> None:
+    """The layout is built once per spec; a caller changing its copy changes no other's."""
+    layout = expected_layout(SPEC)
+    layout["steps"] = ((), torch.int64)
+    del layout[next(iter(expected_layout(SPEC)))]
+    assert "steps" not in expected_layout(SPEC)
+    assert expected_layout(SPEC) == {k: (tuple(v.shape), v.dtype) for k, v in _state().items()}
+
+
 # -- weights: refusals --------------------------------------------------------------------------
 
 
