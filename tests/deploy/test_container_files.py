@@ -1,13 +1,18 @@
 """The container files in deploy/docker agree with the units (no Docker daemon needed).
 
-Docker cannot run on the test machines, so this reads the files: base images, a non-root
-user, the same variable names and data directory as the units, entry points that are real
-console scripts, and a build context that leaves the venv and git history out.
+These read the files: base images, a non-root user, the same variable names and data
+directory as the units, entry points that are real console scripts, a build context that
+leaves the venv and git history out, and a compose file that follows the Compose
+Specification. test_containers.py builds the images and runs them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -15,6 +20,10 @@ import pytest
 from deploy_support import DEPLOY, ENV_SRC, REPO, env_file_names
 
 DOCKER = DEPLOY / "docker"
+# The Compose Specification's JSON schema, copied from github.com/compose-spec/compose-spec
+# (schema/compose-spec.json at 170098ba07d9, 2026-06-23; Apache-2.0): what `docker compose`
+# itself validates against. jsonschema_rs comes with schemathesis, a test dependency.
+COMPOSE_SCHEMA = Path(__file__).with_name("compose-spec.json")
 IMAGES = {
     "Dockerfile.server": ("fedavg-server", "server.env"),
     "Dockerfile.node": ("fedavg-node", "node.env"),
@@ -86,9 +95,39 @@ def test_image_base_and_python(name: str) -> None:
         assert bases[-1] == "${CUDA_IMAGE}"
         assert "download.pytorch.org/whl/cu" in args["TORCH_INDEX"]
     else:
-        assert bases[-1] == "python:3.11-slim"
+        # Users get python:3.11-slim and PyTorch's CPU index; build-and-run.sh passes others.
+        args = build_args(DOCKER / name)
+        assert args["BASE_IMAGE"] == "python:3.11-slim"
+        assert bases == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
         # No GPU in these images: the CPU wheel is a tenth of the size.
-        assert "download.pytorch.org/whl/cpu" in (DOCKER / name).read_text()
+        assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+        assert args["TORCH_PACKAGES"] == "torch torchvision"
+        assert args["LEAVE_OUT"] == ""
+
+
+def build_args(dockerfile: Path) -> dict[str, str]:
+    """Each ARG's default, quotes removed (an ARG without `=` has none)."""
+    return {
+        name: value.strip('"')
+        for op, args in instructions(dockerfile)
+        if op == "ARG" and "=" in args
+        for name, _, value in [args.partition("=")]
+    }
+
+
+def test_cpu_images_share_every_step_up_to_fedavgs_install() -> None:
+    """A builder with a layer cache (buildah --layers, docker) installs torch and fedavg's
+    requirements once for all three."""
+
+    def shared(name: str) -> list[tuple[str, str]]:
+        ops = instructions(DOCKER / name)
+        install = next(i for i, (op, a) in enumerate(ops) if op == "RUN" and "fedavg-*.whl" in a)
+        return ops[: install + 1]
+
+    server = shared("Dockerfile.server")
+    assert any(op == "RUN" and "$TORCH_PACKAGES" in args for op, args in server)
+    assert shared("Dockerfile.node") == server
+    assert shared("Dockerfile.showcase") == server
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
@@ -136,3 +175,47 @@ def test_dockerfiles_point_at_paths_that_exist() -> None:
         text = (DOCKER / name).read_text()
         assert f"-f deploy/docker/{name} " in text, f"{name}: no build command in its header"
     assert Path(DOCKER / "compose.yaml").exists()
+
+
+def compose_errors(compose: object) -> list[str]:
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    validator = jsonschema_rs.validator_for(json.loads(COMPOSE_SCHEMA.read_text()))
+    return [f"{list(e.instance_path)}: {e.message}" for e in validator.iter_errors(compose)]
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert compose_errors(compose) == []
+    # The check can fail: a misspelt key is caught.
+    compose["services"]["server"]["restart_policy"] = "always"
+    assert compose_errors(compose)
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("docker is not installed: the schema test checks the file instead")
+    plugin = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    if plugin.returncode != 0:
+        pytest.skip(f"docker has no compose plugin here: {plugin.stderr.strip()[:200]}")
+    env = {**os.environ, "FEDAVG_ADMIN_TOKEN": "admin-token", "FEDAVG_NODE_TOKEN": "node-token"}
+    result = subprocess.run(
+        [docker, "compose", "-f", str(DOCKER / "compose.yaml"), "config", "--quiet"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_build_script_is_shellcheck_clean() -> None:
+    # ./dev test installs shellcheck (Debian's package) with the other system test tools.
+    tool = shutil.which("shellcheck")
+    if tool is None:
+        pytest.skip("shellcheck is not installed (Debian: apt-get install shellcheck)")
+    script = DOCKER / "build-and-run.sh"
+    result = subprocess.run(
+        [tool, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout
