@@ -27,6 +27,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
 
 
+@pytest.mark.timeout(960)  # beyond the run's own 900 s: its failure says where it was
 def test_smoke_run_writes_a_complete_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
     proc = subprocess.run(
@@ -229,6 +230,7 @@ def _check_virtual(virtual: dict[str, Any]) -> None:
     assert s["most_processes"] == 2
 
 
+@pytest.mark.timeout(960)
 def test_quality_smoke_writes_its_report_and_leaves_report_md(tmp_path: Path) -> None:
     """``--quality --smoke``: 2 nodes x 2 rounds, the MLP, FedAvg and FedAdam, iid and
     classes:2, seeds 0 and 1, one tuning setting. Each job ran what it asked for, every
