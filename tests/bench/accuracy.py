@@ -245,6 +245,7 @@ def centralised(
     model.load_state_dict(init_state(spec, seed))  # the federation's round-0 weights
     optimizer = _optimizer(model, config, fused)
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout's masks too, as a node seeds its own: a repeatable run
     accuracies, walls, cpus = [], [], []
     for _ in range(epochs):
         wall, cpu = _epoch(model, optimizer, spec, config, x, y, generator)
